@@ -1,0 +1,177 @@
+"""The agent daemon: a session with the server, and runs on push and on schedule.
+
+Two threads of work:
+- the main thread keeps a Session open, reconnecting with exponential backoff
+  and full jitter (so a fleet does not reconnect in lockstep after an outage);
+- APScheduler runs the catalog periodically (interval plus random splay) and
+  whenever a new catalog arrives. Its single worker thread means runs never
+  overlap, and the cached catalog keeps being enforced while the server is away.
+
+Watchers (``agent/watch.py``, unless ``watch=False``) add runs with trigger
+WATCH when something managed changes out of band; the periodic run remains
+the catch-all for whatever no watcher sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from pathlib import Path
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent import AGENT_VERSION, facts
+from agent.errors import CatalogRejected
+from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
+from agent.session import SessionClient
+from agent.state import StateDir
+from agent.watch import Watchers
+from modules.catalog import Catalog
+from protos import plumb_pb2 as pb
+
+log = logging.getLogger("plumb.agent")
+
+
+BACKOFF_BASE_S = 0.5
+#: The window while the server's host refuses connections (nothing listens).
+REFUSED_WINDOW_S = 2.0
+
+
+def backoff_window(attempt: int, error: str, cap_s: float) -> float:
+    """Seconds over which to jitter the next reconnect after ``attempt`` failures.
+
+    Exponential (full jitter over min(cap, 0.5 * 2**attempt)) whenever the
+    server may be struggling: a handshake or call that failed or timed out.
+    But a refused connection means nothing is listening, so retrying costs
+    the server nothing; a short window brings a fleet back within seconds of
+    a restart, still spread over the window rather than all at once.
+    """
+    window: float = min(cap_s, BACKOFF_BASE_S * 2.0 ** min(attempt, 10))
+    return min(window, REFUSED_WINDOW_S) if "Connection refused" in error else window
+
+
+class Daemon:
+    def __init__(
+        self,
+        state: StateDir,
+        root: Path,
+        interval_s: float,
+        splay_s: float,
+        max_backoff_s: float = 60.0,
+        watch: bool = True,
+        confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+    ) -> None:
+        self.state = state
+        self.enrollment = state.enrollment()
+        self.runner = Runner(
+            state, self.enrollment.node, root, self.enrollment.server, confirm_timeout_s
+        )
+        self.interval_s = interval_s
+        self.splay_s = splay_s
+        self.max_backoff_s = max_backoff_s
+        self.stop = threading.Event()
+        self._session: SessionClient | None = None
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "misfire_grace_time": None},
+        )
+        self._every = IntervalTrigger(seconds=interval_s, jitter=splay_s)
+        self._watchers = Watchers(root, self._request_watch_run) if watch else None
+
+    def serve(self) -> None:
+        """Run until :attr:`stop` is set (SIGTERM); a run in progress finishes first."""
+        # Enforce the cached catalog at once, before the server is even reached.
+        self._watch(self._cached_catalog())
+        self._scheduler.add_job(self._run, args=[pb.START])
+        self._scheduler.add_job(
+            self._run,
+            self._every,
+            args=[pb.SCHEDULE],
+            id="schedule",
+            max_instances=1,
+        )
+        self._scheduler.start()
+        try:
+            self._keep_session()
+        finally:
+            # Watchers first: once they are stopped nothing asks the scheduler for more.
+            if self._watchers is not None:
+                self._watchers.stop()
+            if self._session is not None:
+                self._session.close()
+            self._scheduler.shutdown(wait=True)
+
+    def _keep_session(self) -> None:
+        attempt = 0
+        host_facts = facts.gather(AGENT_VERSION)
+        while not self.stop.is_set():
+            session = SessionClient(
+                self.state, self.enrollment, self.runner, host_facts, on_catalog=self._on_catalog
+            )
+            self._session = session
+            session.start()
+            self._await_established(session)
+            while not (session.ended.wait(0.5) or self.stop.is_set()):
+                pass
+            session.close()
+            attempt = 0 if session.alive.is_set() else attempt + 1
+            if not self.stop.is_set():
+                self._backoff(attempt, session.error)
+
+    def _await_established(self, session: SessionClient) -> None:
+        """Log once the server has answered (bench/agent.py times start-up by this line)."""
+        while not (session.alive.wait(0.01) or session.ended.is_set() or self.stop.is_set()):
+            pass
+        if session.alive.is_set():
+            log.info("session established with %s", self.enrollment.server)
+
+    def _backoff(self, attempt: int, error: str) -> None:
+        delay = random.uniform(0, backoff_window(attempt, error, self.max_backoff_s))
+        log.warning(
+            "session with %s ended (%s); reconnecting in %.1fs",
+            self.enrollment.server,
+            error or "closed",
+            delay,
+        )
+        self.stop.wait(delay)
+
+    def _on_catalog(self, signed: pb.SignedCatalog) -> None:
+        log.info("catalog revision %d received", signed.revision)
+        # The session calls this only for a catalog that Runner.accept verified.
+        self._watch(Catalog.from_json(signed.payload))
+        self._scheduler.add_job(self._run, args=[pb.PUSH])
+
+    def _cached_catalog(self) -> Catalog | None:
+        try:
+            cached = self.runner.cached()
+        except CatalogRejected:
+            return None  # the first run says so, loudly
+        return cached[1] if cached else None
+
+    def _watch(self, catalog: Catalog | None) -> None:
+        """Watch ``catalog``; call just before queuing a run of it."""
+        if self._watchers is not None and catalog is not None:
+            self._watchers.start(catalog)
+
+    def _request_watch_run(self) -> None:
+        self._scheduler.add_job(self._run, args=[pb.WATCH])
+
+    def _run(self, trigger: pb.Trigger) -> None:
+        watchers = self._watchers
+        if watchers is not None:
+            watchers.run_started()
+        report = None
+        try:
+            report = self.runner.run(trigger)
+        except Exception:  # a broken run must not kill the scheduler thread
+            log.exception("run failed")
+            return
+        finally:
+            if watchers is not None:
+                watchers.run_finished(report)
+        session = self._session
+        if report is not None and session is not None:
+            session.flush()

@@ -1,0 +1,113 @@
+"""Enrollment: make a key here, pin the CA from the token, trade a CSR for a certificate."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.errors import EnrollError, NotEnrolled
+from agent.state import Enrollment, StateDir, write_atomic
+from agent.tls import fetch_pinned_ca, split_address
+from protos import plumb_pb2 as pb
+from protos import plumb_pb2_grpc as pb_grpc
+
+# plumb1.<id>.<secret>.<CA sha256>; the server's server/tokens.py makes them.
+# The agent never imports the server, so the format is read here too.
+_TOKEN = re.compile(r"^plumb1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{32}\.([0-9a-f]{64})$")
+
+TIMEOUT_S = 15
+
+
+def enroll(state: StateDir, server: str, token: str, node: str) -> Enrollment:
+    """Enroll this node; the result is saved in ``state``. Harmless if already enrolled."""
+    existing = _already_enrolled(state)
+    if existing is not None:
+        return existing
+    match = _TOKEN.match(token.strip())
+    if match is None:
+        raise EnrollError("the token is malformed (expected plumb1.<id>.<secret>.<sha256>)")
+    ca_pem = fetch_pinned_ca(server, match.group(1))
+    key = ec.generate_private_key(ec.SECP256R1())
+    reply = _request_certificate(server, ca_pem, token.strip(), node, _csr(key, node))
+    cert = _check_certificate(reply, ca_pem, key)
+    return _save(state, key, cert, ca_pem, reply, server)
+
+
+def _already_enrolled(state: StateDir) -> Enrollment | None:
+    try:
+        enrollment = state.enrollment()
+    except NotEnrolled:
+        return None
+    return enrollment if state.cert.exists() and state.key.exists() else None
+
+
+def _csr(key: ec.EllipticCurvePrivateKey, node: str) -> bytes:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _request_certificate(
+    server: str, ca_pem: bytes, token: str, node: str, csr: bytes
+) -> pb.EnrollResponse:
+    channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(ca_pem))
+    try:
+        reply: pb.EnrollResponse = pb_grpc.EnrollmentStub(channel).Enroll(
+            pb.EnrollRequest(token=token, node_name=node, csr_pem=csr), timeout=TIMEOUT_S
+        )
+        return reply
+    except grpc.RpcError as exc:
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        raise EnrollError(f"{server}: {details}") from exc
+    finally:
+        channel.close()
+
+
+def _check_certificate(
+    reply: pb.EnrollResponse, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem)
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    cert.verify_directly_issued_by(ca)
+    if cert.public_key() != key.public_key():
+        raise EnrollError("the server returned a certificate for another key")
+    return cert
+
+
+def _save(
+    state: StateDir,
+    key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    ca_pem: bytes,
+    reply: pb.EnrollResponse,
+    server: str,
+) -> Enrollment:
+    state.ensure()
+    write_atomic(
+        state.key,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_atomic(state.cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(state.ca, ca_pem)
+    host, _ = split_address(server)
+    enrollment = Enrollment(
+        node=reply.node_name,
+        server=f"{host}:{reply.agent_port}",
+        labels=dict(reply.labels),
+        enrolled_at=time.time(),
+    )
+    state.save_enrollment(enrollment)
+    return enrollment

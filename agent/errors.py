@@ -1,0 +1,46 @@
+"""Errors raised by the agent.
+
+    PlumbAgentError             anything the agent raises on purpose
+    ├── CatalogError            a catalog cannot be run as a whole
+    │                           (a require naming a missing id, a require
+    │                           cycle, one id declared twice)
+    ├── CatalogRejected         a catalog's signature or signer does not verify
+    ├── NoCatalog               nothing to run: no catalog received or cached yet
+    ├── NotEnrolled             the state dir holds no enrollment
+    └── EnrollError             enrollment failed (unreachable, CA pin, token refused)
+
+Errors raised by resource kinds live in :mod:`modules.errors`; the engine
+turns those into a resource's status and never lets them escape a run.
+Library errors (grpc, sqlite, OS) are translated into these at the boundary
+with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class PlumbAgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class CatalogError(PlumbAgentError):
+    """The catalog cannot be run as a whole; the message names the problem.
+
+    The server refuses such catalogs at push time, but the agent checks again
+    because it never trusts what it receives blindly.
+    """
+
+
+class CatalogRejected(PlumbAgentError):
+    """A catalog failed verification; it is never cached or applied."""
+
+
+class NoCatalog(PlumbAgentError):
+    """There is no catalog to run yet."""
+
+
+class NotEnrolled(PlumbAgentError):
+    """This node has not been enrolled; the message says how to."""
+
+
+class EnrollError(PlumbAgentError):
+    """Enrollment failed; the message says why (and what to check)."""

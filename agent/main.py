@@ -1,0 +1,242 @@
+"""``plumb-agent``: enroll this node, run the daemon, run once, show status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.errors import PlumbAgentError
+from agent.state import StateDir
+
+DEFAULT_STATE_DIR = Path(os.environ.get("PLUMB_STATE_DIR", "/var/lib/plumb"))
+
+# Exit codes of `run --once`, in the spirit of Puppet's --detailed-exitcodes:
+# bits a script can test. 0 means everything is as desired now.
+EXIT_OK = 0
+EXIT_ERROR = 1  # could not run at all (not enrolled, no catalog, bad usage is 2)
+EXIT_DIFFERENCES = 2  # drifted or unknown resources remain (noop or audit)
+EXIT_FAILURES = 4  # failed or skipped resources
+
+EPILOG = """\
+exit codes: 0 success; 1 error; 2 bad usage.
+`run --once` adds: 2 differences remain (drifted/unknown: noop or audit),
+4 failures (failed/skipped), 6 both; 0 means every resource is in sync or repaired.
+
+examples:
+  plumb-agent enroll --server plumb.example.com:8444 --token plumb1.…
+  plumb-agent daemon
+  plumb-agent run --once --noop
+  plumb-agent status --json
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # APScheduler logs every job at INFO; our own run log says what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except PlumbAgentError as exc:
+        print(f"plumb-agent: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plumb-agent",
+        description="The Plumb agent: enforces this node's catalog, "
+        "repairs drift and reports to the server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="identity, cached catalog and report spool (default: $PLUMB_STATE_DIR or %(default)s)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    enroll = sub.add_parser("enroll", help="get this node's certificate with a token")
+    enroll.add_argument(
+        "--server",
+        required=True,
+        help="HOST:PORT of the server's enrollment listener (default port 8444)",
+    )
+    enroll.add_argument("--token", required=True, help="from 'plumb token create'")
+    enroll.add_argument(
+        "--name",
+        help="node name (default: this host's fully qualified name, lower-case)",
+    )
+    enroll.set_defaults(func=_enroll)
+
+    for name, helptext in (
+        ("daemon", "stay connected; apply pushes; run periodically"),
+        ("run", "run the catalog now and report"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument(
+            "--root",
+            type=Path,
+            default=Path("/"),
+            help="manage paths under this directory instead of / (sandboxing)",
+        )
+        p.add_argument(
+            "--confirm-timeout",
+            type=float,
+            default=5,
+            metavar="SECONDS",
+            help="after a risky change (firewall, routes), how long to wait for the server "
+            "over a fresh connection before reverting the change (default: %(default)s)",
+        )
+        if name == "daemon":
+            p.add_argument(
+                "--interval",
+                type=float,
+                default=1800,
+                help="seconds between periodic runs (default: %(default)s)",
+            )
+            p.add_argument(
+                "--splay",
+                type=float,
+                default=60,
+                help="random delay added to each periodic run (default: %(default)s)",
+            )
+            p.add_argument(
+                "--no-watch",
+                action="store_true",
+                help="do not watch managed resources for changes (inotify, ...); "
+                "drift is then found by periodic runs only",
+            )
+            p.set_defaults(func=_daemon)
+        else:
+            p.add_argument(
+                "--once",
+                action="store_true",
+                required=True,
+                help="one run, then exit (required; the daemon runs continuously)",
+            )
+            p.add_argument(
+                "--noop", action="store_true", help="only report what differs; change nothing"
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=10,
+                help="seconds to wait for the server (default: %(default)s)",
+            )
+            p.set_defaults(func=_run_once)
+
+    status = sub.add_parser("status", help="enrollment, cached catalog, last run, spool")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(func=_status)
+    return parser
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from agent.enroll import enroll
+
+    state = StateDir(args.state_dir)
+    try:
+        known = state.enrollment()
+    except PlumbAgentError:
+        known = None
+    if known is not None and state.cert.exists():
+        print(f"already enrolled as {known.node} with {known.server}; nothing to do")
+        return 0
+    # Resolved only here: getfqdn() may wait on DNS, which no other command needs.
+    name = args.name or socket.getfqdn().lower()
+    result = enroll(state, args.server, args.token, name)
+    print(
+        f"enrolled as {result.node}; agent service at {result.server}; "
+        f"labels: {', '.join(f'{k}={v}' for k, v in sorted(result.labels.items())) or '-'}"
+    )
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon
+
+    daemon = Daemon(
+        StateDir(args.state_dir),
+        args.root,
+        args.interval,
+        args.splay,
+        watch=not args.no_watch,
+        confirm_timeout_s=args.confirm_timeout,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop.set())
+    daemon.serve()
+    return 0
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    from agent.once import run_once
+
+    report = run_once(
+        StateDir(args.state_dir), args.root, args.noop, args.timeout, args.confirm_timeout
+    )
+    return _exit_code(report)
+
+
+def _exit_code(report: Any) -> int:
+    from protos import plumb_pb2 as pb
+
+    statuses = {r.status for r in report.results}
+    code = EXIT_OK
+    if statuses & {pb.DRIFTED, pb.UNKNOWN}:
+        code |= EXIT_DIFFERENCES
+    if statuses & {pb.FAILED, pb.SKIPPED}:
+        code |= EXIT_FAILURES
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.runner import Runner
+
+    state = StateDir(args.state_dir)
+    enrollment = state.enrollment()
+    runner = Runner(state, enrollment.node, Path("/"))
+    info = {
+        "node": enrollment.node,
+        "server": enrollment.server,
+        "labels": enrollment.labels,
+        "catalog_revision": runner.applied_revision(),
+        "spooled_reports": runner.spool.count(),
+        "last_run": state.read_json(state.last_run),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    last = info["last_run"]
+    print(
+        f"node:              {info['node']}\nserver:            {info['server']}\n"
+        f"catalog revision:  {info['catalog_revision'] or 'none yet'}\n"
+        f"spooled reports:   {info['spooled_reports']}"
+    )
+    if last:
+        counts = ", ".join(f"{k} {v}" for k, v in last["summary"].items() if v)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished_at"]))
+        noop = ", noop" if last["noop"] else ""
+        print(f"last run:          {when} ({last['trigger']}{noop}): {counts or 'no resources'}")
+    else:
+        print("last run:          never")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

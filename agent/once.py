@@ -1,0 +1,54 @@
+"""`plumb-agent run --once`: catch up with the server if it answers, run, deliver reports.
+
+The server being unreachable is not an error: the cached catalog is run and
+the report waits in the spool for the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent import AGENT_VERSION, facts
+from agent.errors import NoCatalog
+from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
+from agent.session import SessionClient
+from agent.state import StateDir
+from protos import plumb_pb2 as pb
+
+log = logging.getLogger("plumb.agent")
+
+
+def run_once(
+    state: StateDir,
+    root: Path,
+    noop: bool,
+    timeout: float,
+    confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+) -> pb.Report:
+    enrollment = state.enrollment()
+    runner = Runner(state, enrollment.node, root, enrollment.server, confirm_timeout_s)
+    session = SessionClient(
+        state, enrollment, runner, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
+    )
+    session.start()
+    try:
+        if not session.caught_up.wait(timeout) and not session.ended.is_set():
+            log.warning(
+                "server %s did not answer within %ss; running the cached catalog",
+                enrollment.server,
+                timeout,
+            )
+        report = runner.run(pb.MANUAL, noop=noop)
+        if report is None:
+            raise NoCatalog(
+                "no catalog yet: the server has nothing for this node, and nothing is cached"
+            )
+        session.flush()
+        if not session.wait_acked(timeout):
+            log.warning(
+                "%d report(s) stay spooled until the server acknowledges them", runner.spool.count()
+            )
+        return report
+    finally:
+        session.close()

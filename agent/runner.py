@@ -1,0 +1,214 @@
+"""One run: verify the cached catalog, run the engine, spool the report.
+
+Runs never overlap: a thread lock inside the daemon and a file lock across
+processes (so `plumb-agent run --once` waits for the daemon's run to end).
+
+Risky changes are applied with confirm-or-revert against ``server`` (see
+``agent/engine.py``). A resource the engine reverted is held, neither applied
+nor read, until a new catalog revision arrives, so that a change that cuts the
+agent off is not tried again on every run; ``reverted.json`` in the state dir
+keeps ``{"revision": N, "ids": [...]}`` across restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent import engine
+from agent.confirm import server_reachable
+from agent.errors import CatalogRejected
+from agent.spool import Spool
+from agent.state import StateDir, write_atomic
+from agent.tls import verify_catalog
+from modules.base import Context, Status
+from modules.catalog import Catalog, CatalogResource
+from protos import plumb_pb2 as pb
+
+log = logging.getLogger("plumb.agent")
+
+STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}  # enum fields take names
+
+
+DEFAULT_CONFIRM_TIMEOUT_S = 5.0
+
+
+class Runner:
+    def __init__(
+        self,
+        state: StateDir,
+        node: str,
+        root: Path,
+        server: str | None = None,
+        confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+    ) -> None:
+        """``server`` (HOST:PORT) enables confirm-or-revert; None applies risky kinds unguarded."""
+        self.state = state
+        self.node = node
+        self.root = root
+        self.spool = Spool(state.spool)
+        self._lock = threading.Lock()
+        self._confirm: Callable[[], bool] | None = None
+        if server is not None:
+            address = server
+            self._confirm = lambda: server_reachable(state, address, confirm_timeout_s)
+
+    @property
+    def reverted_path(self) -> Path:
+        return self.state.path / "reverted.json"
+
+    def held(self, revision: int) -> frozenset[str]:
+        """Ids reverted earlier for ``revision``; a new revision clears the hold."""
+        held = self.state.read_json(self.reverted_path) or {}
+        if held.get("revision") != revision:
+            return frozenset()
+        return frozenset(str(i) for i in held.get("ids", []))
+
+    def cached(self) -> tuple[pb.SignedCatalog, Catalog] | None:
+        """The cached catalog, verified again (the file could have been tampered with)."""
+        try:
+            signed = pb.SignedCatalog.FromString(self.state.catalog.read_bytes())
+        except FileNotFoundError:
+            return None
+        return signed, verify_catalog(signed, self.state.ca.read_bytes(), self.node)
+
+    def applied_revision(self) -> int:
+        try:
+            cached = self.cached()
+        except CatalogRejected as exc:
+            log.error("cached catalog rejected: %s", exc)
+            return 0
+        return cached[1].revision if cached else 0
+
+    def accept(self, signed: pb.SignedCatalog) -> Catalog:
+        """Verify a catalog from the server and cache it; CatalogRejected if it does not verify."""
+        catalog = verify_catalog(signed, self.state.ca.read_bytes(), self.node)
+        write_atomic(self.state.catalog, signed.SerializeToString())
+        return catalog
+
+    def run(self, trigger: pb.Trigger, noop: bool = False) -> pb.Report | None:
+        """Run the cached catalog; None if there is none yet."""
+        with self._exclusive():
+            cached = self.cached()
+            if cached is None:
+                log.info("no catalog yet: nothing to do")
+                return None
+            catalog = cached[1]
+            started = time.time()
+            hold = self.held(catalog.revision)
+            results = engine.run(
+                catalog.resources,
+                Context(root=self.root, log=log),
+                noop=noop,
+                confirm=self._confirm,
+                hold=hold,
+                revision=catalog.revision,
+            )
+            self._remember_reverted(catalog.revision, hold, results)
+            specs = {r.id: _spec_hash(r) for r in catalog.resources}
+            drift = self._drift(results, specs)
+            report = _report(self.node, catalog.revision, noop, trigger, started, results, drift)
+            self.spool.add(report.id, report.SerializeToString())
+            self._record(report, engine.summarize(results))
+            self._remember_converged(results, specs)
+            return report
+
+    def _remember_reverted(
+        self, revision: int, hold: frozenset[str], results: list[engine.ResourceResult]
+    ) -> None:
+        ids = hold | {r.id for r in results if r.reverted}
+        if ids:
+            if ids != hold:
+                body = {"revision": revision, "ids": sorted(ids)}
+                write_atomic(self.reverted_path, json.dumps(body).encode())
+        else:
+            self.reverted_path.unlink(missing_ok=True)
+
+    def _drift(self, results: list[engine.ResourceResult], specs: dict[str, str]) -> set[str]:
+        """Resources that differ from a spec they had already converged to: real drift.
+
+        A resource that differs because its desired state is new (first run of
+        a new catalog) is a change being rolled out, not drift.
+        """
+        converged = self.state.read_json(self.state.converged) or {}
+        return {r.id for r in results if r.changes and converged.get(r.id) == specs[r.id]}
+
+    def _remember_converged(
+        self, results: list[engine.ResourceResult], specs: dict[str, str]
+    ) -> None:
+        previous = self.state.read_json(self.state.converged) or {}
+        converged = {
+            r.id: specs[r.id] for r in results if r.status in (Status.IN_SYNC, Status.REPAIRED)
+        }
+        # A dry run converges nothing, but must not forget what had converged.
+        kept = {i: h for i, h in previous.items() if i in specs and specs[i] == h}
+        write_atomic(self.state.converged, json.dumps({**kept, **converged}).encode())
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._lock, open(self.state.lock, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
+
+    def _record(self, report: pb.Report, summary: dict[str, int]) -> None:
+        last = {
+            "report_id": report.id,
+            "revision": report.revision,
+            "noop": report.noop,
+            "trigger": pb.Trigger.Name(report.trigger).lower(),
+            "started_at": report.started_at,
+            "finished_at": report.finished_at,
+            "summary": summary,
+        }
+        write_atomic(self.state.last_run, json.dumps(last, indent=2).encode())
+
+
+def _spec_hash(resource: CatalogResource) -> str:
+    body = json.dumps([resource.kind, resource.spec], sort_keys=True).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+def _report(
+    node: str,
+    revision: int,
+    noop: bool,
+    trigger: pb.Trigger,
+    started: float,
+    results: list[engine.ResourceResult],
+    drift: set[str],
+) -> pb.Report:
+    return pb.Report(
+        id=str(uuid.uuid4()),
+        node_name=node,
+        revision=revision,
+        noop=noop,
+        trigger=trigger,
+        started_at=started,
+        finished_at=time.time(),
+        results=[_result(r, r.id in drift) for r in results],
+    )
+
+
+def _result(r: engine.ResourceResult, drift: bool) -> pb.ResourceResult:
+    return pb.ResourceResult(
+        drift=drift,
+        id=r.id,
+        kind=r.kind,
+        name=r.name,
+        manifest=r.manifest,
+        status=STATUS_TO_PB[r.status],
+        changes=[
+            pb.Change(field=c.field, observed=c.observed, desired=c.desired) for c in r.changes
+        ],
+        error=r.error,
+        duration_s=r.duration_s,
+        controls=list(r.controls),
+    )

@@ -1,0 +1,137 @@
+"""The agent's end of the Session stream.
+
+A :class:`SessionClient` is one connection: it says hello, keeps the cached
+catalog up to date as the server sends new ones, sends spooled reports and
+deletes them from the spool when acked. The daemon opens a new one whenever
+the previous one broke; ``run --once`` opens one for the length of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from agent.errors import CatalogRejected
+from agent.runner import Runner
+from agent.state import Enrollment, StateDir
+from agent.tls import secure_channel
+from protos import plumb_pb2 as pb
+from protos import plumb_pb2_grpc as pb_grpc
+
+log = logging.getLogger("plumb.agent.session")
+
+_FLUSH = object()  # send whatever the spool holds that this stream has not sent
+_END = object()  # close our side of the stream
+
+
+class SessionClient:
+    def __init__(
+        self,
+        state: StateDir,
+        enrollment: Enrollment,
+        runner: Runner,
+        facts: dict[str, str],
+        on_catalog: Callable[[pb.SignedCatalog], None],
+    ) -> None:
+        self.runner = runner
+        self.enrollment = enrollment
+        self.facts = facts
+        self.on_catalog = on_catalog
+        self._channel = secure_channel(state, enrollment.server)
+        self._outbox: queue.Queue[object] = queue.Queue()
+        self._sent: set[str] = set()
+        self.caught_up = threading.Event()  # welcome seen and any newer catalog cached
+        self.alive = threading.Event()  # at least one message arrived on this stream
+        self.ended = threading.Event()
+        self._acked = threading.Condition()
+        self.error: str = ""
+        self._call: grpc.Call | None = None
+
+    def start(self) -> None:
+        stub = pb_grpc.AgentStub(self._channel)
+        responses = stub.Session(self._requests())
+        self._call = responses
+        threading.Thread(
+            target=self._read, args=(responses,), daemon=True, name="plumb-session"
+        ).start()
+
+    def flush(self) -> None:
+        """Send every spooled report this stream has not sent yet."""
+        self._outbox.put(_FLUSH)
+
+    def wait_acked(self, timeout: float) -> bool:
+        """Wait until the spool is empty (everything acknowledged) or the stream ended."""
+        with self._acked:
+            return self._acked.wait_for(
+                lambda: self.ended.is_set() or self.runner.spool.count() == 0, timeout
+            )
+
+    def close(self) -> None:
+        self._outbox.put(_END)
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+
+    def _requests(self) -> Iterator[pb.AgentMessage]:
+        yield pb.AgentMessage(
+            hello=pb.Hello(
+                node_name=self.enrollment.node,
+                facts=self.facts,
+                applied_revision=self.runner.applied_revision(),
+                agent_version=self.facts.get("agent_version", ""),
+            )
+        )
+        yield from self._reports()
+        while (item := self._outbox.get()) is not _END:
+            if item is _FLUSH:
+                yield from self._reports()
+
+    def _reports(self) -> Iterator[pb.AgentMessage]:
+        for report_id, body in self.runner.spool.pending():
+            if report_id not in self._sent:
+                self._sent.add(report_id)
+                yield pb.AgentMessage(report=pb.Report.FromString(body))
+
+    def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
+        try:
+            for message in responses:
+                self.alive.set()
+                self._handle(message)
+        except grpc.RpcError as exc:
+            self.error = _describe(exc)
+        finally:
+            self.ended.set()
+            with self._acked:
+                self._acked.notify_all()
+
+    def _handle(self, message: pb.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "welcome":
+            if message.welcome.latest_revision == self.runner.applied_revision():
+                self.caught_up.set()
+        elif kind == "catalog":
+            self._catalog(message.catalog)
+        elif kind == "ack":
+            self.runner.spool.ack(message.ack.report_id)
+            with self._acked:
+                self._acked.notify_all()
+
+    def _catalog(self, signed: pb.SignedCatalog) -> None:
+        try:
+            self.runner.accept(signed)
+        except CatalogRejected as exc:
+            # Never apply what we cannot verify; keep enforcing the last good one.
+            log.error("refused catalog revision %d: %s", signed.revision, exc)
+        else:
+            self.on_catalog(signed)
+        self.caught_up.set()
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    if isinstance(exc, grpc.Call):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)

@@ -1,0 +1,136 @@
+"""Certificates on the agent: pinning the CA, channel credentials, catalog signatures."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import socket
+import ssl
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.errors import CatalogRejected, EnrollError
+from agent.state import StateDir
+from modules.catalog import Catalog
+from protos import plumb_pb2 as pb
+
+SIGNER_ROLE = "catalog-signer"
+
+# Keepalives find a dead server (or a dead NAT entry) within a minute instead
+# of waiting for TCP to give up.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise EnrollError(f"server address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def fetch_pinned_ca(address: str, fingerprint: str, timeout: float = 10.0) -> bytes:
+    """The CA certificate (PEM) that ``address`` presents, if its SHA-256 is ``fingerprint``.
+
+    The chain is read without verification on purpose: nothing from it is
+    trusted unless it matches the fingerprint the operator gave us in the
+    token, so a server in the middle cannot substitute its own CA.
+    """
+    host, port = split_address(address)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            chain = _unverified_chain(tls)
+    except OSError as exc:
+        raise EnrollError(f"cannot reach {address}: {exc}") from exc
+    for der in chain:
+        cert = x509.load_der_x509_certificate(der)
+        if cert.fingerprint(hashes.SHA256()).hex() == fingerprint:
+            return cert.public_bytes(serialization.Encoding.PEM)
+    raise EnrollError(
+        f"no certificate presented by {address} matches the CA fingerprint in "
+        "the token; refusing to trust this server (wrong server, or a token "
+        "from another Plumb installation?)"
+    )
+
+
+def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    # Public from Python 3.13; the same method on the internal object before.
+    getter = getattr(tls, "get_unverified_chain", None)
+    if getter is not None:
+        return list(getter())
+    internal = tls._sslobj  # type: ignore[attr-defined]
+    return [
+        c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        for c in internal.get_unverified_chain()
+    ]
+
+
+def channel_credentials(state: StateDir) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        state.ca.read_bytes(), state.key.read_bytes(), state.cert.read_bytes()
+    )
+
+
+def secure_channel(state: StateDir, address: str) -> grpc.Channel:
+    return grpc.secure_channel(address, channel_credentials(state), options=CHANNEL_OPTIONS)
+
+
+def verify_catalog(signed: pb.SignedCatalog, ca_pem: bytes, node: str) -> Catalog:
+    """The catalog inside ``signed``, only if our CA's signer signed it, for this node."""
+    signer = _certified_signer(ca_pem, signed.signer_pem)
+    _check_validity(signer)
+    key = signer.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    try:
+        key.verify(signed.signature, signed.payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise CatalogRejected("catalog signature does not verify") from None
+    catalog = Catalog.from_json(signed.payload)
+    if catalog.node != node or catalog.revision != signed.revision:
+        raise CatalogRejected(
+            f"catalog is for node {catalog.node!r} revision "
+            f"{catalog.revision}, not this node {node!r}"
+        )
+    return catalog
+
+
+@functools.lru_cache(maxsize=8)
+def _certified_signer(ca_pem: bytes, signer_pem: bytes) -> x509.Certificate:
+    """The signer certificate, once it is known to be our CA's catalog signer.
+
+    Cached by the exact bytes of both certificates: the server's signer rarely
+    changes, and checking its chain is most of a verification's cost. Only
+    successes are cached (a rejection raises); validity in time is checked on
+    every use, by the caller.
+    """
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    try:
+        signer = x509.load_pem_x509_certificate(signer_pem)
+        signer.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CatalogRejected(f"catalog signer is not certified by our CA: {exc}") from exc
+    role = signer.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if [a.value for a in role] != [SIGNER_ROLE]:
+        raise CatalogRejected("catalog was signed by a certificate that may not sign catalogs")
+    return signer
+
+
+def _check_validity(signer: x509.Certificate) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+        raise CatalogRejected("catalog signer certificate is expired or not yet valid")

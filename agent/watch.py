@@ -1,0 +1,286 @@
+"""Event-driven drift: the watchers of the current catalog, and when they ask for a run.
+
+For every kind of the catalog that is ``watchable``, one thread runs the
+kind's :meth:`~modules.base.Kind.watch` over the specs of that kind. Its
+``on_change`` calls are debounced: once things have been quiet for
+``quiet_s`` (or at the latest ``max_delay_s`` after the first call), the
+watched resources are *checked* and, if one of them really changed, the
+daemon is asked for a run with trigger ``WATCH``.
+
+Why a check, and not a run on every event: the agent's own applies cause
+events too (an atomic replace is a create and a rename in the watched
+directory), and running on those would run again after every run. A check
+reads and diffs the watched resources, applies nothing, reports nothing, and
+compares with what the last run left: no differences for a resource in sync
+or repaired, the same differences for a drifted one (audit). The echo of an
+apply finds exactly that, so it ends in the check; and since a check never
+writes, it cannot feed itself. There is no time window in which a real
+change is ignored: events during a run are kept and checked when it ends.
+
+Failed resources are the exception, as they left nothing to compare with.
+After a failure in a run that events did not cause (a push, the schedule),
+the next event causes a run: an operator may just have fixed the cause (made
+the missing directory). After a failure in a run that events caused, events
+alone do not retry it; the periodic run and every other run do. That bounds
+the worst case (an apply that touches the file and then fails) to one extra
+run.
+
+Usage, from the daemon::
+
+    watchers = Watchers(root, request_run=lambda: queue_a_run(pb.WATCH))
+    watchers.start(catalog)          # a run of it is queued; again for every new catalog
+    watchers.run_started()           # around every run, whatever its trigger
+    watchers.run_finished(report)
+    watchers.stop()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from modules import registry
+from modules.base import Change, Context, Kind
+from modules.catalog import Catalog
+from protos import plumb_pb2 as pb
+
+log = logging.getLogger("plumb.agent.watch")
+
+KindLookup = Callable[[str], Kind[Any, Any]]
+
+# What the last run left of a resource, which a check compares with: the
+# differences that remained (none when in sync or repaired), or a failure to
+# retry on the next event, or nothing to go by (skipped, unknown, failed in a
+# run caused by events): events alone do not make such a resource run.
+Expected = tuple[Change, ...] | Literal["retry", "ignore"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One watched resource, with its spec parsed by its kind."""
+
+    id: str
+    kind: Kind[Any, Any]
+    spec: Any
+
+
+def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Target]:
+    """The catalog's resources whose kind can be watched.
+
+    A resource whose kind is unknown or whose spec does not parse is left
+    out: the run reports it as failed, and there is nothing to watch.
+    """
+    found = []
+    for res in catalog.resources:
+        try:
+            kind = kinds(res.kind)
+            if kind.watchable:
+                found.append(Target(res.id, kind, kind.parse(res.spec)))
+        except Exception as exc:
+            log.debug("%s: not watched (%s)", res.id, exc)
+    return found
+
+
+def expected_after(report: pb.Report) -> dict[str, Expected]:
+    """What ``report``'s run left of each resource, for checks until the next run."""
+    left: dict[str, Expected] = {}
+    for result in report.results:
+        if result.status in (pb.IN_SYNC, pb.REPAIRED):
+            left[result.id] = ()
+        elif result.status == pb.DRIFTED:
+            left[result.id] = tuple(Change(c.field, c.observed, c.desired) for c in result.changes)
+        elif result.status == pb.FAILED and report.trigger != pb.WATCH:
+            left[result.id] = "retry"
+        else:
+            left[result.id] = "ignore"
+    return left
+
+
+class Watchers:
+    """One watcher thread per watchable kind of the current catalog, and a debouncer."""
+
+    def __init__(
+        self,
+        root: Path,
+        request_run: Callable[[], None],
+        *,
+        kinds: KindLookup = registry.get,
+        quiet_s: float = 0.05,
+        max_delay_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = Context(root=root, log=log)
+        self._request_run = request_run
+        self._kinds = kinds
+        self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        # Everything below is guarded by _cond.
+        self._revision = 0
+        self._targets: list[Target] = []
+        self._expected: dict[str, Expected] = {}
+        self._dirty = False  # an event came since the last check or run started
+        self._first = self._last = 0.0  # when the first and the last of those came
+        self._running = False  # a run is in progress
+        self._queued = False  # a run is on its way (ours, or the one start() announces)
+        self._closed = False
+        self._stops: list[threading.Event] = []  # one per watcher thread of the catalog
+        self._threads: list[threading.Thread] = []
+        self._debouncer: threading.Thread | None = None
+
+    # --- what the daemon calls ---------------------------------------------
+
+    def start(self, catalog: Catalog) -> None:
+        """Watch ``catalog`` instead of whatever was watched before.
+
+        Call it when a run of ``catalog`` is queued (the daemon does, at start
+        with the cached catalog and on every accepted catalog): that run
+        converges the new resources, so events until it ends are checked after.
+        """
+        found = targets(catalog, self._kinds)
+        with self._cond:
+            if self._closed:
+                return
+            self._stop_watchers()
+            self._revision = catalog.revision
+            self._targets = found
+            self._expected = {}
+            self._queued = True
+            self._dirty = False
+            by_kind: dict[str, list[Target]] = {}
+            for target in found:
+                by_kind.setdefault(target.kind.name, []).append(target)
+            for name, group in by_kind.items():
+                self._spawn(group[0].kind, [t.spec for t in group], name)
+            if self._debouncer is None:
+                self._debouncer = self._thread(self._debounce, "plumb-watch-debounce")
+        if found:
+            log.info(
+                "watching %d resource(s) of revision %d: %s",
+                len(found),
+                catalog.revision,
+                ", ".join(sorted(by_kind)),
+            )
+
+    def run_started(self) -> None:
+        """A run began; it reads everything afresh, so earlier events are answered."""
+        with self._cond:
+            self._running = True
+            self._queued = False
+            self._dirty = False
+
+    def run_finished(self, report: pb.Report | None) -> None:
+        """A run ended; check what events came meanwhile, against what it left."""
+        with self._cond:
+            self._running = False
+            if report is not None and report.revision == self._revision and not report.noop:
+                self._expected = expected_after(report)
+            if self._dirty:
+                # Debounce from now: the echoes of the run's last applies may
+                # still be on their way, and one check answers them all.
+                self._first = self._last = self._clock()
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread and wait (up to ``timeout`` each) for them to end."""
+        with self._cond:
+            self._closed = True
+            self._stop_watchers()
+            self._cond.notify_all()
+            threads = [*self._threads, *([self._debouncer] if self._debouncer else [])]
+        for thread in threads:
+            thread.join(timeout)
+
+    # --- what watchers call ------------------------------------------------
+
+    def on_change(self) -> None:
+        """Something watched may have changed (called from watcher threads)."""
+        with self._cond:
+            now = self._clock()
+            if not self._dirty:
+                self._first = now
+            self._dirty = True
+            self._last = now
+            self._cond.notify_all()
+
+    # --- inside ----------------------------------------------------------
+
+    def _spawn(self, kind: Kind[Any, Any], specs: list[Any], name: str) -> None:
+        stop = threading.Event()
+        self._stops.append(stop)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(
+            self._thread(lambda: self._watch(kind, specs, stop), f"plumb-watch-{name}")
+        )
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _stop_watchers(self) -> None:
+        for stop in self._stops:
+            stop.set()
+        self._stops = []
+
+    def _watch(self, kind: Kind[Any, Any], specs: list[Any], stop: threading.Event) -> None:
+        try:
+            kind.watch(self._ctx, specs, self.on_change, stop)
+        except Exception:
+            # Drift is still found, by the periodic run: log it and carry on.
+            log.exception("watcher of kind %r stopped; relying on periodic runs", kind.name)
+
+    def _debounce(self) -> None:
+        while True:
+            with self._cond:
+                if not self._wait_until_due():
+                    return
+                self._dirty = False
+                found, expected = self._targets, self._expected
+            changed = self._check(found, expected)
+            if changed is None:
+                log.debug("watcher: checked after events; nothing changed")
+                continue
+            with self._cond:
+                if self._closed:
+                    return
+                self._queued = True
+            log.info("watcher: %s changed; running", changed)
+            self._request_run()
+
+    def _wait_until_due(self) -> bool:
+        """Wait (holding _cond) until a check is due; False once stopped."""
+        while not self._closed:
+            if not self._dirty or self._running or self._queued:
+                self._cond.wait()
+                continue
+            due = min(self._last + self._quiet_s, self._first + self._max_delay_s)
+            now = self._clock()
+            if now >= due:
+                return True
+            self._cond.wait(due - now)
+        return False
+
+    def _check(self, found: list[Target], expected: dict[str, Expected]) -> str | None:
+        """The id of a watched resource that differs from what the last run left, if any."""
+        for target in found:
+            wanted = expected.get(target.id, ())
+            if wanted == "ignore":
+                continue
+            if wanted == "retry":
+                return target.id
+            try:
+                observed = tuple(
+                    target.kind.diff(target.spec, target.kind.read(self._ctx, target.spec))
+                )
+            except Exception:
+                return target.id  # the run will say what is wrong
+            if observed != wanted:
+                return target.id
+        return None

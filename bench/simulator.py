@@ -1,0 +1,225 @@
+"""Load generator: many simulated agents in one process, speaking the real protocol.
+
+Each simulated agent has its own key and certificate and its own mutual-TLS
+connection (a channel with a local subchannel pool, so connections are never
+shared), says hello, verifies every catalog it receives exactly as the real
+agent does (``agent.tls.verify_catalog``), answers it with a report, and
+counts a revision as done when the server acks that report. When its stream
+breaks it spools one report (what a periodic run during an outage would
+produce) and reconnects with the real agent's backoff: full jitter over an
+exponentially growing window.
+
+Run by bench/_fleet.py; reads a JSON job on stdin, writes JSON-line events
+on stdout:
+    {"event": "connected", "t": [...]}              every agent saw its first welcome
+    {"event": "round", "revision": R, "t_catalog": [...], "t_ack": [...]}
+    {"event": "resynced", "round": K, "t": [...]}   every agent back in sync after a break
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# Run as a script from bench/: the repository's packages come first, before
+# anything in bench/ whose name could shadow them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc
+
+from agent.daemon import backoff_window
+from agent.errors import CatalogRejected
+from agent.tls import verify_catalog
+from protos import plumb_pb2 as pb
+from protos import plumb_pb2_grpc as pb_grpc
+
+BACKOFF_CAP_S = 60.0  # the daemon's default
+
+OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),  # one connection per simulated agent
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+class Fleet:
+    """Bookkeeping shared by the simulated agents of this process."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.connected: list[float] = []
+        self.catalogs: dict[int, list[float]] = defaultdict(list)
+        self.acks: dict[int, list[float]] = defaultdict(list)
+        self.resynced: dict[int, list[float]] = defaultdict(list)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        print(json.dumps(event), flush=True)
+
+    def first_welcome(self) -> None:
+        self.connected.append(time.time())
+        if len(self.connected) == self.size:
+            self.emit({"event": "connected", "t": self.connected})
+
+    def acked(self, revision: int, t_catalog: float) -> None:
+        self.catalogs[revision].append(t_catalog)
+        self.acks[revision].append(time.time())
+        if len(self.acks[revision]) == self.size:
+            self.emit(
+                {
+                    "event": "round",
+                    "revision": revision,
+                    "t_catalog": self.catalogs[revision],
+                    "t_ack": self.acks[revision],
+                }
+            )
+
+    def back_in_sync(self, breaks: int) -> None:
+        self.resynced[breaks].append(time.time())
+        if len(self.resynced[breaks]) == self.size:
+            self.emit({"event": "resynced", "round": breaks, "t": self.resynced[breaks]})
+
+
+class SimulatedAgent:
+    def __init__(
+        self, name: str, key: bytes, cert: bytes, ca: bytes, server: str, fleet: Fleet
+    ) -> None:
+        self.name = name
+        self.ca = ca
+        self.server = server
+        self.fleet = fleet
+        self.credentials = grpc.ssl_channel_credentials(ca, key, cert)
+        self.applied = 0
+        self.spool: dict[str, pb.Report] = {}
+        self.catalog_times: dict[str, tuple[int, float]] = {}  # report id -> (revision, t)
+        self.breaks = 0
+        self.welcomed = False
+        self.in_sync_reported = -1
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            answered, error = await self._session()
+            if answered:  # a live session broke: a periodic run happens meanwhile
+                self.breaks += 1
+                self._spool_report(self.applied)
+            attempt = 0 if answered else attempt + 1
+            window = backoff_window(attempt, error, BACKOFF_CAP_S)
+            await asyncio.sleep(random.uniform(0, window))
+
+    async def _session(self) -> tuple[bool, str]:
+        """One connection: whether the server answered at all, and why it ended."""
+        outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
+        answered, error = False, ""
+        async with grpc.aio.secure_channel(self.server, self.credentials, options=OPTIONS) as ch:
+            call = pb_grpc.AgentStub(ch).Session()
+            writer = asyncio.create_task(_write(call, outbox))
+            outbox.put_nowait(
+                pb.AgentMessage(
+                    hello=pb.Hello(
+                        node_name=self.name, applied_revision=self.applied, agent_version="sim"
+                    )
+                )
+            )
+            try:
+                async for message in call:
+                    answered = True
+                    self._handle(message, outbox)
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details() or ''}"
+            finally:
+                writer.cancel()
+        return answered, error
+
+    def _handle(self, message: pb.ServerMessage, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "welcome":
+            if not self.welcomed:
+                self.welcomed = True
+                self.fleet.first_welcome()
+            for report in self.spool.values():
+                outbox.put_nowait(pb.AgentMessage(report=report))
+            self._check_resynced(message.welcome.latest_revision)
+        elif kind == "catalog":
+            self._catalog(message.catalog, outbox)
+        elif kind == "ack":
+            self.spool.pop(message.ack.report_id, None)
+            timing = self.catalog_times.pop(message.ack.report_id, None)
+            if timing is not None:
+                self.fleet.acked(*timing)
+            self._check_resynced(self.applied)
+
+    def _catalog(self, signed: pb.SignedCatalog, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+        try:
+            catalog = verify_catalog(signed, self.ca, self.name)
+        except CatalogRejected as exc:
+            print(f"{self.name}: catalog rejected: {exc}", file=sys.stderr)
+            return
+        t_catalog = time.time()
+        self.applied = catalog.revision
+        report = self._spool_report(catalog.revision, len(catalog.resources))
+        self.catalog_times[report.id] = (catalog.revision, t_catalog)
+        outbox.put_nowait(pb.AgentMessage(report=report))
+
+    def _spool_report(self, revision: int, resources: int = 3) -> pb.Report:
+        now = time.time()
+        report = pb.Report(
+            id=str(uuid.uuid4()),
+            node_name=self.name,
+            revision=revision,
+            trigger=pb.PUSH,
+            started_at=now,
+            finished_at=now,
+            results=[
+                pb.ResourceResult(
+                    id=f"file/f{i}", kind="file", name=f"f{i}", manifest="bench", status=pb.IN_SYNC
+                )
+                for i in range(resources)
+            ],
+        )
+        self.spool[report.id] = report
+        return report
+
+    def _check_resynced(self, latest: int) -> None:
+        if (
+            self.breaks > self.in_sync_reported
+            and self.breaks > 0
+            and not self.spool
+            and latest == self.applied
+        ):
+            self.in_sync_reported = self.breaks
+            self.fleet.back_in_sync(self.breaks)
+
+
+async def _write(call: Any, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+    try:
+        while True:
+            await call.write(await outbox.get())
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the stream ended; the reader sees why
+
+
+async def main() -> None:
+    job = json.loads(sys.stdin.readline())
+    ca = job["ca"].encode()
+    fleet = Fleet(len(job["agents"]))
+    agents = [
+        SimulatedAgent(a["name"], a["key"].encode(), a["cert"].encode(), ca, job["server"], fleet)
+        for a in job["agents"]
+    ]
+    tasks = []
+    for agent in agents:
+        tasks.append(asyncio.create_task(agent.run()))
+        # Agents start over a short ramp, as a fleet's daemons would.
+        await asyncio.sleep(job.get("ramp_s", 0) / len(agents))
+    await asyncio.gather(*tasks)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Resource kinds, one per file, and the contract they follow (``modules.base``)."""

@@ -1,0 +1,88 @@
+"""The compiled catalog: what one node must look like at one revision.
+
+The server compiles it from manifests (``server/catalog.py``), signs its JSON
+form and sends it; the agent verifies, caches and runs it
+(``agent/engine.py``). It is plain data shared by both sides, which is why it
+lives here and not in either of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from modules.base import Mode
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogResource:
+    """One resource as the agent runs it."""
+
+    kind: str
+    name: str
+    spec: Mapping[str, Any]
+    manifest: str = ""  # the manifest that declared it, for reports and compliance
+    mode: Mode = Mode.ENFORCE
+    require: tuple[str, ...] = ()  # ids ("kind/name") that must be handled first
+    controls: tuple[str, ...] = ()  # compliance tags, e.g. "CIS-1.1.1"
+
+    @property
+    def id(self) -> str:
+        return resource_id(self.kind, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "spec": dict(self.spec),
+            "manifest": self.manifest,
+            "mode": str(self.mode),
+            "require": list(self.require),
+            "controls": list(self.controls),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CatalogResource:
+        return cls(
+            kind=str(raw["kind"]),
+            name=str(raw["name"]),
+            spec=dict(raw["spec"]),
+            manifest=str(raw.get("manifest", "")),
+            mode=Mode(raw.get("mode", Mode.ENFORCE)),
+            require=tuple(raw.get("require", ())),
+            controls=tuple(raw.get("controls", ())),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """Every resource one node must have at one revision."""
+
+    node: str
+    revision: int
+    resources: tuple[CatalogResource, ...] = ()
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys, no spaces): the bytes that get signed."""
+        body = {
+            "node": self.node,
+            "revision": self.revision,
+            "resources": [r.to_dict() for r in self.resources],
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Catalog:
+        raw = json.loads(data)
+        return cls(
+            node=str(raw["node"]),
+            revision=int(raw["revision"]),
+            resources=tuple(CatalogResource.from_dict(r) for r in raw["resources"]),
+        )
+
+
+def resource_id(kind: str, name: str) -> str:
+    """The id manifests use in ``require``: ``kind/name``."""
+    return f"{kind}/{name}"

@@ -1,0 +1,364 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATUS_UNSPECIFIED: _ClassVar[Status]
+    IN_SYNC: _ClassVar[Status]
+    REPAIRED: _ClassVar[Status]
+    DRIFTED: _ClassVar[Status]
+    FAILED: _ClassVar[Status]
+    SKIPPED: _ClassVar[Status]
+    UNKNOWN: _ClassVar[Status]
+
+class Trigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRIGGER_UNSPECIFIED: _ClassVar[Trigger]
+    PUSH: _ClassVar[Trigger]
+    SCHEDULE: _ClassVar[Trigger]
+    MANUAL: _ClassVar[Trigger]
+    START: _ClassVar[Trigger]
+    WATCH: _ClassVar[Trigger]
+STATUS_UNSPECIFIED: Status
+IN_SYNC: Status
+REPAIRED: Status
+DRIFTED: Status
+FAILED: Status
+SKIPPED: Status
+UNKNOWN: Status
+TRIGGER_UNSPECIFIED: Trigger
+PUSH: Trigger
+SCHEDULE: Trigger
+MANUAL: Trigger
+START: Trigger
+WATCH: Trigger
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "node_name", "csr_pem")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    node_name: str
+    csr_pem: bytes
+    def __init__(self, token: _Optional[str] = ..., node_name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_pem", "node_name", "agent_port", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_pem: bytes
+    node_name: str
+    agent_port: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., node_name: _Optional[str] = ..., agent_port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "report")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    report: Report
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("catalog", "ack", "welcome")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    catalog: SignedCatalog
+    ack: Ack
+    welcome: Welcome
+    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("latest_revision",)
+    LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    latest_revision: int
+    def __init__(self, latest_revision: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version")
+    class FactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    facts: _containers.ScalarMap[str, str]
+    applied_revision: int
+    agent_version: str
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class SignedCatalog(_message.Message):
+    __slots__ = ("revision", "payload", "signature", "signer_pem")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_PEM_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    payload: bytes
+    signature: bytes
+    signer_pem: bytes
+    def __init__(self, revision: _Optional[int] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signer_pem: _Optional[bytes] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("report_id",)
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    report_id: str
+    def __init__(self, report_id: _Optional[str] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("field", "observed", "desired")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    observed: str
+    desired: str
+    def __init__(self, field: _Optional[str] = ..., observed: _Optional[str] = ..., desired: _Optional[str] = ...) -> None: ...
+
+class ResourceResult(_message.Message):
+    __slots__ = ("id", "kind", "name", "manifest", "status", "changes", "error", "duration_s", "controls", "drift")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    CONTROLS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    name: str
+    manifest: str
+    status: Status
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    error: str
+    duration_s: float
+    controls: _containers.RepeatedScalarFieldContainer[str]
+    drift: bool
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., manifest: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ..., controls: _Optional[_Iterable[str]] = ..., drift: _Optional[bool] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("id", "node_name", "revision", "noop", "trigger", "started_at", "finished_at", "results")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    NOOP_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    node_name: str
+    revision: int
+    noop: bool
+    trigger: Trigger
+    started_at: float
+    finished_at: float
+    results: _containers.RepeatedCompositeFieldContainer[ResourceResult]
+    def __init__(self, id: _Optional[str] = ..., node_name: _Optional[str] = ..., revision: _Optional[int] = ..., noop: _Optional[bool] = ..., trigger: _Optional[_Union[Trigger, str]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., results: _Optional[_Iterable[_Union[ResourceResult, _Mapping]]] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("labels", "ttl_s", "uses")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, str]
+    ttl_s: int
+    uses: int
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., ttl_s: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "expires_at", "uses", "enroll_address")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at: float
+    uses: int
+    enroll_address: str
+    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[float] = ..., uses: _Optional[int] = ..., enroll_address: _Optional[str] = ...) -> None: ...
+
+class ManifestFile(_message.Message):
+    __slots__ = ("path", "content")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: str
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ...) -> None: ...
+
+class ManifestError(_message.Message):
+    __slots__ = ("file", "line", "field", "message")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    line: int
+    field: str
+    message: str
+    def __init__(self, file: _Optional[str] = ..., line: _Optional[int] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_NODES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_NODES_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    errors: _containers.RepeatedCompositeFieldContainer[ManifestError]
+    targeted_nodes: _containers.RepeatedScalarFieldContainer[str]
+    delivered_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPLIANCE_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    connected: bool
+    last_seen: float
+    applied_revision: int
+    latest_revision: int
+    compliance: float
+    enrolled_at: float
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("node_name",)
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+
+class GetReportResponse(_message.Message):
+    __slots__ = ("report", "found")
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    report: Report
+    found: bool
+    def __init__(self, report: _Optional[_Union[Report, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+
+class ListDriftRequest(_message.Message):
+    __slots__ = ("node_name", "limit")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    limit: int
+    def __init__(self, node_name: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DriftEvent(_message.Message):
+    __slots__ = ("id", "node_name", "report_id", "resource_id", "manifest", "status", "changes", "detected_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    node_name: str
+    report_id: str
+    resource_id: str
+    manifest: str
+    status: Status
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    detected_at: float
+    def __init__(self, id: _Optional[int] = ..., node_name: _Optional[str] = ..., report_id: _Optional[str] = ..., resource_id: _Optional[str] = ..., manifest: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., detected_at: _Optional[float] = ...) -> None: ...
+
+class ListDriftResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[DriftEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[DriftEvent, _Mapping]]] = ...) -> None: ...
+
+class GetComplianceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ComplianceRow(_message.Message):
+    __slots__ = ("scope", "name", "compliant", "evaluated", "percent")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COMPLIANT_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    name: str
+    compliant: int
+    evaluated: int
+    percent: float
+    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., compliant: _Optional[int] = ..., evaluated: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class GetComplianceResponse(_message.Message):
+    __slots__ = ("rows", "fleet")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[ComplianceRow]
+    fleet: ComplianceRow
+    def __init__(self, rows: _Optional[_Iterable[_Union[ComplianceRow, _Mapping]]] = ..., fleet: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...

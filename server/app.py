@@ -1,0 +1,111 @@
+"""Assemble and run the server: two listeners, one grpc.aio server.
+
+The agent/admin listener demands a client certificate from our CA at the TLS
+handshake, so a client without one never reaches any handler. The
+enrollment listener cannot demand one (a new node has none), which is why
+it is separate; the interceptor still refuses agent and admin calls made
+through it, since they carry no identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from protos import plumb_pb2_grpc as pb_grpc
+from server.admin import AdminServicer
+from server.auth import AuthInterceptor
+from server.config import ServerConfig
+from server.enrollment import EnrollmentServicer
+from server.errors import PlumbServerError
+from server.fleet import Fleet
+from server.hub import Hub
+from server.ingest import Ingestor
+from server.pki import PKI, cert_pem, fingerprint, key_pem
+from server.presence import Presence
+from server.session import AgentServicer
+from server.store import Store
+
+log = logging.getLogger("plumb.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    agent_port: int
+    enroll_port: int
+    store: Store
+    hub: Hub
+
+
+@contextlib.asynccontextmanager
+async def running(config: ServerConfig) -> AsyncIterator[Running]:
+    """Start the server; stop it (gracefully) when the block exits."""
+    pki = PKI(config.data_dir / "pki")
+    ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
+    store = Store(config.store)
+    hub = Hub()
+    fleet = Fleet(store, signer)
+    ingestor = Ingestor(store)
+    presence = Presence(store)
+    grpc_server = grpc.aio.server(interceptors=[AuthInterceptor()])
+    key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
+    agent_port = _listen(
+        grpc_server,
+        config.listen,
+        grpc.ssl_server_credentials(
+            key_cert, root_certificates=cert_pem(ca.cert), require_client_auth=True
+        ),
+    )
+    enroll_port = _listen(grpc_server, config.enroll_listen, grpc.ssl_server_credentials(key_cert))
+    enroll_address = f"{config.advertise}:{enroll_port}"
+    pb_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(store, ca, agent_port), grpc_server)
+    pb_grpc.add_AgentServicer_to_server(
+        AgentServicer(store, fleet, hub, ingestor, presence), grpc_server
+    )
+    pb_grpc.add_AdminServicer_to_server(
+        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address), grpc_server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    await grpc_server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    ingestor.start()
+    presence.start()
+    try:
+        yield Running(agent_port, enroll_port, store, hub)
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await grpc_server.stop(grace=2)
+        try:
+            # Sessions are gone; commit what they submitted before the store closes.
+            await ingestor.close()
+            await presence.close()
+        finally:
+            store.close()
+
+
+def _listen(grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+    try:
+        return int(grpc_server.add_secure_port(address, credentials))
+    except RuntimeError as exc:
+        raise PlumbServerError(
+            f"cannot listen on {address} (in use, or not an address of this host?): {exc}"
+        ) from exc
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
+    async with running(config) as server:
+        host = config.advertise
+        print(
+            f"plumb-server: listening agents={host}:{server.agent_port} "
+            f"enroll={host}:{server.enroll_port} store={config.store}",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("stopping")

@@ -1,0 +1,121 @@
+"""The catalog compiler: what one node must look like at one revision.
+
+A node gets every resource of every manifest whose target matches it, in
+manifest order and then declaration order, so the same manifests always
+give the same bytes to sign. Each resource carries its manifest's name and
+mode, for reports and compliance.
+
+The set has already passed :func:`server.manifest.validate_set`; what can
+still go wrong depends on the node, so it is checked here: two manifests
+that both target the node declaring the same resource, and a resource that
+requires one which only a manifest not targeting the node declares. Push
+runs :func:`compile_fleet` over every known node and refuses a revision
+whole if anything is wrong for any of them.
+
+A catalog depends only on which manifests select the node, so nodes that
+select the same manifests share one compilation: a push to a thousand web
+servers compiles once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+
+from modules.catalog import Catalog, CatalogResource
+from server.errors import CompileError
+from server.manifest import Manifest, ResourceDecl
+
+
+def compile_catalog(
+    manifests: Sequence[Manifest], node: str, labels: Mapping[str, str], revision: int
+) -> Catalog:
+    """The catalog of ``node`` at ``revision``; CompileError lists every problem."""
+    return compile_fleet(manifests, [(node, labels)], revision)[node]
+
+
+def compile_fleet(
+    manifests: Sequence[Manifest], nodes: Iterable[tuple[str, Mapping[str, str]]], revision: int
+) -> dict[str, Catalog]:
+    """The catalog of every ``(node, labels)``; CompileError lists every problem of every
+    group of nodes, in the order the groups first appear."""
+    nodes = list(nodes)
+    catalogs: dict[str, Catalog] = {}
+    problems: list[str] = []
+    for selection, names in _groups(manifests, nodes).items():
+        selected = [manifests[i] for i in selection]
+        found = _problems(manifests, selected, _phrase(names))
+        problems.extend(found)
+        if not found:
+            resources = tuple(_resource(m, r) for m in selected for r in m.resources)
+            catalogs.update(
+                (n, Catalog(node=n, revision=revision, resources=resources)) for n in names
+            )
+    if problems:
+        raise CompileError(", ".join(n for n, _ in nodes), problems)
+    return catalogs
+
+
+def _groups(
+    manifests: Sequence[Manifest], nodes: Iterable[tuple[str, Mapping[str, str]]]
+) -> dict[tuple[int, ...], list[str]]:
+    """Node names keyed by the indexes of the manifests that select them."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for node, labels in nodes:
+        key = tuple(i for i, m in enumerate(manifests) if m.target.matches(node, labels))
+        groups.setdefault(key, []).append(node)
+    return groups
+
+
+def _phrase(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
+
+
+def _resource(manifest: Manifest, decl: ResourceDecl) -> CatalogResource:
+    return CatalogResource(
+        kind=decl.kind,
+        name=decl.name,
+        # Catalogs of many nodes share one manifest; a copy keeps them independent.
+        spec=copy.deepcopy(dict(decl.spec)),
+        manifest=manifest.name,
+        mode=manifest.mode,
+        require=decl.require,
+        controls=decl.controls,
+    )
+
+
+def _problems(manifests: Sequence[Manifest], selected: Sequence[Manifest], node: str) -> list[str]:
+    owners: dict[str, tuple[Manifest, ResourceDecl]] = {}
+    problems: list[str] = []
+    for m in selected:
+        for r in m.resources:
+            if r.id in owners:
+                first, decl = owners[r.id]
+                problems.append(
+                    f"{r.id} is declared by {first.file}:{decl.line} and {m.file}:{r.line},"
+                    f" both targeting node {node}"
+                )
+            else:
+                owners[r.id] = (m, r)
+    for m in selected:
+        for r in m.resources:
+            problems.extend(
+                _missing(manifests, m, r, j, node)
+                for j, wanted in enumerate(r.require)
+                if wanted not in owners
+            )
+    return problems
+
+
+def _missing(
+    manifests: Sequence[Manifest], manifest: Manifest, decl: ResourceDecl, index: int, node: str
+) -> str:
+    wanted = decl.require[index]
+    where = f"{decl.id} ({manifest.file}:{decl.require_lines[index]})"
+    elsewhere = [f"{m.file}:{r.line}" for m in manifests for r in m.resources if r.id == wanted]
+    if not elsewhere:
+        return f"{where} requires {wanted}, which no manifest declares"
+    return (
+        f"{where} requires {wanted}, declared only by {', '.join(elsewhere)},"
+        f" whose target does not include node {node}"
+    )

@@ -1,0 +1,352 @@
+"""``plumb``: the operator's command line (talks to the Admin service over mutual TLS)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from protos import plumb_pb2 as pb
+from protos import plumb_pb2_grpc as pb_grpc
+
+DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
+
+EPILOG = """\
+configuration: --config, else $PLUMB_CONFIG, else ~/.config/plumb/cli.toml
+(written by 'plumb-server init' under <data-dir>/operator/cli.toml).
+
+exit codes: 0 success; 1 error or refused push; 2 bad usage;
+            3 (compliance) the fleet is not fully compliant.
+
+examples:
+  plumb token create --labels role=web --ttl 3600 --uses 5
+  plumb push manifests/web.yaml manifests/base.yaml
+  plumb nodes
+  plumb report web-1
+  plumb drift --node web-1
+  plumb compliance --json
+"""
+
+
+class CLIError(Exception):
+    """Something the operator must fix; printed without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIConfig:
+    server: str
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"plumb: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"plumb: the server refused or failed: {_rpc_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plumb",
+        description="Operate a Plumb fleet: enroll nodes, push manifests, "
+        "read drift and compliance.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="CLI config file (see below)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("PLUMB_SERVER"),
+        help="HOST:PORT of the server (default: $PLUMB_SERVER, else the config)",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    token = sub.add_parser("token", help="enrollment tokens").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = token.add_parser("create", help="make a token for enrolling nodes")
+    create.add_argument(
+        "--labels",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="labels every node enrolled with this token gets",
+    )
+    create.add_argument("--ttl", type=int, default=3600, help="seconds valid (default: 3600)")
+    create.add_argument("--uses", type=int, default=1, help="how many nodes (default: 1)")
+    _json_flag(create)
+    create.set_defaults(func=_token_create)
+
+    push = sub.add_parser("push", help="validate manifests and roll them out as a new revision")
+    push.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _json_flag(push)
+    push.set_defaults(func=_push)
+
+    nodes = sub.add_parser("nodes", help="enrolled nodes, connection and compliance")
+    _json_flag(nodes)
+    nodes.set_defaults(func=_nodes)
+
+    report = sub.add_parser("report", help="a node's last run: status and diff per resource")
+    report.add_argument("node")
+    _json_flag(report)
+    report.set_defaults(func=_report)
+
+    drift = sub.add_parser("drift", help="drift events across the fleet, newest first")
+    drift.add_argument("--node", default="", help="only this node")
+    drift.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    _json_flag(drift)
+    drift.set_defaults(func=_drift)
+
+    compliance = sub.add_parser("compliance", help="compliance per node, manifest, control")
+    _json_flag(compliance)
+    compliance.set_defaults(func=_compliance)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+# ------------------------------------------------------------------ connection
+
+
+def load_config(path: Path | None) -> CLIConfig:
+    path = path or Path(os.environ.get("PLUMB_CONFIG", DEFAULT_CONFIG))
+    try:
+        raw = tomllib.loads(path.read_text())
+        return CLIConfig(
+            server=raw["server"], ca=Path(raw["ca"]), cert=Path(raw["cert"]), key=Path(raw["key"])
+        )
+    except FileNotFoundError:
+        raise CLIError(
+            f"no CLI config at {path}: pass --config or set PLUMB_CONFIG "
+            "(plumb-server init writes one)"
+        ) from None
+    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        raise CLIError(f"{path}: invalid CLI config ({exc})") from exc
+
+
+def _stub(args: argparse.Namespace) -> pb_grpc.AdminStub:
+    config = load_config(args.config)
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            config.ca.read_bytes(), config.key.read_bytes(), config.cert.read_bytes()
+        )
+    except OSError as exc:
+        raise CLIError(f"cannot read the operator's key or certificates: {exc}") from exc
+    return pb_grpc.AdminStub(grpc.secure_channel(args.server or config.server, credentials))
+
+
+def _rpc_message(exc: grpc.RpcError) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    return f"{details} ({code.name if code else 'error'})"
+
+
+TIMEOUT_S = 30
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    labels = _parse_labels(args.labels)
+    reply = _stub(args).CreateToken(
+        pb.CreateTokenRequest(labels=labels, ttl_s=args.ttl, uses=args.uses), timeout=TIMEOUT_S
+    )
+    if args.json:
+        return _print_json(reply)
+    print(reply.token)
+    print(
+        f"# valid until {_when(reply.expires_at)} for {reply.uses} node(s); on the node run:\n"
+        f"#   plumb-agent enroll --server {reply.enroll_address} --token {reply.token}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _parse_labels(items: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"label {item!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _push(args: argparse.Namespace) -> int:
+    files = []
+    for path in args.files:
+        try:
+            files.append(pb.ManifestFile(path=str(path), content=path.read_text()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read {path}: {exc}") from exc
+    reply = _stub(args).Push(pb.PushRequest(files=files), timeout=TIMEOUT_S)
+    if args.json:
+        _print_json(reply)
+    elif reply.errors:
+        for e in reply.errors:
+            where = f"{e.file}:{e.line}: " if e.file else ""
+            print(f"{where}{e.field + ': ' if e.field else ''}{e.message}", file=sys.stderr)
+        print(
+            f"plumb: push refused ({len(reply.errors)} error(s)); nothing was stored",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"revision {reply.revision}: {len(reply.targeted_nodes)} node(s) targeted, "
+            f"delivered now to {len(reply.delivered_nodes)}: "
+            f"{', '.join(reply.delivered_nodes) or '-'}"
+        )
+    return 1 if reply.errors else 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListNodes(pb.ListNodesRequest(), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(reply)
+    _table(
+        ["NODE", "LABELS", "CONNECTED", "LAST SEEN", "REVISION", "COMPLIANCE"],
+        [
+            [
+                n.name,
+                _labels(n.labels),
+                "yes" if n.connected else "no",
+                _ago(n.last_seen),
+                f"{n.applied_revision}/{n.latest_revision}",
+                _percent(n.compliance),
+            ]
+            for n in reply.nodes
+        ],
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    reply = _stub(args).GetReport(pb.GetReportRequest(node_name=args.node), timeout=TIMEOUT_S)
+    if not reply.found:
+        raise CLIError(f"no report from node {args.node!r} yet")
+    if args.json:
+        return _print_json(reply.report)
+    r = reply.report
+    print(
+        f"node {r.node_name}, revision {r.revision}, {pb.Trigger.Name(r.trigger).lower()} "
+        f"run{' (noop)' if r.noop else ''} finished {_when(r.finished_at)} "
+        f"in {r.finished_at - r.started_at:.3f}s"
+    )
+    _table(
+        ["RESOURCE", "MANIFEST", "STATUS", "DETAIL"],
+        [
+            [res.id, res.manifest, pb.Status.Name(res.status).lower(), _detail(res)]
+            for res in r.results
+        ],
+    )
+    return 0
+
+
+def _detail(result: pb.ResourceResult) -> str:
+    parts = [f"{c.field}: {c.observed} → {c.desired}" for c in result.changes]
+    if result.error:
+        parts.append(result.error)
+    return "; ".join(parts)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListDrift(
+        pb.ListDriftRequest(node_name=args.node, limit=args.limit), timeout=TIMEOUT_S
+    )
+    if args.json:
+        return _print_json(reply)
+    _table(
+        ["WHEN", "NODE", "RESOURCE", "STATUS", "CHANGES"],
+        [
+            [
+                _when(e.detected_at),
+                e.node_name,
+                e.resource_id,
+                pb.Status.Name(e.status).lower(),
+                "; ".join(f"{c.field}: {c.observed} → {c.desired}" for c in e.changes),
+            ]
+            for e in reply.events
+        ],
+    )
+    return 0
+
+
+def _compliance(args: argparse.Namespace) -> int:
+    reply = _stub(args).GetCompliance(pb.GetComplianceRequest(), timeout=TIMEOUT_S)
+    if args.json:
+        _print_json(reply)
+    else:
+        rows = [
+            [r.scope, r.name, f"{r.compliant}/{r.evaluated}", _percent(r.percent)]
+            for r in reply.rows
+        ]
+        f = reply.fleet
+        rows.append(["fleet", "all nodes", f"{f.compliant}/{f.evaluated}", _percent(f.percent)])
+        _table(["SCOPE", "NAME", "COMPLIANT", "PERCENT"], rows)
+    return 0 if reply.fleet.compliant == reply.fleet.evaluated else 3
+
+
+# ------------------------------------------------------------------ output
+
+
+def _print_json(message: Message) -> int:
+    print(
+        json.dumps(
+            json_format.MessageToDict(
+                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            ),
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    for row in [headers, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _labels(labels: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def _percent(value: float) -> str:
+    return "-" if value < 0 else f"{value:.1f}%"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _ago(timestamp: float, now: Callable[[], float] = time.time) -> str:
+    if not timestamp:
+        return "never"
+    seconds = max(0, int(now() - timestamp))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Errors raised by the server.
+
+    PlumbServerError            anything the server raises on purpose
+    ├── ManifestInvalid         manifests were refused; carries every ManifestError
+    ├── CompileError            a node's catalog cannot be compiled (conflict, missing require)
+    ├── ConfigError             server.toml is missing or wrong
+    ├── CSRRejected             an enrolling node's certificate request is unusable
+    └── IngestFailed            a report's batch could not be committed (server/ingest.py)
+
+A :class:`ManifestError` is not an exception but one problem in one file
+(file, line, field, what was expected), so a push can report all of them at
+once instead of stopping at the first. Library errors (YAML, sqlite, grpc)
+are translated into these at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+
+class PlumbServerError(Exception):
+    """Base of every error the server raises on purpose."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestError:
+    """One problem in a manifest: ``web.yaml:12: resources[0].spec.mode: expected ...``.
+
+    ``field`` is the path inside the document (``resources[0].spec.mode``,
+    ``target.labels``, ``name``); it is empty when the problem concerns the
+    file as a whole, e.g. a YAML syntax error.
+    """
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class ManifestInvalid(PlumbServerError):
+    """One or more manifests are invalid; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: Iterable[ManifestError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.file, e.line))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class CompileError(PlumbServerError):
+    """A node's catalog cannot be compiled; each problem names files and lines."""
+
+    def __init__(self, node: str, problems: Iterable[str]) -> None:
+        self.node = node
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(PlumbServerError):
+    """The server's configuration is missing or invalid; the message names the file."""
+
+
+class CSRRejected(PlumbServerError):
+    """A certificate signing request is malformed or does not match the request."""

@@ -1,0 +1,795 @@
+"""The server's store: one schema, written with SQLAlchemy Core.
+
+Why SQLAlchemy Core and not hand-written SQL: the same table definitions and
+queries run on SQLite (the embedded default) and PostgreSQL (for several
+replicas), with the dialect differences (upserts, JSON, pool behaviour) kept
+inside the library. Callers see only :class:`Store` methods and plain
+dataclasses, never SQL or rows.
+
+SQLite runs in WAL mode so readers (CLI queries) never block the writer
+(report ingest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from modules.base import Status
+
+log = logging.getLogger("plumb.server.store")
+
+metadata = sa.MetaData()
+
+
+def _serial_id() -> sa.Column[int]:
+    # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(253), primary_key=True),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("cert_serial", sa.String(64), nullable=False),
+    sa.Column("enrolled_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False, server_default="0"),
+    sa.Column("applied_revision", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("facts", sa.JSON, nullable=False),
+    # finished_at of the newest run report folded into resource_status, so an
+    # old report delivered late from a spool never overwrites newer status.
+    sa.Column("status_as_of", sa.Float, nullable=False, server_default="0"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),  # never the secret itself
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False),
+)
+
+revisions = sa.Table(
+    "revisions",
+    metadata,
+    _serial_id(),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # [{"name", "file", "source"}]: the complete manifest set of this revision.
+    sa.Column("manifests", sa.JSON, nullable=False),
+)
+
+catalogs = sa.Table(
+    "catalogs",
+    metadata,
+    sa.Column("node", sa.String(253), primary_key=True),
+    sa.Column("revision", sa.BigInteger, primary_key=True),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # made by the agent: idempotent ingest
+    sa.Column("node", sa.String(253), nullable=False, index=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("noop", sa.Boolean, nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=False, index=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    # The report as the agent sent it: its protobuf encoding. Everything worth a
+    # query is in columns and the status/drift tables; converting every report
+    # to JSON would cost ~1 ms each, a thousand reports a second of one core.
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+resource_status = sa.Table(
+    "resource_status",
+    metadata,
+    sa.Column("node", sa.String(253), primary_key=True),
+    sa.Column("resource_id", sa.String(512), primary_key=True),
+    sa.Column("manifest", sa.String(63), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("controls", sa.JSON, nullable=False),
+    sa.Column("report_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+drift_events = sa.Table(
+    "drift_events",
+    metadata,
+    _serial_id(),
+    sa.Column("node", sa.String(253), nullable=False, index=True),
+    sa.Column("report_id", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(512), nullable=False),
+    sa.Column("manifest", sa.String(63), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("changes", sa.JSON, nullable=False),
+    sa.Column("detected_at", sa.Float, nullable=False, index=True),
+    sa.UniqueConstraint("report_id", "resource_id"),
+)
+
+#: Statuses that count as evaluated, and those that count as compliant.
+EVALUATED = (Status.IN_SYNC, Status.REPAIRED, Status.DRIFTED, Status.FAILED)
+COMPLIANT = (Status.IN_SYNC, Status.REPAIRED)
+DRIFT = (Status.REPAIRED, Status.DRIFTED)
+
+
+class TokenRefused(Exception):
+    """An enrollment token is unknown, expired or used up; the message says which."""
+
+
+class NodeExists(Exception):
+    """A node of that name is already enrolled."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRow:
+    name: str
+    labels: dict[str, str]
+    enrolled_at: float
+    last_seen: float
+    applied_revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSeen:
+    """A node's presence: when it was last heard from, and what it said in its hello."""
+
+    last_seen: float
+    applied_revision: int | None = None
+    facts: dict[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestSource:
+    name: str
+    file: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRecord:
+    """One resource's outcome in a report, as the store needs it."""
+
+    resource_id: str
+    manifest: str
+    status: Status
+    changes: list[dict[str, str]]
+    controls: list[str]
+    drift: bool = False  # differed from a spec it had already converged to
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportRecord:
+    id: str
+    node: str
+    revision: int
+    noop: bool
+    trigger: str
+    started_at: float
+    finished_at: float
+    results: list[ResultRecord]
+    body: bytes  # the wire report (protobuf), returned verbatim by last_report()
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftRow:
+    id: int
+    node: str
+    report_id: str
+    resource_id: str
+    manifest: str
+    status: Status
+    changes: list[dict[str, str]]
+    detected_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ComplianceRow:
+    scope: str  # node | manifest | control
+    name: str
+    compliant: int
+    evaluated: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.compliant / self.evaluated if self.evaluated else -1.0
+
+
+WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB of 4 KiB pages: see _Checkpointer
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a report is acknowledged (and deleted from the agent's spool) only
+    # after its commit, so the commit must survive a power cut, not just a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    # Copying the WAL back into the database is _Checkpointer's job, in its own
+    # thread; a writer checkpoints itself only when the WAL has grown this many
+    # pages (40 MiB) anyway, which keeps the WAL bounded even under sustained
+    # ingest (it restarts from its beginning only after a complete checkpoint).
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class _Checkpointer:
+    """Checkpoints SQLite's WAL in a thread of its own, whenever a batch of reports was committed.
+
+    A checkpoint copies every page written since the last one from the WAL
+    into the database file and syncs it: with the default automatic
+    checkpoint, that is done by the committing writer, inside its commit,
+    and costs as much as the commit itself. A PASSIVE checkpoint blocks no
+    reader or writer, so here it runs beside the next batch (SQLite releases
+    the GIL meanwhile): the writer only appends to the WAL and syncs it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def poke(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="plumb-wal-checkpoint", daemon=True
+                )
+                self._thread.start()
+        self._wanted.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wanted.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            try:
+                with self._engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except sa.exc.SQLAlchemyError as exc:  # the writers' own checkpoints still run
+                log.warning("WAL checkpoint failed: %s", exc)
+
+
+class Store:
+    """Everything the server keeps. Methods are the only way in."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+        metadata.create_all(self.engine)
+        self._checkpointer = (
+            _Checkpointer(self.engine) if self.engine.dialect.name == "sqlite" else None
+        )
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ------------------------------------------------------------ tokens, nodes
+
+    def add_token(
+        self,
+        token_id: str,
+        secret_sha256: str,
+        labels: Mapping[str, str],
+        created_at: float,
+        expires_at: float,
+        uses: int,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                tokens.insert().values(
+                    id=token_id,
+                    secret_sha256=secret_sha256,
+                    labels=dict(labels),
+                    created_at=created_at,
+                    expires_at=expires_at,
+                    uses_left=uses,
+                    uses=uses,
+                )
+            )
+
+    def enroll(
+        self, token_id: str, secret_sha256: str, node: str, cert_serial: str, now: float
+    ) -> dict[str, str]:
+        """Spend one use of a token and register ``node``, atomically. Returns its labels."""
+        with self._tx() as conn:
+            token = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+            _check_token(token, secret_sha256, now)
+            assert token is not None
+            if conn.execute(sa.select(nodes.c.name).where(nodes.c.name == node)).first():
+                raise NodeExists(f"a node named {node!r} is already enrolled")
+            spent = conn.execute(
+                tokens.update()
+                .where(tokens.c.id == token_id, tokens.c.uses_left > 0)
+                .values(uses_left=tokens.c.uses_left - 1)
+            )
+            if spent.rowcount != 1:  # another enrollment spent the last use meanwhile
+                raise TokenRefused("the token has been used up")
+            labels = dict(token.labels)
+            conn.execute(
+                nodes.insert().values(
+                    name=node, labels=labels, cert_serial=cert_serial, enrolled_at=now, facts={}
+                )
+            )
+            return labels
+
+    def node(self, name: str) -> NodeRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(nodes).where(nodes.c.name == name)).first()
+        return _node_row(row) if row else None
+
+    def list_nodes(self) -> list[NodeRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(nodes).order_by(nodes.c.name)).all()
+        return [_node_row(r) for r in rows]
+
+    def nodes_seen(self, seen: Mapping[str, NodeSeen]) -> None:
+        """Record presence of many nodes in one transaction.
+
+        Values only move forward (revisions and times only grow), so a batch
+        written late never undoes a newer report's applied revision.
+        """
+        with self._tx() as conn:
+            conn.execute(
+                nodes.update()
+                .where(nodes.c.name == sa.bindparam("n"))
+                .values(last_seen=_greatest(nodes.c.last_seen, sa.bindparam("t"))),
+                [{"n": n, "t": s.last_seen} for n, s in seen.items()],
+            )
+            revisions_seen = [
+                {"n": n, "r": s.applied_revision}
+                for n, s in seen.items()
+                if s.applied_revision is not None
+            ]
+            if revisions_seen:
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.name == sa.bindparam("n"))
+                    .values(
+                        applied_revision=_greatest(nodes.c.applied_revision, sa.bindparam("r"))
+                    ),
+                    revisions_seen,
+                )
+            facts = [{"n": n, "f": s.facts} for n, s in seen.items() if s.facts is not None]
+            if facts:
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.name == sa.bindparam("n"))
+                    .values(facts=sa.bindparam("f", type_=sa.JSON)),
+                    facts,
+                )
+
+    # ------------------------------------------------------------ revisions, catalogs
+
+    def add_revision(self, manifests: Sequence[ManifestSource], now: float) -> int:
+        body = [dataclasses.asdict(m) for m in manifests]
+        with self._tx() as conn:
+            result = conn.execute(revisions.insert().values(created_at=now, manifests=body))
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def latest_revision_id(self) -> int:
+        """The newest revision's number; 0 before the first push. Cheap: no manifests."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(revisions.c.id))).scalar() or 0)
+
+    def revision(self, revision: int) -> list[ManifestSource]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(revisions).where(revisions.c.id == revision)).first()
+        return [ManifestSource(**m) for m in row.manifests] if row else []
+
+    def latest_revision(self) -> tuple[int, list[ManifestSource]]:
+        """The newest revision and its manifests; (0, []) before the first push."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(revisions).order_by(revisions.c.id.desc()).limit(1)
+            ).first()
+        if row is None:
+            return 0, []
+        return int(row.id), [ManifestSource(**m) for m in row.manifests]
+
+    def save_catalogs(self, revision: int, payloads: Mapping[str, bytes]) -> None:
+        """Store catalogs of one revision in one transaction; existing ones are kept."""
+        with self._tx() as conn:
+            existing = {
+                row.node
+                for row in conn.execute(
+                    sa.select(catalogs.c.node).where(
+                        catalogs.c.revision == revision, catalogs.c.node.in_(list(payloads))
+                    )
+                )
+            }
+            rows = [
+                {"node": node, "revision": revision, "payload": payload}
+                for node, payload in payloads.items()
+                if node not in existing
+            ]
+            if rows:
+                conn.execute(catalogs.insert(), rows)
+
+    def catalog(self, node: str, revision: int) -> bytes | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(catalogs.c.payload).where(
+                    catalogs.c.node == node, catalogs.c.revision == revision
+                )
+            ).first()
+        return bytes(row.payload) if row else None
+
+    # ------------------------------------------------------------ reports
+
+    def ingest_report(self, report: ReportRecord, now: float) -> bool:
+        """Store a report once; False if this id was already stored (nothing changes)."""
+        return self.ingest_reports([report], now)[0]
+
+    def ingest_reports(self, batch: Sequence[ReportRecord], now: float) -> list[bool]:
+        """Store a batch of reports in one transaction: one commit (one fsync) for all.
+
+        The outcome is the same as ingesting them one by one in this order: per
+        report, True if it was stored, False if its id was already stored (also
+        earlier in this batch), in which case it changes nothing. ``now`` is the
+        time of receipt of every report in the batch.
+        """
+        if not batch:
+            return []
+        with self._tx() as conn:
+            known = _stored_report_ids(conn, {r.id for r in batch})
+            stored: list[bool] = []
+            fresh: list[ReportRecord] = []
+            for report in batch:
+                is_new = report.id not in known
+                stored.append(is_new)
+                if is_new:
+                    known.add(report.id)
+                    fresh.append(report)
+            if fresh:
+                # The first write: on SQLite it takes the write lock, so what
+                # _update_nodes reads next cannot change before the commit.
+                _insert_rows(conn, reports, _REPORT_COLUMNS, _report_rows(fresh, now))
+                _insert_rows(conn, drift_events, _DRIFT_COLUMNS, _drift_rows(fresh))
+                _update_nodes(conn, fresh, now)
+        if fresh and self._checkpointer is not None:
+            self._checkpointer.poke()
+        return stored
+
+    def last_report(self, node: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(reports.c.body)
+                .where(reports.c.node == node)
+                .order_by(reports.c.finished_at.desc())
+                .limit(1)
+            ).first()
+        return bytes(row.body) if row else None
+
+    def count_reports(self, node: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(reports)
+        if node:
+            query = query.where(reports.c.node == node)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def drift(self, node: str | None = None, limit: int = 100) -> list[DriftRow]:
+        query = sa.select(drift_events).order_by(drift_events.c.id.desc()).limit(limit)
+        if node:
+            query = query.where(drift_events.c.node == node)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            DriftRow(
+                id=r.id,
+                node=r.node,
+                report_id=r.report_id,
+                resource_id=r.resource_id,
+                manifest=r.manifest,
+                status=Status(r.status),
+                changes=list(r.changes),
+                detected_at=r.detected_at,
+            )
+            for r in rows
+        ]
+
+    def compliance(self) -> list[ComplianceRow]:
+        """Current compliance per node, manifest and control."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    resource_status.c.node,
+                    resource_status.c.manifest,
+                    resource_status.c.status,
+                    resource_status.c.controls,
+                )
+            ).all()
+        tallies: dict[tuple[str, str], list[int]] = {}
+        for row in rows:
+            status = Status(row.status)
+            scopes = [("node", row.node), ("manifest", row.manifest)]
+            scopes += [("control", c) for c in row.controls]
+            for scope in scopes:
+                tally = tallies.setdefault(scope, [0, 0])
+                tally[0] += status in COMPLIANT
+                tally[1] += status in EVALUATED
+        return [
+            ComplianceRow(scope, name, compliant, evaluated)
+            for (scope, name), (compliant, evaluated) in sorted(tallies.items())
+        ]
+
+
+def _check_token(token: Any, secret_sha256: str, now: float) -> None:
+    if token is None or not hmac.compare_digest(token.secret_sha256, secret_sha256):
+        raise TokenRefused("unknown token")
+    if token.expires_at <= now:
+        raise TokenRefused("the token has expired")
+    if token.uses_left <= 0:
+        raise TokenRefused(f"the token has been used up (it allowed {token.uses} use(s))")
+
+
+def _greatest(column: Any, value: Any) -> Any:
+    # Portable GREATEST(column, value): SQLite has no GREATEST, PostgreSQL no 2-arg max.
+    return sa.case((column < value, value), else_=column)
+
+
+def _node_row(row: Any) -> NodeRow:
+    return NodeRow(
+        name=row.name,
+        labels=dict(row.labels),
+        enrolled_at=row.enrolled_at,
+        last_seen=row.last_seen,
+        applied_revision=int(row.applied_revision),
+    )
+
+
+def _summary_json(results: Sequence[ResultRecord]) -> str:
+    """The report's count per status, as JSON: {"in_sync": 48, "repaired": 1, ...}."""
+    # list.count compares by identity first: much cheaper than hashing enum members.
+    statuses = [r.status for r in results]
+    return _SUMMARY_JSON % tuple(statuses.count(s) for s in Status)
+
+
+# What json.dumps makes of {status: count} (status values need no escaping).
+_SUMMARY_JSON = "{" + ", ".join(f'"{s.value}": %d' for s in Status) + "}"
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    # Keeps every IN (...) list well below SQLite's limit on bound parameters.
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _stored_report_ids(conn: Connection, ids: set[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(sorted(ids)):
+        found.update(conn.execute(sa.select(reports.c.id).where(reports.c.id.in_(chunk))).scalars())
+    return found
+
+
+# Rows of the ingest path are plain tuples in these columns' order, with JSON
+# values already serialised (as sa.JSON would: json.dumps), for _insert_rows.
+# A status goes in as ``status._value_``, the plain str: the ``value``
+# property is a Python call, and this runs for every resource of every report.
+_REPORT_COLUMNS = (
+    "id",
+    "node",
+    "revision",
+    "noop",
+    "trigger",
+    "started_at",
+    "finished_at",
+    "received_at",
+    "summary",
+    "body",
+)
+_DRIFT_COLUMNS = (
+    "node",
+    "report_id",
+    "resource_id",
+    "manifest",
+    "status",
+    "changes",
+    "detected_at",
+)
+_STATUS_COLUMNS = (
+    "node",
+    "resource_id",
+    "manifest",
+    "status",
+    "controls",
+    "report_id",
+    "updated_at",
+)
+
+
+def _insert_rows(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """INSERT ``rows`` with one executemany handed straight to the database driver.
+
+    Report ingest writes tens of thousands of rows per second (50 resource
+    statuses per report). SQLAlchemy's per-row parameter handling costs
+    several times what SQLite needs to store such a row, so these statements
+    are still compiled by SQLAlchemy for the dialect at hand, but their rows
+    skip it. ``inline()``: no RETURNING of generated ids, which nobody reads.
+    """
+    if not rows:
+        return
+    compiled = table.insert().inline().compile(dialect=conn.dialect, column_keys=list(columns))
+    params: Sequence[Any]
+    if compiled.positional:
+        order = [columns.index(key) for key in compiled.positiontup or ()]
+        if order == list(range(len(columns))):
+            params = rows
+        else:
+            params = [tuple(row[i] for i in order) for row in rows]
+    else:
+        params = [dict(zip(columns, row, strict=True)) for row in rows]
+    conn.exec_driver_sql(compiled.string, params)
+
+
+def _report_rows(fresh: Sequence[ReportRecord], now: float) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.id,
+            r.node,
+            r.revision,
+            r.noop,
+            r.trigger,
+            r.started_at,
+            r.finished_at,
+            now,
+            _summary_json(r.results),
+            r.body,
+        )
+        for r in fresh
+    ]
+
+
+def _drift_rows(fresh: Sequence[ReportRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            report.node,
+            report.id,
+            r.resource_id,
+            r.manifest,
+            r.status._value_,
+            json.dumps(r.changes),
+            report.finished_at,
+        )
+        for report in fresh
+        for r in report.results
+        if r.drift and r.status in DRIFT
+    ]
+
+
+def _update_nodes(conn: Connection, fresh: Sequence[ReportRecord], now: float) -> None:
+    """Mark each reporting node seen, move its applied revision, and fold its newest report.
+
+    One UPDATE per node, however many of its reports the batch holds. Folding
+    one by one keeps the report with the greatest finished_at, the later one
+    on a tie, and only if it is at least as new as what the node's status
+    already reflects: an old report delivered late never overwrites newer status.
+    """
+    newest: dict[str, ReportRecord] = {}
+    applied: dict[str, int] = {}
+    for report in fresh:
+        best = newest.get(report.node)
+        if best is None or report.finished_at >= best.finished_at:
+            newest[report.node] = report
+        if not report.noop:
+            applied[report.node] = report.revision
+    current = {
+        row.name: row
+        for chunk in _chunks(sorted(newest))
+        for row in conn.execute(
+            sa.select(nodes.c.name, nodes.c.applied_revision, nodes.c.status_as_of)
+            .where(nodes.c.name.in_(chunk))
+            .with_for_update()
+        )
+    }
+    updates: list[dict[str, Any]] = []
+    folded: list[ReportRecord] = []
+    for name, row in current.items():
+        report = newest[name]
+        fold = report.finished_at >= row.status_as_of
+        if fold:
+            folded.append(report)
+        updates.append(
+            {
+                "b_name": name,
+                "b_seen": now,
+                "b_applied": applied.get(name, row.applied_revision),
+                "b_as_of": report.finished_at if fold else row.status_as_of,
+            }
+        )
+    if updates:
+        conn.execute(_UPDATE_NODE, updates)
+    _fold_status(conn, folded)
+
+
+_UPDATE_NODE = (
+    nodes.update()
+    .where(nodes.c.name == sa.bindparam("b_name"))
+    .values(
+        last_seen=sa.bindparam("b_seen"),
+        applied_revision=sa.bindparam("b_applied"),
+        status_as_of=sa.bindparam("b_as_of"),
+    )
+)
+
+
+def _fold_status(conn: Connection, folded: Sequence[ReportRecord]) -> None:
+    """Make each of these reports its node's current status (one report per node)."""
+    if not folded:
+        return
+    for chunk in _chunks([r.node for r in folded]):
+        conn.execute(resource_status.delete().where(resource_status.c.node.in_(chunk)))
+    # Most resources carry one of a few control lists: serialise each list once.
+    controls: dict[tuple[str, ...], str] = {}
+    rows = []
+    for report in folded:
+        for r in report.results:
+            key = tuple(r.controls)
+            tags = controls.get(key)
+            if tags is None:
+                tags = controls[key] = json.dumps(r.controls)
+            rows.append(
+                (
+                    report.node,
+                    r.resource_id,
+                    r.manifest,
+                    r.status._value_,
+                    tags,
+                    report.id,
+                    report.finished_at,
+                )
+            )
+    _insert_rows(conn, resource_status, _STATUS_COLUMNS, rows)

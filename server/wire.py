@@ -1,0 +1,44 @@
+"""Translation between wire messages (protos) and the store's records."""
+
+from __future__ import annotations
+
+from modules.base import Status
+from protos import plumb_pb2 as pb
+from server.store import ReportRecord, ResultRecord
+
+# Enum fields accept the value name; received messages carry the number.
+STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}
+STATUS_FROM_PB: dict[int, Status] = {pb.Status.Value(s.name): s for s in Status}
+
+
+def report_record(report: pb.Report) -> ReportRecord:
+    return ReportRecord(
+        id=report.id,
+        node=report.node_name,
+        revision=report.revision,
+        noop=report.noop,
+        trigger=pb.Trigger.Name(report.trigger).lower(),
+        started_at=report.started_at,
+        finished_at=report.finished_at,
+        results=[_result_record(r) for r in report.results],
+        body=report.SerializeToString(),
+    )
+
+
+def _result_record(result: pb.ResourceResult) -> ResultRecord:
+    return ResultRecord(
+        resource_id=result.id,
+        manifest=result.manifest,
+        status=STATUS_FROM_PB.get(result.status, Status.UNKNOWN),
+        changes=[changes_dict(c) for c in result.changes],
+        controls=list(result.controls),
+        drift=result.drift,
+    )
+
+
+def changes_dict(change: pb.Change) -> dict[str, str]:
+    return {"field": change.field, "observed": change.observed, "desired": change.desired}
+
+
+def report_from_body(body: bytes) -> pb.Report:
+    return pb.Report.FromString(body)

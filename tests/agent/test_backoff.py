@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from agent.daemon import REFUSED_WINDOW_S, backoff_window
+
+REFUSED = (
+    "UNAVAILABLE: failed to connect to all addresses; last error: UNKNOWN: "
+    "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused"
+)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "window"), [(0, 0.5), (1, 1.0), (3, 4.0), (7, 60.0), (50, 60.0)]
+)
+def test_window_grows_exponentially_up_to_the_cap(attempt: int, window: float) -> None:
+    assert backoff_window(attempt, "DEADLINE_EXCEEDED: handshake", 60.0) == window
+
+
+def test_refused_connections_retry_within_a_short_window() -> None:
+    assert backoff_window(0, REFUSED, 60.0) == 0.5
+    assert backoff_window(9, REFUSED, 60.0) == REFUSED_WINDOW_S

@@ -1,0 +1,657 @@
+"""The engine, over fake kinds that keep their "system" in a dict.
+
+Most cases are rows of one table (catalog, system before, mode → statuses,
+errors, apply order, system after) run by one parametrized runner; what does
+not fit a row (logging, timing, the real ``file`` kind) has its own test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import engine
+from modules import registry
+from modules.base import Change, Context, Kind, Mode, Status
+from modules.catalog import CatalogResource
+from modules.errors import ApplyError, ReadError, SpecError, Unavailable
+
+FAULTS = ("", "read_error", "unavailable", "bug", "apply_error", "stuck", "restore_error")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemSpec:
+    key: str
+    value: str
+    fault: str = ""  # one of FAULTS: how this resource misbehaves
+    needs: str = ""  # a key that must exist in the system for read to work
+
+
+class Memory(Kind[MemSpec, "str | None"]):
+    """A kind whose system is a dict; records every read and apply."""
+
+    name = "mem"
+
+    def __init__(self, system: dict[str, str]) -> None:
+        self.system = system
+        self.reads: list[str] = []
+        self.applied: list[str] = []
+
+    def parse(self, raw: Mapping[str, Any]) -> MemSpec:
+        for field in ("key", "value"):
+            if not isinstance(raw.get(field), str):
+                raise SpecError(field, "expected a string")
+        if raw.get("fault", "") not in FAULTS:
+            raise SpecError("fault", f"expected one of {FAULTS}")
+        return MemSpec(**raw)
+
+    def read(self, ctx: Context, spec: MemSpec) -> str | None:
+        self.reads.append(spec.key)
+        if spec.fault == "read_error":
+            raise ReadError("cannot read", output="permission denied\n")
+        if spec.fault == "unavailable":
+            raise Unavailable("memctl not found")
+        if spec.fault == "bug":
+            raise RuntimeError("boom")
+        if spec.needs and spec.needs not in self.system:
+            raise ReadError(f"{spec.needs} does not exist")
+        return self.system.get(spec.key)
+
+    def diff(self, spec: MemSpec, state: str | None) -> list[Change]:
+        return [] if state == spec.value else [Change("value", state or "absent", spec.value)]
+
+    def apply(self, ctx: Context, spec: MemSpec, state: str | None, changes: list[Change]) -> None:
+        self.applied.append(spec.key)
+        if spec.fault == "apply_error":
+            raise ApplyError("cannot write", output="disk full")
+        if spec.fault != "stuck":  # a stuck resource claims success but changes nothing
+            self.system[spec.key] = spec.value
+
+
+class Risky(Memory):
+    """The same dict "system", but a kind whose changes may cut the agent off (a firewall)."""
+
+    name = "net"
+    risky = True
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory.system)
+        self.reads, self.applied = memory.reads, memory.applied  # one log, in order
+        self.restored: list[tuple[str, str | None]] = []
+
+    def restore(self, ctx: Context, spec: MemSpec, snapshot: str | None) -> None:
+        self.restored.append((spec.key, snapshot))
+        if spec.fault == "restore_error":
+            raise ApplyError("cannot restore", output="table busy")
+        if snapshot is None:
+            self.system.pop(spec.key, None)
+        else:
+            self.system[spec.key] = snapshot
+
+
+def net(
+    key: str,
+    value: str = "1",
+    *,
+    require: tuple[str, ...] = (),
+    mode: Mode = Mode.ENFORCE,
+    **spec: str,
+) -> CatalogResource:
+    """A resource of the risky fake kind; ``require`` takes ids."""
+    raw = {"key": key, "value": value, **spec}
+    return CatalogResource("net", key, raw, mode=mode, require=require)
+
+
+def mem(
+    key: str,
+    value: str = "1",
+    *,
+    require: tuple[str, ...] = (),
+    mode: Mode = Mode.ENFORCE,
+    **spec: str,
+) -> CatalogResource:
+    """A catalog resource of the fake kind; ``require`` takes keys (of mem) or ids."""
+    return CatalogResource(
+        kind="mem",
+        name=key,
+        spec={"key": key, "value": value, **spec},
+        mode=mode,
+        require=tuple(r if "/" in r else f"mem/{r}" for r in require),
+    )
+
+
+def other(kind: str, name: str) -> CatalogResource:
+    return CatalogResource(kind=kind, name=name, spec={})
+
+
+@dataclasses.dataclass
+class Fake:
+    """The fake system and the lookup the engine gets instead of the registry."""
+
+    memory: Memory
+    risky: Risky
+    confirms: list[bool] | None = None  # what confirm answers, in order; None: no confirm
+    confirm_calls: int = 0
+
+    def kinds(self, name: str) -> Kind[Any, Any]:
+        if name == "mem":
+            return self.memory
+        if name == "net":
+            return self.risky
+        if name == "broken":
+            raise ImportError("cannot import modules.broken")
+        raise SpecError("kind", f"unknown kind {name!r}")
+
+    def confirm(self) -> bool:
+        """The next scripted answer; an unscripted call answers False (and the count tells)."""
+        assert self.confirms is not None
+        self.confirm_calls += 1
+        return self.confirm_calls <= len(self.confirms) and self.confirms[self.confirm_calls - 1]
+
+    def run(
+        self,
+        catalog: list[CatalogResource],
+        noop: bool = False,
+        hold: frozenset[str] = frozenset(),
+    ) -> list[engine.ResourceResult]:
+        ctx = Context(log=logging.getLogger("test.engine"))
+        confirm = self.confirm if self.confirms is not None else None
+        return engine.run(
+            catalog, ctx, noop=noop, kinds=self.kinds, confirm=confirm, hold=hold, revision=7
+        )
+
+
+def fake(system: dict[str, str] | None = None, confirms: list[bool] | None = None) -> Fake:
+    memory = Memory(dict(system or {}))
+    return Fake(memory, Risky(memory), confirms)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    catalog: list[CatalogResource]
+    status: dict[str, Status]  # by key (for mem) or id; every resource
+    system: dict[str, str] = dataclasses.field(default_factory=dict)
+    noop: bool = False
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)  # substring of error
+    changes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    applied: list[str] = dataclasses.field(default_factory=list)  # apply order
+    after: dict[str, str] | None = None  # system after the run; None: unchanged
+    reads: list[str] | None = None  # read order, when it matters
+    confirms: list[bool] | None = None  # confirm's answers, all asked for; None: no confirm
+    hold: frozenset[str] = frozenset()
+    restored: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    reverted: frozenset[str] = frozenset()  # ids whose result says reverted
+
+
+S = Status
+CASES = [
+    Case(
+        "converged: in_sync, apply never called",
+        [mem("a", "1"), mem("b", "2", require=("a",))],
+        {"a": S.IN_SYNC, "b": S.IN_SYNC},
+        system={"a": "1", "b": "2"},
+    ),
+    Case(
+        "enforce repairs and reports the original changes",
+        [mem("a", "1"), mem("b", "2")],
+        {"a": S.REPAIRED, "b": S.REPAIRED},
+        system={"b": "0"},
+        changes={"a": ["value: absent → 1"], "b": ["value: 0 → 2"]},
+        applied=["a", "b"],
+        after={"a": "1", "b": "2"},
+    ),
+    Case(
+        "require orders apply; results stay in catalog order",
+        [mem("c", require=("b",)), mem("b", require=("a",)), mem("a")],
+        {"a": S.REPAIRED, "b": S.REPAIRED, "c": S.REPAIRED},
+        applied=["a", "b", "c"],
+        after={"a": "1", "b": "1", "c": "1"},
+    ),
+    Case(
+        "ties go to the earliest ready resource in catalog order",
+        [mem("x"), mem("y", require=("z",)), mem("z"), mem("w")],
+        {"x": S.REPAIRED, "y": S.REPAIRED, "z": S.REPAIRED, "w": S.REPAIRED},
+        applied=["x", "z", "y", "w"],
+        after={"x": "1", "y": "1", "z": "1", "w": "1"},
+    ),
+    Case(
+        "noop: drifted, nothing applied",
+        [mem("a", "1"), mem("b", "2", fault="apply_error"), mem("c", "3")],
+        {"a": S.DRIFTED, "b": S.DRIFTED, "c": S.IN_SYNC},
+        system={"a": "0", "c": "3"},
+        noop=True,
+        changes={"a": ["value: 0 → 1"], "b": ["value: absent → 2"]},
+    ),
+    Case(
+        "audit resource drifted, enforce neighbour repaired",
+        [mem("a", "1", mode=Mode.AUDIT), mem("b", "2")],
+        {"a": S.DRIFTED, "b": S.REPAIRED},
+        system={"a": "0"},
+        changes={"a": ["value: 0 → 1"]},
+        applied=["b"],
+        after={"a": "0", "b": "2"},
+    ),
+    Case(
+        "an enforce resource requiring a drifted audit one is still enforced",
+        [mem("a", mode=Mode.AUDIT), mem("b", require=("a",))],
+        {"a": S.DRIFTED, "b": S.REPAIRED},
+        applied=["b"],
+        after={"b": "1"},
+    ),
+    Case(
+        "failed apply: dependents skipped transitively, unrelated still applied",
+        [
+            mem("a", fault="apply_error"),
+            mem("b", require=("a",)),
+            mem("c", require=("b",)),
+            mem("d"),
+        ],
+        {"a": S.FAILED, "b": S.SKIPPED, "c": S.SKIPPED, "d": S.REPAIRED},
+        errors={
+            "a": "cannot write: disk full",
+            "b": "requires mem/a, which failed",
+            "c": "requires mem/b, which was skipped: requires mem/a, which failed",
+        },
+        changes={"a": ["value: absent → 1"]},
+        applied=["a", "d"],
+        after={"d": "1"},
+        reads=["a", "d", "d"],  # d read again to verify
+    ),
+    Case(
+        "each blocking requirement is named",
+        [mem("a", fault="read_error"), mem("b", fault="bug"), mem("c", require=("a", "b"))],
+        {"a": S.FAILED, "b": S.FAILED, "c": S.SKIPPED},
+        errors={"c": "requires mem/a, which failed; requires mem/b, which failed"},
+    ),
+    Case(
+        "apply that changes nothing fails verification",
+        [mem("a", "1", fault="stuck"), mem("b", require=("a",))],
+        {"a": S.FAILED, "b": S.SKIPPED},
+        errors={"a": "still differs after apply: value: absent → 1"},
+        changes={"a": ["value: absent → 1"]},
+        applied=["a"],
+    ),
+    Case(
+        "unknown kind: failed, dependents skipped",
+        [other("nope", "x"), mem("a", require=()), other("broken", "y")],
+        {"nope/x": S.FAILED, "a": S.REPAIRED, "broken/y": S.FAILED},
+        errors={"nope/x": "kind: unknown kind 'nope'", "broken/y": "ImportError: cannot import"},
+        applied=["a"],
+        after={"a": "1"},
+    ),
+    Case(
+        "spec error: failed with the field, nothing read",
+        [CatalogResource("mem", "a", {"key": "a", "value": 1}), mem("b")],
+        {"a": S.FAILED, "b": S.REPAIRED},
+        errors={"a": "value: expected a string"},
+        applied=["b"],
+        after={"b": "1"},
+        reads=["b", "b"],
+    ),
+    Case(
+        "unexpected exception is isolated and reported with its type",
+        [mem("a", fault="bug"), mem("b")],
+        {"a": S.FAILED, "b": S.REPAIRED},
+        errors={"a": "RuntimeError: boom"},
+        applied=["b"],
+        after={"b": "1"},
+    ),
+    Case(
+        "unavailable: failed with the reason, never skipped silently",
+        [mem("a", fault="unavailable")],
+        {"a": S.FAILED},
+        noop=True,
+        errors={"a": "unavailable: memctl not found"},
+    ),
+    Case(
+        "read error: failed with the command output",
+        [mem("a", fault="read_error")],
+        {"a": S.FAILED},
+        errors={"a": "cannot read: permission denied"},
+    ),
+    Case(
+        "noop: a dependent that cannot be read before its requirement changes is unknown",
+        [
+            mem("a"),
+            mem("b", require=("a",), needs="a"),
+            mem("c", require=("b",)),
+            mem("d", require=("b",), needs="b"),
+        ],
+        {"a": S.DRIFTED, "b": S.UNKNOWN, "c": S.DRIFTED, "d": S.UNKNOWN},
+        noop=True,
+        errors={
+            "b": "a does not exist (pending changes not applied: mem/a)",
+            "d": "b does not exist (pending changes not applied: mem/b)",
+        },
+    ),
+    Case(
+        "audit: the same unknown, in an enforce run",
+        [mem("a", mode=Mode.AUDIT), mem("b", require=("a",), needs="a", mode=Mode.AUDIT)],
+        {"a": S.DRIFTED, "b": S.UNKNOWN},
+        errors={"b": "pending changes not applied: mem/a"},
+    ),
+    Case(
+        "noop: a requirement that is in sync leaves a read failure failed",
+        [mem("a"), mem("b", require=("a",), fault="read_error")],
+        {"a": S.IN_SYNC, "b": S.FAILED},
+        system={"a": "1"},
+        noop=True,
+    ),
+    Case(
+        "noop: a bug under a pending change is still failed, not unknown",
+        [mem("a"), mem("b", require=("a",), fault="bug")],
+        {"a": S.DRIFTED, "b": S.FAILED},
+        noop=True,
+        errors={"b": "RuntimeError: boom"},
+    ),
+    Case(
+        "dangling require: every resource failed, nothing read",
+        [mem("a"), mem("b", require=("x",))],
+        {"a": S.FAILED, "b": S.FAILED},
+        errors={
+            "a": "catalog unusable: mem/b requires mem/x, which is not in the catalog",
+            "b": "catalog unusable: mem/b requires mem/x",
+        },
+        reads=[],
+    ),
+    Case(
+        "require cycle: every resource failed, the cycle named",
+        [mem("z"), mem("a", require=("b",)), mem("b", require=("c",)), mem("c", require=("a",))],
+        {"z": S.FAILED, "a": S.FAILED, "b": S.FAILED, "c": S.FAILED},
+        errors={"z": "catalog unusable: require cycle: mem/a → mem/b → mem/c → mem/a"},
+        reads=[],
+    ),
+    Case(
+        "a resource requiring itself is a cycle",
+        [mem("a", require=("a",))],
+        {"a": S.FAILED},
+        errors={"a": "require cycle: mem/a → mem/a"},
+        reads=[],
+    ),
+    Case(
+        "an id declared twice makes the catalog unusable",
+        [mem("a"), mem("a", "2")],
+        {"a": S.FAILED},
+        errors={"a": "catalog unusable: mem/a is declared more than once"},
+        reads=[],
+    ),
+]
+
+
+CASES += [
+    Case(
+        "risky, confirmed before and after: repaired",
+        [net("fw", "1")],
+        {"net/fw": S.REPAIRED},
+        system={"fw": "0"},
+        confirms=[True, True],
+        changes={"net/fw": ["value: 0 → 1"]},
+        applied=["fw"],
+        after={"fw": "1"},
+    ),
+    Case(
+        "risky, unreachable after: restored to the snapshot, dependents skipped, others applied",
+        [net("fw", "1"), mem("app", require=("net/fw",)), mem("other")],
+        {"net/fw": S.FAILED, "app": S.SKIPPED, "other": S.REPAIRED},
+        system={"fw": "0"},
+        confirms=[True, False],
+        errors={"net/fw": "reverted: lost connection to the server", "app": "net/fw, which failed"},
+        changes={"net/fw": ["value: 0 → 1"]},
+        applied=["fw", "other"],
+        after={"fw": "0", "other": "1"},
+        restored=[("fw", "0")],
+        reverted=frozenset({"net/fw"}),
+    ),
+    Case(
+        "risky, unreachable after: a resource that was absent is removed again",
+        [net("fw", "1")],
+        {"net/fw": S.FAILED},
+        confirms=[True, False],
+        errors={"net/fw": "reverted: lost connection to the server"},
+        applied=["fw"],
+        restored=[("fw", None)],
+        reverted=frozenset({"net/fw"}),
+    ),
+    Case(
+        "risky, each change confirmed on its own: only the one that cuts the link is reverted",
+        [net("a", "1"), net("b", "2"), net("c", "3")],
+        {"net/a": S.REPAIRED, "net/b": S.FAILED, "net/c": S.REPAIRED},
+        confirms=[True, True, False, True],
+        applied=["a", "b", "c"],
+        after={"a": "1", "c": "3"},
+        restored=[("b", None)],
+        reverted=frozenset({"net/b"}),
+    ),
+    Case(
+        "risky, server unreachable before the change: applied without revert, asked once",
+        [net("a", "1"), net("b", "2")],
+        {"net/a": S.REPAIRED, "net/b": S.REPAIRED},
+        confirms=[False],
+        applied=["a", "b"],
+        after={"a": "1", "b": "2"},
+    ),
+    Case(
+        "risky, restore fails too: failed, and says so loudly",
+        [net("fw", "1", fault="restore_error")],
+        {"net/fw": S.FAILED},
+        system={"fw": "0"},
+        confirms=[True, False],
+        errors={"net/fw": "revert FAILED: lost connection to the server"},
+        applied=["fw"],
+        after={"fw": "1"},
+        restored=[("fw", "0")],
+        reverted=frozenset({"net/fw"}),
+    ),
+    Case(
+        "risky, apply fails and the link is lost: reverted, naming the apply error too",
+        [net("fw", "1", fault="apply_error")],
+        {"net/fw": S.FAILED},
+        system={"fw": "0"},
+        confirms=[True, False],
+        errors={"net/fw": "reverted: lost connection to the server (the change itself: failed: "},
+        applied=["fw"],
+        restored=[("fw", "0")],
+        reverted=frozenset({"net/fw"}),
+    ),
+    Case(
+        "no confirm asked for in-sync, non-risky or dry resources",
+        [net("a", "1"), mem("b"), net("c", "3", mode=Mode.AUDIT)],
+        {"net/a": S.IN_SYNC, "b": S.REPAIRED, "net/c": S.DRIFTED},
+        system={"a": "1"},
+        confirms=[],
+        applied=["b"],
+        after={"a": "1", "b": "1"},
+    ),
+    Case(
+        "risky in a noop run: drifted, nothing asked or applied",
+        [net("a", "1")],
+        {"net/a": S.DRIFTED},
+        noop=True,
+        confirms=[],
+    ),
+    Case(
+        "without confirm (no server), risky kinds are applied as any other",
+        [net("a", "1")],
+        {"net/a": S.REPAIRED},
+        applied=["a"],
+        after={"a": "1"},
+    ),
+    Case(
+        "held: failed without being read or applied, dependents skipped, others applied",
+        [net("fw", "1"), mem("app", require=("net/fw",)), net("ok", "2")],
+        {"net/fw": S.FAILED, "app": S.SKIPPED, "net/ok": S.REPAIRED},
+        confirms=[True, True],
+        hold=frozenset({"net/fw"}),
+        errors={
+            "net/fw": "held: reverted earlier at revision 7; waiting for a new catalog",
+            "app": "requires net/fw, which failed",
+        },
+        applied=["ok"],
+        after={"ok": "2"},
+        reads=["ok", "ok"],
+    ),
+    Case(
+        "held in a noop run: evaluated dry, as nothing would be applied anyway",
+        [net("fw", "1")],
+        {"net/fw": S.DRIFTED},
+        noop=True,
+        hold=frozenset({"net/fw"}),
+    ),
+]
+
+
+def _id(key: str) -> str:
+    return key if "/" in key else f"mem/{key}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_engine(case: Case) -> None:
+    system = fake(case.system, case.confirms)
+    results = system.run(case.catalog, noop=case.noop, hold=case.hold)
+
+    assert [r.id for r in results] == [r.id for r in case.catalog]
+    assert {r.id: r.status for r in results} == {_id(k): s for k, s in case.status.items()}
+    by_id = {r.id: r for r in results}
+    for key, fragment in case.errors.items():
+        assert fragment in by_id[_id(key)].error
+    for r in results:  # an error explains exactly the statuses that need one
+        assert bool(r.error) == (r.status in (S.FAILED, S.SKIPPED, S.UNKNOWN)), r
+    for key, changes in case.changes.items():
+        assert [str(c) for c in by_id[_id(key)].changes] == changes
+    assert system.memory.applied == case.applied
+    assert system.memory.system == (case.system if case.after is None else case.after)
+    if case.reads is not None:
+        assert system.memory.reads == case.reads
+    assert system.confirm_calls == len(case.confirms or [])
+    assert system.risky.restored == case.restored
+    assert {r.id for r in results if r.reverted} == case.reverted
+
+
+def test_result_carries_catalog_metadata_and_duration() -> None:
+    res = CatalogResource(
+        "mem", "a", {"key": "a", "value": "1"}, manifest="web.yaml", controls=("CIS-1.1.1",)
+    )
+    ticks = itertools.count(start=10.0, step=0.25)
+    ctx = Context(log=logging.getLogger("test.engine"))
+
+    [result] = engine.run([res], ctx, kinds=fake().kinds, clock=lambda: next(ticks))
+
+    assert result == engine.ResourceResult(
+        id="mem/a",
+        kind="mem",
+        name="a",
+        manifest="web.yaml",
+        status=S.REPAIRED,
+        changes=(Change("value", "absent", "1"),),
+        duration_s=0.25,
+        controls=("CIS-1.1.1",),
+    )
+
+
+def test_logs_one_line_per_resource_not_in_sync(caplog: pytest.LogCaptureFixture) -> None:
+    catalog = [mem("a"), mem("b"), mem("c", fault="read_error")]
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        fake({"b": "1"}).run(catalog)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "mem/a: repaired (value: absent → 1)",
+        "mem/c: failed (cannot read: permission denied)",
+    ]
+
+
+def test_bug_is_logged_with_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        fake().run([mem("a", fault="bug")])
+
+    [bug] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "mem/a" in bug.getMessage()
+    assert bug.exc_info is not None and isinstance(bug.exc_info[1], RuntimeError)
+
+
+def test_summarize_counts_every_status() -> None:
+    catalog = [mem("a"), mem("b"), mem("c", fault="apply_error"), mem("d", require=("c",))]
+    results = fake({"a": "1"}).run(catalog)
+
+    assert engine.summarize(results) == {
+        "in_sync": 1,
+        "repaired": 1,
+        "drifted": 0,
+        "failed": 1,
+        "skipped": 1,
+        "unknown": 0,
+    }
+    assert engine.summarize([]) == dict.fromkeys(Status, 0)
+
+
+def test_real_file_kind(tmp_path: Path) -> None:
+    pytest.importorskip("modules.file")
+    ctx = Context(root=tmp_path, log=logging.getLogger("test.engine"))
+    res = CatalogResource("file", "motd", {"path": "/etc/motd", "content": "hello\n"})
+    target = tmp_path / "etc" / "motd"
+    target.parent.mkdir()
+
+    [created] = engine.run([res], ctx, kinds=registry.get)
+    assert (created.status, target.read_text()) == (S.REPAIRED, "hello\n")
+
+    target.write_text("changed out of band\n")
+    [drifted] = engine.run([res], ctx, noop=True)
+    assert drifted.status == S.DRIFTED
+    assert [change.field for change in drifted.changes] == ["content"]
+    assert target.read_text() == "changed out of band\n"
+
+    [repaired] = engine.run([res], ctx)
+    assert (repaired.status, target.read_text()) == (S.REPAIRED, "hello\n")
+    assert engine.run([res], ctx)[0].status == S.IN_SYNC
+
+
+def test_unguarded_risky_apply_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    system = fake(confirms=[False])
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        [result] = system.run([net("fw")])
+
+    assert result.status is S.REPAIRED
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "net/fw: server not reachable before the change" in warning.getMessage()
+    assert "without confirm-or-revert" in warning.getMessage()
+
+
+def test_failed_revert_is_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    system = fake({"fw": "0"}, confirms=[True, False])
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        system.run([net("fw", fault="restore_error")])
+
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "net/fw: revert FAILED" in error.getMessage()
+    assert "cannot restore: table busy" in error.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "restored"),
+    [
+        ([], S.REPAIRED, []),  # broken before: treated as unreachable, applied unguarded
+        ([True], S.FAILED, [("fw", "0")]),  # broken after: treated as unreachable, reverted
+    ],
+)
+def test_a_confirm_that_raises_means_unreachable(
+    answers: list[bool], status: Status, restored: list[tuple[str, str]]
+) -> None:
+    system = fake({"fw": "0"})
+    calls = iter(answers)
+
+    def confirm() -> bool:
+        answer = next(calls, None)
+        if answer is None:
+            raise OSError("probe broke")
+        return answer
+
+    ctx = Context(log=logging.getLogger("test.engine"))
+    [result] = engine.run([net("fw")], ctx, kinds=system.kinds, confirm=confirm)
+
+    assert (result.status, system.risky.restored) == (status, restored)

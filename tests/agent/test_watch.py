@@ -1,0 +1,360 @@
+"""The agent's watchers: restart per catalog, debounce, and never a run for its own echo.
+
+A fake ``probe`` kind keeps its "system" in a dict; its watch blocks until
+stopped and lets the test fire on_change as an inotify event would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.watch import Watchers, expected_after, targets
+from modules.base import Change, Context, Kind
+from modules.catalog import Catalog, CatalogResource
+from modules.errors import SpecError
+from protos import plumb_pb2 as pb
+
+QUIET_S = 0.05
+MAX_DELAY_S = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSpec:
+    key: str
+    value: str
+
+
+class Probe(Kind[ProbeSpec, "str | None"]):
+    name = "probe"
+    watchable = True
+
+    def __init__(self) -> None:
+        self.system: dict[str, str] = {}
+        self.active: list[tuple[str, ...]] = []  # the keys of each running watch
+        self._cond = threading.Condition()
+        self._on_change: Callable[[], None] | None = None
+
+    def parse(self, raw: Mapping[str, Any]) -> ProbeSpec:
+        if "value" not in raw:
+            raise SpecError("value", "required")
+        return ProbeSpec(str(raw["key"]), str(raw["value"]))
+
+    def read(self, ctx: Context, spec: ProbeSpec) -> str | None:
+        return self.system.get(spec.key)
+
+    def diff(self, spec: ProbeSpec, state: str | None) -> list[Change]:
+        return [] if state == spec.value else [Change("value", str(state), spec.value)]
+
+    def apply(
+        self, ctx: Context, spec: ProbeSpec, state: str | None, changes: list[Change]
+    ) -> None:
+        self.system[spec.key] = spec.value
+
+    def watch(
+        self,
+        ctx: Context,
+        specs: Any,
+        on_change: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        keys = tuple(spec.key for spec in specs)
+        with self._cond:
+            self.active.append(keys)
+            self._on_change = on_change
+            self._cond.notify_all()
+        try:
+            stop.wait()
+        finally:
+            with self._cond:
+                self.active.remove(keys)
+                self._cond.notify_all()
+
+    def fire(self) -> None:
+        assert self._on_change is not None, "no watch is running"
+        self._on_change()
+
+    def wait_active(self, expected: list[tuple[str, ...]]) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: sorted(self.active) == expected, 5)
+
+
+class Plain(Probe):
+    name = "plain"
+    watchable = False
+
+
+class Broken(Probe):
+    name = "broken"
+
+    def watch(self, *args: Any) -> None:
+        raise OSError("no inotify here")
+
+
+class Requests:
+    """The daemon's side: counts the runs the watchers ask for."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._cond = threading.Condition()
+
+    def __call__(self) -> None:
+        with self._cond:
+            self.times.append(time.monotonic())
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 5.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.times) >= count, timeout)
+
+
+@dataclasses.dataclass
+class Setup:
+    probe: Probe
+    watchers: Watchers
+    requests: Requests
+    caplog: pytest.LogCaptureFixture
+
+    def run(self, trigger: int = pb.PUSH, revision: int = 1, **keep: str) -> None:
+        """A run of the catalog: converge (each apply echoing back), then report.
+
+        ``keep`` names keys the run leaves alone and the status it reports for them.
+        """
+        self.watchers.run_started()
+        results = []
+        for key, value in WANTED.items():
+            status = keep.get(key, "")
+            if not status:
+                self.probe.system[key] = value
+                self.probe.fire()  # the echo of our own apply
+            changes = [] if not status else [self.change(key)]
+            results.append(
+                pb.ResourceResult(
+                    id=f"probe/{key}",
+                    status=getattr(pb, status.upper() or "REPAIRED"),
+                    changes=[
+                        pb.Change(field=c.field, observed=c.observed, desired=c.desired)
+                        for c in changes
+                    ],
+                )
+            )
+        report = pb.Report(revision=revision, trigger=trigger, results=results)
+        self.watchers.run_finished(report)
+
+    def change(self, key: str) -> Change:
+        return Change("value", str(self.probe.system.get(key)), WANTED[key])
+
+    def checked(self, times: int = 1) -> bool:
+        """Wait until a check has found nothing to run for, ``times`` times in all."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.caplog.text.count("nothing changed") >= times:
+                return True
+            time.sleep(0.01)
+        return False
+
+
+WANTED = {"a": "1", "b": "2"}
+
+
+def catalog(revision: int = 1, **extra: Mapping[str, Any]) -> Catalog:
+    resources = [
+        CatalogResource("probe", key, {"key": key, "value": value}) for key, value in WANTED.items()
+    ]
+    resources += [CatalogResource(raw["kind"], name, raw["spec"]) for name, raw in extra.items()]
+    return Catalog("node", revision, tuple(resources))
+
+
+@pytest.fixture
+def setup(caplog: pytest.LogCaptureFixture) -> Iterator[Setup]:
+    caplog.set_level(logging.DEBUG, logger="plumb.agent.watch")
+    probe = Probe()
+    kinds = {"probe": probe, "plain": Plain(), "broken": Broken()}
+    requests = Requests()
+    watchers = Watchers(
+        Path("/nonexistent"),
+        requests,
+        kinds=lambda name: kinds[name],
+        quiet_s=QUIET_S,
+        max_delay_s=MAX_DELAY_S,
+    )
+    yield Setup(probe, watchers, requests, caplog)
+    watchers.stop()
+
+
+def started(setup: Setup) -> Setup:
+    """Watching the catalog, after its first run converged everything."""
+    setup.watchers.start(catalog())
+    assert setup.probe.wait_active([("a", "b")])
+    setup.run()
+    assert setup.checked()  # the echoes of that run, answered by one check
+    return setup
+
+
+# --- which resources, and restarting ----------------------------------------------
+
+
+def test_targets_are_the_watchable_resources_that_parse() -> None:
+    probe = Probe()
+    kinds: dict[str, Kind[Any, Any]] = {"probe": probe, "plain": Plain()}
+
+    def lookup(name: str) -> Kind[Any, Any]:
+        if name not in kinds:
+            raise SpecError("kind", f"unknown kind {name!r}")
+        return kinds[name]
+
+    found = targets(
+        catalog(
+            p={"kind": "plain", "spec": {"key": "p", "value": "x"}},
+            bad={"kind": "probe", "spec": {"key": "bad"}},
+            odd={"kind": "no-such-kind", "spec": {}},
+        ),
+        lookup,
+    )
+    assert [(t.id, t.spec) for t in found] == [
+        ("probe/a", ProbeSpec("a", "1")),
+        ("probe/b", ProbeSpec("b", "2")),
+    ]
+
+
+def test_a_new_catalog_restarts_the_watchers_and_stop_ends_them(setup: Setup) -> None:
+    setup.watchers.start(catalog(p={"kind": "plain", "spec": {"key": "p", "value": "x"}}))
+    assert setup.probe.wait_active([("a", "b")])  # nothing for the plain kind
+
+    second = Catalog("node", 2, (CatalogResource("probe", "x", {"key": "x", "value": "9"}),))
+    setup.watchers.start(second)
+    assert setup.probe.wait_active([("x",)])
+
+    setup.watchers.stop()
+    assert setup.probe.wait_active([])
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("plumb-watch")]
+    assert alive == []
+
+
+def test_a_watcher_that_fails_is_logged_and_the_rest_keep_watching(setup: Setup) -> None:
+    setup.watchers.start(catalog(k={"kind": "broken", "spec": {"key": "k", "value": "1"}}))
+    assert setup.probe.wait_active([("a", "b")])
+    deadline = time.monotonic() + 5
+    while "watcher of kind 'broken' stopped" not in setup.caplog.text:
+        assert time.monotonic() < deadline, "the failure was not logged"
+        time.sleep(0.01)
+
+
+# --- debounce ---------------------------------------------------------------------
+
+
+def test_a_burst_of_events_makes_one_run_once_quiet(setup: Setup) -> None:
+    started(setup)
+    setup.probe.system["a"] = "tampered"
+    for _ in range(20):
+        setup.probe.fire()
+    last = time.monotonic()
+    assert setup.requests.wait(1)
+    assert setup.requests.times[0] - last >= QUIET_S * 0.9
+    # Until the run it asked for starts, further events ask for nothing more
+    # (given ample time to: this waits for an absence, not for a condition).
+    setup.probe.fire()
+    assert not setup.requests.wait(2, timeout=QUIET_S * 6)
+    setup.run(trigger=pb.WATCH)
+    assert setup.checked(2)
+    assert len(setup.requests.times) == 1
+
+
+def test_steady_events_run_within_the_maximum_delay(setup: Setup) -> None:
+    started(setup)
+    setup.probe.system["b"] = "tampered"
+    fired = [time.monotonic()]
+    setup.probe.fire()
+    while not setup.requests.wait(1, timeout=0.01):  # never quiet for QUIET_S
+        setup.probe.fire()
+        fired.append(time.monotonic())
+        assert fired[-1] - fired[0] < 5, "no run was asked for"
+    delay = setup.requests.times[0] - fired[0]
+    assert delay < MAX_DELAY_S + 1.0
+    # On a loaded machine this thread may have stalled long enough to look
+    # quiet; only when it did not is the request's earliest time known.
+    gaps = [b - a for a, b in zip(fired, [*fired[1:], setup.requests.times[0]], strict=True)]
+    if max(gaps) < QUIET_S * 0.9:
+        assert delay >= MAX_DELAY_S * 0.9
+
+
+# --- own applies, and what the last run left ---------------------------------------
+
+
+def test_the_echo_of_our_own_run_runs_nothing(setup: Setup) -> None:
+    started(setup)  # its echoes were checked: nothing changed
+    setup.run(trigger=pb.WATCH)  # and a run caused by events, likewise
+    assert setup.checked(2)
+    assert setup.requests.times == []
+
+
+def test_a_change_during_a_run_is_checked_when_it_ends(setup: Setup) -> None:
+    started(setup)
+    setup.watchers.run_started()
+    setup.probe.system["a"] = "tampered after the run read it"
+    setup.probe.fire()
+    setup.watchers.run_finished(
+        pb.Report(
+            revision=1,
+            trigger=pb.SCHEDULE,
+            results=[pb.ResourceResult(id=f"probe/{k}", status=pb.IN_SYNC) for k in WANTED],
+        )
+    )
+    assert setup.requests.wait(1)
+
+
+def test_a_drifted_audit_resource_runs_again_only_when_it_changes_again(setup: Setup) -> None:
+    setup.watchers.start(catalog())
+    assert setup.probe.wait_active([("a", "b")])
+    setup.probe.system["a"] = "audited"
+    setup.run(a="drifted")  # reported, left as it is
+    assert setup.checked()  # the echo of b's apply: a differs, but as it did
+    assert setup.requests.times == []
+
+    setup.probe.system["a"] = "audited, and changed again"
+    setup.probe.fire()
+    assert setup.requests.wait(1)
+
+
+def test_a_failure_is_retried_on_the_next_event_once(setup: Setup) -> None:
+    setup.watchers.start(catalog())
+    assert setup.probe.wait_active([("a", "b")])
+    setup.run(a="failed")  # a push run: the cause may be fixed by hand next
+    assert setup.requests.wait(1)
+
+    setup.run(trigger=pb.WATCH, a="failed")  # failed again, in a run events caused
+    assert setup.checked()
+    assert len(setup.requests.times) == 1
+
+
+def test_expected_after_a_report() -> None:
+    report = pb.Report(
+        trigger=pb.PUSH,
+        results=[
+            pb.ResourceResult(id="k/sync", status=pb.IN_SYNC),
+            pb.ResourceResult(id="k/fixed", status=pb.REPAIRED),
+            pb.ResourceResult(
+                id="k/audit",
+                status=pb.DRIFTED,
+                changes=[pb.Change(field="mode", observed="0644", desired="0600")],
+            ),
+            pb.ResourceResult(id="k/failed", status=pb.FAILED),
+            pb.ResourceResult(id="k/skipped", status=pb.SKIPPED),
+        ],
+    )
+    assert expected_after(report) == {
+        "k/sync": (),
+        "k/fixed": (),
+        "k/audit": (Change("mode", "0644", "0600"),),
+        "k/failed": "retry",
+        "k/skipped": "ignore",
+    }
+    report.trigger = pb.WATCH
+    assert expected_after(report)["k/failed"] == "ignore"

@@ -1,0 +1,255 @@
+"""The catalog compiler: which resources a node gets, in what order, and when it refuses."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from modules import registry
+from modules.base import Change, Context, Kind, Mode
+from modules.catalog import Catalog, CatalogResource
+from server.catalog import compile_catalog, compile_fleet
+from server.errors import CompileError, PlumbServerError
+from server.manifest import Manifest, load
+
+
+class AnySpec(Kind[Mapping[str, Any], None]):
+    """A kind that accepts any spec: these tests are about compiling, not specs."""
+
+    name = "testfile"
+
+    def parse(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        return raw
+
+    def read(self, ctx: Context, spec: Mapping[str, Any]) -> None:
+        return None
+
+    def diff(self, spec: Mapping[str, Any], state: None) -> list[Change]:
+        return []
+
+    def apply(
+        self, ctx: Context, spec: Mapping[str, Any], state: None, changes: list[Change]
+    ) -> None:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def testfile_kind() -> Iterator[None]:
+    registry.register(AnySpec())
+    try:
+        yield
+    finally:
+        registry._registered.pop(AnySpec.name)
+
+
+BASE = """\
+name: base
+target: {all: true}
+resources:
+  - {kind: testfile, name: etc, spec: {path: /etc}}
+  - kind: testfile
+    name: motd
+    spec: {path: /etc/motd}
+    require: [testfile/etc]
+    controls: [CIS-1.7.1]
+"""
+
+WEB = """\
+name: web
+target:
+  labels: {role: web}
+mode: audit
+resources:
+  - kind: testfile
+    name: nginx-conf
+    spec: {path: /etc/nginx.conf, lines: [a, b]}
+    require: [testfile/etc]
+  - {kind: testfile, name: index, spec: {path: /srv/index.html}}
+"""
+
+DB = """\
+name: db
+target:
+  names: [db-1]
+resources:
+  - {kind: testfile, name: pg-conf, spec: {path: /etc/pg.conf}}
+"""
+
+
+def manifests(*files: tuple[str, str]) -> list[Manifest]:
+    return [load(file, textwrap.dedent(text)) for file, text in files]
+
+
+def standard() -> list[Manifest]:
+    return manifests(("base.yaml", BASE), ("web.yaml", WEB), ("db.yaml", DB))
+
+
+def ids(catalog: Catalog) -> list[str]:
+    return [r.id for r in catalog.resources]
+
+
+@pytest.mark.parametrize(
+    ("node", "labels", "expected"),
+    [
+        (
+            "web-1",
+            {"role": "web", "env": "prod"},
+            ["testfile/etc", "testfile/motd", "testfile/nginx-conf", "testfile/index"],
+        ),
+        ("db-1", {"role": "db"}, ["testfile/etc", "testfile/motd", "testfile/pg-conf"]),
+        ("misc", {}, ["testfile/etc", "testfile/motd"]),
+        ("web-2", {"role": "webserver"}, ["testfile/etc", "testfile/motd"]),
+    ],
+)
+def test_node_gets_matching_manifests_in_manifest_then_declaration_order(
+    node: str, labels: dict[str, str], expected: list[str]
+) -> None:
+    assert ids(compile_catalog(standard(), node, labels, revision=3)) == expected
+
+
+def test_order_follows_the_manifest_sequence() -> None:
+    base, web, _ = standard()
+    catalog = compile_catalog([web, base], "web-1", {"role": "web"}, revision=1)
+    assert [r.manifest for r in catalog.resources] == ["web", "web", "base", "base"]
+
+
+def test_no_matching_manifest_gives_an_empty_catalog() -> None:
+    (db,) = manifests(("db.yaml", DB))
+    assert compile_catalog([db], "web-1", {"role": "web"}, 7) == Catalog("web-1", 7, ())
+
+
+def test_resources_carry_manifest_mode_spec_require_and_controls() -> None:
+    catalog = compile_catalog(standard(), "web-1", {"role": "web"}, revision=5)
+    assert catalog.node == "web-1"
+    assert catalog.revision == 5
+    assert catalog.resources[1] == CatalogResource(
+        kind="testfile",
+        name="motd",
+        spec={"path": "/etc/motd"},
+        manifest="base",
+        mode=Mode.ENFORCE,
+        require=("testfile/etc",),
+        controls=("CIS-1.7.1",),
+    )
+    nginx = catalog.resources[2]
+    assert (nginx.manifest, nginx.mode) == ("web", Mode.AUDIT)
+    assert nginx.spec == {"path": "/etc/nginx.conf", "lines": ["a", "b"]}
+
+
+def test_catalog_specs_are_copies() -> None:
+    loaded = standard()
+    first = compile_catalog(loaded, "web-1", {"role": "web"}, revision=1)
+    first.resources[2].spec["lines"].append("c")
+    second = compile_catalog(loaded, "web-2", {"role": "web"}, revision=1)
+    assert second.resources[2].spec["lines"] == ["a", "b"]
+
+
+def test_to_json_round_trips_and_is_stable() -> None:
+    loaded = standard()
+    catalog = compile_catalog(loaded, "web-1", {"role": "web"}, revision=9)
+    assert Catalog.from_json(catalog.to_json()) == catalog
+    assert compile_catalog(loaded, "web-1", {"role": "web"}, revision=9).to_json() == (
+        catalog.to_json()
+    )
+
+
+# -- refusals ----------------------------------------------------------------------
+
+MOTD_AGAIN = """\
+name: web
+target:
+  labels: {role: web}
+resources:
+  - {kind: testfile, name: index, spec: {path: /srv/index.html}}
+  - kind: testfile
+    name: motd
+    spec: {path: /etc/motd, content: web}
+"""
+
+NEEDS_PG = """\
+name: app
+target:
+  labels: {role: app}
+resources:
+  - kind: testfile
+    name: app-conf
+    spec: {path: /etc/app.conf}
+    require:
+      - testfile/etc
+      - testfile/pg-conf
+"""
+
+
+def test_two_manifests_targeting_a_node_declare_the_same_resource() -> None:
+    loaded = manifests(("base.yaml", BASE), ("web.yaml", MOTD_AGAIN))
+    with pytest.raises(CompileError) as info:
+        compile_catalog(loaded, "node-a", {"role": "web"}, revision=1)
+    assert isinstance(info.value, PlumbServerError)
+    assert info.value.node == "node-a"
+    assert info.value.problems == (
+        "testfile/motd is declared by base.yaml:5 and web.yaml:6, both targeting node node-a",
+    )
+
+
+def test_the_same_resource_in_manifests_for_different_nodes_is_fine() -> None:
+    loaded = manifests(("base.yaml", BASE), ("web.yaml", MOTD_AGAIN))
+    no_base = [m for m in loaded if m.name == "web"]
+    assert ids(compile_catalog(no_base, "node-a", {"role": "web"}, 1)) == [
+        "testfile/index",
+        "testfile/motd",
+    ]
+    assert ids(compile_catalog(loaded, "node-b", {"role": "db"}, 1)) == [
+        "testfile/etc",
+        "testfile/motd",
+    ]
+
+
+def test_require_of_a_resource_declared_only_for_other_nodes() -> None:
+    loaded = manifests(("base.yaml", BASE), ("db.yaml", DB), ("app.yaml", NEEDS_PG))
+    with pytest.raises(CompileError) as info:
+        compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
+    assert str(info.value) == (
+        "testfile/app-conf (app.yaml:10) requires testfile/pg-conf, declared only by"
+        " db.yaml:5, whose target does not include node app-1"
+    )
+
+
+def test_require_of_a_resource_no_manifest_declares() -> None:
+    loaded = manifests(("app.yaml", NEEDS_PG))
+    with pytest.raises(CompileError) as info:
+        compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
+    assert info.value.problems == (
+        "testfile/app-conf (app.yaml:9) requires testfile/etc, which no manifest declares",
+        "testfile/app-conf (app.yaml:10) requires testfile/pg-conf, which no manifest declares",
+    )
+
+
+def test_compile_fleet_reports_every_group_of_nodes_in_order() -> None:
+    loaded = manifests(
+        ("base.yaml", BASE), ("web.yaml", MOTD_AGAIN), ("db.yaml", DB), ("app.yaml", NEEDS_PG)
+    )
+    nodes = [
+        ("db-1", {"role": "db"}),
+        ("web-1", {"role": "web"}),
+        ("app-1", {"role": "app"}),
+        ("web-2", {"role": "web"}),
+    ]
+    with pytest.raises(CompileError) as excinfo:
+        compile_fleet(loaded, nodes, revision=1)
+    problems = excinfo.value.problems
+    # web-1 and web-2 select the same manifests: one compilation, one message naming both.
+    assert [p.split("node ", 1)[-1] for p in problems] == ["web-1 (and 1 more)", "app-1"]
+    assert problems[0].startswith("testfile/motd is declared by base.yaml:5 and web.yaml:6")
+    assert "requires testfile/pg-conf" in problems[1]
+
+
+def test_compile_fleet_compiles_every_node() -> None:
+    nodes = [("db-1", {}), ("web-1", {"role": "web"}), ("web-2", {"role": "web"})]
+    catalogs = compile_fleet(standard(), nodes, revision=4)
+    assert sorted(catalogs) == ["db-1", "web-1", "web-2"]
+    assert catalogs["web-2"] == compile_catalog(standard(), "web-2", {"role": "web"}, 4)
+    assert catalogs["web-1"].resources == catalogs["web-2"].resources
+    assert compile_fleet(standard(), [], revision=4) == {}

@@ -1,0 +1,115 @@
+"""The store on SQLite: tokens, idempotent ingest, current status and compliance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modules.base import Status
+from server.store import NodeExists, ReportRecord, ResultRecord, Store, TokenRefused
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store.add_token("t1", "h", {"role": "web"}, created_at=0, expires_at=100, uses=2)
+    store.enroll("t1", "h", "web-1", "01", now=1)
+    yield store
+    store.close()  # and its WAL checkpointing thread
+
+
+def _report(
+    report_id: str, finished: float, *statuses: Status, drift: bool = True, noop: bool = False
+) -> ReportRecord:
+    results = [
+        ResultRecord(
+            f"file/{i}",
+            "web",
+            s,
+            [{"field": "content", "observed": "a", "desired": "b"}],
+            ["CIS-1"],
+            drift,
+        )
+        for i, s in enumerate(statuses)
+    ]
+    return ReportRecord(
+        report_id, "web-1", 3, noop, "schedule", finished - 1, finished, results, b""
+    )
+
+
+def test_enroll_spends_token_uses(store: Store) -> None:
+    assert store.enroll("t1", "h", "web-2", "02", now=2) == {"role": "web"}
+    with pytest.raises(TokenRefused, match="used up"):
+        store.enroll("t1", "h", "web-3", "03", now=3)
+    assert [n.name for n in store.list_nodes()] == ["web-1", "web-2"]
+
+
+@pytest.mark.parametrize(
+    ("token_id", "secret", "now", "message"),
+    [
+        ("nope", "h", 1, "unknown token"),
+        ("t1", "wrong", 1, "unknown token"),
+        ("t1", "h", 100, "expired"),
+    ],
+)
+def test_enroll_refusals(
+    store: Store, token_id: str, secret: str, now: float, message: str
+) -> None:
+    with pytest.raises(TokenRefused, match=message):
+        store.enroll(token_id, secret, "web-9", "09", now=now)
+    assert store.node("web-9") is None
+
+
+def test_enrolling_an_existing_name_is_refused(store: Store) -> None:
+    with pytest.raises(NodeExists):
+        store.enroll("t1", "h", "web-1", "04", now=2)
+
+
+def test_ingest_is_idempotent(store: Store) -> None:
+    report = _report("r1", 10, Status.REPAIRED, Status.IN_SYNC)
+    assert store.ingest_report(report, now=11) is True
+    assert store.ingest_report(report, now=12) is False
+    assert store.count_reports("web-1") == 1
+    assert len(store.drift("web-1")) == 1
+    node = store.node("web-1")
+    assert node is not None and node.applied_revision == 3 and node.last_seen == 11
+
+
+def test_only_drift_flagged_results_are_drift_events(store: Store) -> None:
+    store.ingest_report(_report("r1", 10, Status.REPAIRED, drift=False), now=11)
+    assert store.drift() == []
+
+
+def test_a_late_old_report_does_not_overwrite_newer_status(store: Store) -> None:
+    store.ingest_report(_report("new", 20, Status.IN_SYNC, Status.IN_SYNC), now=21)
+    store.ingest_report(_report("old", 10, Status.FAILED, Status.DRIFTED), now=22)
+    rows = {(r.scope, r.name): (r.compliant, r.evaluated) for r in store.compliance()}
+    assert rows[("node", "web-1")] == (2, 2)
+    assert store.count_reports() == 2  # the old one is still kept as history
+
+
+def test_compliance_counts_evaluated_statuses_only(store: Store) -> None:
+    report = _report(
+        "r1",
+        10,
+        Status.IN_SYNC,
+        Status.REPAIRED,
+        Status.DRIFTED,
+        Status.FAILED,
+        Status.SKIPPED,
+        Status.UNKNOWN,
+    )
+    store.ingest_report(report, now=11)
+    rows = {(r.scope, r.name): r for r in store.compliance()}
+    node = rows[("node", "web-1")]
+    assert (node.compliant, node.evaluated, node.percent) == (2, 4, 50.0)
+    assert rows[("control", "CIS-1")].evaluated == 4
+    assert rows[("manifest", "web")].compliant == 2
+
+
+def test_noop_report_does_not_move_applied_revision(store: Store) -> None:
+    store.ingest_report(_report("r1", 10, Status.DRIFTED, noop=True), now=11)
+    node = store.node("web-1")
+    assert node is not None and node.applied_revision == 0
