@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "setting up $(VENV): Python packages from pyproject.toml" >&2
 	@$(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip >&2
-	@$(PY) -m pip install --quiet -e '.[test]' >&2
+	@$(PY) -m pip install --quiet -e '.[server,test]' >&2
 	@touch $@
 
 deps:

@@ -7,7 +7,8 @@
     ├── CatalogRejected         a catalog's signature or signer does not verify
     ├── NoCatalog               nothing to run: no catalog received or cached yet
     ├── NotEnrolled             the state dir holds no enrollment
-    └── EnrollError             enrollment failed (unreachable, CA pin, token refused)
+    ├── EnrollError             enrollment failed (unreachable, CA pin, token refused)
+    └── ConfigError             the settings file is unreadable or says something wrong
 
 Errors raised by resource kinds live in :mod:`modules.errors`; the engine
 turns those into a resource's status and never lets them escape a run.
@@ -44,3 +45,7 @@ class NotEnrolled(PlumbAgentError):
 
 class EnrollError(PlumbAgentError):
     """Enrollment failed; the message says why (and what to check)."""
+
+
+class ConfigError(PlumbAgentError):
+    """The settings file cannot be used; the message names the file and the setting."""

@@ -16,8 +16,6 @@ from typing import Any
 from agent.errors import PlumbAgentError
 from agent.state import StateDir
 
-DEFAULT_STATE_DIR = Path(os.environ.get("PLUMB_STATE_DIR", "/var/lib/plumb"))
-
 # Exit codes of `run --once`, in the spirit of Puppet's --detailed-exitcodes:
 # bits a script can test. 0 means everything is as desired now.
 EXIT_OK = 0
@@ -26,6 +24,10 @@ EXIT_DIFFERENCES = 2  # drifted or unknown resources remain (noop or audit)
 EXIT_FAILURES = 4  # failed or skipped resources
 
 EPILOG = """\
+settings: /etc/plumb/agent.toml (or --config, or $PLUMB_AGENT_CONFIG) holds
+state_dir, interval, splay, watch, confirm_timeout and log_level; the flags of
+the same names override it. $PLUMB_STATE_DIR overrides state_dir.
+
 exit codes: 0 success; 1 error; 2 bad usage.
 `run --once` adds: 2 differences remain (drifted/unknown: noop or audit),
 4 failures (failed/skipped), 6 both; 0 means every resource is in sync or repaired.
@@ -40,13 +42,14 @@ examples:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # APScheduler logs every job at INFO; our own run log says what matters.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
+        _settle(args)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        # APScheduler logs every job at INFO; our own run log says what matters.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         return int(args.func(args))
     except PlumbAgentError as exc:
         print(f"plumb-agent: {exc}", file=sys.stderr)
@@ -62,10 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        help="settings file (default: $PLUMB_AGENT_CONFIG or /etc/plumb/agent.toml, if present)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="identity, cached catalog and report spool (default: $PLUMB_STATE_DIR or %(default)s)",
+        help="identity, cached catalog and report spool "
+        "(default: $PLUMB_STATE_DIR, else the settings file, else /var/lib/plumb)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -97,27 +105,26 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--confirm-timeout",
             type=float,
-            default=5,
             metavar="SECONDS",
             help="after a risky change (firewall, routes), how long to wait for the server "
-            "over a fresh connection before reverting the change (default: %(default)s)",
+            "over a fresh connection before reverting the change (default: 5)",
         )
         if name == "daemon":
             p.add_argument(
                 "--interval",
                 type=float,
-                default=1800,
-                help="seconds between periodic runs (default: %(default)s)",
+                help="seconds between periodic runs (default: 1800)",
             )
             p.add_argument(
                 "--splay",
                 type=float,
-                default=60,
-                help="random delay added to each periodic run (default: %(default)s)",
+                help="random delay added to each periodic run (default: 60)",
             )
             p.add_argument(
                 "--no-watch",
-                action="store_true",
+                dest="watch",
+                action="store_false",
+                default=None,
                 help="do not watch managed resources for changes (inotify, ...); "
                 "drift is then found by periodic runs only",
             )
@@ -144,6 +151,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=_status)
     return parser
+
+
+def _settle(args: argparse.Namespace) -> None:
+    """Fill every setting not given as a flag from $PLUMB_STATE_DIR, the settings file, defaults."""
+    from agent.config import config_path, load
+
+    path, required = config_path(args.config)
+    config = load(path, required=required)
+    if args.state_dir is None:
+        from_env = os.environ.get("PLUMB_STATE_DIR")
+        args.state_dir = Path(from_env) if from_env else config.state_dir
+    for name in ("interval", "splay", "watch", "confirm_timeout"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(config, name))
+    args.log_level = config.log_level
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -175,7 +197,7 @@ def _daemon(args: argparse.Namespace) -> int:
         args.root,
         args.interval,
         args.splay,
-        watch=not args.no_watch,
+        watch=args.watch,
         confirm_timeout_s=args.confirm_timeout,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -72,6 +72,8 @@ class Daemon:
         self.process = subprocess.Popen(
             [
                 *command("agent.main"),
+                "--config",
+                "/dev/null",
                 "--state-dir",
                 str(agent.state_dir),
                 "daemon",

@@ -8,6 +8,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin="$repo/.venv/bin"
+# Demo agents take their settings from flags only, never from this machine's
+# /etc/plumb/agent.toml.
+export PLUMB_AGENT_CONFIG=/dev/null
 work=$(mktemp -d "${TMPDIR:-/tmp}/plumb-demo.XXXXXX")
 pids=()
 started_ms=$(( $(date +%s%N) / 1000000 ))

@@ -162,7 +162,9 @@ class Agent:
         self.process: subprocess.Popen[str] | None = None
 
     def _cmd(self, *args: str) -> list[str]:
-        return [*command("agent.main", self.netns), "--state-dir", str(self.state_dir), *args]
+        # --config /dev/null: the machine's own /etc/plumb/agent.toml must not leak into tests.
+        base = [*command("agent.main", self.netns), "--config", "/dev/null"]
+        return [*base, "--state-dir", str(self.state_dir), *args]
 
     def enroll(self, server: Server, token: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
