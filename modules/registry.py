@@ -17,7 +17,9 @@ from modules.errors import SpecError
 BUILTIN: dict[str, str] = {
     "file": "modules.file",
     "firewall": "modules.firewall",
+    "package": "modules.package",
     "route": "modules.route",
+    "service": "modules.service",
 }
 
 _registered: dict[str, Kind[Any, Any]] = {}

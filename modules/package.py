@@ -1,0 +1,458 @@
+"""The ``package`` kind: a package installed (at a version, or the newest) or absent.
+
+Spec::
+
+    kind: package
+    name: web-server
+    spec:
+      package: nginx
+      version: "1.22.1-9"    # a pin; "latest" follows the repositories; omitted: any version
+      state: present          # or absent
+
+The provider is chosen by the host's facts, not guessed from which tools
+happen to be installed: apt/dpkg on the Debian family, dnf/rpm on the RHEL
+family (``/etc/os-release``'s ID and ID_LIKE, under the context's root);
+anything else is ``unavailable`` with the reason.
+
+Several package resources in one run are changed in ONE transaction
+(:meth:`PackageKind.apply_batch`, called by the engine), which is what apt and
+dnf are built for: dependencies are resolved once and a set of packages that
+only works together is never half-installed. If the transaction fails, the
+engine applies them one by one, so one bad package fails alone with the
+package manager's message and the rest still converge.
+
+Everything runs non-interactively (no prompts, the admin's changed
+configuration files are kept). Before changing anything the apt provider
+finishes whatever an interrupted run left half-configured
+(``dpkg --configure -a``), so a run killed mid-way is repaired by the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from modules.base import Change, Context, Kind
+from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
+from modules.registry import register
+from modules.spec import Presence, SpecReader
+
+LATEST = "latest"
+# Package names as Debian and RPM allow them (a superset of both, without
+# shell or option characters: a name never starts with '-').
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.~:_-]*")
+# apt's lists are refreshed (apt-get update) when older than this and a
+# resource asks for a version they may not know yet.
+LISTS_MAX_AGE_S = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageSpec:
+    package: str
+    state: Presence = Presence.PRESENT
+    #: None: any version; LATEST: the newest the repositories offer; else a pin.
+    version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageState:
+    provider: str
+    installed: str | None  # the installed version; None when not installed
+    #: The version the repositories would install now (read only for "latest" and pins).
+    candidate: str | None = None
+    #: Whether the pinned version is offered by the repositories.
+    pin_available: bool = True
+
+
+class Provider(Protocol):
+    """What the kind needs of a package manager; one per family."""
+
+    name: str
+
+    def installed(self, package: str) -> str | None: ...
+
+    def candidate(self, spec: PackageSpec) -> tuple[str | None, bool]:
+        """The version that would be installed for ``spec``, and whether a pin is offered."""
+        ...
+
+    def change(self, install: Sequence[PackageSpec], remove: Sequence[str]) -> None:
+        """One transaction: install (or move to a pin) ``install``, remove ``remove``."""
+        ...
+
+    def database(self) -> tuple[list[Path], list[Path]]:
+        """Where a change means the installed set changed (for the watcher):
+        files, and directories any entry of which counts."""
+        ...
+
+
+class PackageKind(Kind[PackageSpec, PackageState]):
+    name = "package"
+    watchable = True
+    batchable: ClassVar[bool] = True
+
+    def parse(self, raw: Mapping[str, Any]) -> PackageSpec:
+        reader = SpecReader(raw)
+        package = reader.string("package", required=True)
+        if not _NAME.fullmatch(package):
+            raise reader.error("package", f"not a valid package name: {package!r}")
+        state = reader.choice("state", Presence, default=Presence.PRESENT)
+        version = reader.string(
+            "version", hint='quote it, e.g. version: "1.2"; YAML reads 1.2 as a number'
+        )
+        if version is not None and version != LATEST and not _VERSION.fullmatch(version):
+            raise reader.error("version", f'expected a version or "latest", got {version!r}')
+        reader.finish()
+        if state is Presence.ABSENT and version is not None:
+            raise SpecError("version", "not allowed with state: absent")
+        return PackageSpec(package, state, version)
+
+    def read(self, ctx: Context, spec: PackageSpec) -> PackageState:
+        provider = provider_for(ctx)
+        installed = provider.installed(spec.package)
+        if spec.state is Presence.ABSENT or spec.version is None:
+            return PackageState(provider.name, installed)
+        candidate, offered = provider.candidate(spec)
+        return PackageState(provider.name, installed, candidate, offered)
+
+    def diff(self, spec: PackageSpec, state: PackageState) -> list[Change]:
+        installed = state.installed
+        if spec.state is Presence.ABSENT:
+            return [Change("state", installed, "absent")] if installed else []
+        if spec.version is None:
+            return [] if installed else [Change("state", "absent", "present")]
+        if spec.version == LATEST:
+            wanted = state.candidate
+            if installed and (wanted is None or installed == wanted):
+                return []  # nothing newer is offered
+            desired = f"{wanted} (latest)" if wanted else "latest (none offered)"
+            return [Change("version", installed or "absent", desired)]
+        if installed and version_matches(installed, spec.version):
+            return []
+        desired = spec.version if state.pin_available else f"{spec.version} (not offered)"
+        return [Change("version", installed or "absent", desired)]
+
+    def apply(
+        self, ctx: Context, spec: PackageSpec, state: PackageState, changes: list[Change]
+    ) -> None:
+        self.apply_batch(ctx, [(spec, state, changes)])
+
+    def apply_batch(
+        self, ctx: Context, items: Sequence[tuple[PackageSpec, PackageState, list[Change]]]
+    ) -> None:
+        """Every item's changes in one transaction of the host's package manager."""
+        install = [spec for spec, _, _ in items if spec.state is Presence.PRESENT]
+        remove = [spec.package for spec, _, _ in items if spec.state is Presence.ABSENT]
+        provider_for(ctx).change(install, remove)
+
+    def watch(
+        self,
+        ctx: Context,
+        specs: Sequence[PackageSpec],
+        on_change: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """The package database changing means something was installed or removed."""
+        from modules.pathwatch import watch_paths
+
+        files, directories = provider_for(ctx).database()
+        watch_paths(ctx, files, on_change, stop, contents_of=directories)
+
+
+def version_matches(installed: str, pin: str) -> bool:
+    """Whether ``installed`` is what ``pin`` asks for.
+
+    A pin may leave out the epoch (``1:``) and, for rpm, the release
+    (``2.0`` matches ``2.0-1``): people pin what they read in ``apt policy``
+    or ``dnf list``, which is not always the full version.
+    """
+    if installed == pin:
+        return True
+    bare = installed.split(":", 1)[1] if ":" in installed else installed
+    return bare == pin or bare.rsplit("-", 1)[0] == pin
+
+
+# --- choosing the provider ---------------------------------------------------------
+
+
+def os_release(root: Path) -> dict[str, str]:
+    """``/etc/os-release`` (or ``/usr/lib/os-release``) under ``root``, as key → value."""
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            text = (root / name).read_text()
+        except OSError:
+            continue
+        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+        return {key.strip(): value.strip().strip("\"'") for key, value in pairs}
+    return {}
+
+
+def os_family(release: Mapping[str, str]) -> str | None:
+    """``debian`` or ``redhat`` from os-release's ID and ID_LIKE; None for anything else."""
+    ids = {release.get("ID", ""), *release.get("ID_LIKE", "").split()}
+    if ids & {"debian", "ubuntu"}:
+        return "debian"
+    if ids & {"rhel", "fedora", "centos"}:
+        return "redhat"
+    return None
+
+
+def provider_for(ctx: Context) -> Provider:
+    release = os_release(ctx.root)
+    family = os_family(release)
+    if family == "debian":
+        return Apt(ctx)
+    if family == "redhat":
+        return Dnf(ctx, release.get("VERSION_ID", ""))
+    named = release.get("PRETTY_NAME") or release.get("ID") or "no /etc/os-release"
+    raise Unavailable(f"no package provider for this host ({named}): apt or dnf families only")
+
+
+def _run(
+    argv: list[str],
+    failure: type[OperationError],
+    what: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    ok: tuple[int, ...] = (0,),
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise Unavailable(f"{exc.filename or argv[0]} not found") from exc
+    except OSError as exc:
+        raise failure(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+    if result.returncode not in ok:
+        raise failure(f"{what} failed (exit {result.returncode})", _essence(result))
+    return result
+
+
+def _essence(result: subprocess.CompletedProcess[str]) -> str:
+    """What a report should show of a package manager's output: its errors, or its tail."""
+    lines = (result.stderr + result.stdout).splitlines()
+    errors = [line for line in lines if line.startswith(("E:", "Error", "error:", "dpkg:"))]
+    return "\n".join(errors or lines[-8:])
+
+
+# --- apt / dpkg ------------------------------------------------------------------
+
+
+# No prompts, keep an admin's edited conffiles, never wait on a debconf
+# question or a "services to restart?" dialog.
+_APT_ENV = {
+    "DEBIAN_FRONTEND": "noninteractive",
+    "APT_LISTCHANGES_FRONTEND": "none",
+    "NEEDRESTART_MODE": "a",
+}
+_APT_OPTIONS = (
+    "-y",
+    "-q",
+    "-o", "Dpkg::Options::=--force-confdef",
+    "-o", "Dpkg::Options::=--force-confold",
+    # Wait for another apt (unattended-upgrades) instead of failing at once.
+    "-o", "DPkg::Lock::Timeout=300",
+)  # fmt: skip
+
+
+class Apt:
+    """The Debian family: dpkg-query to read, apt-get to change, apt-cache for versions."""
+
+    name = "apt"
+
+    def __init__(self, ctx: Context) -> None:
+        if ctx.root != Path("/"):
+            # dpkg's --root runs maintainer scripts chrooted, without the
+            # host's services: not a faithful install. Refuse, don't pretend.
+            raise Unavailable(f"apt manages the host's own packages only, not under {ctx.root}")
+
+    def installed(self, package: str) -> str | None:
+        result = _run(
+            ["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", package],
+            ReadError,
+            "dpkg-query",
+            ok=(0, 1),  # 1: dpkg has never heard of it
+        )
+        status, _, version = result.stdout.partition("|")
+        # "ii": installed. "rc" (removed, config files kept) and the rest are absent.
+        return version if result.returncode == 0 and status.startswith("ii") else None
+
+    def candidate(self, spec: PackageSpec) -> tuple[str | None, bool]:
+        candidate, versions = self._policy(spec.package)
+        if (candidate is None or (spec.version not in (None, LATEST, *versions))) and (
+            self._refresh_lists()
+        ):
+            candidate, versions = self._policy(spec.package)
+        offered = spec.version in (None, LATEST) or any(
+            version_matches(v, spec.version or "") for v in versions
+        )
+        return candidate, offered
+
+    def change(self, install: Sequence[PackageSpec], remove: Sequence[str]) -> None:
+        self._finish_interrupted()
+        # One command, one transaction: a trailing '-' asks apt to remove.
+        wanted = [_apt_target(spec) for spec in install] + [f"{name}-" for name in remove]
+        _run(
+            ["apt-get", *_APT_OPTIONS, "--allow-downgrades", "install", *wanted],
+            ApplyError,
+            "apt-get install",
+            env=_APT_ENV,
+        )
+
+    def database(self) -> tuple[list[Path], list[Path]]:
+        # dpkg rewrites status by renaming status-new over it: watch the path.
+        return [Path("/var/lib/dpkg/status")], []
+
+    def _policy(self, package: str) -> tuple[str | None, list[str]]:
+        """apt's candidate for ``package`` and every version it offers."""
+        out = _run(["apt-cache", "policy", package], ReadError, "apt-cache policy").stdout
+        candidate = None
+        versions = []
+        for line in out.splitlines():
+            if line.strip().startswith("Candidate:"):
+                value = line.split(":", 1)[1].strip()
+                candidate = None if value == "(none)" else value
+            elif match := re.fullmatch(r"\s+(?:\*\*\* )?(\S+) (-?\d+)", line):
+                versions.append(match.group(1))
+        return candidate, versions
+
+    def _refresh_lists(self) -> bool:
+        """apt-get update, if the lists are older than LISTS_MAX_AGE_S; whether it ran."""
+        try:
+            age = time.time() - Path("/var/cache/apt/pkgcache.bin").stat().st_mtime
+        except FileNotFoundError:
+            age = float("inf")
+        if age < LISTS_MAX_AGE_S:
+            return False
+        _run(["apt-get", "-q", "update"], ReadError, "apt-get update", env=_APT_ENV)
+        return True
+
+    def _finish_interrupted(self) -> None:
+        """Configure what a killed dpkg left unpacked, or apt refuses to do anything."""
+        audit = _run(["dpkg", "--audit"], ApplyError, "dpkg --audit", ok=(0, 1))
+        if audit.stdout.strip():
+            _run(
+                ["dpkg", "--configure", "-a", "--force-confdef", "--force-confold"],
+                ApplyError,
+                "dpkg --configure -a (finishing an interrupted run)",
+                env=_APT_ENV,
+            )
+
+
+def _apt_target(spec: PackageSpec) -> str:
+    if spec.version in (None, LATEST):
+        return spec.package
+    return f"{spec.package}={spec.version}"
+
+
+# --- dnf / rpm -------------------------------------------------------------------
+
+
+class Dnf:
+    """The RHEL family: rpm to read, dnf to change. Under a context root that is
+    not ``/``, everything happens in that root (``--installroot``), whose own
+    repository configuration dnf then reads."""
+
+    name = "dnf"
+
+    def __init__(self, ctx: Context, release: str) -> None:
+        self._root = ctx.root
+        self._rpm = ["rpm"] if ctx.root == Path("/") else ["rpm", "--root", str(ctx.root)]
+        self._dnf = ["dnf", "-y", "-q", "--setopt=install_weak_deps=False"]
+        if ctx.root != Path("/"):
+            # An installroot without a release package cannot tell dnf its
+            # release; its os-release can.
+            self._dnf += [f"--installroot={ctx.root}", f"--releasever={release or '/'}"]
+
+    def installed(self, package: str) -> str | None:
+        result = _run(
+            [*self._rpm, "-q", "--qf", "%{EPOCH}:%{VERSION}-%{RELEASE}\\n", package],
+            ReadError,
+            "rpm -q",
+            ok=(0, 1),  # 1: not installed
+        )
+        if result.returncode != 0:
+            return None
+        version = result.stdout.splitlines()[-1]  # several installed (kernels): the newest
+        return version.removeprefix("(none):")
+
+    def candidate(self, spec: PackageSpec) -> tuple[str | None, bool]:
+        out = _run(
+            [*self._dnf, "repoquery", "--qf", "%{epoch}:%{version}-%{release}", spec.package],
+            ReadError,
+            "dnf repoquery",
+        ).stdout
+        versions = [_bare_epoch(line) for line in out.split() if line]
+        candidate = max(versions, key=_rpm_sort_key) if versions else None
+        offered = spec.version in (None, LATEST) or any(
+            version_matches(v, spec.version or "") for v in versions
+        )
+        return candidate, offered
+
+    def change(self, install: Sequence[PackageSpec], remove: Sequence[str]) -> None:
+        if remove:
+            _run([*self._dnf, "remove", *remove], ApplyError, "dnf remove")
+        # dnf install never moves an installed package to an older version.
+        downgrades = [spec for spec in install if self._is_older(spec)]
+        if upgrades := [spec for spec in install if spec not in downgrades]:
+            # "install" of an installed package at "latest" is a no-op in dnf;
+            # "upgrade" of a package not installed is one too. One of each.
+            fresh = [s for s in upgrades if s.version != LATEST or not self.installed(s.package)]
+            newer = [s for s in upgrades if s not in fresh]
+            for command, specs in (("install", fresh), ("upgrade", newer)):
+                if specs:
+                    targets = [_dnf_target(spec) for spec in specs]
+                    _run([*self._dnf, command, *targets], ApplyError, f"dnf {command}")
+        if downgrades:
+            targets = [_dnf_target(spec) for spec in downgrades]
+            _run([*self._dnf, "downgrade", *targets], ApplyError, "dnf downgrade")
+
+    def database(self) -> tuple[list[Path], list[Path]]:
+        # rpm's database is a directory of files (sqlite and its journal, or
+        # Berkeley DB's), whichever this rpm uses.
+        return [], [self._root / "var/lib/rpm"]
+
+    def _is_older(self, spec: PackageSpec) -> bool:
+        """Whether the pin is older than what is installed (dnf calls that a downgrade)."""
+        installed = self.installed(spec.package)
+        if installed is None or spec.version is None:
+            return False
+        return _rpm_sort_key(spec.version) < _rpm_sort_key(installed)
+
+
+def _dnf_target(spec: PackageSpec) -> str:
+    if spec.version in (None, LATEST):
+        return spec.package
+    return f"{spec.package}-{spec.version}"
+
+
+def _bare_epoch(version: str) -> str:
+    return version.removeprefix("0:").removeprefix("(none):")
+
+
+def _rpm_sort_key(version: str) -> list[tuple[int, int | str]]:
+    """An approximation of rpm's version comparison, good for picking the newest offer.
+
+    Epoch, then alternating runs of digits (compared as numbers) and letters.
+    """
+    epoch, _, rest = version.rpartition(":")
+    key: list[tuple[int, int | str]] = [(0, int(epoch) if epoch.isdigit() else 0)]
+    for run in re.findall(r"\d+|[A-Za-z]+", rest):
+        key.append((1, int(run)) if run.isdigit() else (0, run))
+    return key
+
+
+register(PackageKind())
