@@ -1,8 +1,9 @@
 """The engine: runs a catalog's resources and says what became of each.
 
-It owns everything that cuts across kinds, once: ordering by ``require``,
-failure isolation, the noop/audit/enforce modes and the status vocabulary of
-:class:`modules.base.Status`. For each resource, in require order::
+It owns everything that cuts across kinds, once: ordering by ``require``
+and ``subscribe``, refreshes, failure isolation, the noop/audit/enforce modes
+and the status vocabulary of :class:`modules.base.Status`. For each resource,
+in graph order::
 
     kind    = kinds(res.kind)                  # unknown kind -> failed
     spec    = kind.parse(res.spec)             # SpecError -> failed, names the field
@@ -11,15 +12,38 @@ failure isolation, the noop/audit/enforce modes and the status vocabulary of
     # noop run or audit resource: drifted, and nothing is applied
     kind.apply(ctx, spec, state, changes)      # enforce only
     # verify: read + diff again; still changes -> failed, else repaired
+    kind.refresh(ctx, spec, applied)           # enforce only, if something it
+                                               # subscribes to was repaired
 
-A resource whose requirement failed or was skipped is skipped without being
-read. In a dry evaluation (a noop run, or an audit resource) a requirement
-that is drifted or unknown was not changed, so if reading or diffing the
-dependent then fails, the dependent is ``unknown`` rather than ``failed``: the
-failure may only be due to the change that was not made.
+A resource whose requirement (``require`` or ``subscribe``) failed or was
+skipped is skipped without being read. In a dry evaluation (a noop run, or an
+audit resource) a requirement that is drifted or unknown was not changed, so
+if reading or diffing the dependent then fails, the dependent is ``unknown``
+rather than ``failed``: the failure may only be due to the change that was
+not made.
 
-A catalog whose require graph is broken (a missing id, a cycle, an id declared
-twice) is unusable as a whole: every resource is failed and nothing is read.
+``subscribe`` orders and blocks exactly like ``require``, and adds a refresh
+(:meth:`modules.base.Kind.refresh`: a restart, a reload) right after the
+resource's own apply and verify, at most once per run however many of its
+subscriptions changed. Who changed is told in the report, not to the kind:
+
+- some subscription was ``repaired`` in this run, and the resource (enforce
+  mode, enforce run) ended ``in_sync`` or ``repaired``: ``refresh`` is called
+  with what was applied to the resource in this run. A returned change makes
+  the resource ``repaired`` with that change appended, its ``desired`` ending
+  in "(notified by <the repaired ids>)"; None leaves the status as it was; a
+  raised error makes it ``failed`` ("refresh failed (notified by ...): ...").
+- in a dry evaluation (noop run, audit resource) with a subscription
+  ``repaired``, ``drifted`` or ``unknown``, or in an enforce run with none
+  repaired but some ``drifted``/``unknown`` (an audit notifier): nothing is
+  refreshed, and the resource is ``drifted`` with the change
+  ``refresh: pending → refreshed (notified by <those ids>)`` after its own.
+- subscriptions that are ``in_sync`` never cause a refresh; a resource that
+  itself failed, was skipped, held or reverted is not refreshed (a reverted
+  notifier is failed, so its subscribers are skipped).
+
+A catalog whose graph is broken (a missing id, a cycle, an id declared twice)
+is unusable as a whole: every resource is failed and nothing is read.
 
 Risky kinds (``kind.risky``: firewall, routes) can cut the agent off its
 server, so they are applied with confirm-or-revert, like Junos' ``commit
@@ -44,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 import time
 from collections import Counter
@@ -62,6 +87,8 @@ KindLookup = Callable[[str], Kind[Any, Any]]
 _BLOCKING = (Status.FAILED, Status.SKIPPED)
 # Requirement statuses that mean "would have been changed, but was not".
 _UNAPPLIED = (Status.DRIFTED, Status.UNKNOWN)
+# Subscription statuses that call for a refresh (made, or only pending when dry).
+_CHANGING = (Status.REPAIRED, *_UNAPPLIED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,13 +155,17 @@ def summarize(results: Iterable[ResourceResult]) -> dict[str, int]:
 
 
 def _order(resources: Sequence[CatalogResource]) -> list[CatalogResource]:
-    """Resources in require order, ties broken by catalog order; CatalogError if none exists."""
+    """Resources in graph order, ties broken by catalog order; CatalogError if none exists."""
     index = _index(resources)
     requires = [_requirements(res, index) for res in resources]
     order = _toposort(requires)
     if len(order) < len(resources):
         cycle = _find_cycle(requires, set(order))
-        raise CatalogError("require cycle: " + " → ".join(resources[i].id for i in cycle))
+        only_require = all(
+            resources[b].id in resources[a].require for a, b in itertools.pairwise(cycle)
+        )
+        what = "require cycle" if only_require else "require/subscribe cycle"
+        raise CatalogError(f"{what}: " + " → ".join(resources[i].id for i in cycle))
     return [resources[i] for i in order]
 
 
@@ -149,11 +180,12 @@ def _index(resources: Sequence[CatalogResource]) -> dict[str, int]:
 
 
 def _requirements(res: CatalogResource, index: dict[str, int]) -> frozenset[int]:
-    """Positions of the resources ``res`` requires; CatalogError for a missing id."""
-    for required in res.require:
-        if required not in index:
-            raise CatalogError(f"{res.id} requires {required}, which is not in the catalog")
-    return frozenset(index[required] for required in res.require)
+    """Positions of what ``res`` requires or subscribes to; CatalogError for a missing id."""
+    for verb, ids in (("requires", res.require), ("subscribes to", res.subscribe)):
+        for required in ids:
+            if required not in index:
+                raise CatalogError(f"{res.id} {verb} {required}, which is not in the catalog")
+    return frozenset(index[required] for required in (*res.require, *res.subscribe))
 
 
 def _toposort(requires: list[frozenset[int]]) -> list[int]:
@@ -252,21 +284,53 @@ class _Runner:
         return _result(res, outcome, duration_s=self.clock() - start)
 
     def _outcome(self, res: CatalogResource, done: dict[str, ResourceResult]) -> _Outcome:
-        required = [done[req] for req in dict.fromkeys(res.require)]
+        required = [done[req] for req in dict.fromkeys((*res.require, *res.subscribe))]
         blocked = [req for req in required if req.status in _BLOCKING]
         if blocked:
-            return _Outcome(Status.SKIPPED, error=_skip_reason(blocked))
+            return _Outcome(Status.SKIPPED, error=_skip_reason(res, blocked))
         try:
             kind = self.kinds(res.kind)
             spec = kind.parse(res.spec)
         except Exception as exc:
             return self._failed(res, exc)
+        subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
         if self.noop or res.mode is Mode.AUDIT:
             pending = [req.id for req in required if req.status in _UNAPPLIED]
-            return self._dry(res, kind, spec, pending)
+            own = self._dry(res, kind, spec, pending)
+            return _refresh_pending(own, [s.id for s in subscribed if s.status in _CHANGING])
         if res.id in self.hold:
             return _Outcome(Status.FAILED, error=self._held())
-        return self._enforce(res, kind, spec)
+        return self._notified(res, kind, spec, self._enforce(res, kind, spec), subscribed)
+
+    def _notified(
+        self,
+        res: CatalogResource,
+        kind: Kind[Any, Any],
+        spec: Any,
+        own: _Outcome,
+        subscribed: list[ResourceResult],
+    ) -> _Outcome:
+        """``own`` (an enforced outcome), after the refresh its subscriptions call for."""
+        changed = [s.id for s in subscribed if s.status is Status.REPAIRED]
+        if own.status not in (Status.IN_SYNC, Status.REPAIRED):
+            return own  # failed (or reverted): a broken resource is not restarted
+        if not changed:
+            return _refresh_pending(own, [s.id for s in subscribed if s.status in _UNAPPLIED])
+        by = _notified_by(changed)
+        if not kind.refreshable:  # only a catalog the server would refuse today
+            error = f"cannot refresh ({by}): kind {res.kind!r} is not refreshable"
+            return _Outcome(Status.FAILED, own.changes, error)
+        applied = own.changes if own.status is Status.REPAIRED else ()
+        try:
+            change = kind.refresh(self.ctx, spec, applied)
+        except Exception as exc:
+            failed = self._failed(res, exc, own.changes)
+            return dataclasses.replace(failed, error=f"refresh failed ({by}): {failed.error}")
+        if change is None:
+            return own
+        note = f"{change.desired} ({by})" if change.desired else by
+        refreshed = Change(change.field, change.observed, note)
+        return _Outcome(Status.REPAIRED, (*own.changes, refreshed))
 
     def _held(self) -> str:
         at = f" at revision {self.revision}" if self.revision else ""
@@ -360,14 +424,27 @@ def _verified(changes: tuple[Change, ...], remaining: tuple[Change, ...]) -> _Ou
     return _Outcome(Status.FAILED, changes, f"still differs after apply: {detail}")
 
 
-def _skip_reason(blocked: list[ResourceResult]) -> str:
+def _refresh_pending(own: _Outcome, notifiers: list[str]) -> _Outcome:
+    """``own``, plus the refresh that ``notifiers`` call for but this run does not make."""
+    if not notifiers or own.status not in (Status.IN_SYNC, Status.REPAIRED, Status.DRIFTED):
+        return own
+    pending = Change("refresh", "pending", f"refreshed ({_notified_by(notifiers)})")
+    return _Outcome(Status.DRIFTED, (*own.changes, pending))
+
+
+def _notified_by(ids: list[str]) -> str:
+    return f"notified by {', '.join(ids)}"
+
+
+def _skip_reason(res: CatalogResource, blocked: list[ResourceResult]) -> str:
     """Why a dependent is skipped, naming each requirement that stopped it."""
     reasons = []
     for req in blocked:
+        verb = "requires" if req.id in res.require else "subscribes to"
         if req.status is Status.FAILED:
-            reasons.append(f"requires {req.id}, which failed")
+            reasons.append(f"{verb} {req.id}, which failed")
         else:
-            reasons.append(f"requires {req.id}, which was skipped: {req.error}")
+            reasons.append(f"{verb} {req.id}, which was skipped: {req.error}")
     return "; ".join(reasons)
 
 

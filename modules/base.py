@@ -11,7 +11,15 @@ For every resource the engine (``agent/engine.py``) does::
 
 A dry run is parse + read + diff. Kinds never sleep, retry or catch
 everything: ordering, retries, modes and failure isolation belong to the
-engine. The server imports only ``parse`` (to refuse bad manifests at push).
+engine. The server imports only ``parse`` (to refuse bad manifests at push)
+and the class attributes (``refreshable``, to refuse a ``notify`` to a kind
+that cannot be refreshed).
+
+A kind that can be *refreshed* (a service: restart or reload) sets
+``refreshable = True`` and implements :meth:`Kind.refresh`; resources that
+``subscribe`` to others (or are ``notify``-ed by them) are refreshed when one
+of those was changed in the same run. See :meth:`Kind.refresh` for the
+contract.
 """
 
 from __future__ import annotations
@@ -148,3 +156,56 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
         caused by the agent's own applies are the agent's to ignore.
         """
         raise NotImplementedError(f"kind {self.name!r} has no watcher")
+
+    #: Whether :meth:`refresh` is implemented, i.e. whether resources of this kind
+    #: may ``subscribe`` to others or be named in another's ``notify``. The server
+    #: refuses either relation at push time when the receiving kind is not
+    #: refreshable; the message lists the kinds that are.
+    refreshable: ClassVar[bool] = False
+
+    def refresh(self, ctx: Context, spec: SpecT, applied: Sequence[Change]) -> Change | None:
+        """Something this resource subscribes to was changed in this run: restart/reload.
+
+        Only for refreshable kinds. **The engine decides when, the kind decides
+        what.** The engine calls it at most once per resource per run, right
+        after this resource's own read → diff → apply → verify, in graph order
+        (every resource it subscribes to has been handled by then), and only if
+        all of these hold:
+
+        - at least one resource it subscribes to was ``repaired`` in this run
+          (changed by this run; ``in_sync`` ones never trigger a refresh);
+        - the run is an enforce run and this resource's mode is ``enforce``
+          (a dry evaluation never calls it: it reports the resource
+          ``drifted`` with a "refresh pending" change instead);
+        - this resource itself ended ``in_sync`` or ``repaired`` (not failed,
+          reverted, held or skipped).
+
+        ``applied`` is what the engine applied to this very resource earlier in
+        the same run: the changes it passed to :meth:`apply`, or ``()`` when the
+        resource was already in sync. Use it to avoid doing work twice: a
+        service that ``applied`` just started (or restarted) need not be
+        restarted again, so return None. What a refresh means for ``spec`` is
+        the kind's call too: a service whose spec says it should be stopped
+        returns None rather than starting it. ``ctx`` and ``spec`` are the ones
+        :meth:`apply` got.
+
+        Return the :class:`Change` made, for the report, with ``field`` naming
+        the action and ``observed``/``desired`` short renderings, e.g.
+        ``Change("restart", "running", "restarted")``; do not name the
+        notifiers, the engine appends ``(notified by file/etc/web.conf, ...)``
+        to ``desired``. The resource is then reported ``repaired``, with this
+        change after any changes of its own. Return None when nothing was
+        needed (its status is left as it was).
+
+        Like :meth:`apply`: one step, no sleeping or retrying, and failures are
+        raised as :class:`modules.errors.ApplyError` (a ModuleError) with the
+        command's output, e.g. ``ApplyError("systemctl restart web failed",
+        output=stderr)``; the engine reports the resource ``failed`` with the
+        error ``refresh failed (notified by <ids>): <message>`` (keeping the
+        changes already applied), and skips what requires or subscribes to
+        it. Any other exception is treated as a bug: failed, with its type,
+        and logged with a traceback. Refreshes are not guarded by
+        confirm-or-revert: there is no snapshot to go back to, so a risky kind
+        should not be refreshable.
+        """
+        raise NotImplementedError(f"kind {self.name!r} cannot be refreshed")

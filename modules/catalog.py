@@ -27,6 +27,13 @@ class CatalogResource:
     mode: Mode = Mode.ENFORCE
     require: tuple[str, ...] = ()  # ids ("kind/name") that must be handled first
     controls: tuple[str, ...] = ()  # compliance tags, e.g. "CIS-1.1.1"
+    #: Ids this resource is refreshed after, when one of them was changed in the
+    #: same run (JSON ``"subscribe"``). They are ordered and block it exactly like
+    #: ``require``. The compiler merges both manifest directions into it: the
+    #: resource's own ``subscribe`` entries first, then every resource whose
+    #: ``notify`` names it, in catalog order, without repeats; a catalog never
+    #: carries ``notify``. Absent in older catalogs, which means empty.
+    subscribe: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -41,6 +48,7 @@ class CatalogResource:
             "mode": str(self.mode),
             "require": list(self.require),
             "controls": list(self.controls),
+            "subscribe": list(self.subscribe),
         }
 
     @classmethod
@@ -53,6 +61,7 @@ class CatalogResource:
             mode=Mode(raw.get("mode", Mode.ENFORCE)),
             require=tuple(raw.get("require", ())),
             controls=tuple(raw.get("controls", ())),
+            subscribe=tuple(raw.get("subscribe", ())),
         )
 
 

@@ -5,10 +5,18 @@ manifest order and then declaration order, so the same manifests always
 give the same bytes to sign. Each resource carries its manifest's name and
 mode, for reports and compliance.
 
+``notify`` and ``subscribe`` are one relation written at either end; the
+catalog carries it at the receiving end only, as the receiver's
+``subscribe`` (its own entries first, then each resource that notifies it,
+in catalog order, without repeats), because that is where the engine needs
+it: when it reaches a resource, it looks at what that resource subscribes to.
+``require`` is carried as written.
+
 The set has already passed :func:`server.manifest.validate_set`; what can
 still go wrong depends on the node, so it is checked here: two manifests
 that both target the node declaring the same resource, and a resource that
-requires one which only a manifest not targeting the node declares. Push
+requires, notifies or subscribes to one which only a manifest not targeting
+the node declares. Push
 runs :func:`compile_fleet` over every known node and refuses a revision
 whole if anything is wrong for any of them.
 
@@ -24,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from modules.catalog import Catalog, CatalogResource
 from server.errors import CompileError
-from server.manifest import Manifest, ResourceDecl
+from server.manifest import RELATIONS, VERBS, Manifest, ResourceDecl
 
 
 def compile_catalog(
@@ -47,7 +55,8 @@ def compile_fleet(
         found = _problems(manifests, selected, _phrase(names))
         problems.extend(found)
         if not found:
-            resources = tuple(_resource(m, r) for m in selected for r in m.resources)
+            notifiers = _notifiers(selected)
+            resources = tuple(_resource(m, r, notifiers) for m in selected for r in m.resources)
             catalogs.update(
                 (n, Catalog(node=n, revision=revision, resources=resources)) for n in names
             )
@@ -71,7 +80,19 @@ def _phrase(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
 
 
-def _resource(manifest: Manifest, decl: ResourceDecl) -> CatalogResource:
+def _notifiers(selected: Sequence[Manifest]) -> dict[str, list[str]]:
+    """Each notified id → the ids that notify it, in catalog order."""
+    notifiers: dict[str, list[str]] = {}
+    for m in selected:
+        for r in m.resources:
+            for receiver in r.notify:
+                notifiers.setdefault(receiver, []).append(r.id)
+    return notifiers
+
+
+def _resource(
+    manifest: Manifest, decl: ResourceDecl, notifiers: Mapping[str, Sequence[str]]
+) -> CatalogResource:
     return CatalogResource(
         kind=decl.kind,
         name=decl.name,
@@ -81,6 +102,7 @@ def _resource(manifest: Manifest, decl: ResourceDecl) -> CatalogResource:
         mode=manifest.mode,
         require=decl.require,
         controls=decl.controls,
+        subscribe=tuple(dict.fromkeys([*decl.subscribe, *notifiers.get(decl.id, ())])),
     )
 
 
@@ -100,22 +122,29 @@ def _problems(manifests: Sequence[Manifest], selected: Sequence[Manifest], node:
     for m in selected:
         for r in m.resources:
             problems.extend(
-                _missing(manifests, m, r, j, node)
-                for j, wanted in enumerate(r.require)
+                _missing(manifests, m, r, field, j, node)
+                for field in RELATIONS
+                for j, wanted in enumerate(r.relation(field)[0])
                 if wanted not in owners
             )
     return problems
 
 
 def _missing(
-    manifests: Sequence[Manifest], manifest: Manifest, decl: ResourceDecl, index: int, node: str
+    manifests: Sequence[Manifest],
+    manifest: Manifest,
+    decl: ResourceDecl,
+    field: str,
+    index: int,
+    node: str,
 ) -> str:
-    wanted = decl.require[index]
-    where = f"{decl.id} ({manifest.file}:{decl.require_lines[index]})"
+    ids, lines = decl.relation(field)
+    wanted, verb = ids[index], VERBS[field]
+    where = f"{decl.id} ({manifest.file}:{lines[index]})"
     elsewhere = [f"{m.file}:{r.line}" for m in manifests for r in m.resources if r.id == wanted]
     if not elsewhere:
-        return f"{where} requires {wanted}, which no manifest declares"
+        return f"{where} {verb} {wanted}, which no manifest declares"
     return (
-        f"{where} requires {wanted}, declared only by {', '.join(elsewhere)},"
+        f"{where} {verb} {wanted}, declared only by {', '.join(elsewhere)},"
         f" whose target does not include node {node}"
     )

@@ -11,12 +11,28 @@ One manifest per file (``web.yaml``)::
         name: motd
         spec: {path: /etc/motd, content: "hi\\n"}
         require: [file/etc]
+        notify: [service/web]   # refresh service/web when this file changes
         controls: [CIS-1.7.1]
+      - kind: service
+        name: web
+        spec: {unit: web.service}
+        subscribe: [file/motd]  # the same relation, written on the receiver
 
-:func:`load` checks one file: its structure, and every spec with its kind's
-pure ``parse``. :func:`validate_set` checks what only the whole set of a
-revision shows: duplicate manifest names, dangling requires and require
-cycles. :func:`load_all` does both and reports every problem at once.
+``require``, ``notify`` and ``subscribe`` are lists of resource ids
+(``kind/name``). All three order resources: a resource runs after what it
+requires or subscribes to, and before what it notifies. ``notify`` and
+``subscribe`` are one relation seen from either end: the receiver (the
+subscriber, the notified) is refreshed (``Kind.refresh``: a restart, a
+reload) after its own apply when the other end was changed in the same run,
+so the receiver's kind must be refreshable; the compiled catalog carries the
+relation only as the receiver's ``subscribe`` (see ``server.catalog``).
+
+:func:`load` checks one file: its structure, every spec with its kind's
+pure ``parse``, and that every notify/subscribe receiver can be refreshed.
+:func:`validate_set` checks what only the whole set of a revision shows:
+duplicate manifest names, dangling ids in require/notify/subscribe and
+cycles through all three together. :func:`load_all` does both and reports
+every problem at once.
 
 PyYAML's node tree is walked by hand (instead of ``yaml.safe_load``) because
 only the nodes know their lines; the walk records the line of every field
@@ -29,8 +45,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -42,6 +59,8 @@ from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
 
 __all__ = [
+    "RELATIONS",
+    "VERBS",
     "Manifest",
     "ManifestError",
     "ManifestInvalid",
@@ -63,7 +82,10 @@ REQUIRE_RE = re.compile(r"[^/\s]+/\S.*\Z")
 
 TOP_KEYS = ("name", "target", "mode", "resources")
 TARGET_KEYS = ("labels", "names", "all")
-RESOURCE_KEYS = ("kind", "name", "spec", "require", "controls")
+RESOURCE_KEYS = ("kind", "name", "spec", "require", "notify", "subscribe", "controls")
+# The fields that name other resources, and how an error phrases each.
+RELATIONS = ("require", "notify", "subscribe")
+VERBS = {"require": "requires", "notify": "notifies", "subscribe": "subscribes to"}
 
 # Aliases can make a small file expand into a huge tree ("billion laughs");
 # no real manifest comes near this many values.
@@ -102,10 +124,33 @@ class ResourceDecl:
     index: int = 0  # position in the manifest's resources list, for field paths
     line: int = 0  # line of the resource's list item
     require_lines: tuple[int, ...] = ()  # line of each require entry
+    notify: tuple[str, ...] = ()  # ids refreshed after this one when it changes
+    subscribe: tuple[str, ...] = ()  # ids after which this one is refreshed when they change
+    notify_lines: tuple[int, ...] = ()
+    subscribe_lines: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
         return resource_id(self.kind, self.name)
+
+    def relation(self, field: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The ids of ``field`` (one of RELATIONS) and the line of each."""
+        return {
+            "require": (self.require, self.require_lines),
+            "notify": (self.notify, self.notify_lines),
+            "subscribe": (self.subscribe, self.subscribe_lines),
+        }[field]
+
+    def edges(self) -> Iterator[tuple[str, str, str, int]]:
+        """Every ordering edge this resource declares, as ``(after, before, field, index)``.
+
+        ``after`` runs after ``before``: a require or subscribe entry orders
+        this resource after it, a notify entry orders it before the entry.
+        """
+        for field in RELATIONS:
+            for index, other in enumerate(self.relation(field)[0]):
+                after, before = (other, self.id) if field == "notify" else (self.id, other)
+                yield after, before, field, index
 
     def field(self, *rest: Key) -> str:
         """A field path in this resource: ``field("require", 0)`` → ``resources[2].require[0]``."""
@@ -425,13 +470,28 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
     kind = _nonempty(report, (*path, "kind"), item["kind"]) if "kind" in item else ""
     name = _nonempty(report, (*path, "name"), item["name"]) if "name" in item else ""
     spec = _check_spec(report, path, kind, item.get("spec", {}))
-    require = _check_require(report, path, item.get("require", []))
+    ids = {field: _check_ids(report, path, field, item.get(field, [])) for field in RELATIONS}
     controls = _strings(report, (*path, "controls"), item.get("controls", []))
+    _check_refreshable(report, path, kind, ids["notify"], ids["subscribe"])
     if not kind or not name:
         return None
-    lines = tuple(report.line((*path, "require", j)) for j in range(len(require)))
+    lines = {
+        field: tuple(report.line((*path, field, j)) for j in range(len(found)))
+        for field, found in ids.items()
+    }
     return ResourceDecl(
-        kind, name, spec, require, controls, index, report.line(path), require_lines=lines
+        kind,
+        name,
+        spec,
+        ids["require"],
+        controls,
+        index,
+        report.line(path),
+        require_lines=lines["require"],
+        notify=ids["notify"],
+        subscribe=ids["subscribe"],
+        notify_lines=lines["notify"],
+        subscribe_lines=lines["subscribe"],
     )
 
 
@@ -494,13 +554,56 @@ def _child(value: Any, key: Key) -> Any:
     return None
 
 
-def _check_require(report: _Report, path: FieldPath, value: Any) -> tuple[str, ...]:
-    ids = _strings(report, (*path, "require"), value)
+def _check_ids(report: _Report, path: FieldPath, field: str, value: Any) -> tuple[str, ...]:
+    """A require, notify or subscribe list: resource ids, each checked at its own line."""
+    ids = _strings(report, (*path, field), value)
     for index, entry in enumerate(ids):
         if not REQUIRE_RE.match(entry):
             message = f"expected a resource id like 'file/motd' (kind/name), got {entry!r}"
-            report.error((*path, "require", index), message)
+            report.error((*path, field, index), message)
     return ids
+
+
+def _check_refreshable(
+    report: _Report,
+    path: FieldPath,
+    kind: str,
+    notify: Sequence[str],
+    subscribe: Sequence[str],
+) -> None:
+    """The receiving end of notify/subscribe must be a kind that can be refreshed.
+
+    The receiver's kind is part of its id, so this needs no other manifest.
+    An id of an unknown kind is left to the dangling check: no manifest can
+    declare such a resource.
+    """
+    if subscribe and _refreshable(kind) is False:
+        message = f"a {kind} cannot be refreshed, so it cannot subscribe; {_refreshable_kinds()}"
+        report.error((*path, "subscribe"), message)
+    for index, entry in enumerate(notify):
+        receiver = entry.split("/", 1)[0]
+        if REQUIRE_RE.match(entry) and _refreshable(receiver) is False:
+            message = (
+                f"{entry} cannot be notified: a {receiver} cannot be refreshed;"
+                f" {_refreshable_kinds()}"
+            )
+            report.error((*path, "notify", index), message)
+
+
+def _refreshable(kind_name: str) -> bool | None:
+    """Whether the kind can be refreshed; None if there is no such kind (or it cannot load)."""
+    try:
+        return registry.get(kind_name).refreshable if kind_name else None
+    except (SpecError, ImportError):
+        return None
+
+
+def _refreshable_kinds() -> str:
+    """Which kinds can be refreshed, for messages refusing one that cannot."""
+    kinds = [name for name in registry.names() if _refreshable(name)]
+    if not kinds:
+        return "no kind can be refreshed (restarted or reloaded) yet"
+    return f"only these kinds can be refreshed (restarted or reloaded): {', '.join(kinds)}"
 
 
 def _check_unique(report: _Report, decls: Sequence[ResourceDecl]) -> None:
@@ -586,9 +689,11 @@ def _describe(value: Any) -> str:
 def validate_set(manifests: Sequence[Manifest]) -> list[ManifestError]:
     """Problems that only the whole set of one revision shows.
 
-    Duplicate manifest names, requires that no manifest in the set declares,
-    and require cycles. Two manifests declaring the same resource is not an
-    error here: it is one only for a node both target (see server.catalog).
+    Duplicate manifest names, require/notify/subscribe ids that no manifest in
+    the set declares, and cycles through those three relations together (a
+    cycle of requires only is called a require cycle). Two manifests
+    declaring the same resource is not an error here: it is one only for a
+    node both target (see server.catalog).
     """
     return [*_duplicate_names(manifests), *_dangling(manifests), *_cycles(manifests)]
 
@@ -609,32 +714,43 @@ def _duplicate_names(manifests: Sequence[Manifest]) -> list[ManifestError]:
 def _dangling(manifests: Sequence[Manifest]) -> list[ManifestError]:
     declared = {r.id for m in manifests for r in m.resources}
     return [
-        ManifestError(m.file, r.require_lines[j], r.field("require", j), message)
+        ManifestError(m.file, lines[j], r.field(field, j), message)
         for m in manifests
         for r in m.resources
-        for j, wanted in enumerate(r.require)
+        for field in RELATIONS
+        for ids, lines in [r.relation(field)]
+        for j, wanted in enumerate(ids)
         if wanted not in declared
-        for message in [f"requires {wanted}, which no manifest declares"]
+        for message in [f"{VERBS[field]} {wanted}, which no manifest declares"]
     ]
 
 
 def _cycles(manifests: Sequence[Manifest]) -> list[ManifestError]:
-    """One error per require cycle, at the require entry that closes it."""
-    edges: dict[str, dict[str, None]] = {}  # id -> required ids, ordered, without repeats
-    where: dict[tuple[str, str], tuple[str, int, str]] = {}  # edge -> (file, line, field)
+    """One error per ordering cycle, at the require/notify/subscribe entry that closes it."""
+    # id -> ids it runs after, ordered, without repeats; every declared id is a
+    # key first, so the walk starts in declaration order.
+    edges: dict[str, dict[str, None]] = {r.id: {} for m in manifests for r in m.resources}
+    where: dict[tuple[str, str], tuple[str, int, str, str]] = {}  # edge -> file, line, path, field
     for m in manifests:
         for r in m.resources:
-            edges.setdefault(r.id, {})
-            for j, wanted in enumerate(r.require):
-                edges[r.id][wanted] = None
-                where.setdefault(
-                    (r.id, wanted), (m.file, r.require_lines[j], r.field("require", j))
-                )
+            for after, before, field, j in r.edges():
+                edges.setdefault(after, {})[before] = None
+                line = r.relation(field)[1][j]
+                where.setdefault((after, before), (m.file, line, r.field(field, j), field))
     errors = []
     for cycle in _find_cycles({k: list(v) for k, v in edges.items()}):
-        file, line, field = where[(cycle[-2], cycle[-1])]
-        errors.append(ManifestError(file, line, field, "require cycle: " + " → ".join(cycle)))
+        file, line, path, _ = where[(cycle[-2], cycle[-1])]
+        fields = {where[edge][3] for edge in itertools.pairwise(cycle)}
+        errors.append(ManifestError(file, line, path, _cycle_message(cycle, fields)))
     return errors
+
+
+def _cycle_message(cycle: Sequence[str], fields: set[str]) -> str:
+    """``a → b → a`` reads "a runs after b, which runs after a"."""
+    shown = " → ".join(cycle)
+    if fields == {"require"}:
+        return f"require cycle: {shown}"
+    return f"ordering cycle through {', '.join(sorted(fields))}: {shown} (each runs after the next)"
 
 
 def _find_cycles(edges: Mapping[str, Sequence[str]]) -> list[list[str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,17 @@ from modules.base import Change, Context, Kind, Mode, Status
 from modules.catalog import CatalogResource
 from modules.errors import ApplyError, ReadError, SpecError, Unavailable
 
-FAULTS = ("", "read_error", "unavailable", "bug", "apply_error", "stuck", "restore_error")
+FAULTS = (
+    "",
+    "read_error",
+    "unavailable",
+    "bug",
+    "apply_error",
+    "stuck",
+    "restore_error",
+    "refresh_error",
+    "refresh_bug",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +105,47 @@ class Risky(Memory):
             self.system[spec.key] = snapshot
 
 
+class Service(Memory):
+    """The same dict "system", but a refreshable kind (a service that restarts).
+
+    Like a real service it need not restart when this run already applied a
+    change to it (it was just started): it then returns None. Each refresh is
+    logged in the shared apply log as ``↻key``, so the cases show where in the
+    run it happened, and with the ``applied`` it got in ``refreshed``.
+    """
+
+    name = "svc"
+    refreshable = True
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory.system)
+        self.reads, self.applied = memory.reads, memory.applied
+        self.refreshed: list[tuple[str, list[str]]] = []
+
+    def refresh(self, ctx: Context, spec: MemSpec, applied: Sequence[Change]) -> Change | None:
+        self.applied.append(f"↻{spec.key}")
+        self.refreshed.append((spec.key, [str(change) for change in applied]))
+        if spec.fault == "refresh_error":
+            raise ApplyError("systemctl restart failed", output="unit entered failed state")
+        if spec.fault == "refresh_bug":
+            raise RuntimeError("kaboom")
+        return None if applied else Change("restart", "running", "restarted")
+
+
+def svc(
+    key: str,
+    value: str = "1",
+    *,
+    subscribe: tuple[str, ...] = (),
+    require: tuple[str, ...] = (),
+    mode: Mode = Mode.ENFORCE,
+    **spec: str,
+) -> CatalogResource:
+    """A resource of the refreshable fake kind; ``subscribe`` and ``require`` take ids."""
+    raw = {"key": key, "value": value, **spec}
+    return CatalogResource("svc", key, raw, mode=mode, require=require, subscribe=subscribe)
+
+
 def net(
     key: str,
     value: str = "1",
@@ -113,6 +164,7 @@ def mem(
     value: str = "1",
     *,
     require: tuple[str, ...] = (),
+    subscribe: tuple[str, ...] = (),
     mode: Mode = Mode.ENFORCE,
     **spec: str,
 ) -> CatalogResource:
@@ -123,6 +175,7 @@ def mem(
         spec={"key": key, "value": value, **spec},
         mode=mode,
         require=tuple(r if "/" in r else f"mem/{r}" for r in require),
+        subscribe=subscribe,
     )
 
 
@@ -136,6 +189,7 @@ class Fake:
 
     memory: Memory
     risky: Risky
+    service: Service
     confirms: list[bool] | None = None  # what confirm answers, in order; None: no confirm
     confirm_calls: int = 0
 
@@ -144,6 +198,8 @@ class Fake:
             return self.memory
         if name == "net":
             return self.risky
+        if name == "svc":
+            return self.service
         if name == "broken":
             raise ImportError("cannot import modules.broken")
         raise SpecError("kind", f"unknown kind {name!r}")
@@ -169,7 +225,7 @@ class Fake:
 
 def fake(system: dict[str, str] | None = None, confirms: list[bool] | None = None) -> Fake:
     memory = Memory(dict(system or {}))
-    return Fake(memory, Risky(memory), confirms)
+    return Fake(memory, Risky(memory), Service(memory), confirms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +244,7 @@ class Case:
     hold: frozenset[str] = frozenset()
     restored: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
     reverted: frozenset[str] = frozenset()  # ids whose result says reverted
+    refreshed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
 
 
 S = Status
@@ -507,6 +564,241 @@ CASES += [
 ]
 
 
+RESTARTED = "restart: running → restarted (notified by mem/conf)"
+PENDING = "refresh: pending → refreshed (notified by mem/conf)"
+
+# notify/subscribe: the catalog carries the relation as the receiver's subscribe.
+CASES += [
+    Case(
+        "subscription repaired: an in-sync receiver is refreshed and reported repaired",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"web": "1"},
+        changes={"conf": ["value: absent → 1"], "svc/web": [RESTARTED]},
+        applied=["conf", "↻web"],
+        after={"conf": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "subscriptions in sync: nothing refreshed, receiver in sync",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.IN_SYNC, "svc/web": S.IN_SYNC},
+        system={"conf": "1", "web": "1"},
+    ),
+    Case(
+        "subscribe orders like require; refresh right after the receiver's own apply",
+        [
+            mem("after", require=("svc/web",)),
+            svc("web", subscribe=("mem/conf",)),
+            mem("conf"),
+        ],
+        {"after": S.REPAIRED, "svc/web": S.REPAIRED, "conf": S.REPAIRED},
+        changes={"svc/web": ["value: absent → 1"]},
+        applied=["conf", "web", "↻web", "after"],
+        after={"conf": "1", "web": "1", "after": "1"},
+        refreshed=[("web", ["value: absent → 1"])],  # the kind is told; just started: None
+    ),
+    Case(
+        "receiver repaired and refreshed: its own changes first, then the refresh",
+        [mem("conf"), svc("web", "2", subscribe=("mem/conf",))],
+        {"conf": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"web": "1"},
+        changes={"svc/web": ["value: 1 → 2"]},
+        applied=["conf", "web", "↻web"],
+        after={"conf": "1", "web": "2"},
+        refreshed=[("web", ["value: 1 → 2"])],
+    ),
+    Case(
+        "several subscriptions changed: one refresh naming every changed one",
+        [mem("a"), mem("b"), mem("c"), svc("web", subscribe=("mem/a", "mem/c", "mem/b"))],
+        {"a": S.REPAIRED, "b": S.IN_SYNC, "c": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"b": "1", "web": "1"},
+        changes={"svc/web": ["restart: running → restarted (notified by mem/a, mem/c)"]},
+        applied=["a", "c", "↻web"],
+        after={"a": "1", "b": "1", "c": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "subscription failed: receiver skipped, not refreshed",
+        [mem("conf", fault="apply_error"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.FAILED, "svc/web": S.SKIPPED},
+        system={"web": "1"},
+        errors={"svc/web": "subscribes to mem/conf, which failed"},
+        applied=["conf"],
+    ),
+    Case(
+        "subscription skipped: receiver skipped, naming why",
+        [
+            mem("a", fault="read_error"),
+            mem("conf", require=("a",)),
+            svc("web", subscribe=("mem/conf",), require=("mem/a",)),
+        ],
+        {"a": S.FAILED, "conf": S.SKIPPED, "svc/web": S.SKIPPED},
+        errors={
+            "svc/web": "requires mem/a, which failed; subscribes to mem/conf, which was skipped"
+        },
+        reads=["a"],
+    ),
+    Case(
+        "receiver's own apply fails: not refreshed",
+        [mem("conf"), svc("web", subscribe=("mem/conf",), fault="apply_error")],
+        {"conf": S.REPAIRED, "svc/web": S.FAILED},
+        errors={"svc/web": "cannot write: disk full"},
+        applied=["conf", "web"],
+        after={"conf": "1"},
+    ),
+    Case(
+        "refresh raises a ModuleError: receiver failed with it, its dependents skipped",
+        [
+            mem("conf"),
+            svc("web", subscribe=("mem/conf",), fault="refresh_error"),
+            mem("after", require=("svc/web",)),
+        ],
+        {"conf": S.REPAIRED, "svc/web": S.FAILED, "after": S.SKIPPED},
+        system={"web": "1"},
+        errors={
+            "svc/web": "refresh failed (notified by mem/conf): systemctl restart failed:"
+            " unit entered failed state",
+            "after": "requires svc/web, which failed",
+        },
+        applied=["conf", "↻web"],
+        after={"conf": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "refresh has a bug: failed with its type, keeping the changes applied",
+        [mem("conf"), svc("web", "2", subscribe=("mem/conf",), fault="refresh_bug")],
+        {"conf": S.REPAIRED, "svc/web": S.FAILED},
+        system={"web": "1"},
+        errors={"svc/web": "refresh failed (notified by mem/conf): RuntimeError: kaboom"},
+        changes={"svc/web": ["value: 1 → 2"]},
+        applied=["conf", "web", "↻web"],
+        after={"conf": "1", "web": "2"},
+        refreshed=[("web", ["value: 1 → 2"])],
+    ),
+    Case(
+        "noop: a pending refresh makes an in-sync receiver drifted, nothing refreshed",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.DRIFTED, "svc/web": S.DRIFTED},
+        system={"web": "1"},
+        noop=True,
+        changes={"svc/web": [PENDING]},
+    ),
+    Case(
+        "noop: a drifted receiver lists its own changes, then the pending refresh",
+        [mem("conf"), svc("web", "2", subscribe=("mem/conf",))],
+        {"conf": S.DRIFTED, "svc/web": S.DRIFTED},
+        system={"web": "1"},
+        noop=True,
+        changes={"svc/web": ["value: 1 → 2", PENDING]},
+    ),
+    Case(
+        "noop: subscriptions in sync, no refresh pending",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.IN_SYNC, "svc/web": S.IN_SYNC},
+        system={"conf": "1", "web": "1"},
+        noop=True,
+    ),
+    Case(
+        "noop: a receiver that cannot be evaluated stays unknown",
+        [mem("conf"), svc("web", subscribe=("mem/conf",), needs="conf")],
+        {"conf": S.DRIFTED, "svc/web": S.UNKNOWN},
+        noop=True,
+        errors={"svc/web": "pending changes not applied: mem/conf"},
+    ),
+    Case(
+        "audit receiver: its subscription is repaired, the refresh only reported pending",
+        [mem("conf"), svc("web", subscribe=("mem/conf",), mode=Mode.AUDIT)],
+        {"conf": S.REPAIRED, "svc/web": S.DRIFTED},
+        system={"web": "1"},
+        changes={"svc/web": [PENDING]},
+        applied=["conf"],
+        after={"conf": "1", "web": "1"},
+    ),
+    Case(
+        "audit subscription only drifted: the enforce receiver is drifted, not refreshed",
+        [mem("conf", mode=Mode.AUDIT), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.DRIFTED, "svc/web": S.DRIFTED},
+        system={"web": "1"},
+        changes={"svc/web": [PENDING]},
+    ),
+    Case(
+        "one subscription repaired, another only drifted: refreshed, naming the repaired one",
+        [mem("conf"), mem("tls", mode=Mode.AUDIT), svc("web", subscribe=("mem/tls", "mem/conf"))],
+        {"conf": S.REPAIRED, "tls": S.DRIFTED, "svc/web": S.REPAIRED},
+        system={"web": "1"},
+        changes={"svc/web": [RESTARTED]},
+        applied=["conf", "↻web"],
+        after={"conf": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "risky subscription reverted: counts as failed, receiver skipped, not refreshed",
+        [net("fw", "1"), svc("web", subscribe=("net/fw",))],
+        {"net/fw": S.FAILED, "svc/web": S.SKIPPED},
+        system={"fw": "0", "web": "1"},
+        confirms=[True, False],
+        errors={"svc/web": "subscribes to net/fw, which failed"},
+        changes={"net/fw": ["value: 0 → 1"]},
+        applied=["fw"],
+        restored=[("fw", "0")],
+        reverted=frozenset({"net/fw"}),
+    ),
+    Case(
+        "risky subscription confirmed: receiver refreshed",
+        [net("fw", "1"), svc("web", subscribe=("net/fw",))],
+        {"net/fw": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"fw": "0", "web": "1"},
+        confirms=[True, True],
+        changes={"svc/web": ["restart: running → restarted (notified by net/fw)"]},
+        applied=["fw", "↻web"],
+        after={"fw": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "held subscription: receiver skipped",
+        [net("fw", "1"), svc("web", subscribe=("net/fw",))],
+        {"net/fw": S.FAILED, "svc/web": S.SKIPPED},
+        system={"web": "1"},
+        hold=frozenset({"net/fw"}),
+        errors={"svc/web": "subscribes to net/fw, which failed"},
+        reads=[],
+    ),
+    Case(
+        "held receiver: failed, not refreshed",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.REPAIRED, "svc/web": S.FAILED},
+        system={"web": "1"},
+        hold=frozenset({"svc/web"}),
+        errors={"svc/web": "held: reverted earlier at revision 7"},
+        applied=["conf"],
+        after={"conf": "1", "web": "1"},
+    ),
+    Case(
+        "a receiver whose kind cannot be refreshed (stale catalog) fails, saying so",
+        [mem("conf"), mem("b", subscribe=("mem/conf",))],
+        {"conf": S.REPAIRED, "b": S.FAILED},
+        errors={"b": "cannot refresh (notified by mem/conf): kind 'mem' is not refreshable"},
+        applied=["conf", "b"],
+        after={"conf": "1", "b": "1"},
+    ),
+    Case(
+        "dangling subscribe: every resource failed, nothing read",
+        [mem("a"), svc("web", subscribe=("mem/x",))],
+        {"a": S.FAILED, "svc/web": S.FAILED},
+        errors={"a": "catalog unusable: svc/web subscribes to mem/x, which is not in the catalog"},
+        reads=[],
+    ),
+    Case(
+        "a cycle through subscribe is named as such",
+        [mem("a", require=("svc/web",)), svc("web", subscribe=("mem/a",))],
+        {"a": S.FAILED, "svc/web": S.FAILED},
+        errors={"a": "catalog unusable: require/subscribe cycle: mem/a → svc/web → mem/a"},
+        reads=[],
+    ),
+]
+
+
 def _id(key: str) -> str:
     return key if "/" in key else f"mem/{key}"
 
@@ -532,6 +824,7 @@ def test_engine(case: Case) -> None:
     assert system.confirm_calls == len(case.confirms or [])
     assert system.risky.restored == case.restored
     assert {r.id for r in results if r.reverted} == case.reverted
+    assert system.service.refreshed == case.refreshed
 
 
 def test_result_carries_catalog_metadata_and_duration() -> None:
@@ -655,3 +948,21 @@ def test_a_confirm_that_raises_means_unreachable(
     [result] = engine.run([net("fw")], ctx, kinds=system.kinds, confirm=confirm)
 
     assert (result.status, system.risky.restored) == (status, restored)
+
+
+def test_kinds_cannot_be_refreshed_unless_they_say_so() -> None:
+    memory = fake().memory
+    assert (Memory.refreshable, Service.refreshable) == (False, True)
+    with pytest.raises(NotImplementedError, match="kind 'mem' cannot be refreshed"):
+        memory.refresh(Context(), MemSpec("a", "1"), ())
+
+
+def test_a_refresh_is_logged_with_the_resource(caplog: pytest.LogCaptureFixture) -> None:
+    catalog = [mem("conf"), svc("web", subscribe=("mem/conf",))]
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        fake({"web": "1"}).run(catalog)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "mem/conf: repaired (value: absent → 1)",
+        f"svc/web: repaired ({RESTARTED})",
+    ]

@@ -36,13 +36,22 @@ class AnySpec(Kind[Mapping[str, Any], None]):
         return None
 
 
+class Refreshable(AnySpec):
+    """A kind that may subscribe and be notified (a service)."""
+
+    name = "testsvc"
+    refreshable = True
+
+
 @pytest.fixture(autouse=True)
-def testfile_kind() -> Iterator[None]:
+def test_kinds() -> Iterator[None]:
     registry.register(AnySpec())
+    registry.register(Refreshable())
     try:
         yield
     finally:
         registry._registered.pop(AnySpec.name)
+        registry._registered.pop(Refreshable.name)
 
 
 BASE = """\
@@ -253,3 +262,79 @@ def test_compile_fleet_compiles_every_node() -> None:
     assert catalogs["web-2"] == compile_catalog(standard(), "web-2", {"role": "web"}, 4)
     assert catalogs["web-1"].resources == catalogs["web-2"].resources
     assert compile_fleet(standard(), [], revision=4) == {}
+
+
+# -- notify / subscribe ------------------------------------------------------------
+
+SERVICES = """\
+name: services
+target: {all: true}
+resources:
+  - kind: testsvc
+    name: web
+    subscribe: [testfile/motd, testfile/etc]
+  - {kind: testsvc, name: db}
+"""
+
+CONFIGS = """\
+name: configs
+target: {all: true}
+resources:
+  - {kind: testfile, name: tls, spec: {path: /etc/tls}, notify: [testsvc/web, testsvc/db]}
+  - kind: testfile
+    name: etc-again
+    spec: {path: /etc/x}
+    notify: [testsvc/web]
+  - {kind: testfile, name: again, spec: {path: /etc/y}, notify: [testsvc/web, testsvc/web]}
+"""
+
+
+def test_notify_is_merged_into_the_receivers_subscribe() -> None:
+    loaded = manifests(("base.yaml", BASE), ("services.yaml", SERVICES), ("configs.yaml", CONFIGS))
+    catalog = compile_catalog(loaded, "web-1", {}, revision=2)
+    by_id = {r.id: r for r in catalog.resources}
+    # Its own subscribe entries first, then each notifier in catalog order, once each.
+    assert by_id["testsvc/web"].subscribe == (
+        "testfile/motd",
+        "testfile/etc",
+        "testfile/tls",
+        "testfile/etc-again",
+        "testfile/again",
+    )
+    assert by_id["testsvc/db"].subscribe == ("testfile/tls",)
+    # The notifiers carry nothing: the relation lives at the receiving end only.
+    assert {r.id for r in catalog.resources if r.subscribe} == {"testsvc/web", "testsvc/db"}
+    assert by_id["testsvc/web"].require == ()
+    assert "notify" not in by_id["testfile/tls"].to_dict()
+    assert Catalog.from_json(catalog.to_json()) == catalog
+
+
+def test_notify_and_subscribe_across_nodes_are_refused_like_require() -> None:
+    notifier = """\
+    name: app
+    target: {labels: {role: app}}
+    resources:
+      - kind: testfile
+        name: app-conf
+        spec: {path: /etc/app.conf}
+        notify: [testsvc/db]
+      - {kind: testsvc, name: app, subscribe: [testfile/pg-conf]}
+    """
+    db = DB + "  - {kind: testsvc, name: db}\n"
+    loaded = manifests(("db.yaml", db), ("app.yaml", notifier))
+    with pytest.raises(CompileError) as info:
+        compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
+    assert info.value.problems == (
+        "testfile/app-conf (app.yaml:7) notifies testsvc/db, declared only by db.yaml:6,"
+        " whose target does not include node app-1",
+        "testsvc/app (app.yaml:8) subscribes to testfile/pg-conf, declared only by db.yaml:5,"
+        " whose target does not include node app-1",
+    )
+
+
+def test_catalog_json_names_the_relation_subscribe_and_defaults_it_when_absent() -> None:
+    web = CatalogResource("testsvc", "web", {}, subscribe=("testfile/conf",))
+    assert web.to_dict()["subscribe"] == ["testfile/conf"]
+    older = {k: v for k, v in web.to_dict().items() if k != "subscribe"}
+    assert CatalogResource.from_dict(older) == CatalogResource("testsvc", "web", {})
+    assert CatalogResource.from_dict(web.to_dict()) == web

@@ -55,13 +55,25 @@ class FakeFile(Kind[dict[str, Any], None]):
         return None
 
 
+class FakeService(FakeFile):
+    """A kind that can be refreshed, so it may subscribe and be notified; any spec."""
+
+    name = "testsvc"
+    refreshable = True
+
+    def parse(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(raw)
+
+
 @pytest.fixture(autouse=True)
-def testfile_kind() -> Iterator[None]:
+def test_kinds() -> Iterator[None]:
     registry.register(FakeFile())
+    registry.register(FakeService())
     try:
         yield
     finally:
         registry._registered.pop(FakeFile.name)
+        registry._registered.pop(FakeService.name)
 
 
 def dedent(text: str) -> str:
@@ -497,6 +509,129 @@ BAD = [
         (6, "resources[2].require[0]", "testfile/a → testfile/b → testfile/c → testfile/a"),
         (7, "resources[3].require[1]", "require cycle: testfile/d → testfile/d"),
     ),
+    bad(
+        "notify-and-subscribe-malformed",
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - kind: testsvc
+            name: web
+            notify: testsvc/x
+            subscribe:
+              - testfile/conf
+              - conf
+              - [testfile/conf]
+        """,
+        (6, "resources[0].notify", "expected a list of strings, got a string ('testsvc/x')"),
+        (9, "resources[0].subscribe[1]", "expected a resource id like 'file/motd' (kind/name)"),
+        (10, "resources[0].subscribe[2]", "expected a string, got a list"),
+    ),
+    bad(
+        "notify-to-a-kind-that-cannot-be-refreshed",
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - {kind: testfile, name: a, spec: {path: /a}}
+          - {kind: testsvc, name: web}
+          - kind: testfile
+            name: conf
+            spec: {path: /conf}
+            notify:
+              - testsvc/web
+              - testfile/a
+        """,
+        (
+            11,
+            "resources[2].notify[1]",
+            "testfile/a cannot be notified: a testfile cannot be refreshed; only these kinds"
+            " can be refreshed (restarted or reloaded): ",
+        ),
+    ),
+    bad(
+        "subscribe-on-a-kind-that-cannot-be-refreshed",
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - {kind: testsvc, name: web}
+          - kind: testfile
+            name: conf
+            spec: {path: /conf}
+            subscribe: [testsvc/web]
+        """,
+        (
+            8,
+            "resources[1].subscribe",
+            "a testfile cannot be refreshed, so it cannot subscribe; only these kinds can be",
+        ),
+    ),
+    bad(
+        "dangling-notify-and-subscribe",
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - kind: testsvc
+            name: web
+            subscribe: [testfile/nope]
+            notify: [testsvc/gone, nosuchkind/x]
+        """,
+        (6, "resources[0].subscribe[0]", "subscribes to testfile/nope, which no manifest declares"),
+        (7, "resources[0].notify[0]", "notifies testsvc/gone, which no manifest declares"),
+        (7, "resources[0].notify[1]", "notifies nosuchkind/x, which no manifest declares"),
+    ),
+    bad(
+        "cycle-through-notify-and-require",
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - {kind: testsvc, name: web}
+          - kind: testfile
+            name: conf
+            spec: {path: /conf}
+            require: [testsvc/web]
+            notify: [testsvc/web]
+        """,
+        (
+            8,
+            "resources[1].require[0]",
+            "ordering cycle through notify, require: testsvc/web → testfile/conf → testsvc/web"
+            " (each runs after the next)",
+        ),
+    ),
+    bad(
+        "a-resource-notifying-itself-is-a-cycle",
+        HEAD + "resources:\n  - {kind: testsvc, name: web, notify: [testsvc/web]}\n",
+        (4, "resources[0].notify[0]", "ordering cycle through notify: testsvc/web → testsvc/web"),
+    ),
+    Bad(
+        "cycle-through-subscribe-across-files",
+        {
+            "base.yaml": manifest_text(
+                "base",
+                "{all: true}",
+                "{kind: testfile, name: conf, spec: {path: /conf}, require: [testsvc/db]}",
+            ),
+            "web.yaml": manifest_text(
+                "web",
+                "{all: true}",
+                "{kind: testsvc, name: web, subscribe: [testfile/conf], notify: [testsvc/db]}",
+                "{kind: testsvc, name: db}",
+            ),
+        },
+        [
+            (
+                "web.yaml",
+                4,
+                "resources[0].subscribe[0]",
+                "ordering cycle through notify, require, subscribe: testfile/conf → testsvc/db"
+                " → testsvc/web → testfile/conf",
+            )
+        ],
+    ),
     Bad(
         "set-checks-wait-until-every-file-loads",
         {
@@ -582,6 +717,60 @@ def test_full_manifest() -> None:
     assert manifest.resources[1].field("require", 0) == "resources[1].require[0]"
 
 
+def test_notify_and_subscribe() -> None:
+    text = dedent(
+        """\
+        name: web
+        target: {all: true}
+        resources:
+          - kind: testfile
+            name: conf
+            spec: {path: /etc/web.conf}
+            notify: [testsvc/web]
+          - kind: testsvc
+            name: web
+            require: [testfile/conf]
+            subscribe:
+              - testfile/conf
+              - testsvc/db
+            notify: [testsvc/web-2]
+          - {kind: testsvc, name: db}
+          - {kind: testsvc, name: web-2}
+        """
+    )
+    conf, web, _, _ = load("web.yaml", text).resources
+    assert (conf.notify, conf.notify_lines, conf.subscribe) == (("testsvc/web",), (7,), ())
+    assert (web.require, web.require_lines) == (("testfile/conf",), (10,))
+    assert (web.subscribe, web.subscribe_lines) == (("testfile/conf", "testsvc/db"), (12, 13))
+    assert (web.notify, web.notify_lines) == (("testsvc/web-2",), (14,))
+    assert web.relation("subscribe") == (web.subscribe, web.subscribe_lines)
+    assert web.field("notify", 0) == "resources[1].notify[0]"
+    # (after, before): a resource runs after what it requires or subscribes to,
+    # and before what it notifies.
+    assert list(web.edges()) == [
+        ("testsvc/web", "testfile/conf", "require", 0),
+        ("testsvc/web-2", "testsvc/web", "notify", 0),
+        ("testsvc/web", "testfile/conf", "subscribe", 0),
+        ("testsvc/web", "testsvc/db", "subscribe", 1),
+    ]
+    assert validate_set([load("web.yaml", text)]) == []
+
+
+def test_refusing_a_notify_lists_the_kinds_that_can_be_refreshed() -> None:
+    text = manifest_text(
+        "web",
+        "{all: true}",
+        "{kind: testfile, name: a, spec: {path: /a}}",
+        "{kind: testfile, name: b, spec: {path: /b}, notify: [testfile/a]}",
+    )
+    with pytest.raises(ManifestInvalid) as info:
+        load("web.yaml", text)
+    [error] = info.value.errors
+    kinds = error.message.rsplit(": ", 1)[1].split(", ")
+    assert "testsvc" in kinds
+    assert "testfile" not in kinds and "file" not in kinds
+
+
 def test_defaults() -> None:
     manifest = load("db.yaml", "name: db\ntarget: {names: [db-1]}\nresources: []\n")
     assert manifest.mode is Mode.ENFORCE
@@ -593,6 +782,12 @@ def test_optional_resource_fields_default_to_empty() -> None:
     text = manifest_text("web", "{all: true}", "{kind: testfile, name: a, spec: {path: /a}}")
     (decl,) = load("web.yaml", text).resources
     assert (decl.require, decl.controls, decl.require_lines) == ((), (), ())
+    assert (decl.notify, decl.subscribe, decl.notify_lines, decl.subscribe_lines) == (
+        (),
+        (),
+        (),
+        (),
+    )
 
 
 def test_anchors_and_merge_keys() -> None:
