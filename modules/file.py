@@ -1,4 +1,4 @@
-"""The ``file`` kind: one regular file's presence, content, mode and ownership.
+"""The ``file`` kind: what is at one path — a regular file, a directory or a symlink.
 
 Example manifest::
 
@@ -6,30 +6,72 @@ Example manifest::
       name: motd
       spec: {path: /etc/motd, content: "hello\\n", mode: "0644", owner: root, group: root}
 
+    - kind: file
+      name: app-home
+      spec: {path: /srv/app, type: directory, mode: "0750", owner: root, group: adm}
+
+    - kind: file
+      name: app-current
+      spec: {path: /srv/app/current, type: link, target: releases/42}
+
+    - kind: file
+      name: old-cache
+      spec: {path: /var/cache/old-app, state: absent, force: true}
+
 Spec fields:
 
 ``path``
     Required. Absolute, normalised; ``..`` is refused.
 ``state``
-    ``present`` (default) or ``absent``. With ``absent`` only ``path`` may be given.
+    ``present`` (default) or ``absent``. With ``absent`` only ``path`` and
+    ``force`` may be given: whatever is at ``path`` is removed (see below).
+``type``
+    What must be at ``path``: ``file`` (default, a regular file),
+    ``directory`` or ``link`` (a symlink).
 ``content``
-    The whole text of the file, written as UTF-8. Not given: content is not managed.
+    ``type: file`` only. The whole text of the file, written as UTF-8. Not
+    given: content is not managed (a new file starts empty).
+``target``
+    Required with ``type: link``, refused otherwise. What the link points to,
+    stored exactly as given (absolute or relative); never resolved, and it
+    need not exist.
 ``mode``
-    A quoted octal string, ``"0644"``. Not given: kept (a new file gets ``0644``).
+    A quoted octal string, ``"0644"``. Not given: kept (a new file gets
+    ``0644``, a new directory ``0755``). Refused for a link: Linux gives every
+    symlink ``0777`` and has no way to change it.
 ``owner``, ``group``
     A name or a numeric id as a string (``"0"``). Not given: kept. Names are
     resolved on the host at read time, so a dry run already reports an
-    unknown user.
+    unknown user. A link's own owner is managed (lchown), never its target's.
+``force``
+    ``false`` (default) or ``true``: whether a non-empty directory at ``path``
+    may be removed with everything in it, to make way for a file or link or
+    for ``state: absent``. Refused with ``type: directory``, which never
+    removes a directory.
 
-Behaviour worth knowing: content is replaced atomically (temporary
-``.plumb-*`` file in the same directory, then rename), so readers see the old
-or the new file, never half of one. A symlink at ``path`` is replaced by a
-file, never written through. A directory (or device, FIFO, socket) at
-``path`` is never replaced or removed: that is refused. Missing parent
-directories are not created; that is the job of a directory resource.
+What is replaced or removed, and how. Nothing at ``path`` is ever followed
+if it is a symlink, and nothing is written in place: a new file, directory
+or link is made complete (content, mode, owners) under a temporary
+``.plumb-*`` name in the same directory, then renamed to ``path``, so
+readers see the old or the new one, never half of one. Mode and owners of
+something of the right type are changed in place; a link is always renamed
+anew. What is in the way, of another type, is treated by what it risks:
+
+- A regular file or a symlink is just a name: a new file or link is renamed
+  over it (atomically); for a new directory it is unlinked first, as
+  rename(2) cannot put a directory over a non-directory. ``state: absent``
+  unlinks it; a symlink's target is never touched.
+- An empty directory is removed with rmdir(2), which the kernel refuses if
+  an entry appeared since it was read.
+- A non-empty directory is an ApplyError unless ``force: true``; even then
+  it is refused if a filesystem is mounted at or inside it.
+- A device, FIFO or socket is never replaced or removed.
+
+Missing parent directories are not created, for any type; each is a
+``type: directory`` resource of its own, ordered with ``require``.
 
 Watching: the agent learns of out-of-band changes through inotify on the
-parent directories of the managed paths (see :meth:`FileKind.watch`).
+directories holding the managed paths (:func:`modules.pathwatch.watch_paths`).
 """
 
 from __future__ import annotations
@@ -37,6 +79,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import grp
 import hashlib
 import json
@@ -44,15 +87,18 @@ import os
 import posixpath
 import pwd
 import re
+import secrets
+import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from modules.base import Change, Context, Kind
-from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
+from modules.errors import ApplyError, OperationError, ReadError, SpecError
+from modules.pathwatch import watch_paths
 from modules.registry import register
 from modules.spec import Presence, SpecReader
 
@@ -61,22 +107,32 @@ from modules.spec import Presence, SpecReader
 CONTENT_KEPT_LIMIT = 64 * 1024
 # Content is shown quoted in a change only when both sides are this short.
 _INLINE_LIMIT = 60
-_NEW_FILE_MODE = 0o644
 TEMP_PREFIX = ".plumb-"
 _NUMERIC_ID = re.compile(r"[0-9]+")
 # Names may not contain whitespace or ':' (the passwd separator) or start
 # with '-' (it would read as an option to every tool the operator uses).
 _ACCOUNT = re.compile(r"[^\s:-][^\s:]*")
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown(2)
+# PATH_MAX counts the terminating NUL: a link target holds at most 4095 bytes.
+_MAX_TARGET_BYTES = 4095
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+class EntryType(enum.StrEnum):
+    """What a spec wants at its path (``type:``)."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    LINK = "link"
 
 
 class FileType(enum.StrEnum):
-    """What is at a path. Only FILE is managed; the rest is reported or refused."""
+    """What is at a path. The values of :class:`EntryType` are managed; the rest is not."""
 
     ABSENT = "absent"
     FILE = "file"
     DIRECTORY = "directory"
-    SYMLINK = "symlink"
+    LINK = "link"
     SPECIAL = "special file"  # FIFO, socket or device
 
 
@@ -86,10 +142,18 @@ class FileSpec:
 
     path: str
     state: Presence = Presence.PRESENT
+    type: EntryType = EntryType.FILE
     content: str | None = None
+    target: str | None = None
     mode: int | None = None
     owner: str | None = None
     group: str | None = None
+    force: bool = False
+
+    @property
+    def wanted_type(self) -> FileType:
+        """``type`` in the vocabulary of what read() observes."""
+        return FileType(self.type.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +169,12 @@ class Account:
 
 @dataclasses.dataclass(frozen=True)
 class FileState:
-    """What :meth:`FileKind.read` saw. Fields past ``type`` are set only for a FILE."""
+    """What :meth:`FileKind.read` saw.
+
+    ``owner`` and ``group`` are set for a file, a directory and a link,
+    ``mode`` for a file and a directory, ``target`` for a link, and the
+    content fields for a file whose content is managed.
+    """
 
     type: FileType
     size: int = 0
@@ -114,6 +183,7 @@ class FileState:
     mode: int | None = None  # permission bits (stat.S_IMODE)
     owner: Account | None = None
     group: Account | None = None
+    target: str | None = None  # what a link points to (readlink)
     # The spec's owner and group as this host resolves them. They live in the
     # state because resolving needs the host's user database, and diff is pure.
     wanted_owner: Account | None = None
@@ -121,7 +191,7 @@ class FileState:
 
 
 class FileKind(Kind[FileSpec, FileState]):
-    """Manages one regular file."""
+    """Manages what is at one path: a regular file, a directory or a symlink."""
 
     name = "file"
     watchable = True
@@ -131,14 +201,19 @@ class FileKind(Kind[FileSpec, FileState]):
         spec = FileSpec(
             path=reader.absolute_path("path"),
             state=reader.choice("state", Presence, default=Presence.PRESENT),
+            type=reader.choice("type", EntryType, default=EntryType.FILE),
             content=reader.string("content"),
+            target=_link_target(reader),
             mode=reader.octal_mode("mode"),
             owner=_account_field(reader, "owner"),
             group=_account_field(reader, "group"),
+            force=reader.boolean("force"),
         )
         reader.finish()
         if spec.state is Presence.ABSENT:
-            _refuse_attributes_of_absent(spec)
+            _refuse_attributes_of_absent(spec, type_given="type" in raw)
+        else:
+            _check_fields_of_type(spec)
         return spec
 
     def read(self, ctx: Context, spec: FileSpec) -> FileState:
@@ -154,26 +229,29 @@ class FileKind(Kind[FileSpec, FileState]):
         if spec.state is Presence.ABSENT:
             absent = state.type is FileType.ABSENT
             return [] if absent else [Change("state", _presence(state), "absent")]
+        wanted = spec.wanted_type
         facets = (
-            _presence_change(state),
+            _type_change(wanted, state),
             _content_change(spec, state),
+            _target_change(spec, state),
             _mode_change(spec, state),
-            _account_change("owner", _wanted(spec.owner, state.wanted_owner), state.owner, state),
-            _account_change("group", _wanted(spec.group, state.wanted_group), state.group, state),
+            _account_change("owner", _wanted(spec.owner, state.wanted_owner), wanted, state),
+            _account_change("group", _wanted(spec.group, state.wanted_group), wanted, state),
         )
         return [change for change in facets if change is not None]
 
     def apply(self, ctx: Context, spec: FileSpec, state: FileState, changes: list[Change]) -> None:
         target = ctx.host_path(spec.path)
         if spec.state is Presence.ABSENT:
-            _remove(target, spec.path, state)
-        elif state.type is FileType.FILE and not _rewrites(changes):
-            _update_in_place(target, spec.path, _attributes(spec, state))
+            _remove(target, spec, state)
+            return
+        if state.type is FileType.SPECIAL:
+            raise ApplyError(f"refusing to replace {spec.path}: it is a {state.type}")
+        attributes = _attributes(spec, state)
+        if state.type is spec.wanted_type and not _recreates(spec, changes):
+            _update_in_place(target, spec.path, spec.wanted_type, attributes)
         else:
-            _refuse_to_clobber(spec.path, state)
-            # Unmanaged content only gets here for a new file: it starts empty.
-            content = (spec.content or "").encode()
-            _write_atomically(target, spec.path, content, _attributes(spec, state))
+            _put(target, spec, state, attributes)
 
     def watch(
         self,
@@ -184,11 +262,11 @@ class FileKind(Kind[FileSpec, FileState]):
     ) -> None:
         """Call ``on_change`` when a managed path may have changed, until ``stop`` is set.
 
-        Directories are watched, not files: an atomic replace (ours or an
-        editor's) puts a new inode at the path, and a watch on the old inode
-        would never hear of the next change.
+        Everything a spec manages shows in the directory holding its path: a
+        file's content and attributes, a directory's own attributes (not its
+        entries, which are resources of their own), a link's target and owner.
         """
-        _Watcher(ctx, [ctx.host_path(spec.path) for spec in specs], on_change).serve(stop)
+        watch_paths(ctx, [ctx.host_path(spec.path) for spec in specs], on_change, stop)
 
 
 # --- parse -------------------------------------------------------------------
@@ -206,11 +284,74 @@ def _account_field(reader: SpecReader, name: str) -> str | None:
     return text
 
 
-def _refuse_attributes_of_absent(spec: FileSpec) -> None:
-    given = {"content": spec.content, "mode": spec.mode, "owner": spec.owner, "group": spec.group}
+def _link_target(reader: SpecReader) -> str | None:
+    """A symlink's target: any text the kernel can store, taken as it is."""
+    text = reader.string("target")
+    if text is None:
+        return None
+    if not text:
+        raise reader.error("target", "expected the path the link points to, got ''")
+    if "\0" in text:
+        raise reader.error("target", "a link target cannot contain a NUL character")
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise reader.error("target", "expected valid Unicode text") from None
+    if size > _MAX_TARGET_BYTES:
+        raise reader.error("target", f"is {size} bytes long (at most {_MAX_TARGET_BYTES})")
+    return text
+
+
+def _refuse_attributes_of_absent(spec: FileSpec, *, type_given: bool) -> None:
+    if type_given:
+        raise SpecError(
+            "type",
+            "not allowed with state: absent (whatever is at path is removed; "
+            "a non-empty directory only with force: true)",
+        )
+    given = {
+        "content": spec.content,
+        "target": spec.target,
+        "mode": spec.mode,
+        "owner": spec.owner,
+        "group": spec.group,
+    }
     for name, value in given.items():
         if value is not None:
             raise SpecError(name, "not allowed with state: absent (an absent file has none)")
+
+
+# Fields that make no sense for a type, and why, in the order they are checked.
+_REFUSED_FOR: dict[EntryType, dict[str, str]] = {
+    EntryType.FILE: {"target": "only allowed with type: link"},
+    EntryType.DIRECTORY: {
+        "content": (
+            "not allowed with type: directory (a directory has no content; "
+            "manage each file in it as a file resource)"
+        ),
+        "target": "only allowed with type: link",
+    },
+    EntryType.LINK: {
+        "content": "not allowed with type: link (a link has a target, not content)",
+        "mode": (
+            "not allowed with type: link (Linux gives every symlink mode 0777; "
+            "manage the mode of what it points to)"
+        ),
+    },
+}
+
+
+def _check_fields_of_type(spec: FileSpec) -> None:
+    for name, reason in _REFUSED_FOR[spec.type].items():
+        if getattr(spec, name) is not None:
+            raise SpecError(name, reason)
+    if spec.type is EntryType.LINK and spec.target is None:
+        raise SpecError("target", "required with type: link (the path the link points to)")
+    if spec.type is EntryType.DIRECTORY and spec.force:
+        raise SpecError(
+            "force",
+            "not allowed with type: directory (a directory resource never removes a directory)",
+        )
 
 
 # --- read --------------------------------------------------------------------
@@ -226,6 +367,8 @@ def observe(host_path: Path, *, with_content: bool) -> FileState:
         st = os.lstat(host_path)
     except FileNotFoundError:
         return FileState(FileType.ABSENT)
+    if stat.S_ISLNK(st.st_mode):
+        return dataclasses.replace(state_from_stat(st), target=os.readlink(host_path))
     if not with_content or not stat.S_ISREG(st.st_mode):
         return state_from_stat(st)
     # O_NOFOLLOW and fstat guard against the path changing after lstat;
@@ -240,14 +383,15 @@ def observe(host_path: Path, *, with_content: bool) -> FileState:
 
 
 def state_from_stat(st: os.stat_result) -> FileState:
-    """Interpret an (l)stat result: type, and for a regular file size, mode and owners."""
+    """Interpret an (l)stat result: the type, and what is managed of that type."""
     file_type = type_of(st.st_mode)
-    if file_type is not FileType.FILE:
+    if file_type is FileType.SPECIAL:
         return FileState(file_type)
     return FileState(
-        FileType.FILE,
-        size=st.st_size,
-        mode=stat.S_IMODE(st.st_mode),
+        file_type,
+        size=st.st_size if file_type is FileType.FILE else 0,
+        # A symlink's mode is always 0777 on Linux, and not managed.
+        mode=None if file_type is FileType.LINK else stat.S_IMODE(st.st_mode),
         owner=_USERS.by_id(st.st_uid),
         group=_GROUPS.by_id(st.st_gid),
     )
@@ -260,7 +404,7 @@ def type_of(st_mode: int) -> FileType:
     if stat.S_ISDIR(st_mode):
         return FileType.DIRECTORY
     if stat.S_ISLNK(st_mode):
-        return FileType.SYMLINK
+        return FileType.LINK
     return FileType.SPECIAL
 
 
@@ -314,10 +458,13 @@ def _presence(state: FileState) -> str:
     return "present" if state.type is FileType.FILE else str(state.type)
 
 
-def _presence_change(state: FileState) -> Change | None:
-    if state.type is FileType.FILE:
+def _type_change(wanted: FileType, state: FileState) -> Change | None:
+    """``state: absent → present`` for nothing there, ``type: a → b`` for another type."""
+    if state.type is FileType.ABSENT:
+        return Change("state", "absent", "present")
+    if state.type is wanted:
         return None
-    return Change("state", _presence(state), "present")
+    return Change("type", str(state.type), str(wanted))
 
 
 def _content_change(spec: FileSpec, state: FileState) -> Change | None:
@@ -352,10 +499,29 @@ def _fingerprint(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()[:12]} ({len(data)} bytes)"
 
 
-def _mode_change(spec: FileSpec, state: FileState) -> Change | None:
-    if spec.mode is None or (state.type is FileType.FILE and state.mode == spec.mode):
+def _target_change(spec: FileSpec, state: FileState) -> Change | None:
+    if spec.target is None or (state.type is FileType.LINK and state.target == spec.target):
         return None
-    observed = _octal(state.mode) if state.type is FileType.FILE else str(state.type)
+    observed = _shown(state.target) if state.type is FileType.LINK else str(state.type)
+    return Change("target", observed, _shown(spec.target))
+
+
+def _shown(target: str | None) -> str:
+    """A link target for a report: as it is, or JSON-quoted if it has unprintable characters.
+
+    readlink gives undecodable bytes as lone surrogates, which a report (UTF-8
+    on the wire) cannot carry; JSON escapes them.
+    """
+    if target is None:
+        return "?"
+    return target if target.isprintable() else json.dumps(target)
+
+
+def _mode_change(spec: FileSpec, state: FileState) -> Change | None:
+    same_type = state.type is spec.wanted_type
+    if spec.mode is None or (same_type and state.mode == spec.mode):
+        return None
+    observed = _octal(state.mode) if same_type else str(state.type)
     return Change("mode", observed, _octal(spec.mode))
 
 
@@ -364,12 +530,13 @@ def _octal(mode: int | None) -> str:
 
 
 def _account_change(
-    field: str, wanted: Account | None, observed: Account | None, state: FileState
+    field: str, wanted: Account | None, wanted_type: FileType, state: FileState
 ) -> Change | None:
     if wanted is None:
         return None
-    if state.type is not FileType.FILE:
+    if state.type is not wanted_type:
         return Change(field, str(state.type), str(wanted))
+    observed = state.owner if field == "owner" else state.group
     if observed is not None and observed.id == wanted.id:
         return None
     return Change(field, str(observed), str(wanted))
@@ -384,10 +551,14 @@ def _wanted(spec_value: str | None, resolved: Account | None) -> Account | None:
 
 # --- apply -------------------------------------------------------------------
 
+# What a new file, directory or link gets when its mode is not managed. A
+# link's mode is never set: Linux ignores it.
+_NEW_MODE = {FileType.FILE: 0o644, FileType.DIRECTORY: 0o755, FileType.LINK: 0o777}
+
 
 @dataclasses.dataclass(frozen=True)
 class _Attributes:
-    """What to set on the file; -1 leaves an id as it is (chown(2) semantics)."""
+    """What to set on a new or changed entry; -1 leaves an id as it is (chown(2) semantics)."""
 
     mode: int
     uid: int
@@ -396,7 +567,7 @@ class _Attributes:
 
 def _attributes(spec: FileSpec, state: FileState) -> _Attributes:
     """Managed values from the spec; unmanaged ones as :func:`_kept` says."""
-    kept = _kept(state)
+    kept = _kept(state, spec.wanted_type)
     owner = _wanted(spec.owner, state.wanted_owner)
     group = _wanted(spec.group, state.wanted_group)
     return _Attributes(
@@ -406,32 +577,35 @@ def _attributes(spec: FileSpec, state: FileState) -> _Attributes:
     )
 
 
-def _kept(state: FileState) -> _Attributes:
-    """What a rewrite keeps of the file it replaces; a new file gets 0644 and our ids."""
-    if state.type is FileType.FILE and state.mode is not None and state.owner and state.group:
-        return _Attributes(state.mode, state.owner.id, state.group.id)
-    return _Attributes(_NEW_FILE_MODE, -1, -1)
+def _kept(state: FileState, wanted: FileType) -> _Attributes:
+    """What replacing an entry of the wanted type keeps of it; a new one gets our ids."""
+    new_mode = _NEW_MODE[wanted]
+    if state.type is wanted and state.owner and state.group:
+        mode = new_mode if state.mode is None else state.mode
+        return _Attributes(mode, state.owner.id, state.group.id)
+    return _Attributes(new_mode, -1, -1)
 
 
-def _rewrites(changes: list[Change]) -> bool:
-    """Whether the content must be written; otherwise attributes change in place."""
-    return any(change.field in ("state", "content") for change in changes)
+def _recreates(spec: FileSpec, changes: list[Change]) -> bool:
+    """Whether a new entry must be renamed into place; otherwise attributes change in place.
+
+    A link is always made anew: a symlink cannot be opened to change it
+    through a descriptor, and a rename is atomic where an lchown by path
+    could meet something else swapped in since read().
+    """
+    renewed = ("state", "type", "content", "target")
+    return spec.type is EntryType.LINK or any(change.field in renewed for change in changes)
 
 
-def _refuse_to_clobber(path: str, state: FileState) -> None:
-    if state.type in (FileType.DIRECTORY, FileType.SPECIAL):
-        raise ApplyError(f"refusing to replace {path}: it is a {state.type}, not a regular file")
-
-
-def _update_in_place(target: Path, path: str, attributes: _Attributes) -> None:
+def _update_in_place(target: Path, path: str, wanted: FileType, attributes: _Attributes) -> None:
     # Through a descriptor opened with O_NOFOLLOW, so a symlink swapped in
     # since read() makes this fail instead of changing the link's target.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     with _translated(ApplyError, f"change {path}"):
         descriptor = os.open(target, flags)
         try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise ApplyError(f"refusing to change {path}: no longer a regular file")
+            if type_of(os.fstat(descriptor).st_mode) is not wanted:
+                raise ApplyError(f"refusing to change {path}: no longer a {wanted}")
             _set_attributes(descriptor, attributes)
         finally:
             os.close(descriptor)
@@ -443,40 +617,117 @@ def _set_attributes(descriptor: int, attributes: _Attributes) -> None:
     os.fchmod(descriptor, attributes.mode)
 
 
-def _write_atomically(target: Path, path: str, content: bytes, attributes: _Attributes) -> None:
-    """Write a complete temporary file beside ``target`` and rename it over ``target``.
-
-    Mode and owner are set before the rename so the file never appears with
-    the wrong ones. rename(2) replaces a symlink itself, never its target.
-    """
-    descriptor, temporary = _create_temporary(target.parent, path)
+def _put(target: Path, spec: FileSpec, state: FileState, attributes: _Attributes) -> None:
+    """Make the new entry complete beside ``target``, clear the way, and rename it over."""
+    temporary = _PREPARE[spec.type](target.parent, spec, attributes)
     try:
-        with _translated(ApplyError, f"write {path}"), open(descriptor, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            _set_attributes(stream.fileno(), attributes)
-            os.fsync(stream.fileno())
-        with _translated(ApplyError, f"replace {path}"):
+        _clear_the_way(target, spec, state)
+        with _translated(ApplyError, f"replace {spec.path}"):
             os.replace(temporary, target)
     except BaseException:
         # The original error matters more than a failure to clean up after it.
         with contextlib.suppress(OSError):
+            _discard(temporary, spec.type)
+        raise
+    _sync_directory(target.parent, spec.path)
+
+
+def _clear_the_way(target: Path, spec: FileSpec, state: FileState) -> None:
+    """Remove what rename(2) cannot replace: a directory, or a non-directory for a directory.
+
+    Decided on what read() saw; if something else is there by now, the
+    syscalls fail (rmdir on a file, unlink on a directory, rename onto a
+    non-empty directory) rather than destroy what nobody looked at.
+    """
+    if state.type is FileType.DIRECTORY:  # only when a file or link is wanted
+        _remove_directory(target, spec, "replace")
+    elif state.type is not FileType.ABSENT and spec.type is EntryType.DIRECTORY:
+        _unlink(target, spec.path, "replace")
+
+
+def _prepare_file(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
+    """A complete temporary file: content, owners and mode set, and on disk (fsync)."""
+    # Unmanaged content only gets here for a new file: it starts empty.
+    content = (spec.content or "").encode()
+    with _creating(spec.path):
+        descriptor, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+    try:
+        with _translated(ApplyError, f"write {spec.path}"), open(descriptor, "wb") as stream:
+            stream.write(content)
+            stream.flush()
+            _set_attributes(stream.fileno(), attributes)
+            os.fsync(stream.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _sync_directory(target.parent, path)
+    return temporary
 
 
-def _create_temporary(directory: Path, path: str) -> tuple[int, str]:
-    """A new private file in ``directory``; ApplyError naming a missing parent."""
+def _prepare_directory(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
+    """A new empty temporary directory with owners and mode set (made 0700, so private)."""
+    with _creating(spec.path):
+        temporary = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=directory)
+    try:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with _translated(ApplyError, f"create {spec.path}"):
+            descriptor = os.open(temporary, flags)
+            try:
+                _set_attributes(descriptor, attributes)
+            finally:
+                os.close(descriptor)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(temporary)
+        raise
+    return temporary
+
+
+def _prepare_link(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
+    """A temporary symlink to the spec's target, owned as wanted (lchown)."""
+    if spec.target is None:  # parse() makes this impossible
+        raise ValueError(f"{spec.path}: a link spec without a target")
+    temporary = str(directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+    with _creating(spec.path):
+        os.symlink(spec.target, temporary)
+    if (attributes.uid, attributes.gid) == (-1, -1):
+        return temporary
+    try:
+        with _translated(ApplyError, f"change the owner of {spec.path}"):
+            os.chown(temporary, attributes.uid, attributes.gid, follow_symlinks=False)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+_PREPARE: dict[EntryType, Callable[[Path, FileSpec, _Attributes], str]] = {
+    EntryType.FILE: _prepare_file,
+    EntryType.DIRECTORY: _prepare_directory,
+    EntryType.LINK: _prepare_link,
+}
+
+
+def _discard(temporary: str, entry_type: EntryType) -> None:
+    if entry_type is EntryType.DIRECTORY:
+        os.rmdir(temporary)
+    else:
+        os.unlink(temporary)
+
+
+@contextlib.contextmanager
+def _creating(path: str) -> Iterator[None]:
+    """ApplyError for a failure to create ``path``'s temporary, naming a missing parent."""
     parent = posixpath.dirname(path)
     try:
-        return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        yield
     except FileNotFoundError as exc:
-        raise ApplyError(f"cannot write {path}: directory {parent} does not exist") from exc
+        raise ApplyError(f"cannot create {path}: directory {parent} does not exist") from exc
     except NotADirectoryError as exc:
-        raise ApplyError(f"cannot write {path}: {parent} is not a directory") from exc
+        raise ApplyError(f"cannot create {path}: {parent} is not a directory") from exc
     except OSError as exc:
-        raise ApplyError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise ApplyError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def _sync_directory(directory: Path, path: str) -> None:
@@ -489,138 +740,79 @@ def _sync_directory(directory: Path, path: str) -> None:
             os.close(descriptor)
 
 
-def _remove(target: Path, path: str, state: FileState) -> None:
-    """Unlink a file or a symlink (not its target); refuse directories and the like."""
+def _remove(target: Path, spec: FileSpec, state: FileState) -> None:
+    """Make ``path`` absent: unlink a file or link (never its target), remove a directory."""
     if state.type is FileType.ABSENT:
         return
-    if state.type in (FileType.DIRECTORY, FileType.SPECIAL):
-        raise ApplyError(f"refusing to remove {path}: it is a {state.type}, not a regular file")
-    with _translated(ApplyError, f"remove {path}"), contextlib.suppress(FileNotFoundError):
-        os.unlink(target)  # "already gone" is the goal, not an error
-    _sync_directory(target.parent, path)
+    if state.type is FileType.SPECIAL:
+        raise ApplyError(f"refusing to remove {spec.path}: it is a {state.type}")
+    if state.type is FileType.DIRECTORY:
+        _remove_directory(target, spec, "remove")
+    else:
+        _unlink(target, spec.path, "remove")
+    _sync_directory(target.parent, spec.path)
 
 
-# --- watch -------------------------------------------------------------------
-
-# How long the watcher blocks on the inotify descriptor before it looks at
-# ``stop`` again: the longest a stop can take. Waking five times a second
-# costs nothing measurable and spares a wake-up pipe that ``stop`` knows
-# nothing about.
-_STOP_POLL_MS = 200
+def _unlink(target: Path, path: str, verb: str) -> None:
+    """Unlink a file or a symlink (never what it points to); "already gone" is no error."""
+    with _translated(ApplyError, f"{verb} {path}"), contextlib.suppress(FileNotFoundError):
+        os.unlink(target)
 
 
-@dataclasses.dataclass
-class _Watched:
-    """One watched directory: the names in it that matter.
+def _remove_directory(target: Path, spec: FileSpec, verb: str) -> None:
+    """rmdir, or with ``force`` the whole tree; a non-empty directory is otherwise refused."""
+    if spec.force:
+        _remove_tree(target, spec.path, verb)
+        return
+    try:
+        os.rmdir(target)
+    except FileNotFoundError:
+        pass  # already gone: the way is clear
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ApplyError(
+                f"refusing to {verb} {spec.path}: it is a directory that is not empty "
+                "(force: true would remove it with everything in it)"
+            ) from exc
+        raise ApplyError(f"cannot {verb} {spec.path}: {exc.strerror or exc}") from exc
 
-    Each name maps to whether an event on it changes what must be watched: a
-    missing directory on the way to a managed path appeared or went away.
+
+def _remove_tree(target: Path, path: str, verb: str) -> None:
+    """Remove a directory with everything in it, unless a filesystem is mounted in it.
+
+    shutil.rmtree never follows a symlink inside the tree (it walks with
+    directory descriptors), but it does descend into mount points, where
+    it would empty another filesystem: those are refused first. A mount made
+    between the check and the removal is not seen.
     """
-
-    directory: Path
-    names: dict[str, bool] = dataclasses.field(default_factory=dict)
-
-    def add(self, name: str, rearm: bool) -> None:
-        self.names[name] = self.names.get(name, False) or rearm
-
-
-def _watch_plan(paths: Iterable[Path], root: Path) -> dict[Path, _Watched]:
-    """The directories to watch for ``paths`` (host paths under ``root``).
-
-    A managed file is watched through its parent directory. When that is
-    missing, the nearest existing ancestor is watched for the first missing
-    component instead, so creating the directory is noticed (and the plan made
-    again) rather than left to the next periodic run. A path with no existing
-    ancestor under ``root`` is not watched at all.
-    """
-    plan: dict[Path, _Watched] = {}
-    for path in paths:
-        directory, name, rearm = path.parent, path.name, False
-        while not directory.is_dir() and directory != root and directory != directory.parent:
-            directory, name, rearm = directory.parent, directory.name, True
-        if directory.is_dir():
-            plan.setdefault(directory, _Watched(directory)).add(name, rearm)
-    return plan
+    with _translated(ApplyError, f"{verb} {path}"):
+        real = os.path.realpath(target)
+        with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as stream:
+            mounted = mount_points_under(stream.read(), real)
+        if mounted:
+            below = posixpath.relpath(mounted[0], real)
+            inside = path if below == "." else posixpath.join(path, below)
+            raise ApplyError(f"refusing to {verb} {path}: a filesystem is mounted at {inside}")
+        shutil.rmtree(target)
 
 
-class _Watcher:
-    """inotify on the directories of some managed paths; see :meth:`FileKind.watch`."""
+def mount_points_under(mountinfo: str, directory: str) -> list[str]:
+    """The mount points in ``mountinfo`` (/proc/self/mountinfo) at or below ``directory``."""
+    directory = directory.rstrip("/") or "/"
+    below = directory if directory == "/" else directory + "/"
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
+        if point == directory or point.startswith(below):
+            found.append(point)
+    return found
 
-    def __init__(self, ctx: Context, paths: list[Path], on_change: Callable[[], None]) -> None:
-        from inotify_simple import flags  # type: ignore[import-untyped]
 
-        self._ctx = ctx
-        self._paths = paths
-        self._on_change = on_change
-        self._watches: dict[int, _Watched] = {}
-        # What can change a file's presence, content, mode or owners, as seen
-        # from its directory. MODIFY is left out: CLOSE_WRITE tells of a
-        # finished write once, instead of once per write(2).
-        children = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
-        self._mask = int(children | flags.CLOSE_WRITE | flags.ATTRIB | flags.ONLYDIR)
-        self._mask |= int(flags.DELETE_SELF | flags.MOVE_SELF)
-        # The watched directory itself went away (IGNORED follows the removal
-        # of its watch): everything in it is gone, and the plan must change.
-        self._gone = int(flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED)
-        self._overflow = int(flags.Q_OVERFLOW)
-
-    def serve(self, stop: threading.Event) -> None:
-        from inotify_simple import INotify
-
-        try:
-            inotify = INotify()
-        except OSError as exc:
-            raise Unavailable(f"inotify: {exc.strerror or exc}") from exc
-        with inotify:
-            self._arm(inotify)
-            while not stop.is_set():
-                changed, rearm = self._interpret(inotify.read(timeout=_STOP_POLL_MS))
-                if rearm:
-                    self._arm(inotify)
-                # After re-arming, so a change the new watches missed is still
-                # seen by whatever the agent reads in answer to this call.
-                if changed:
-                    self._on_change()
-
-    def _arm(self, inotify: Any) -> None:
-        """Watch what :func:`_watch_plan` says now, instead of what it said before."""
-        for wd in self._watches:
-            with contextlib.suppress(OSError):  # already gone with its directory
-                inotify.rm_watch(wd)
-        self._watches = {}
-        for watched in _watch_plan(self._paths, self._ctx.root).values():
-            try:
-                wd = inotify.add_watch(watched.directory, self._mask)
-            except OSError as exc:
-                # ENOSPC means fs.inotify.max_user_watches is reached. Either
-                # way the periodic run still covers this directory.
-                self._ctx.log.warning(
-                    "cannot watch %s: %s; its files are checked by periodic runs only",
-                    watched.directory,
-                    exc.strerror or exc,
-                )
-                continue
-            # Two paths to one directory (a symlink) share one watch.
-            known = self._watches.setdefault(wd, _Watched(watched.directory))
-            for name, rearm in watched.names.items():
-                known.add(name, rearm)
-
-    def _interpret(self, events: Iterable[Any]) -> tuple[bool, bool]:
-        """Whether ``events`` concern a managed path, and whether to re-arm."""
-        changed = rearm = False
-        for event in events:
-            if event.mask & self._overflow:  # events were lost: anything may have changed
-                changed = True
-                continue
-            watched = self._watches.get(event.wd)
-            if watched is None:  # a watch removed by _arm
-                continue
-            if event.mask & self._gone:
-                changed = rearm = True
-            elif event.name in watched.names:
-                changed = True
-                rearm = rearm or watched.names[event.name]
-        return changed, rearm
+# The kernel writes space, tab, newline and backslash in mount points as \ooo.
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 @contextlib.contextmanager

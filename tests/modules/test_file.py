@@ -8,6 +8,8 @@ import hashlib
 import os
 import pwd
 import stat
+import subprocess
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import modules.file
 from modules import registry
 from modules.base import Change, Context
 from modules.errors import ApplyError, ReadError, SpecError
@@ -23,10 +26,12 @@ from modules.file import (
     CONTENT_KEPT_LIMIT,
     TEMP_PREFIX,
     Account,
+    EntryType,
     FileKind,
     FileSpec,
     FileState,
     FileType,
+    mount_points_under,
     type_of,
 )
 from modules.spec import Presence
@@ -38,6 +43,8 @@ ROOT = Account(0, "root")
 NOBODY = Account(65534, "nobody")
 NOGROUP = Account(65534, "nogroup")
 ABSENT = Presence.ABSENT
+DIRECTORY = EntryType.DIRECTORY
+LINK = EntryType.LINK
 
 
 def fingerprint(data: bytes) -> str:
@@ -56,6 +63,19 @@ def on_disk(data: bytes = b"hello\n", **fields: Any) -> FileState:
         group=ROOT,
     )
     return dataclasses.replace(base, **fields)
+
+
+def a_directory(**fields: Any) -> FileState:
+    """A directory as read() would describe it."""
+    base = FileState(FileType.DIRECTORY, mode=0o755, owner=ROOT, group=ROOT)
+    return dataclasses.replace(base, **fields)
+
+
+def a_link(target: str, **fields: Any) -> FileState:
+    """A symlink to ``target`` as read() would describe it (no mode: Linux has none for links)."""
+    return dataclasses.replace(
+        FileState(FileType.LINK, owner=ROOT, group=ROOT, target=target), **fields
+    )
 
 
 # --- parse -------------------------------------------------------------------
@@ -110,10 +130,116 @@ PARSE_CASES: list[tuple[str, Any, FileSpec | Fails]] = [
         "unknown field",
         {"path": "/x", "contnet": "hi"},
         Fails(
-            "contnet", "unknown field 'contnet' (allowed: content, group, mode, owner, path, state)"
+            "contnet",
+            "unknown field 'contnet' "
+            "(allowed: content, force, group, mode, owner, path, state, target, type)",
         ),
     ),
     ("not a mapping", "/etc/motd", Fails("", "expected a mapping, got string")),
+    # type: directory and link
+    ("type file spelled out", {"path": "/x", "type": "file"}, FileSpec("/x")),
+    (
+        "directory",
+        {"path": "/srv/app", "type": "directory", "mode": "2775", "owner": "root", "group": "0"},
+        FileSpec("/srv/app", type=DIRECTORY, mode=0o2775, owner="root", group="0"),
+    ),
+    (
+        "directory with force false",
+        {"path": "/srv/app", "type": "directory", "force": False},
+        FileSpec("/srv/app", type=DIRECTORY),
+    ),
+    (
+        "link",
+        {"path": "/srv/current", "type": "link", "target": "/srv/releases/42", "owner": "root"},
+        FileSpec("/srv/current", type=LINK, target="/srv/releases/42", owner="root"),
+    ),
+    (
+        "link target taken as it is",
+        {"path": "/x", "type": "link", "target": "../a//b/./c"},
+        FileSpec("/x", type=LINK, target="../a//b/./c"),
+    ),
+    (
+        "link replacing a directory",
+        {"path": "/x", "type": "link", "target": "y", "force": True},
+        FileSpec("/x", type=LINK, target="y", force=True),
+    ),
+    ("file with force", {"path": "/x", "force": True}, FileSpec("/x", force=True)),
+    (
+        "absent with force",
+        {"path": "/x", "state": "absent", "force": True},
+        FileSpec("/x", state=ABSENT, force=True),
+    ),
+    (
+        "type unknown",
+        {"path": "/x", "type": "symlink"},
+        Fails("type", "expected one of file, directory, link, got string 'symlink'"),
+    ),
+    (
+        "content of a directory",
+        {"path": "/x", "type": "directory", "content": "hi"},
+        Fails("content", "not allowed with type: directory (a directory has no content"),
+    ),
+    (
+        "content of a link",
+        {"path": "/x", "type": "link", "target": "y", "content": "hi"},
+        Fails("content", "not allowed with type: link"),
+    ),
+    (
+        "target of a file",
+        {"path": "/x", "target": "y"},
+        Fails("target", "only allowed with type: link"),
+    ),
+    (
+        "target of a directory",
+        {"path": "/x", "type": "directory", "target": "y"},
+        Fails("target", "only allowed with type: link"),
+    ),
+    (
+        "link without target",
+        {"path": "/x", "type": "link"},
+        Fails("target", "required with type: link"),
+    ),
+    (
+        "mode of a link",
+        {"path": "/x", "type": "link", "target": "y", "mode": "0777"},
+        Fails("mode", "not allowed with type: link (Linux gives every symlink mode 0777"),
+    ),
+    (
+        "force on a directory",
+        {"path": "/x", "type": "directory", "force": True},
+        Fails("force", "a directory resource never removes a directory"),
+    ),
+    (
+        "force not a boolean",
+        {"path": "/x", "force": "yes"},
+        Fails("force", "expected a boolean (true or false), got string 'yes'"),
+    ),
+    ("target empty", {"path": "/x", "type": "link", "target": ""}, Fails("target", "got ''")),
+    (
+        "target with NUL",
+        {"path": "/x", "type": "link", "target": "a\0b"},
+        Fails("target", "cannot contain a NUL character"),
+    ),
+    (
+        "target too long",
+        {"path": "/x", "type": "link", "target": "a" * 4096},
+        Fails("target", "is 4096 bytes long (at most 4095)"),
+    ),
+    (
+        "target not a string",
+        {"path": "/x", "type": "link", "target": 42},
+        Fails("target", "expected a string, got integer 42"),
+    ),
+    (
+        "absent with type",
+        {"path": "/x", "state": "absent", "type": "directory"},
+        Fails("type", "not allowed with state: absent (whatever is at path is removed"),
+    ),
+    (
+        "absent with target",
+        {"path": "/x", "state": "absent", "target": "y"},
+        Fails("target", "not allowed with state: absent"),
+    ),
 ]
 
 
@@ -125,9 +251,15 @@ def test_parse(raw: Any, expected: FileSpec | Fails) -> None:
 
 
 def test_docstring_example_parses_from_yaml() -> None:
-    text = '{path: /etc/motd, content: "hello\\n", mode: "0644", owner: root, group: root}'
-    spec = KIND.parse(yaml.safe_load(text))
-    assert spec == FileSpec("/etc/motd", content="hello\n", mode=0o644, owner="root", group="root")
+    doc = modules.file.__doc__ or ""
+    example = doc.split("Example manifest::\n")[1].split("\nSpec fields:")[0]
+    resources = yaml.safe_load(textwrap.dedent(example))
+    assert [KIND.parse(resource["spec"]) for resource in resources] == [
+        FileSpec("/etc/motd", content="hello\n", mode=0o644, owner="root", group="root"),
+        FileSpec("/srv/app", type=DIRECTORY, mode=0o750, owner="root", group="adm"),
+        FileSpec("/srv/app/current", type=LINK, target="releases/42"),
+        FileSpec("/var/cache/old-app", state=ABSENT, force=True),
+    ]
 
 
 def test_unquoted_yaml_mode_is_explained() -> None:
@@ -158,8 +290,14 @@ DIFF_CASES: list[tuple[str, FileSpec, FileState, list[Change]]] = [
     (
         "remove symlink",
         FileSpec("/x", state=ABSENT),
-        FileState(FileType.SYMLINK),
-        [Change("state", "symlink", "absent")],
+        a_link("/y"),
+        [Change("state", "link", "absent")],
+    ),
+    (
+        "remove directory",
+        FileSpec("/x", state=ABSENT, force=True),
+        a_directory(),
+        [Change("state", "directory", "absent")],
     ),
     (
         "create with everything",
@@ -185,14 +323,14 @@ DIFF_CASES: list[tuple[str, FileSpec, FileState, list[Change]]] = [
     (
         "directory in the way",
         FileSpec("/x", mode=0o644),
-        FileState(FileType.DIRECTORY),
-        [Change("state", "directory", "present"), Change("mode", "directory", "0644")],
+        a_directory(),
+        [Change("type", "directory", "file"), Change("mode", "directory", "0644")],
     ),
     (
         "symlink in the way",
-        FileSpec("/x"),
-        FileState(FileType.SYMLINK),
-        [Change("state", "symlink", "present")],
+        FileSpec("/x", content="hello\n"),
+        a_link("/etc/motd"),
+        [Change("type", "link", "file"), Change("content", "link", '"hello\\n"')],
     ),
     (
         "short content",
@@ -249,6 +387,105 @@ DIFF_CASES: list[tuple[str, FileSpec, FileState, list[Change]]] = [
         on_disk(wanted_owner=Account(0, "toor")),
         [],
     ),
+    # type: directory
+    (
+        "directory converged",
+        FileSpec("/d", type=DIRECTORY, mode=0o755, owner="root"),
+        a_directory(wanted_owner=ROOT),
+        [],
+    ),
+    (
+        "create directory",
+        FileSpec("/d", type=DIRECTORY, mode=0o750, group="nogroup"),
+        FileState(FileType.ABSENT, wanted_group=NOGROUP),
+        [
+            Change("state", "absent", "present"),
+            Change("mode", "absent", "0750"),
+            Change("group", "absent", "nogroup(65534)"),
+        ],
+    ),
+    (
+        "directory mode",
+        FileSpec("/d", type=DIRECTORY, mode=0o2775),
+        a_directory(mode=0o755),
+        [Change("mode", "0755", "2775")],
+    ),
+    (
+        "directory owner",
+        FileSpec("/d", type=DIRECTORY, owner="nobody"),
+        a_directory(wanted_owner=NOBODY),
+        [Change("owner", "root(0)", "nobody(65534)")],
+    ),
+    (
+        "file in the way of a directory",
+        FileSpec("/d", type=DIRECTORY, mode=0o755, owner="root"),
+        on_disk(wanted_owner=ROOT),
+        [
+            Change("type", "file", "directory"),
+            Change("mode", "file", "0755"),
+            Change("owner", "file", "root(0)"),
+        ],
+    ),
+    (
+        "link in the way of a directory",
+        FileSpec("/d", type=DIRECTORY),
+        a_link("/elsewhere"),
+        [Change("type", "link", "directory")],
+    ),
+    (
+        "special file in the way of a directory",
+        FileSpec("/d", type=DIRECTORY),
+        FileState(FileType.SPECIAL),
+        [Change("type", "special file", "directory")],
+    ),
+    # type: link
+    ("link converged", FileSpec("/l", type=LINK, target="/a"), a_link("/a"), []),
+    (
+        "link target",
+        FileSpec("/l", type=LINK, target="/b"),
+        a_link("/a"),
+        [Change("target", "/a", "/b")],
+    ),
+    (
+        "relative link target is compared as text",
+        FileSpec("/l", type=LINK, target="releases/42"),
+        a_link("./releases/42"),
+        [Change("target", "./releases/42", "releases/42")],
+    ),
+    (
+        "create link",
+        FileSpec("/l", type=LINK, target="/a", owner="nobody"),
+        FileState(FileType.ABSENT, wanted_owner=NOBODY),
+        [
+            Change("state", "absent", "present"),
+            Change("target", "absent", "/a"),
+            Change("owner", "absent", "nobody(65534)"),
+        ],
+    ),
+    (
+        "link owner and group",
+        FileSpec("/l", type=LINK, target="/a", owner="nobody", group="root"),
+        a_link("/a", wanted_owner=NOBODY, wanted_group=ROOT),
+        [Change("owner", "root(0)", "nobody(65534)")],
+    ),
+    (
+        "file in the way of a link",
+        FileSpec("/l", type=LINK, target="/a"),
+        on_disk(),
+        [Change("type", "file", "link"), Change("target", "file", "/a")],
+    ),
+    (
+        "directory in the way of a link",
+        FileSpec("/l", type=LINK, target="/a"),
+        a_directory(),
+        [Change("type", "directory", "link"), Change("target", "directory", "/a")],
+    ),
+    (
+        "unprintable target is quoted",
+        FileSpec("/l", type=LINK, target="/a"),
+        a_link("/b\n\udcff"),
+        [Change("target", '"/b\\n\\udcff"', "/a")],
+    ),
 ]
 
 
@@ -270,7 +507,7 @@ def test_diff_needs_resolved_owner() -> None:
     [
         (stat.S_IFREG | 0o644, FileType.FILE),
         (stat.S_IFDIR | 0o755, FileType.DIRECTORY),
-        (stat.S_IFLNK | 0o777, FileType.SYMLINK),
+        (stat.S_IFLNK | 0o777, FileType.LINK),
         (stat.S_IFIFO | 0o600, FileType.SPECIAL),
         (stat.S_IFCHR | 0o600, FileType.SPECIAL),
     ],
@@ -389,17 +626,29 @@ def test_absent_removes(ctx: Context, tmp_path: Path) -> None:
     assert converge(ctx, path="/etc/motd", state="absent") == []
 
 
-@pytest.mark.parametrize("state", ["present", "absent"])
-def test_directory_is_refused_and_left_intact(ctx: Context, tmp_path: Path, state: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "change"),
+    [
+        ({"content": "x"}, Change("type", "directory", "file")),
+        ({"type": "link", "target": "/x"}, Change("type", "directory", "link")),
+        ({"state": "absent"}, Change("state", "directory", "absent")),
+    ],
+    ids=["file", "link", "absent"],
+)
+def test_non_empty_directory_is_refused_and_left_intact(
+    ctx: Context, tmp_path: Path, raw: dict[str, Any], change: Change
+) -> None:
     directory = tmp_path / "etc/motd"
     directory.mkdir()
     (directory / "inside").write_bytes(b"keep")
-    spec = KIND.parse({"path": "/etc/motd", "state": state})
+    spec = KIND.parse({"path": "/etc/motd", **raw})
     before = KIND.read(ctx, spec)
-    assert KIND.diff(spec, before) == [Change("state", "directory", state)]
-    with pytest.raises(ApplyError, match=r"refusing to \w+ /etc/motd: it is a directory"):
+    assert KIND.diff(spec, before)[0] == change
+    message = r"refusing to \w+ /etc/motd: it is a directory that is not empty \(force: true"
+    with pytest.raises(ApplyError, match=message):
         KIND.apply(ctx, spec, before, KIND.diff(spec, before))
     assert (directory / "inside").read_bytes() == b"keep"
+    assert leftovers(tmp_path / "etc") == []
 
 
 def test_fifo_is_refused(ctx: Context, tmp_path: Path) -> None:
@@ -438,7 +687,7 @@ def test_symlink_is_replaced_not_written_through(ctx: Context, tmp_path: Path) -
     link = tmp_path / "etc/motd"
     link.symlink_to(victim)
     changes = converge(ctx, path="/etc/motd", content="hello\n", mode="0644")
-    assert changes[0] == Change("state", "symlink", "present")
+    assert changes[0] == Change("type", "link", "file")
     assert not link.is_symlink()
     assert link.read_bytes() == b"hello\n"
     assert victim.read_bytes() == b"original"
@@ -481,6 +730,275 @@ def test_read_error_names_the_path(ctx: Context, tmp_path: Path) -> None:
     assert isinstance(caught.value.__cause__, OSError)
 
 
+# --- type: directory, on the real filesystem --------------------------------------
+
+
+def test_create_directory(ctx: Context, tmp_path: Path) -> None:
+    umask = os.umask(0o077)  # the mode must not depend on the agent's umask
+    try:
+        changes = converge(ctx, path="/etc/app.d", type="directory", mode="2775", group="nogroup")
+    finally:
+        os.umask(umask)
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    assert changes == [
+        Change("state", "absent", "present"),
+        Change("mode", "absent", "2775"),
+        Change("group", "absent", f"nogroup({nogroup})"),
+    ]
+    st = os.lstat(tmp_path / "etc/app.d")
+    assert stat.S_ISDIR(st.st_mode)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o2775, 0, nogroup)
+    assert leftovers(tmp_path / "etc") == []
+
+
+def test_new_directory_gets_0755(ctx: Context, tmp_path: Path) -> None:
+    converge(ctx, path="/etc/app.d", type="directory")
+    assert stat.S_IMODE(os.lstat(tmp_path / "etc/app.d").st_mode) == 0o755
+
+
+def test_directory_attributes_change_in_place(ctx: Context, tmp_path: Path) -> None:
+    directory = tmp_path / "etc/app.d"
+    directory.mkdir(mode=0o700)
+    (directory / "keep.conf").write_text("kept\n")
+    inode = directory.stat().st_ino
+    nobody = pwd.getpwnam("nobody").pw_uid
+    changes = converge(ctx, path="/etc/app.d", type="directory", mode="0750", owner="nobody")
+    assert changes == [
+        Change("mode", "0700", "0750"),
+        Change("owner", "root(0)", f"nobody({nobody})"),
+    ]
+    st = directory.stat()
+    assert (st.st_ino, stat.S_IMODE(st.st_mode), st.st_uid) == (inode, 0o750, nobody)
+    assert (directory / "keep.conf").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_directory_replaces_a_file_or_link(ctx: Context, tmp_path: Path, kind: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("original")
+    path = tmp_path / "etc/app.d"
+    if kind == "file":
+        path.write_text("in the way")
+    else:
+        path.symlink_to(victim)
+    changes = converge(ctx, path="/etc/app.d", type="directory", mode="0700")
+    assert changes[0] == Change("type", kind, "directory")
+    assert stat.S_ISDIR(os.lstat(path).st_mode)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+    assert victim.read_text() == "original"
+    assert leftovers(tmp_path / "etc") == []
+
+
+def test_directory_does_not_replace_a_fifo(ctx: Context, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "etc/pipe")
+    spec = KIND.parse({"path": "/etc/pipe", "type": "directory"})
+    state = KIND.read(ctx, spec)
+    with pytest.raises(ApplyError, match="refusing to replace /etc/pipe: it is a special file"):
+        KIND.apply(ctx, spec, state, KIND.diff(spec, state))
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "etc/pipe").st_mode)
+
+
+def test_file_appearing_after_read_is_not_replaced_by_a_directory(
+    ctx: Context, tmp_path: Path
+) -> None:
+    spec = KIND.parse({"path": "/etc/app.d", "type": "directory"})
+    state = KIND.read(ctx, spec)
+    (tmp_path / "etc/app.d").write_text("someone's")
+    with pytest.raises(ApplyError, match=r"cannot replace /etc/app\.d: Not a directory"):
+        KIND.apply(ctx, spec, state, KIND.diff(spec, state))
+    assert (tmp_path / "etc/app.d").read_text() == "someone's"
+    assert leftovers(tmp_path / "etc") == []
+
+
+def test_directory_needs_its_parent(ctx: Context, tmp_path: Path) -> None:
+    spec = KIND.parse({"path": "/srv/app", "type": "directory"})
+    state = KIND.read(ctx, spec)
+    with pytest.raises(ApplyError, match="cannot create /srv/app: directory /srv does not exist"):
+        KIND.apply(ctx, spec, state, KIND.diff(spec, state))
+    assert not (tmp_path / "srv").exists()
+
+
+def test_absent_removes_an_empty_directory(ctx: Context, tmp_path: Path) -> None:
+    (tmp_path / "etc/app.d").mkdir()
+    changes = converge(ctx, path="/etc/app.d", state="absent")
+    assert changes == [Change("state", "directory", "absent")]
+    assert not (tmp_path / "etc/app.d").exists()
+
+
+def test_empty_directory_in_the_way_is_replaced(ctx: Context, tmp_path: Path) -> None:
+    (tmp_path / "etc/motd").mkdir()
+    (tmp_path / "etc/current").mkdir()
+    assert converge(ctx, path="/etc/motd", content="hi\n")[0] == Change("type", "directory", "file")
+    assert (tmp_path / "etc/motd").read_text() == "hi\n"
+    converge(ctx, path="/etc/current", type="link", target="motd")
+    assert os.readlink(tmp_path / "etc/current") == "motd"
+
+
+def make_tree(top: Path, outside: Path) -> None:
+    """A small tree with a nested directory and symlinks leading out of it."""
+    (top / "sub/deeper").mkdir(parents=True)
+    (top / "a.conf").write_text("a")
+    (top / "sub/deeper/b.conf").write_text("b")
+    (top / "sub/to-outside").symlink_to(outside)
+    (top / "sub/to-outside-file").symlink_to(outside / "precious")
+
+
+def test_force_removes_a_tree_without_following_symlinks(ctx: Context, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    make_tree(tmp_path / "etc/old", outside)
+    changes = converge(ctx, path="/etc/old", state="absent", force=True)
+    assert changes == [Change("state", "directory", "absent")]
+    assert not (tmp_path / "etc/old").exists()
+    assert (outside / "precious").read_text() == "keep"
+
+
+def test_force_replaces_a_tree_by_a_link(ctx: Context, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    make_tree(tmp_path / "etc/current", outside)
+    converge(ctx, path="/etc/current", type="link", target="releases/2", force=True)
+    assert os.readlink(tmp_path / "etc/current") == "releases/2"
+    assert (outside / "precious").read_text() == "keep"
+    assert leftovers(tmp_path / "etc") == []
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted at /etc/old/sub/mnt under the sandbox root (needs root)."""
+    point = tmp_path / "etc/old/sub/mnt"
+    point.mkdir(parents=True)
+    (tmp_path / "etc/old/a.conf").write_text("a")
+    done = subprocess.run(["mount", "-t", "tmpfs", "plumb-test", str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        (point / "other-filesystem").write_text("keep")
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_force_never_empties_a_mounted_filesystem(
+    ctx: Context, tmp_path: Path, mounted: Path
+) -> None:
+    spec = KIND.parse({"path": "/etc/old", "state": "absent", "force": True})
+    state = KIND.read(ctx, spec)
+    message = "refusing to remove /etc/old: a filesystem is mounted at /etc/old/sub/mnt"
+    with pytest.raises(ApplyError, match=message):
+        KIND.apply(ctx, spec, state, KIND.diff(spec, state))
+    # Refused before anything was removed.
+    assert (mounted / "other-filesystem").read_text() == "keep"
+    assert (tmp_path / "etc/old/a.conf").read_text() == "a"
+
+
+@pytest.mark.parametrize(
+    ("directory", "expected"),
+    [
+        ("/srv/old", ["/srv/old", "/srv/old/sub mnt"]),
+        ("/srv/old/", ["/srv/old", "/srv/old/sub mnt"]),
+        ("/srv", ["/srv/old", "/srv/old/sub mnt"]),
+        ("/srv/ol", []),  # a prefix of a name is not "below"
+        ("/", ["/", "/proc", "/srv/old", "/srv/old/sub mnt"]),
+    ],
+)
+def test_mount_points_under(directory: str, expected: list[str]) -> None:
+    mountinfo = textwrap.dedent(
+        """\
+        22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+        23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
+        41 22 0:40 / /srv/old rw,relatime shared:20 - tmpfs tmpfs rw
+        42 41 0:41 / /srv/old/sub\\040mnt rw,relatime shared:21 - tmpfs tmpfs rw
+        """
+    )
+    assert mount_points_under(mountinfo, directory) == expected
+
+
+# --- type: link, on the real filesystem ---------------------------------------------
+
+
+def test_create_link(ctx: Context, tmp_path: Path) -> None:
+    changes = converge(ctx, path="/etc/current", type="link", target="../releases/42")
+    assert changes == [
+        Change("state", "absent", "present"),
+        Change("target", "absent", "../releases/42"),
+    ]
+    link = tmp_path / "etc/current"
+    assert link.is_symlink()
+    assert os.readlink(link) == "../releases/42"  # as given: not resolved, need not exist
+    assert leftovers(tmp_path / "etc") == []
+
+
+def test_link_target_change_replaces_the_link_atomically(ctx: Context, tmp_path: Path) -> None:
+    (tmp_path / "releases/1").mkdir(parents=True)
+    (tmp_path / "releases/1/app").write_text("one")
+    link = tmp_path / "etc/current"
+    link.symlink_to("/releases/1")
+    inode = os.lstat(link).st_ino
+    changes = converge(ctx, path="/etc/current", type="link", target="/releases/2")
+    assert changes == [Change("target", "/releases/1", "/releases/2")]
+    assert os.readlink(link) == "/releases/2"
+    assert os.lstat(link).st_ino != inode  # renamed into place
+    assert (tmp_path / "releases/1/app").read_text() == "one"  # the old target is untouched
+    assert leftovers(tmp_path / "etc") == []
+
+
+def test_link_replaces_a_file_atomically(ctx: Context, tmp_path: Path) -> None:
+    path = tmp_path / "etc/current"
+    path.write_text("in the way")
+    changes = converge(ctx, path="/etc/current", type="link", target="motd")
+    assert changes == [Change("type", "file", "link"), Change("target", "file", "motd")]
+    assert os.readlink(path) == "motd"
+
+
+def test_link_owner_is_the_links_own(ctx: Context, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    os.chown(victim, 0, 0)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    raw = {"path": "/etc/current", "type": "link", "target": str(victim)}
+    converge(ctx, **raw)
+    changes = converge(ctx, **raw, owner="nobody", group="nogroup")
+    assert changes == [
+        Change("owner", "root(0)", f"nobody({nobody})"),
+        Change("group", "root(0)", f"nogroup({nogroup})"),
+    ]
+    link = os.lstat(tmp_path / "etc/current")
+    assert (link.st_uid, link.st_gid) == (nobody, nogroup)
+    assert (victim.stat().st_uid, victim.stat().st_gid) == (0, 0)
+    # A new target keeps the unmanaged owner of the link it replaces.
+    converge(ctx, path="/etc/current", type="link", target="elsewhere")
+    assert os.lstat(tmp_path / "etc/current").st_uid == nobody
+
+
+def test_read_does_not_follow_a_link(ctx: Context, tmp_path: Path) -> None:
+    (tmp_path / "etc/real").mkdir(mode=0o700)
+    (tmp_path / "etc/current").symlink_to("real")
+    state = KIND.read(ctx, KIND.parse({"path": "/etc/current", "type": "directory"}))
+    assert (state.type, state.target, state.mode) == (FileType.LINK, "real", None)
+
+
+def test_link_needs_its_parent(ctx: Context, tmp_path: Path) -> None:
+    spec = KIND.parse({"path": "/srv/current", "type": "link", "target": "x"})
+    state = KIND.read(ctx, spec)
+    with pytest.raises(ApplyError, match="cannot create /srv/current: directory /srv does not"):
+        KIND.apply(ctx, spec, state, KIND.diff(spec, state))
+
+
+def test_absent_removes_a_link_to_a_directory_not_the_directory(
+    ctx: Context, tmp_path: Path
+) -> None:
+    (tmp_path / "etc/real").mkdir()
+    (tmp_path / "etc/real/inside").write_text("keep")
+    (tmp_path / "etc/current").symlink_to("real")
+    assert converge(ctx, path="/etc/current", state="absent") == [Change("state", "link", "absent")]
+    assert not (tmp_path / "etc/current").is_symlink()
+    assert (tmp_path / "etc/real/inside").read_text() == "keep"
+
+
 # --- watch: real inotify -------------------------------------------------------
 
 
@@ -488,8 +1006,9 @@ def test_read_error_names_the_path(ctx: Context, tmp_path: Path) -> None:
 def watching(ctx: Context, tmp_path: Path) -> Iterator[Callable[..., Watching]]:
     started: list[Watching] = []
 
-    def start(*paths: str, snapshot: Callable[[], Any] | None = None) -> Watching:
-        watcher = Watching(KIND, ctx, [KIND.parse({"path": path}) for path in paths], snapshot)
+    def start(*specs: str | dict[str, Any], snapshot: Callable[[], Any] | None = None) -> Watching:
+        raws = [{"path": spec} if isinstance(spec, str) else spec for spec in specs]
+        watcher = Watching(KIND, ctx, [KIND.parse(raw) for raw in raws], snapshot)
         started.append(watcher)
         return watcher
 
@@ -563,6 +1082,46 @@ def test_watch_follows_a_missing_parent_directory(
     assert watcher.changed_by(lambda: os.rename(tmp_path / "srv/app", tmp_path / "srv/old"))
     assert watcher.changed_by(lambda: (tmp_path / "srv/app").mkdir())
     assert watcher.changed_by(lambda: (tmp_path / "srv/app/data.conf").write_text("z"))
+
+
+def test_watch_reports_changes_to_a_managed_directory(
+    ctx: Context, tmp_path: Path, watching: Callable[..., Watching]
+) -> None:
+    directory = tmp_path / "etc/app.d"
+    directory.mkdir()
+    watcher = watching({"path": "/etc/app.d", "type": "directory", "mode": "0755"})
+    watcher.prime(lambda: os.utime(directory))
+
+    assert watcher.changed_by(lambda: directory.chmod(0o700))  # its own mode
+    assert watcher.changed_by(lambda: os.chown(directory, 65534, 65534))  # its own owners
+    assert watcher.changed_by(directory.rmdir)
+    assert watcher.changed_by(directory.mkdir)  # and still watched after it
+    assert watcher.changed_by(lambda: directory.chmod(0o750))
+    # Replaced by a file: a new inode at the path, of another type.
+    assert watcher.changed_by(lambda: (directory.rmdir(), directory.write_text("x")))
+
+
+def test_watch_reports_changes_to_a_managed_link(
+    ctx: Context, tmp_path: Path, watching: Callable[..., Watching]
+) -> None:
+    link = tmp_path / "etc/current"
+    link.symlink_to("releases/1")
+    watcher = watching({"path": "/etc/current", "type": "link", "target": "releases/1"})
+    watcher.prime(lambda: os.utime(link, follow_symlinks=False))
+
+    def relink(target: str) -> None:
+        """What ``ln -sfn`` and Plumb do: a new link beside, renamed over the old one."""
+        (tmp_path / "etc/.new").symlink_to(target)
+        os.replace(tmp_path / "etc/.new", link)
+
+    assert watcher.changed_by(lambda: relink("releases/2"))  # a new target
+    assert watcher.changed_by(lambda: os.chown(link, 65534, 65534, follow_symlinks=False))
+    assert watcher.changed_by(link.unlink)
+    assert watcher.changed_by(lambda: link.symlink_to("releases/3"))
+    assert watcher.changed_by(lambda: relink("releases/1"))
+    assert watcher.changed_by(
+        lambda: converge(ctx, path="/etc/current", type="link", target="releases/4")
+    )
 
 
 def test_watch_stops_promptly(
