@@ -10,11 +10,22 @@ Two threads of work:
 Watchers (``agent/watch.py``, unless ``watch=False``) add runs with trigger
 WATCH when something managed changes out of band; the periodic run remains
 the catch-all for whatever no watcher sees.
+
+The agent can upgrade itself through a ``package`` resource. Restarting then
+and there would kill the run (and the dpkg or rpm transaction under it, which
+systemd would take down with the agent's cgroup), so every process the agent
+starts inherits ``PLUMB_AGENT_PID``; the package's scripts see it and, instead
+of restarting the service, leave ``restart-requested`` in the state dir. After
+the run has been reported, the daemon sees the flag, stops cleanly and
+:attr:`Daemon.restart` tells ``plumb-agent daemon`` to exec the new version
+in its place (same PID, so systemd sees no restart at all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import threading
 from pathlib import Path
@@ -35,6 +46,8 @@ from protos import plumb_pb2 as pb
 log = logging.getLogger("plumb.agent")
 
 
+#: Inherited by every process the agent starts (package managers, their scripts).
+AGENT_PID_VARIABLE = "PLUMB_AGENT_PID"
 BACKOFF_BASE_S = 0.5
 #: The window while the server's host refuses connections (nothing listens).
 REFUSED_WINDOW_S = 2.0
@@ -73,6 +86,8 @@ class Daemon:
         self.splay_s = splay_s
         self.max_backoff_s = max_backoff_s
         self.stop = threading.Event()
+        #: Set when a package upgrade asked for a restart: exec the new version.
+        self.restart = False
         self._session: SessionClient | None = None
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},
@@ -83,6 +98,10 @@ class Daemon:
 
     def serve(self) -> None:
         """Run until :attr:`stop` is set (SIGTERM); a run in progress finishes first."""
+        # This process is the new version already, whatever asked for a restart.
+        with contextlib.suppress(FileNotFoundError):
+            self.state.restart_requested.unlink()
+        os.environ[AGENT_PID_VARIABLE] = str(os.getpid())
         # Enforce the cached catalog at once, before the server is even reached.
         self._watch(self._cached_catalog())
         self._scheduler.add_job(self._run, args=[pb.START])
@@ -175,3 +194,9 @@ class Daemon:
         session = self._session
         if report is not None and session is not None:
             session.flush()
+        if self.state.restart_requested.exists():
+            # The report is spooled (and sent, if connected): nothing is lost
+            # by stopping now, and the new version resends what is unacked.
+            log.info("the agent's package was upgraded; restarting into the new version")
+            self.restart = True
+            self.stop.set()

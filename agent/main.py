@@ -203,6 +203,13 @@ def _daemon(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     daemon.serve()
+    if daemon.restart:
+        # The same command line, interpreter flags included, now running the
+        # upgraded code. Logs and stdio are flushed; every other descriptor
+        # Python opened is close-on-exec.
+        logging.shutdown()
+        sys.stdout.flush()
+        os.execv(sys.executable, sys.orig_argv)
     return 0
 
 

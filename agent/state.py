@@ -8,6 +8,7 @@ last_run.json              summary of the last run, for `plumb-agent status`
 converged.json             resource id -> spec hash it last converged to (drift vs. change)
 reverted.json              risky resources reverted at a revision: held until a new one
 run.lock                   one run at a time across daemon and `run --once`
+restart-requested          left by the agent's own package upgrade: restart after the run
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class StateDir:
     @property
     def spool(self) -> Path:
         return self.path / "spool.db"
+
+    @property
+    def restart_requested(self) -> Path:
+        return self.path / "restart-requested"
 
     @property
     def last_run(self) -> Path:
