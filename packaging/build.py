@@ -151,12 +151,22 @@ def deb_arch() -> str:
     ).stdout.strip()
 
 
-def build_deb(component: str, version: str, revision: str, out: Path) -> Path:
+def staged(component: str, stage: Path, tree: Path | None) -> None:
+    """Lay the component's tree out in ``stage``: built now, or copied from ``tree``."""
+    if tree is None:
+        build_tree(component, stage)
+    else:
+        shutil.copytree(tree, stage, symlinks=True)
+
+
+def build_deb(
+    component: str, version: str, revision: str, out: Path, tree: Path | None = None
+) -> Path:
     spec = COMPONENTS[component]
     name = f"plumb-{component}"
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "root"
-        build_tree(component, stage)
+        staged(component, stage, tree)
         control = stage / "DEBIAN"
         control.mkdir()
         description = "\n".join(f" {line}" for line in str(spec["description"]).splitlines())
@@ -200,13 +210,15 @@ def build_deb(component: str, version: str, revision: str, out: Path) -> Path:
 # --- .rpm ------------------------------------------------------------------------
 
 
-def build_rpm(component: str, version: str, revision: str, out: Path) -> Path:
+def build_rpm(
+    component: str, version: str, revision: str, out: Path, tree: Path | None = None
+) -> Path:
     """rpmbuild from packaging/rpm/plumb-<component>.spec over the same file tree."""
     name = f"plumb-{component}"
     with tempfile.TemporaryDirectory() as tmp:
         top = Path(tmp)
         stage = top / "stage"
-        build_tree(component, stage)
+        staged(component, stage, tree)
         # RPM versions may not contain '-'; a local build tag like 0.1.0+test is fine.
         rpm_version = re.sub(r"[^A-Za-z0-9._+~]", "_", version)
         log(f"rpmbuild {name}-{rpm_version}-{revision}")
@@ -245,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--revision", default="1", help="package build number, bump for a rebuild (default: 1)"
     )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        help="pack this tree (from `build.py tree`) instead of building one: "
+        "several packages of one build, e.g. .deb and .rpm",
+    )
     args = parser.parse_args(argv)
     if args.format == "tree":
         if args.out.exists() and any(args.out.iterdir()):
@@ -252,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         build_tree(args.component, args.out)
         print(args.out)
     elif args.format == "deb":
-        print(build_deb(args.component, args.version, args.revision, args.out))
+        print(build_deb(args.component, args.version, args.revision, args.out, args.tree))
     else:
-        print(build_rpm(args.component, args.version, args.revision, args.out))
+        print(build_rpm(args.component, args.version, args.revision, args.out, args.tree))
     return 0
 
 
