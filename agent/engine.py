@@ -3,7 +3,8 @@
 It owns everything that cuts across kinds, once: ordering by ``require``
 and ``subscribe``, refreshes, failure isolation, the noop/audit/enforce modes
 and the status vocabulary of :class:`modules.base.Status`. For each resource,
-in graph order::
+in graph order (resources of a batchable kind may be gathered earlier, see
+below)::
 
     kind    = kinds(res.kind)                  # unknown kind -> failed
     spec    = kind.parse(res.spec)             # SpecError -> failed, names the field
@@ -14,6 +15,7 @@ in graph order::
     # verify: read + diff again; still changes -> failed, else repaired
     kind.refresh(ctx, spec, applied)           # enforce only, if something it
                                                # subscribes to was repaired
+    observed = kind.describe(ctx, spec, state) # the newest state read; for the report
 
 A resource whose requirement (``require`` or ``subscribe``) failed or was
 skipped is skipped without being read. In a dry evaluation (a noop run, or an
@@ -58,6 +60,38 @@ server"), so its dependents are skipped. The result's ``reverted`` flag lets
 the caller hold that resource (``hold``) until a new catalog arrives, instead
 of cutting itself off again on every run.
 
+Batchable kinds (``kind.batchable``: packages) are changed together, in one
+:meth:`modules.base.Kind.apply_batch` (one apt or dnf transaction). In an
+enforce run, when the engine reaches a resource of a batchable kind that it
+would enforce now, it gathers every other resource of that kind not evaluated
+yet that it would enforce now too: mode ``enforce``, not held, and everything
+it requires or subscribes to already evaluated and neither failed nor
+skipped. Nothing such a resource waits on is pending, so evaluating it before
+its place in the graph order breaks no ordering; one that still waits on
+something keeps its place (and may gather a batch of its own then). Each is
+parsed, read and diffed on its own (a failure fails that one alone); those
+with changes are applied in ONE ``apply_batch`` (a lone one with ``apply``);
+then each is verified, refreshed and described on its own, exactly as after
+a single apply, and gets its own result. If ``apply_batch`` raises a
+ModuleError, the engine retries: it reads each resource again and applies the
+ones that still differ one by one with ``apply``, so one bad package fails
+alone with the package manager's message and the rest still converge (the
+batch's error is logged). Any other exception from ``apply_batch`` is a bug
+and fails the whole batch. Noop runs and audit resources are never batched
+(nothing is applied), nor held ones, nor risky kinds (they cannot be
+batchable: confirm-or-revert works one resource at a time).
+
+A result's ``duration_s`` is the time spent on that resource alone (parse,
+read, diff, apply, verify, refresh, describe), plus in a batch an even share
+of the ``apply_batch`` call (also of a failed one, before the retry): the
+shares of one batch add up to the time it took.
+
+After everything else, the engine asks the kind to describe the newest state
+it read of each resource (:meth:`modules.base.Kind.describe`: a service's
+pid, memory, uptime) and carries it in the result as ``observed``; after a
+refresh it reads the resource again for that. A describe that raises is
+logged and leaves ``observed`` empty; it never fails the resource.
+
 Usage::
 
     results = engine.run(catalog.resources, Context(), noop=True)
@@ -66,13 +100,14 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from agent.errors import CatalogError
@@ -107,6 +142,9 @@ class ResourceResult:
     #: Confirm-or-revert found the server unreachable after this change and
     #: restored (or tried to restore) the state from before it.
     reverted: bool = False
+    #: What the resource looks like now (:meth:`modules.base.Kind.describe`);
+    #: empty when the kind describes nothing or no current state was read.
+    observed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 #: Says whether the server can be reached over a fresh connection right now.
@@ -140,8 +178,13 @@ def run(
     guard = _Guard(ctx.log, confirm)
     runner = _Runner(ctx, noop, kinds, clock, guard, hold, revision)
     done: dict[str, ResourceResult] = {}
-    for res in order:
-        done[res.id] = _log(ctx, runner.evaluate(res, done))
+    for position, res in enumerate(order):
+        if res.id in done:
+            continue  # evaluated earlier, in a batch
+        batch = runner.batch(res, order[position + 1 :], done)
+        results = runner.evaluate_batch(*batch, done) if batch else [runner.evaluate(res, done)]
+        for result in results:
+            done[result.id] = _log(ctx, result)
     return [done[res.id] for res in resources]
 
 
@@ -224,12 +267,32 @@ def _find_cycle(requires: list[frozenset[int]], ordered: set[int]) -> list[int]:
 # --- evaluating one resource ------------------------------------------------
 
 
+#: ``_Outcome.state`` when there is no current state of the resource to describe.
+_UNREAD: Any = object()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
     status: Status
     changes: tuple[Change, ...] = ()
     error: str = ""
     reverted: bool = False
+    #: The newest state read of the resource, unless this run may have changed
+    #: it since (a failed apply, a revert); what describe is asked about.
+    state: Any = _UNREAD
+    observed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Item:
+    """One resource of a batch on its way through it."""
+
+    res: CatalogResource
+    spent: float = 0.0  # seconds charged to it so far
+    spec: Any = None
+    state: Any = _UNREAD
+    changes: tuple[Change, ...] = ()
+    outcome: _Outcome | None = None  # set when its own read, apply and verify are over
 
 
 class _Guard:
@@ -267,7 +330,7 @@ class _Guard:
 
 @dataclasses.dataclass(frozen=True)
 class _Runner:
-    """Evaluates resources one at a time with one run's settings."""
+    """Evaluates resources, one at a time or in batches, with one run's settings."""
 
     ctx: Context
     noop: bool
@@ -293,14 +356,27 @@ class _Runner:
             spec = kind.parse(res.spec)
         except Exception as exc:
             return self._failed(res, exc)
-        subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
         if self.noop or res.mode is Mode.AUDIT:
             pending = [req.id for req in required if req.status in _UNAPPLIED]
             own = self._dry(res, kind, spec, pending)
-            return _refresh_pending(own, [s.id for s in subscribed if s.status in _CHANGING])
+            subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
+            notifiers = [s.id for s in subscribed if s.status in _CHANGING]
+            return self._described(res, kind, spec, _refresh_pending(own, notifiers))
         if res.id in self.hold:
             return _Outcome(Status.FAILED, error=self._held())
-        return self._notified(res, kind, spec, self._enforce(res, kind, spec), subscribed)
+        return self._finish(res, kind, spec, self._enforce(res, kind, spec), done)
+
+    def _finish(
+        self,
+        res: CatalogResource,
+        kind: Kind[Any, Any],
+        spec: Any,
+        own: _Outcome,
+        done: dict[str, ResourceResult],
+    ) -> _Outcome:
+        """``own`` (an enforced outcome), refreshed if need be, with what it looks like now."""
+        subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
+        return self._described(res, kind, spec, self._notified(res, kind, spec, own, subscribed))
 
     def _notified(
         self,
@@ -319,18 +395,46 @@ class _Runner:
         by = _notified_by(changed)
         if not kind.refreshable:  # only a catalog the server would refuse today
             error = f"cannot refresh ({by}): kind {res.kind!r} is not refreshable"
-            return _Outcome(Status.FAILED, own.changes, error)
+            return dataclasses.replace(own, status=Status.FAILED, error=error)
         applied = own.changes if own.status is Status.REPAIRED else ()
         try:
             change = kind.refresh(self.ctx, spec, applied)
         except Exception as exc:
             failed = self._failed(res, exc, own.changes)
-            return dataclasses.replace(failed, error=f"refresh failed ({by}): {failed.error}")
+            error = f"refresh failed ({by}): {failed.error}"
+            return dataclasses.replace(failed, error=error, state=self._reread(res, kind, spec))
         if change is None:
             return own
         note = f"{change.desired} ({by})" if change.desired else by
         refreshed = Change(change.field, change.observed, note)
-        return _Outcome(Status.REPAIRED, (*own.changes, refreshed))
+        state = self._reread(res, kind, spec)
+        return _Outcome(Status.REPAIRED, (*own.changes, refreshed), state=state)
+
+    def _reread(self, res: CatalogResource, kind: Kind[Any, Any], spec: Any) -> Any:
+        """The state after a refresh, for describe (a restart makes a new process)."""
+        try:
+            return kind.read(self.ctx, spec)
+        except Exception as exc:
+            self.ctx.log.warning("%s: reading it again after the refresh failed: %s", res.id, exc)
+            return _UNREAD
+
+    def _described(
+        self, res: CatalogResource, kind: Kind[Any, Any], spec: Any, outcome: _Outcome
+    ) -> _Outcome:
+        """``outcome`` with what the kind says its state looks like; never fails it."""
+        if outcome.state is _UNREAD:
+            return outcome
+        try:
+            described = kind.describe(self.ctx, spec, outcome.state)
+            observed = {str(key): str(value) for key, value in described.items()}
+        except Exception as exc:
+            self.ctx.log.warning(
+                "%s: describing it for the report failed; reported without observed state",
+                res.id,
+                exc_info=exc,
+            )
+            return outcome
+        return dataclasses.replace(outcome, observed=observed)
 
     def _held(self) -> str:
         at = f" at revision {self.revision}" if self.revision else ""
@@ -341,7 +445,7 @@ class _Runner:
     ) -> _Outcome:
         """Read and diff only; a failure with unapplied requirements is unknown."""
         try:
-            _, changes = self._observe(kind, spec)
+            state, changes = self._observe(kind, spec)
         except ModuleError as exc:
             if not pending:
                 return self._failed(res, exc)
@@ -349,7 +453,8 @@ class _Runner:
             return _Outcome(Status.UNKNOWN, error=detail)
         except Exception as exc:
             return self._failed(res, exc)
-        return _Outcome(Status.DRIFTED, changes) if changes else _Outcome(Status.IN_SYNC)
+        status = Status.DRIFTED if changes else Status.IN_SYNC
+        return _Outcome(status, changes, state=state)
 
     def _enforce(self, res: CatalogResource, kind: Kind[Any, Any], spec: Any) -> _Outcome:
         """Read, diff, apply, and check that the apply really converged."""
@@ -358,7 +463,7 @@ class _Runner:
         except Exception as exc:
             return self._failed(res, exc)
         if not changes:
-            return _Outcome(Status.IN_SYNC)
+            return _Outcome(Status.IN_SYNC, state=state)
         guarded = kind.risky and self.guard.armed(res.id)
         outcome = self._apply(res, kind, spec, state, changes)
         if guarded and not self.guard.reachable(res.id):
@@ -375,10 +480,19 @@ class _Runner:
     ) -> _Outcome:
         try:
             kind.apply(self.ctx, spec, state, list(changes))
-            _, remaining = self._observe(kind, spec)
         except Exception as exc:
             return self._failed(res, exc, changes)
-        return _verified(changes, remaining)
+        return self._verify(res, kind, spec, changes)
+
+    def _verify(
+        self, res: CatalogResource, kind: Kind[Any, Any], spec: Any, changes: tuple[Change, ...]
+    ) -> _Outcome:
+        """Read and diff again after ``changes`` were applied: repaired, or failed saying why."""
+        try:
+            state, remaining = self._observe(kind, spec)
+        except Exception as exc:
+            return self._failed(res, exc, changes)
+        return _verified(changes, remaining, state)
 
     def _revert(
         self,
@@ -415,13 +529,138 @@ class _Runner:
         self.ctx.log.error("%s: unexpected error in kind %r", res.id, res.kind, exc_info=exc)
         return _Outcome(Status.FAILED, changes, f"{type(exc).__name__}: {exc}")
 
+    # --- batches ------------------------------------------------------------
 
-def _verified(changes: tuple[Change, ...], remaining: tuple[Change, ...]) -> _Outcome:
+    def batch(
+        self,
+        res: CatalogResource,
+        rest: Sequence[CatalogResource],
+        done: dict[str, ResourceResult],
+    ) -> tuple[Kind[Any, Any], list[CatalogResource]] | None:
+        """``res`` and what of ``rest`` to apply in one batch with it; None: evaluate it alone.
+
+        ``rest`` is what comes after ``res`` in graph order.
+        """
+        if self.noop or not self._enforceable_now(res, done):
+            return None
+        try:
+            kind = self.kinds(res.kind)
+        except Exception:
+            return None  # evaluating it alone says why
+        if not kind.batchable or kind.risky:
+            return None
+        others = [o for o in rest if o.kind == res.kind and self._enforceable_now(o, done)]
+        return (kind, [res, *others]) if others else None
+
+    def _enforceable_now(self, res: CatalogResource, done: dict[str, ResourceResult]) -> bool:
+        """Whether ``res`` would be read and applied if it were evaluated right now."""
+        if res.id in done or res.mode is not Mode.ENFORCE or res.id in self.hold:
+            return False
+        required = (*res.require, *res.subscribe)
+        return all(req in done and done[req].status not in _BLOCKING for req in required)
+
+    def evaluate_batch(
+        self,
+        kind: Kind[Any, Any],
+        members: list[CatalogResource],
+        done: dict[str, ResourceResult],
+    ) -> list[ResourceResult]:
+        """The results of ``members`` (in that order), their changes applied in one batch."""
+        items = [_Item(res) for res in members]
+        for item in items:
+            with self._charged(item):
+                self._prepare(kind, item)
+        pending = [item for item in items if item.outcome is None]
+        if len(pending) == 1:
+            [item] = pending
+            with self._charged(item):
+                item.outcome = self._apply(item.res, kind, item.spec, item.state, item.changes)
+        elif pending:
+            self._apply_together(kind, pending)
+        results = []
+        for item in items:
+            assert item.outcome is not None
+            with self._charged(item):
+                outcome = self._finish(item.res, kind, item.spec, item.outcome, done)
+            results.append(_result(item.res, outcome, duration_s=item.spent))
+        return results
+
+    @contextlib.contextmanager
+    def _charged(self, *items: _Item) -> Iterator[None]:
+        """Charge the time spent in the block to ``items``, in even shares."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            share = (self.clock() - start) / len(items)
+            for item in items:
+                item.spent += share
+
+    def _prepare(self, kind: Kind[Any, Any], item: _Item) -> None:
+        """Parse, read and diff ``item``; its outcome is set unless it has changes to apply."""
+        try:
+            item.spec = kind.parse(item.res.spec)
+            item.state, item.changes = self._observe(kind, item.spec)
+        except Exception as exc:
+            item.outcome = self._failed(item.res, exc)
+            return
+        if not item.changes:
+            item.outcome = _Outcome(Status.IN_SYNC, state=item.state)
+
+    def _apply_together(self, kind: Kind[Any, Any], pending: list[_Item]) -> None:
+        """One ``apply_batch`` for ``pending``, then each verified; one by one if it fails."""
+        ids = ", ".join(item.res.id for item in pending)
+        self.ctx.log.info("applying %d %s resources in one batch: %s", len(pending), kind.name, ids)
+        batch = [(item.spec, item.state, list(item.changes)) for item in pending]
+        failure: Exception | None = None
+        with self._charged(*pending):
+            try:
+                kind.apply_batch(self.ctx, batch)
+            except Exception as exc:
+                failure = exc
+        if failure is None:
+            for item in pending:
+                with self._charged(item):
+                    item.outcome = self._verify(item.res, kind, item.spec, item.changes)
+        elif isinstance(failure, ModuleError):
+            self.ctx.log.warning(
+                "applying %s in one batch failed (%s); applying them one by one", ids, failure
+            )
+            for item in pending:
+                with self._charged(item):
+                    item.outcome = self._apply_alone(kind, item)
+        else:
+            self.ctx.log.error(
+                "%s: unexpected error in kind %r applying a batch", ids, kind.name, exc_info=failure
+            )
+            error = f"{type(failure).__name__}: {failure} (in a batch with {ids})"
+            for item in pending:
+                item.outcome = _Outcome(Status.FAILED, item.changes, error)
+
+    def _apply_alone(self, kind: Kind[Any, Any], item: _Item) -> _Outcome:
+        """After a failed batch: read ``item`` again, and apply it alone if it still differs.
+
+        The batch may have changed some of its resources before it failed. The
+        result reports the changes found before the batch, as for any repair.
+        """
+        try:
+            state, changes = self._observe(kind, item.spec)
+        except Exception as exc:
+            return self._failed(item.res, exc, item.changes)
+        if not changes:
+            return _Outcome(Status.REPAIRED, item.changes, state=state)
+        outcome = self._apply(item.res, kind, item.spec, state, changes)
+        return dataclasses.replace(outcome, changes=item.changes)
+
+
+def _verified(
+    changes: tuple[Change, ...], remaining: tuple[Change, ...], state: Any = _UNREAD
+) -> _Outcome:
     """Repaired if nothing differs any more after apply, else failed naming what still does."""
     if not remaining:
-        return _Outcome(Status.REPAIRED, changes)
+        return _Outcome(Status.REPAIRED, changes, state=state)
     detail = "; ".join(str(change) for change in remaining)
-    return _Outcome(Status.FAILED, changes, f"still differs after apply: {detail}")
+    return _Outcome(Status.FAILED, changes, f"still differs after apply: {detail}", state=state)
 
 
 def _refresh_pending(own: _Outcome, notifiers: list[str]) -> _Outcome:
@@ -429,7 +668,7 @@ def _refresh_pending(own: _Outcome, notifiers: list[str]) -> _Outcome:
     if not notifiers or own.status not in (Status.IN_SYNC, Status.REPAIRED, Status.DRIFTED):
         return own
     pending = Change("refresh", "pending", f"refreshed ({_notified_by(notifiers)})")
-    return _Outcome(Status.DRIFTED, (*own.changes, pending))
+    return dataclasses.replace(own, status=Status.DRIFTED, changes=(*own.changes, pending))
 
 
 def _notified_by(ids: list[str]) -> str:
@@ -463,6 +702,7 @@ def _result(res: CatalogResource, outcome: _Outcome, duration_s: float = 0.0) ->
         duration_s=duration_s,
         controls=res.controls,
         reverted=outcome.reverted,
+        observed=outcome.observed,
     )
 
 

@@ -211,4 +211,5 @@ def _result(r: engine.ResourceResult, drift: bool) -> pb.ResourceResult:
         error=r.error,
         duration_s=r.duration_s,
         controls=list(r.controls),
+        observed=dict(r.observed),
     )

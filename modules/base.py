@@ -20,6 +20,15 @@ A kind that can be *refreshed* (a service: restart or reload) sets
 ``subscribe`` to others (or are ``notify``-ed by them) are refreshed when one
 of those was changed in the same run. See :meth:`Kind.refresh` for the
 contract.
+
+A kind whose changes are best made together (packages: one apt or dnf
+transaction) sets ``batchable = True`` and implements :meth:`Kind.apply_batch`;
+the engine then hands it the changes of several resources at once. See
+:meth:`Kind.apply_batch`.
+
+Every kind may say what a resource looks like now, beyond what its spec
+manages (a service's main process: pid, memory, uptime), with
+:meth:`Kind.describe`; the engine puts that in the report as ``observed``.
 """
 
 from __future__ import annotations
@@ -104,6 +113,13 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
 
     #: The name manifests use (``kind: file``); unique in the registry.
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.risky and cls.batchable:
+            # Confirm-or-revert snapshots, confirms and restores one resource
+            # at a time; a batch would have to be reverted as a whole.
+            raise TypeError(f"kind class {cls.__name__}: a risky kind cannot be batchable")
 
     @abc.abstractmethod
     def parse(self, raw: Mapping[str, Any]) -> SpecT:
@@ -209,3 +225,69 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
         should not be refreshable.
         """
         raise NotImplementedError(f"kind {self.name!r} cannot be refreshed")
+
+    #: Whether :meth:`apply_batch` is implemented, i.e. whether the engine may
+    #: change several resources of this kind in one step. A risky kind cannot be
+    #: batchable (refused when the class is defined).
+    batchable: ClassVar[bool] = False
+
+    def apply_batch(
+        self, ctx: Context, items: Sequence[tuple[SpecT, StateT, list[Change]]]
+    ) -> None:
+        """Make the changes of several resources of this kind in one step.
+
+        Only for batchable kinds; for a package manager, one transaction, so
+        dependencies are resolved once and a set of packages that only works
+        together is never half-installed. **The engine decides what goes
+        together, the kind only applies it.** Each item is ``(spec, state,
+        changes)`` exactly as :meth:`apply` would get it for that resource
+        alone: ``state`` read and ``changes`` (never empty) diffed just before,
+        in this run. The engine calls it only in an enforce run, only with two
+        or more items, in graph order, and only with resources that would each
+        be applied on their own right now: mode ``enforce``, not held, every
+        resource they require or subscribe to already evaluated and neither
+        failed nor skipped (so nothing one item waits on is still pending,
+        including another item). A lone resource with changes gets
+        :meth:`apply`, so ``apply`` must keep working for one resource (it may
+        simply call ``apply_batch`` with one item).
+
+        Afterwards the engine verifies every item on its own (read + diff
+        again) and reports each one separately: ``repaired``, or ``failed``
+        with "still differs after apply: ...". Refreshes of subscribers and
+        :meth:`describe` follow per resource, as for a single apply.
+
+        Like :meth:`apply`: one step where the system allows it, no sleeping
+        or retrying. On failure raise a :class:`modules.errors.ModuleError`
+        (``ApplyError`` with the command's output, e.g. apt's "E: Unable to
+        locate package nosuch"). The engine then owns the retry: it reads each
+        item again and applies those that still differ one by one with
+        :meth:`apply`, so one bad item fails alone with its own message and
+        the others still converge. A batch that changed some items before
+        failing is therefore fine, as long as each item is left in a state
+        :meth:`read` can observe. Any other exception is treated as a bug:
+        every item is failed with its type, without a retry, and it is logged
+        with a traceback.
+        """
+        raise NotImplementedError(f"kind {self.name!r} cannot apply a batch")
+
+    def describe(self, ctx: Context, spec: SpecT, state: StateT) -> Mapping[str, str]:
+        """What the resource looks like now, for the report (``observed``); default: nothing.
+
+        Optional, for facts an operator wants beside the status that the spec
+        does not manage: a service's main process (``{"main_pid": "812",
+        "memory_rss": "12.4 MiB", "uptime": "3605 s"}``). Keys are short
+        snake_case names, values short human-readable renderings; keep it to
+        a handful, since it is sent with every report.
+
+        The engine calls it once per resource per run, on the newest state
+        this run read of the resource: the verifying read after an apply, the
+        read of an in-sync or dry (drifted) resource, and after a refresh a
+        read made for this purpose (a restart changes the very process being
+        described). It is not called when no current state was read: a read
+        or parse failure, a failed apply, a revert, held or skipped resources.
+        Prefer rendering ``state``; a little I/O for facts ``read`` does not
+        need (psutil on a pid) is fine, but it must not change anything. An
+        exception here never fails the resource: the engine logs it with a
+        traceback and reports nothing observed.
+        """
+        return {}

@@ -142,7 +142,14 @@ class Change(_message.Message):
     def __init__(self, field: _Optional[str] = ..., observed: _Optional[str] = ..., desired: _Optional[str] = ...) -> None: ...
 
 class ResourceResult(_message.Message):
-    __slots__ = ("id", "kind", "name", "manifest", "status", "changes", "error", "duration_s", "controls", "drift")
+    __slots__ = ("id", "kind", "name", "manifest", "status", "changes", "error", "duration_s", "controls", "drift", "observed")
+    class ObservedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +160,7 @@ class ResourceResult(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     CONTROLS_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     name: str
@@ -163,7 +171,8 @@ class ResourceResult(_message.Message):
     duration_s: float
     controls: _containers.RepeatedScalarFieldContainer[str]
     drift: bool
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., manifest: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ..., controls: _Optional[_Iterable[str]] = ..., drift: _Optional[bool] = ...) -> None: ...
+    observed: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., manifest: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ..., controls: _Optional[_Iterable[str]] = ..., drift: _Optional[bool] = ..., observed: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Report(_message.Message):
     __slots__ = ("id", "node_name", "revision", "noop", "trigger", "started_at", "finished_at", "results")

@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,10 +265,27 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _detail(result: pb.ResourceResult) -> str:
+    """Changes, then the error, then what the resource looks like now (key=value ...)."""
     parts = [f"{c.field}: {c.observed} → {c.desired}" for c in result.changes]
     if result.error:
         parts.append(result.error)
+    if result.observed:
+        parts.append(_pairs(result.observed))
     return "; ".join(parts)
+
+
+def _pairs(values: Mapping[str, str]) -> str:
+    """``key=value`` pairs in key order; a value that would not read as one word is quoted."""
+    return " ".join(f"{key}={_word(value)}" for key, value in sorted(values.items()))
+
+
+def _word(value: str) -> str:
+    if _BARE.fullmatch(value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+_BARE = re.compile(r'[^\s";=]+')
 
 
 def _drift(args: argparse.Namespace) -> int:

@@ -100,6 +100,8 @@ reports = sa.Table(
     # The report as the agent sent it: its protobuf encoding. Everything worth a
     # query is in columns and the status/drift tables; converting every report
     # to JSON would cost ~1 ms each, a thousand reports a second of one core.
+    # What only a report shows (errors, durations, each resource's observed
+    # state) lives here alone; `plumb report` reads it back from here.
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
 

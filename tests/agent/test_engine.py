@@ -32,6 +32,8 @@ FAULTS = (
     "restore_error",
     "refresh_error",
     "refresh_bug",
+    "batch_bug",
+    "describe_bug",
 )
 
 
@@ -121,6 +123,7 @@ class Service(Memory):
         super().__init__(memory.system)
         self.reads, self.applied = memory.reads, memory.applied
         self.refreshed: list[tuple[str, list[str]]] = []
+        self.described: list[tuple[str, str | None]] = []
 
     def refresh(self, ctx: Context, spec: MemSpec, applied: Sequence[Change]) -> Change | None:
         self.applied.append(f"↻{spec.key}")
@@ -130,6 +133,45 @@ class Service(Memory):
         if spec.fault == "refresh_bug":
             raise RuntimeError("kaboom")
         return None if applied else Change("restart", "running", "restarted")
+
+    def describe(self, ctx: Context, spec: MemSpec, state: str | None) -> dict[str, str]:
+        """What a report shows of it: the state it was given (logged in ``described``)."""
+        self.described.append((spec.key, state))
+        if spec.fault == "describe_bug":
+            raise RuntimeError("no such process")
+        return {"value": state or "absent"}
+
+
+class Batched(Memory):
+    """The same dict "system", but a batchable kind (packages: one transaction for several).
+
+    Each batch is logged in the shared apply log as its keys joined by ``+``
+    (``"a+b"``), so the cases show what went in which batch, and when. Like
+    dnf removing and then installing, a batch is not atomic: it writes its
+    items in order and stops at the first bad one.
+    """
+
+    name = "pkg"
+    batchable = True
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory.system)
+        self.reads, self.applied = memory.reads, memory.applied
+
+    def apply_batch(
+        self, ctx: Context, items: Sequence[tuple[MemSpec, str | None, list[Change]]]
+    ) -> None:
+        self.applied.append("+".join(spec.key for spec, _, _ in items))
+        if any(spec.fault == "batch_bug" for spec, _, _ in items):
+            raise RuntimeError("batch boom")
+        for spec, _, _ in items:
+            if spec.fault == "apply_error":
+                raise ApplyError("transaction failed", output=f"E: Unable to locate {spec.key}")
+            if spec.fault != "stuck":
+                self.system[spec.key] = spec.value
+
+    def describe(self, ctx: Context, spec: MemSpec, state: str | None) -> dict[str, str]:
+        return {"installed": state or "absent"}
 
 
 def svc(
@@ -144,6 +186,20 @@ def svc(
     """A resource of the refreshable fake kind; ``subscribe`` and ``require`` take ids."""
     raw = {"key": key, "value": value, **spec}
     return CatalogResource("svc", key, raw, mode=mode, require=require, subscribe=subscribe)
+
+
+def pkg(
+    key: str,
+    value: str = "1",
+    *,
+    require: tuple[str, ...] = (),
+    subscribe: tuple[str, ...] = (),
+    mode: Mode = Mode.ENFORCE,
+    **spec: str,
+) -> CatalogResource:
+    """A resource of the batchable fake kind; ``require`` and ``subscribe`` take ids."""
+    raw = {"key": key, "value": value, **spec}
+    return CatalogResource("pkg", key, raw, mode=mode, require=require, subscribe=subscribe)
 
 
 def net(
@@ -190,6 +246,7 @@ class Fake:
     memory: Memory
     risky: Risky
     service: Service
+    batched: Batched
     confirms: list[bool] | None = None  # what confirm answers, in order; None: no confirm
     confirm_calls: int = 0
 
@@ -200,6 +257,8 @@ class Fake:
             return self.risky
         if name == "svc":
             return self.service
+        if name == "pkg":
+            return self.batched
         if name == "broken":
             raise ImportError("cannot import modules.broken")
         raise SpecError("kind", f"unknown kind {name!r}")
@@ -225,7 +284,7 @@ class Fake:
 
 def fake(system: dict[str, str] | None = None, confirms: list[bool] | None = None) -> Fake:
     memory = Memory(dict(system or {}))
-    return Fake(memory, Risky(memory), Service(memory), confirms)
+    return Fake(memory, Risky(memory), Service(memory), Batched(memory), confirms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +304,10 @@ class Case:
     restored: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
     reverted: frozenset[str] = frozenset()  # ids whose result says reverted
     refreshed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
+    # by key or id, what each result says was observed (those that say anything);
+    # None: not checked
+    observed: dict[str, dict[str, str]] | None = None
+    described: list[tuple[str, str | None]] | None = None  # describe's calls; None: not checked
 
 
 S = Status
@@ -799,6 +862,197 @@ CASES += [
 ]
 
 
+# Batches: the apply log shows each apply_batch call as its keys joined by "+".
+CASES += [
+    Case(
+        "batchable: the kind's enforce resources in one apply_batch, each verified alone",
+        [pkg("a"), pkg("b", "2"), pkg("c")],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.REPAIRED, "pkg/c": S.IN_SYNC},
+        system={"b": "0", "c": "1"},
+        changes={"pkg/a": ["value: absent → 1"], "pkg/b": ["value: 0 → 2"], "pkg/c": []},
+        applied=["a+b"],
+        after={"a": "1", "b": "2", "c": "1"},
+        reads=["a", "b", "c", "a", "b"],
+        observed={
+            "pkg/a": {"installed": "1"},
+            "pkg/b": {"installed": "2"},
+            "pkg/c": {"installed": "1"},
+        },
+    ),
+    Case(
+        "batch: gathered early past others; one waiting on a later resource keeps its place",
+        [pkg("a"), mem("x"), pkg("b", require=("mem/x",)), pkg("c")],
+        {"pkg/a": S.REPAIRED, "x": S.REPAIRED, "pkg/b": S.REPAIRED, "pkg/c": S.REPAIRED},
+        applied=["a+c", "x", "b"],
+        after={"a": "1", "x": "1", "b": "1", "c": "1"},
+    ),
+    Case(
+        "batch: a resource requiring a batched one is not in its batch",
+        [pkg("a"), pkg("b", require=("pkg/a",)), pkg("c"), pkg("d", subscribe=("pkg/c",))],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.REPAIRED, "pkg/c": S.REPAIRED, "pkg/d": S.FAILED},
+        errors={"pkg/d": "cannot refresh (notified by pkg/c): kind 'pkg' is not refreshable"},
+        applied=["a+c", "b+d"],
+        after={"a": "1", "b": "1", "c": "1", "d": "1"},
+    ),
+    Case(
+        "batch: a lone change gets apply, not apply_batch",
+        [pkg("a"), pkg("b")],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.IN_SYNC},
+        system={"b": "1"},
+        applied=["a"],
+        after={"a": "1", "b": "1"},
+    ),
+    Case(
+        "batch: a resource whose requirement failed is skipped, not batched",
+        [mem("x", fault="apply_error"), pkg("a"), pkg("b", require=("mem/x",)), pkg("c")],
+        {"x": S.FAILED, "pkg/a": S.REPAIRED, "pkg/b": S.SKIPPED, "pkg/c": S.REPAIRED},
+        errors={"pkg/b": "requires mem/x, which failed"},
+        applied=["x", "a+c"],
+        after={"a": "1", "c": "1"},
+    ),
+    Case(
+        "batch: never in a noop run",
+        [pkg("a"), pkg("b")],
+        {"pkg/a": S.DRIFTED, "pkg/b": S.DRIFTED},
+        noop=True,
+        observed={"pkg/a": {"installed": "absent"}, "pkg/b": {"installed": "absent"}},
+    ),
+    Case(
+        "batch: audit resources stay out, enforce ones are batched",
+        [pkg("a", mode=Mode.AUDIT), pkg("b"), pkg("c")],
+        {"pkg/a": S.DRIFTED, "pkg/b": S.REPAIRED, "pkg/c": S.REPAIRED},
+        applied=["b+c"],
+        after={"b": "1", "c": "1"},
+    ),
+    Case(
+        "batch: held resources stay out",
+        [pkg("a"), pkg("b"), pkg("c")],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.FAILED, "pkg/c": S.REPAIRED},
+        hold=frozenset({"pkg/b"}),
+        errors={"pkg/b": "held: reverted earlier at revision 7"},
+        applied=["a+c"],
+        after={"a": "1", "c": "1"},
+    ),
+    Case(
+        "batch fails: read again and applied one by one; the bad one fails alone",
+        [pkg("a"), pkg("b", fault="apply_error"), pkg("c"), pkg("d", require=("pkg/b",))],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.FAILED, "pkg/c": S.REPAIRED, "pkg/d": S.SKIPPED},
+        errors={"pkg/b": "cannot write: disk full", "pkg/d": "requires pkg/b, which failed"},
+        changes={"pkg/a": ["value: absent → 1"], "pkg/b": ["value: absent → 1"]},
+        applied=["a+b+c", "b", "c"],  # the batch wrote a before failing: a needs no retry
+        after={"a": "1", "c": "1"},
+        reads=["a", "b", "c", "a", "b", "c", "c"],
+        observed={"pkg/a": {"installed": "1"}, "pkg/c": {"installed": "1"}},
+    ),
+    Case(
+        "batch: one that did not converge fails verification alone",
+        [pkg("a", fault="stuck"), pkg("b")],
+        {"pkg/a": S.FAILED, "pkg/b": S.REPAIRED},
+        errors={"pkg/a": "still differs after apply: value: absent → 1"},
+        applied=["a+b"],
+        after={"b": "1"},
+        observed={"pkg/a": {"installed": "absent"}, "pkg/b": {"installed": "1"}},
+    ),
+    Case(
+        "batch: parse and read errors fail alone, the rest is batched",
+        [
+            pkg("a", fault="read_error"),
+            CatalogResource("pkg", "z", {"key": "z", "value": 1}),
+            pkg("b"),
+            pkg("c"),
+        ],
+        {"pkg/a": S.FAILED, "pkg/z": S.FAILED, "pkg/b": S.REPAIRED, "pkg/c": S.REPAIRED},
+        errors={"pkg/a": "cannot read: permission denied", "pkg/z": "value: expected a string"},
+        applied=["b+c"],
+        after={"b": "1", "c": "1"},
+    ),
+    Case(
+        "batch: a bug in apply_batch fails the whole batch, without a retry",
+        [pkg("a"), pkg("b", fault="batch_bug"), pkg("c", require=("pkg/a",))],
+        {"pkg/a": S.FAILED, "pkg/b": S.FAILED, "pkg/c": S.SKIPPED},
+        errors={"pkg/a": "RuntimeError: batch boom (in a batch with pkg/a, pkg/b)"},
+        changes={"pkg/a": ["value: absent → 1"]},
+        applied=["a+b"],
+        observed={},
+    ),
+    Case(
+        "batch: a repaired resource of the batch still notifies its subscribers",
+        [pkg("a"), pkg("b"), svc("web", subscribe=("pkg/a",))],
+        {"pkg/a": S.REPAIRED, "pkg/b": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"web": "1"},
+        changes={"svc/web": ["restart: running → restarted (notified by pkg/a)"]},
+        applied=["a+b", "↻web"],
+        after={"a": "1", "b": "1", "web": "1"},
+        refreshed=[("web", [])],
+    ),
+    Case(
+        "batch: confirm-or-revert still guards risky resources around it, one at a time",
+        [net("fw"), pkg("a", require=("net/fw",)), pkg("b"), pkg("c", require=("net/fw",))],
+        {"net/fw": S.FAILED, "pkg/a": S.SKIPPED, "pkg/b": S.REPAIRED, "pkg/c": S.SKIPPED},
+        confirms=[True, False],
+        applied=["fw", "b"],
+        after={"b": "1"},
+        restored=[("fw", None)],
+        reverted=frozenset({"net/fw"}),
+    ),
+]
+
+# observed: what describe makes of the newest state read of each resource.
+CASES += [
+    Case(
+        "observed: the state verified after the apply, not the one before",
+        [svc("web", "2")],
+        {"svc/web": S.REPAIRED},
+        system={"web": "1"},
+        applied=["web"],
+        after={"web": "2"},
+        observed={"svc/web": {"value": "2"}},
+        described=[("web", "2")],
+    ),
+    Case(
+        "observed: in sync and dry resources are described as read",
+        [svc("a"), svc("b", "2", mode=Mode.AUDIT)],
+        {"svc/a": S.IN_SYNC, "svc/b": S.DRIFTED},
+        system={"a": "1", "b": "1"},
+        observed={"svc/a": {"value": "1"}, "svc/b": {"value": "1"}},
+        described=[("a", "1"), ("b", "1")],
+    ),
+    Case(
+        "observed: after a refresh the resource is read again (a restart is a new process)",
+        [mem("conf"), svc("web", subscribe=("mem/conf",))],
+        {"conf": S.REPAIRED, "svc/web": S.REPAIRED},
+        system={"web": "1"},
+        applied=["conf", "↻web"],
+        after={"conf": "1", "web": "1"},
+        reads=["conf", "conf", "web", "web"],
+        refreshed=[("web", [])],
+        observed={"svc/web": {"value": "1"}},
+        described=[("web", "1")],
+    ),
+    Case(
+        "observed: nothing when no current state was read (read or apply failed, skipped)",
+        [
+            svc("a", fault="read_error"),
+            svc("b", fault="apply_error"),
+            svc("c", require=("svc/b",)),
+        ],
+        {"svc/a": S.FAILED, "svc/b": S.FAILED, "svc/c": S.SKIPPED},
+        applied=["b"],
+        observed={},
+        described=[],
+    ),
+    Case(
+        "observed: a describe that raises leaves the resource's status alone",
+        [svc("web", fault="describe_bug"), mem("after", require=("svc/web",))],
+        {"svc/web": S.REPAIRED, "after": S.REPAIRED},
+        applied=["web", "after"],
+        after={"web": "1", "after": "1"},
+        observed={},
+        described=[("web", "1")],
+    ),
+]
+
+
 def _id(key: str) -> str:
     return key if "/" in key else f"mem/{key}"
 
@@ -825,6 +1079,11 @@ def test_engine(case: Case) -> None:
     assert system.risky.restored == case.restored
     assert {r.id for r in results if r.reverted} == case.reverted
     assert system.service.refreshed == case.refreshed
+    if case.observed is not None:
+        observed = {r.id: dict(r.observed) for r in results if r.observed}
+        assert observed == {_id(k): v for k, v in case.observed.items()}
+    if case.described is not None:
+        assert system.service.described == case.described
 
 
 def test_result_carries_catalog_metadata_and_duration() -> None:
@@ -966,3 +1225,94 @@ def test_a_refresh_is_logged_with_the_resource(caplog: pytest.LogCaptureFixture)
         "mem/conf: repaired (value: absent → 1)",
         f"svc/web: repaired ({RESTARTED})",
     ]
+
+
+class Timed(Batched):
+    """The batchable kind on a fake clock: a read takes 1 s, an apply 10 s, a batch 30 s."""
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory)
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def read(self, ctx: Context, spec: MemSpec) -> str | None:
+        self.now += 1
+        return super().read(ctx, spec)
+
+    def apply(self, ctx: Context, spec: MemSpec, state: str | None, changes: list[Change]) -> None:
+        self.now += 10
+        super().apply(ctx, spec, state, changes)
+
+    def apply_batch(
+        self, ctx: Context, items: Sequence[tuple[MemSpec, str | None, list[Change]]]
+    ) -> None:
+        self.now += 30
+        super().apply_batch(ctx, items)
+
+
+@pytest.mark.parametrize(
+    ("catalog", "durations"),
+    [
+        # read + a third of the batch + verify; in sync: its read only
+        ([pkg("a"), pkg("b"), pkg("c"), pkg("d", "0")], [12, 12, 12, 1]),
+        # read + a third of the failed batch + read again; then b's failed apply (10),
+        # c's apply and verify (11)
+        ([pkg("a"), pkg("b", fault="apply_error"), pkg("c")], [12, 22, 23]),
+    ],
+    ids=["batch", "retried"],
+)
+def test_a_batch_is_timed_per_resource_with_an_even_share_of_apply_batch(
+    catalog: list[CatalogResource], durations: list[float]
+) -> None:
+    memory = Memory({"d": "0"})
+    kind = Timed(memory)
+    ctx = Context(log=logging.getLogger("test.engine"))
+
+    results = engine.run(catalog, ctx, kinds=lambda name: kind, clock=kind.clock)
+
+    assert [r.duration_s for r in results] == durations
+    assert sum(durations) == kind.now  # the shares add up to the time the run took
+
+
+def test_a_failed_batch_is_logged_before_the_retry(caplog: pytest.LogCaptureFixture) -> None:
+    catalog = [pkg("a"), pkg("b", fault="apply_error")]
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        fake().run(catalog)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "applying 2 pkg resources in one batch: pkg/a, pkg/b",
+        "applying pkg/a, pkg/b in one batch failed (transaction failed: E: Unable to locate b);"
+        " applying them one by one",
+        "pkg/a: repaired (value: absent → 1)",
+        "pkg/b: failed (value: absent → 1 | cannot write: disk full)",
+    ]
+    assert caplog.records[1].levelno == logging.WARNING
+
+
+def test_a_describe_that_raises_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        [result] = fake({"web": "1"}).run([svc("web", fault="describe_bug")])
+
+    assert (result.status, result.observed) == (S.IN_SYNC, {})
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "svc/web: describing it for the report failed" in warning.getMessage()
+    assert warning.exc_info is not None and isinstance(warning.exc_info[1], RuntimeError)
+
+
+def test_kinds_batch_and_describe_only_if_they_say_so() -> None:
+    memory = fake().memory
+    assert (Memory.batchable, Batched.batchable) == (False, True)
+    with pytest.raises(NotImplementedError, match="kind 'mem' cannot apply a batch"):
+        memory.apply_batch(Context(), [(MemSpec("a", "1"), None, [Change("value", "a", "1")])])
+    assert memory.describe(Context(), MemSpec("a", "1"), "1") == {}
+
+
+def test_a_risky_kind_cannot_be_batchable() -> None:
+    with pytest.raises(TypeError, match="RiskyBatch: a risky kind cannot be batchable"):
+
+        class RiskyBatch(Risky):
+            batchable = True

@@ -113,3 +113,25 @@ def test_noop_report_does_not_move_applied_revision(store: Store) -> None:
     store.ingest_report(_report("r1", 10, Status.DRIFTED, noop=True), now=11)
     node = store.node("web-1")
     assert node is not None and node.applied_revision == 0
+
+
+def test_the_observed_state_is_kept_with_the_report_body(store: Store) -> None:
+    from protos import plumb_pb2 as pb
+    from server.wire import report_from_body, report_record
+
+    observed = {"main_pid": "812", "memory_rss": "12.4 MiB", "uptime": "3605 s"}
+    sent = pb.Report(
+        id="r1",
+        node_name="web-1",
+        revision=3,
+        trigger=pb.SCHEDULE,
+        started_at=9,
+        finished_at=10,
+        results=[pb.ResourceResult(id="service/web", status=pb.IN_SYNC, observed=observed)],
+    )
+    store.ingest_report(report_record(sent), now=11)
+
+    body = store.last_report("web-1")
+    assert body is not None
+    [result] = report_from_body(body).results
+    assert dict(result.observed) == observed
