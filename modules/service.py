@@ -119,7 +119,7 @@ class ServiceKind(Kind[ServiceSpec, ServiceState]):
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         unit_file = None
         if spec.content is not None:
-            unit_file = file_kind.observe(ctx.host_path(spec.unit_path), with_content=True)
+            unit_file = _FILE.read(ctx, _unit_file_spec(spec))
         return ServiceState(
             load=values.get("LoadState", ""),
             active=values.get("ActiveState", ""),
