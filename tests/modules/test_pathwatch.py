@@ -100,7 +100,7 @@ def test_dpkg_status_replaced_by_rename(tmp_path: Path, watching: Callable[..., 
     assert watcher.changed_by(lambda: dpkg_writes("Package: b\n"))  # still watched
     assert watcher.changed_by(lambda: status.write_text("edited in place\n"))
 
-    calls = watcher.calls
+    calls = watcher.settled()
     (dpkg / "status-old").write_text("backup")
     (dpkg / "lock").write_text("")
     # Not synchronisation: the absence of a call, given ample time to make one.
@@ -120,7 +120,7 @@ def test_contents_of_a_directory(tmp_path: Path, watching: Callable[..., Watchin
     assert watcher.changed_by((rpm / "rpmdb.sqlite-wal").unlink)
     assert watcher.changed_by(lambda: database.chmod(0o600))
 
-    calls = watcher.calls
+    calls = watcher.settled()
     (rpm / "nested/deeper.txt").write_text("one level only")
     assert not watcher.wait_calls(calls + 1, timeout=0.5)
 
@@ -142,7 +142,7 @@ def test_contents_of_a_replaced_directory_are_watched_again(
 
     assert watcher.changed_by(rebuild)
     assert watcher.changed_by(lambda: (lib / "rpm/rpmdb.sqlite").write_bytes(b"v3"))
-    calls = watcher.calls
+    calls = watcher.settled()
     (lib / "rpm-old/rpmdb.sqlite").write_bytes(b"the old one is not watched")
     assert not watcher.wait_calls(calls + 1, timeout=0.5)
 

@@ -63,6 +63,7 @@ class Watching:
                 break
             assert not self.errors, self.errors
             assert time.monotonic() < deadline, "the watcher never reported a change"
+        self.settled()  # an earlier repetition may still be on its way
         with self._cond:
             self.seen.clear()
 
@@ -74,6 +75,22 @@ class Watching:
         outcome = self._snapshot()
         with self._cond:
             return self._cond.wait_for(lambda: outcome in self.seen[before:], timeout)
+
+    def settled(self, quiet: float = 0.3, timeout: float = 5.0) -> int:
+        """The number of calls once none has come for ``quiet`` seconds.
+
+        For a test that then checks that something does NOT cause a call: a
+        late call from an earlier change (its second event in a later read)
+        must not be taken for one.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                count = len(self.seen)
+                # Used at once, within this iteration: B023's late binding cannot bite.
+                if not self._cond.wait_for(lambda: len(self.seen) > count, quiet):  # noqa: B023
+                    return count
+                assert time.monotonic() < deadline, "the watcher never went quiet"
 
     def finish(self) -> None:
         self.stop.set()
