@@ -360,11 +360,17 @@ def _apt_target(spec: PackageSpec) -> str:
 
 # --- dnf / rpm -------------------------------------------------------------------
 
+# dnf's own exit status is judged by Dnf._call, which reads dnf's errors itself.
+_ANY_EXIT = tuple(range(-64, 256))
+# The main file of each database backend rpm has: sqlite (RHEL 9 on),
+# Berkeley DB (RHEL 8), ndb (SUSE). Only the one in use exists.
+_RPMDB_FILES = ("rpmdb.sqlite", "Packages", "Packages.db")
+
 
 class Dnf:
-    """The RHEL family: rpm to read, dnf to change. Under a context root that is
-    not ``/``, everything happens in that root (``--installroot``), whose own
-    repository configuration dnf then reads."""
+    """The RHEL family: rpm to read, dnf to change and to pick versions. Under a
+    context root that is not ``/``, everything happens in that root
+    (``--installroot``), whose own repository configuration dnf then reads."""
 
     name = "dnf"
 
@@ -374,63 +380,90 @@ class Dnf:
         self._dnf = ["dnf", "-y", "-q", "--setopt=install_weak_deps=False"]
         if ctx.root != Path("/"):
             # An installroot without a release package cannot tell dnf its
-            # release; its os-release can.
-            self._dnf += [f"--installroot={ctx.root}", f"--releasever={release or '/'}"]
+            # release; its os-release can. Release packages provide the major
+            # version only (RHEL 9.4's $releasever is "9").
+            releasever = release.split(".")[0] or "/"
+            self._dnf += [f"--installroot={ctx.root}", f"--releasever={releasever}"]
 
     def installed(self, package: str) -> str | None:
         result = _run(
             [*self._rpm, "-q", "--qf", "%{EPOCH}:%{VERSION}-%{RELEASE}\\n", package],
             ReadError,
             "rpm -q",
-            ok=(0, 1),  # 1: not installed
+            ok=(0, 1),  # 1: not installed, or the database could not be read
         )
-        if result.returncode != 0:
-            return None
-        version = result.stdout.splitlines()[-1]  # several installed (kernels): the newest
-        return version.removeprefix("(none):")
+        if result.returncode == 0:
+            return _rpm_version(result.stdout)
+        if result.stderr.strip():
+            # "package x is not installed" is said on stdout; errors (a
+            # database rpm cannot open) on stderr, with the same exit status.
+            raise ReadError(f"rpm -q {package} failed", result.stderr)
+        return None
 
     def candidate(self, spec: PackageSpec) -> tuple[str | None, bool]:
-        out = _run(
-            [*self._dnf, "repoquery", "--qf", "%{epoch}:%{version}-%{release}", spec.package],
+        # dnf itself picks the newest match of the name (or name-pin), with
+        # rpm's version comparison. Installed packages count too: a package
+        # newer than every offer is already the latest, as dnf sees it.
+        out = self._call(
             ReadError,
             "dnf repoquery",
-        ).stdout
-        versions = [_bare_epoch(line) for line in out.split() if line]
-        candidate = max(versions, key=_rpm_sort_key) if versions else None
-        offered = spec.version in (None, LATEST) or any(
-            version_matches(v, spec.version or "") for v in versions
+            "repoquery",
+            "--installed",
+            "--available",
+            "--latest-limit=1",
+            "--qf",
+            "%{name} %{epoch}:%{version}-%{release}",
+            _dnf_target(spec),
         )
-        return candidate, offered
+        versions = _repoquery_versions(out, spec.package)
+        # One line per architecture (multilib); they carry the same version.
+        candidate = versions[0] if versions else None
+        return candidate, spec.version == LATEST or candidate is not None
 
     def change(self, install: Sequence[PackageSpec], remove: Sequence[str]) -> None:
+        # dnf 4 has no command that both removes and installs and reports a
+        # failure (`dnf shell` logs errors and exits 0), so removals are a
+        # transaction of their own, first: what they free (a Conflicts:) an
+        # install may need. Only what is named goes: a dependency it pulled
+        # in may be another resource's package.
         if remove:
-            _run([*self._dnf, "remove", *remove], ApplyError, "dnf remove")
-        # dnf install never moves an installed package to an older version.
-        downgrades = [spec for spec in install if self._is_older(spec)]
-        if upgrades := [spec for spec in install if spec not in downgrades]:
-            # "install" of an installed package at "latest" is a no-op in dnf;
-            # "upgrade" of a package not installed is one too. One of each.
-            fresh = [s for s in upgrades if s.version != LATEST or not self.installed(s.package)]
-            newer = [s for s in upgrades if s not in fresh]
-            for command, specs in (("install", fresh), ("upgrade", newer)):
-                if specs:
-                    targets = [_dnf_target(spec) for spec in specs]
-                    _run([*self._dnf, command, *targets], ApplyError, f"dnf {command}")
-        if downgrades:
-            targets = [_dnf_target(spec) for spec in downgrades]
-            _run([*self._dnf, "downgrade", *targets], ApplyError, "dnf downgrade")
+            self._call(
+                ApplyError,
+                "dnf remove",
+                "--setopt=clean_requirements_on_remove=False",
+                "remove",
+                *remove,
+            )
+        if install:
+            # "install" moves an installed package to a pin in either
+            # direction, and with best=True to the newest offer, whatever the
+            # host's dnf.conf says (best=False would leave it where it is).
+            # strict=True: a package dnf cannot find fails the transaction
+            # with dnf's message rather than being skipped.
+            self._call(
+                ApplyError,
+                "dnf install",
+                "--setopt=best=True",
+                "--setopt=strict=True",
+                "install",
+                *[_dnf_target(spec) for spec in install],
+            )
 
     def database(self) -> tuple[list[Path], list[Path]]:
-        # rpm's database is a directory of files (sqlite and its journal, or
-        # Berkeley DB's), whichever this rpm uses.
-        return [], [self._root / "var/lib/rpm"]
+        # The database file itself, not its directory: a mere reader (rpm -q,
+        # the agent's own checks) writes sqlite's -shm and -wal files, so the
+        # directory would change on every read. A writer opens the file for
+        # writing, and closing it is the change noticed. rpm knows where its
+        # database is: /var/lib/rpm on RHEL 9, /usr/lib/sysimage/rpm since Fedora 36.
+        dbpath = _run([*self._rpm, "--eval", "%{_dbpath}"], ReadError, "rpm --eval").stdout
+        directory = self._root / dbpath.strip().lstrip("/")
+        return [directory / name for name in _RPMDB_FILES], []
 
-    def _is_older(self, spec: PackageSpec) -> bool:
-        """Whether the pin is older than what is installed (dnf calls that a downgrade)."""
-        installed = self.installed(spec.package)
-        if installed is None or spec.version is None:
-            return False
-        return _rpm_sort_key(spec.version) < _rpm_sort_key(installed)
+    def _call(self, failure: type[OperationError], what: str, *args: str) -> str:
+        result = _run([*self._dnf, *args], failure, what, ok=_ANY_EXIT)
+        if result.returncode != 0:
+            raise failure(f"{what} failed (exit {result.returncode})", _dnf_error(result))
+        return result.stdout
 
 
 def _dnf_target(spec: PackageSpec) -> str:
@@ -439,20 +472,35 @@ def _dnf_target(spec: PackageSpec) -> str:
     return f"{spec.package}-{spec.version}"
 
 
-def _bare_epoch(version: str) -> str:
-    return version.removeprefix("0:").removeprefix("(none):")
+def _rpm_version(stdout: str) -> str:
+    """The version ``rpm -q --qf '%{EPOCH}:%{VERSION}-%{RELEASE}\\n'`` printed.
 
-
-def _rpm_sort_key(version: str) -> list[tuple[int, int | str]]:
-    """An approximation of rpm's version comparison, good for picking the newest offer.
-
-    Epoch, then alternating runs of digits (compared as numbers) and letters.
+    Several installed (kernels): the last installed, normally the newest.
     """
-    epoch, _, rest = version.rpartition(":")
-    key: list[tuple[int, int | str]] = [(0, int(epoch) if epoch.isdigit() else 0)]
-    for run in re.findall(r"\d+|[A-Za-z]+", rest):
-        key.append((1, int(run)) if run.isdigit() else (0, run))
-    return key
+    return _bare_epoch(stdout.splitlines()[-1])
+
+
+def _repoquery_versions(stdout: str, package: str) -> list[str]:
+    """The versions in ``repoquery --qf '%{name} %{epoch}:%{version}-%{release}'`` output.
+
+    Only lines of ``package`` itself: dnf also reads ``a-b`` as package ``a``
+    at version ``b``.
+    """
+    pairs = (line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+    return [_bare_epoch(version) for name, version in pairs if name == package]
+
+
+def _bare_epoch(version: str) -> str:
+    """Without a zero or missing epoch, as people write versions (and pins)."""
+    return version.removeprefix("(none):").removeprefix("0:")
+
+
+def _dnf_error(result: subprocess.CompletedProcess[str]) -> str:
+    """dnf's error: from its "Error:" line on, since a dependency problem is
+    an empty "Error:" line followed by the problem, indented."""
+    lines = (result.stderr + result.stdout).strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Error:")), None)
+    return "\n".join(lines[-8:] if start is None else lines[start:])
 
 
 register(PackageKind())
