@@ -17,9 +17,11 @@ anything else is ``unavailable`` with the reason.
 Several package resources in one run are changed in ONE transaction
 (:meth:`PackageKind.apply_batch`, called by the engine), which is what apt and
 dnf are built for: dependencies are resolved once and a set of packages that
-only works together is never half-installed. If the transaction fails, the
-engine applies them one by one, so one bad package fails alone with the
-package manager's message and the rest still converge.
+only works together is never half-installed. (apt takes installs and removals
+in one command; dnf cannot, so there removals are a transaction of their own,
+before the installs.) If the transaction fails, the engine reads each package
+again and applies those still different one by one, so one bad package fails
+alone with the package manager's message and the rest still converge.
 
 Everything runs non-interactively (no prompts, the admin's changed
 configuration files are kept). Before changing anything the apt provider

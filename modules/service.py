@@ -176,7 +176,9 @@ class ServiceKind(Kind[ServiceSpec, ServiceState]):
 
     def describe(self, ctx: Context, spec: ServiceSpec, state: ServiceState) -> dict[str, str]:
         """The unit's main process, for the report: pid, memory, uptime."""
-        described = {"active": f"{state.active} ({state.sub})", "unit_file": state.unit_file}
+        described = {"active": f"{state.active} ({state.sub})"}
+        if state.unit_file:  # empty for a unit systemd does not know
+            described["unit_file"] = state.unit_file
         if state.main_pid:
             described.update(_process(state.main_pid))
         return described

@@ -87,6 +87,11 @@ def test_package_unit_file_and_service_converge(host: Host, tmp_path: Path) -> N
     assert host.run("cat", "/etc/plumb-hello.conf").stdout == "greeting = hi\n"
     # Started once, after its config was written: no refresh on top of the start.
     assert starts(host) == 1
+    # The report shows the main process as psutil saw it inside the host.
+    service = next(r for r in host.report()["results"] if r["id"] == "service/hello")
+    assert service["observed"]["main_pid"] == str(host.main_pid("plumb-hello"))
+    assert service["observed"]["memory_rss"].endswith(" MiB")
+    assert service["observed"]["active"] == "active (running)"
 
 
 def test_a_changed_config_file_restarts_the_service_once(host: Host, tmp_path: Path) -> None:
