@@ -344,8 +344,13 @@ class Apt:
 
     def _finish_interrupted(self) -> None:
         """Configure what a killed dpkg left unpacked, or apt refuses to do anything."""
+        # A dpkg killed mid-write leaves its journal in updates/ (apt then
+        # refuses with "dpkg was interrupted"); one killed between unpacking
+        # and configuring leaves packages that --audit lists.
+        journal = Path("/var/lib/dpkg/updates")
+        pending = journal.is_dir() and any(journal.iterdir())
         audit = _run(["dpkg", "--audit"], ApplyError, "dpkg --audit", ok=(0, 1))
-        if audit.stdout.strip():
+        if pending or audit.stdout.strip():
             _run(
                 ["dpkg", "--configure", "-a", "--force-confdef", "--force-confold"],
                 ApplyError,

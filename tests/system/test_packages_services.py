@@ -175,3 +175,24 @@ def test_a_missing_package_fails_alone_and_its_dependents_are_skipped(
     assert host.dpkg_version("plumb-other") == "1.0"
     assert host.run("cat", "/etc/plumb-hello.conf").stdout == "greeting = hi\n"
     assert host.is_active("plumb-hello") == "inactive"
+
+
+def test_a_run_finishes_what_an_interrupted_dpkg_left_half_done(host: Host, tmp_path: Path) -> None:
+    """dpkg killed mid-run: a package unpacked but not configured, and dpkg's
+    journal of the status change not yet folded into its database."""
+    debs = host.run("ls", "/srv/repo").stdout.split()
+    other = next(name for name in debs if name.startswith("plumb-other_"))
+    host.run("dpkg", "--unpack", f"/srv/repo/{other}")
+    # The journal entry dpkg writes as it starts configuring (its full stanza).
+    stanza = host.run("dpkg-query", "--status", "plumb-other").stdout
+    half = stanza.replace("install ok unpacked", "install ok half-configured")
+    host.machine.write_file("/var/lib/dpkg/updates/0001", half)
+    # This is what an operator would meet: apt refuses to do anything.
+    refused = host.run("apt-get", "install", "-y", "-q", "plumb-hello", check=False)
+    assert "dpkg was interrupted" in refused.stderr
+
+    statuses = host.wait_applied(host.push(tmp_path / "hello.yaml", manifest()))
+    assert statuses["package/hello"] == "REPAIRED", str(host.report()["results"])
+    assert host.run("dpkg", "--audit", check=False).stdout == ""
+    assert host.dpkg_version("plumb-other") == "1.0"
+    assert host.dpkg_version("plumb-hello") == "1.0"
