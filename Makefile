@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 DEB_PACKAGES = python3-venv python3-dev gcc nftables iproute2 debootstrap systemd-container dnf rpm createrepo-c dpkg-dev fakeroot
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test deps venv protos lint bench clean
+.PHONY: demo test deps venv protos lint bench clean packages
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ demo: deps venv
 test: deps venv lint
 	$(PY) -m pytest
 
+# The agent's and the server's .deb, and the agent's .rpm, into dist/.
+packages: deps venv
+	rm -rf dist/agent-tree
+	$(PY) packaging/build.py tree --component agent --out dist/agent-tree
+	$(PY) packaging/build.py deb --tree dist/agent-tree --out dist
+	$(PY) packaging/build.py rpm --tree dist/agent-tree --out dist
+	$(PY) packaging/build.py deb --component server --out dist
+	rm -rf dist/agent-tree
+
 # Each benchmark prints one JSON object; all of them together take < 10 minutes.
 BENCHMARKS = ingest agent_footprint drift network_drift fanout reconnect
 bench: deps venv
@@ -47,4 +56,4 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
