@@ -159,7 +159,7 @@ class Agent:
         self.state_dir = base / name / "state"
         self.root = base / name / "root"
         self.root.mkdir(parents=True)
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def _cmd(self, *args: str) -> list[str]:
         # --config /dev/null: the machine's own /etc/plumb/agent.toml must not leak into tests.

@@ -17,7 +17,10 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tests.integration.harness import Server
 
 SUBNET = "192.0.2"
 SERVER_IP = f"{SUBNET}.1"
@@ -80,6 +83,21 @@ class NetLab:
         ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
         ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
         ip("-n", ns, "link", "set", "eth0", "up")
+
+    def __enter__(self) -> NetLab:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def served(self, data_dir: Path) -> Iterator[Server]:
+        """A started server in the lab's server namespace, stopped when the caller is done."""
+        server = Server(data_dir, netns=self.server, host=SERVER_IP)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
     def close(self) -> None:
         for name in reversed(self._made):

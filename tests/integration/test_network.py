@@ -45,21 +45,13 @@ resources:
 
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
-    network = NetLab(["a", "b"])
-    try:
+    with NetLab(["a", "b"]) as network:
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture
 def net_server(lab: NetLab, tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path / "server", netns=lab.server, host=SERVER_IP)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from lab.served(tmp_path / "server")
 
 
 @pytest.fixture
