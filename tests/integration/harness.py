@@ -42,7 +42,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "con
         time.sleep(0.05)
 
 
-def terminate(process: subprocess.Popen[str], grace: float) -> None:
+def terminate(process: subprocess.Popen[Any], grace: float) -> None:
     """SIGTERM, and SIGKILL if it has not exited within ``grace`` seconds."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
