@@ -61,6 +61,15 @@ COMPONENTS = {
 }
 
 
+# zstd at level 12, for both formats: within 20% of xz's size (~14 MB for the
+# agent), in a tenth of the time (2-3 s instead of 20-25 s per package on two
+# cores: test sessions build several) and unpacked several times faster on every
+# node. Every host the packages can run on reads it: they need python3.11, so
+# Debian 12 (dpkg >= 1.21.18) or the RHEL 9 family (rpm >= 4.14).
+DEB_COMPRESSION = ("-Zzstd", "-z12")
+RPM_PAYLOAD = "w12.zstdio"
+
+
 def log(message: str) -> None:
     print(f"build: {message}", file=sys.stderr, flush=True)
 
@@ -203,7 +212,7 @@ def build_deb(
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"{name}_{version}-{revision}_{deb_arch()}.deb"
         log(f"packing {target.name}")
-        run("dpkg-deb", "--root-owner-group", "-Zxz", "--build", stage, target)
+        run("dpkg-deb", "--root-owner-group", *DEB_COMPRESSION, "--build", stage, target)
     return target
 
 
@@ -232,6 +241,7 @@ def build_rpm(
             "--define", "__brp_python_bytecompile %{nil}",
             "--define", "__os_install_post %{nil}",
             "--define", "_build_id_links none",
+            "--define", f"_binary_payload {RPM_PAYLOAD}",
             HERE / "rpm" / f"{name}.spec",
         )  # fmt: skip
         (built,) = (top / "RPMS").rglob(f"{name}-*.rpm")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import tomllib
@@ -32,6 +33,7 @@ exit codes: 0 success; 1 error or refused push; 2 bad usage;
 
 examples:
   plumb token create --labels role=web --ttl 3600 --uses 5
+  plumb token create --labels role=web --install-command   # one line to paste on the node
   plumb push manifests/web.yaml manifests/base.yaml
   plumb nodes
   plumb report web-1
@@ -93,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--ttl", type=int, default=3600, help="seconds valid (default: 3600)")
     create.add_argument("--uses", type=int, default=1, help="how many nodes (default: 1)")
+    create.add_argument(
+        "--install-command",
+        action="store_true",
+        help="print, instead of the bare token, one shell line that installs the agent, "
+        "enrolls it with the token and starts it: paste it as root on the new node",
+    )
+    create.add_argument(
+        "--package",
+        metavar="PATH",
+        help="the install command installs this .deb (or .rpm) file, as it is named on the "
+        "node, instead of plumb-agent from the node's repositories (implies --install-command)",
+    )
     _json_flag(create)
     create.set_defaults(func=_token_create)
 
@@ -173,15 +187,46 @@ def _token_create(args: argparse.Namespace) -> int:
     reply = _stub(args).CreateToken(
         pb.CreateTokenRequest(labels=labels, ttl_s=args.ttl, uses=args.uses), timeout=TIMEOUT_S
     )
+    valid = f"valid until {_when(reply.expires_at)} for {reply.uses} node(s)"
+    if args.install_command or args.package:
+        command = install_command(reply.enroll_address, reply.token, args.package)
+        if args.json:
+            return _print_json(reply, install_command=command)
+        print(f"# {valid}; run this as root on the node:", file=sys.stderr)
+        print(command)
+        return 0
     if args.json:
         return _print_json(reply)
     print(reply.token)
     print(
-        f"# valid until {_when(reply.expires_at)} for {reply.uses} node(s); on the node run:\n"
+        f"# {valid}; on the node run:\n"
         f"#   plumb-agent enroll --server {reply.enroll_address} --token {reply.token}",
         file=sys.stderr,
     )
     return 0
+
+
+def install_command(enroll_address: str, token: str, package: str | None = None) -> str:
+    """One shell line for a fresh node: install the agent, enroll it, start it.
+
+    Each step runs only if the one before succeeded, and running the line
+    again is harmless: the package is installed already and an enrolled node
+    keeps its identity. ``package`` is a local .deb or .rpm path on the node;
+    without it the node's own repositories provide plumb-agent.
+    """
+    if not enroll_address:
+        raise CLIError("the server did not say where agents enroll (is it older than this CLI?)")
+    if package is None:
+        install = "apt-get install -y plumb-agent"
+    else:
+        # apt-get and dnf take a bare name for a package name, so a file needs a '/'.
+        path = package if "/" in package else f"./{package}"
+        tool = "dnf" if package.endswith(".rpm") else "apt-get"
+        install = f"{tool} install -y {shlex.quote(path)}"
+    enroll = (
+        f"plumb-agent enroll --server {shlex.quote(enroll_address)} --token {shlex.quote(token)}"
+    )
+    return f"{install} && {enroll} && systemctl start plumb-agent"
 
 
 def _parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -328,16 +373,11 @@ def _compliance(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ output
 
 
-def _print_json(message: Message) -> int:
-    print(
-        json.dumps(
-            json_format.MessageToDict(
-                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            ),
-            indent=2,
-            sort_keys=True,
-        )
+def _print_json(message: Message, **extra: str) -> int:
+    fields = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    print(json.dumps({**fields, **extra}, indent=2, sort_keys=True))
     return 0
 
 

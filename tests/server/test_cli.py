@@ -36,7 +36,15 @@ REPORT = pb.Report(
 )
 
 
+TOKEN = "plumb1.0123abcd." + "s" * 32 + "." + "f" * 64
+
+
 class FakeAdmin:
+    def CreateToken(self, request: pb.CreateTokenRequest, timeout: float) -> pb.CreateTokenResponse:
+        return pb.CreateTokenResponse(
+            token=TOKEN, expires_at=1e9, uses=request.uses, enroll_address="plumb.example:8444"
+        )
+
     def GetReport(self, request: pb.GetReportRequest, timeout: float) -> pb.GetReportResponse:
         assert request.node_name == "web-1"
         return pb.GetReportResponse(found=True, report=REPORT)
@@ -72,3 +80,56 @@ def test_report_json_carries_the_observed_map(capsys: pytest.CaptureFixture[str]
     results = {r["id"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert results["service/web"]["observed"]["memory_rss"] == "12.4 MiB"
     assert results["file/motd"]["observed"] == {}
+
+
+ENROLL = f"plumb-agent enroll --server plumb.example:8444 --token {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "install"),
+    [
+        ([], "apt-get install -y plumb-agent"),
+        (
+            ["--package", "plumb-agent_0.1.0-1_amd64.deb"],
+            "apt-get install -y ./plumb-agent_0.1.0-1_amd64.deb",
+        ),
+        (
+            ["--package", "/srv/dist/plumb-agent_0.1.0-1_amd64.deb"],
+            "apt-get install -y /srv/dist/plumb-agent_0.1.0-1_amd64.deb",
+        ),
+        (["--package", "dl/my agent.deb"], "apt-get install -y 'dl/my agent.deb'"),
+        (
+            ["--package", "plumb-agent-0.1.0-1.x86_64.rpm"],
+            "dnf install -y ./plumb-agent-0.1.0-1.x86_64.rpm",
+        ),
+    ],
+)
+def test_token_create_install_command_is_one_line_to_paste(
+    flags: list[str], install: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token", "create", "--install-command", *flags]) == 0
+
+    out, err = capsys.readouterr()
+    assert out == f"{install} && {ENROLL} && systemctl start plumb-agent\n"
+    assert "run this as root on the node" in err
+
+
+def test_token_create_package_implies_the_install_command_and_json_carries_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["token", "create", "--package", "a.deb", "--uses", "3", "--json"]) == 0
+
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["token"] == TOKEN
+    assert reply["uses"] == 3
+    assert reply["install_command"] == (
+        f"apt-get install -y ./a.deb && {ENROLL} && systemctl start plumb-agent"
+    )
+
+
+def test_token_create_without_the_flag_prints_the_bare_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["token", "create"]) == 0
+
+    assert capsys.readouterr().out == f"{TOKEN}\n"

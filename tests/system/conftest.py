@@ -19,7 +19,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import pytest
 from tests.hosts.repos import apt_repo, build_deb
 from tests.hosts.systemd_host import SystemdHost, systemd_rootfs_fixture  # noqa: F401
 from tests.integration.harness import Server, wait_for
-from tests.integration.netlab import SERVER_IP, NetLab
+from tests.integration.netlab import NetLab
 
 REPO = Path(__file__).resolve().parents[2]
 APT_SOURCE = "deb [trusted=yes] file:/srv/repo ./\n"
@@ -90,23 +90,28 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return apt_repo(tmp_path_factory.mktemp("repo"), debs)
 
 
+@pytest.fixture(scope="session")
+def agent_repo(tmp_path_factory: pytest.TempPathFactory, agent_packages: AgentPackages) -> Path:
+    """An apt repository with revision 2 of the agent: for upgrades through a ``package``
+    resource, ``make_host(repos=[(agent_repo, "/srv/agent-repo")])``."""
+    return apt_repo(tmp_path_factory.mktemp("agent-repo"), [agent_packages.debs["2"]])
+
+
+@pytest.fixture(scope="session")
+def server_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's .deb, built once (``make_host(binds_ro=[(server_deb.parent, ...)])``)."""
+    return Path(build("deb", "--component", "server", "--out", tmp_path_factory.mktemp("srv")))
+
+
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
-    network = NetLab(["h1"])
-    try:
+    with NetLab(["h1"]) as network:
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture
 def fleet_server(lab: NetLab, tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path / "server", netns=lab.server, host=SERVER_IP)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from lab.served(tmp_path / "server")
 
 
 class Host:
@@ -207,19 +212,32 @@ def make_host(
     fleet_server: Server,
     agent_packages: AgentPackages,
     test_repo: Path,
-) -> Iterator[Callable[[], Host]]:
+) -> Iterator[Callable[..., Host]]:
     """Boot the lab's host with the repositories mounted; the agent is not installed yet."""
     machines: list[SystemdHost] = []
 
-    def make() -> Host:
+    def make(
+        *, repos: Sequence[tuple[Path, str]] = (), binds_ro: Sequence[tuple[Path, str]] = ()
+    ) -> Host:
+        """``repos``: more apt repositories, (directory, where to mount it); ``binds_ro``: more
+        read-only mounts, (directory, where)."""
         machine = SystemdHost(
             systemd_rootfs,
             netns=lab.hosts["h1"],
-            binds_ro=[(test_repo, "/srv/repo"), (agent_packages.debs["1"].parent, "/srv/dist")],
+            binds_ro=[
+                (test_repo, "/srv/repo"),
+                (agent_packages.debs["1"].parent, "/srv/dist"),
+                *repos,
+                *binds_ro,
+            ],
         )
         machines.append(machine)
         machine.start()
         machine.write_file("/etc/apt/sources.list.d/plumb-test.list", APT_SOURCE)
+        for _, mounted in repos:
+            name = mounted.strip("/").replace("/", "-")
+            source = f"deb [trusted=yes] file:{mounted} ./\n"
+            machine.write_file(f"/etc/apt/sources.list.d/{name}.list", source)
         machine.run("apt-get", "update", "-q")
         return Host(machine, "h1", fleet_server)
 
