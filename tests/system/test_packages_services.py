@@ -124,7 +124,7 @@ def test_moving_the_pin_upgrades_and_downgrades(host: Host, tmp_path: Path) -> N
     assert host.dpkg_version("plumb-hello") == "1.0"
 
 
-def test_out_of_band_stop_and_remove_are_repaired_without_a_periodic_run(
+def test_out_of_band_stop_disable_and_remove_are_repaired_without_a_periodic_run(
     host: Host, tmp_path: Path
 ) -> None:
     host.wait_applied(host.push(tmp_path / "hello.yaml", manifest()))
@@ -133,6 +133,9 @@ def test_out_of_band_stop_and_remove_are_repaired_without_a_periodic_run(
     host.run("systemctl", "stop", "plumb-hello")
     wait_for(lambda: host.main_pid("plumb-hello") not in (0, pid), timeout=30, what="a restart")
     assert host.is_active("plumb-hello") == "active"
+
+    host.run("systemctl", "disable", "plumb-hello")
+    wait_for(lambda: host.is_enabled("plumb-hello") == "enabled", timeout=30, what="re-enable")
 
     host.run("apt-get", "remove", "-y", "-q", "plumb-other")
     wait_for(lambda: host.dpkg_version("plumb-other") == "1.0", timeout=60, what="reinstall")
