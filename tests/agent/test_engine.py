@@ -8,6 +8,7 @@ not fit a row (logging, timing, the real ``file`` kind) has its own test.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -174,21 +175,8 @@ class Batched(Memory):
         return {"installed": state or "absent"}
 
 
-def svc(
-    key: str,
-    value: str = "1",
-    *,
-    subscribe: tuple[str, ...] = (),
-    require: tuple[str, ...] = (),
-    mode: Mode = Mode.ENFORCE,
-    **spec: str,
-) -> CatalogResource:
-    """A resource of the refreshable fake kind; ``subscribe`` and ``require`` take ids."""
-    raw = {"key": key, "value": value, **spec}
-    return CatalogResource("svc", key, raw, mode=mode, require=require, subscribe=subscribe)
-
-
-def pkg(
+def resource(
+    kind: str,
     key: str,
     value: str = "1",
     *,
@@ -197,42 +185,22 @@ def pkg(
     mode: Mode = Mode.ENFORCE,
     **spec: str,
 ) -> CatalogResource:
-    """A resource of the batchable fake kind; ``require`` and ``subscribe`` take ids."""
-    raw = {"key": key, "value": value, **spec}
-    return CatalogResource("pkg", key, raw, mode=mode, require=require, subscribe=subscribe)
-
-
-def net(
-    key: str,
-    value: str = "1",
-    *,
-    require: tuple[str, ...] = (),
-    mode: Mode = Mode.ENFORCE,
-    **spec: str,
-) -> CatalogResource:
-    """A resource of the risky fake kind; ``require`` takes ids."""
-    raw = {"key": key, "value": value, **spec}
-    return CatalogResource("net", key, raw, mode=mode, require=require)
-
-
-def mem(
-    key: str,
-    value: str = "1",
-    *,
-    require: tuple[str, ...] = (),
-    subscribe: tuple[str, ...] = (),
-    mode: Mode = Mode.ENFORCE,
-    **spec: str,
-) -> CatalogResource:
-    """A catalog resource of the fake kind; ``require`` takes keys (of mem) or ids."""
+    """A catalog resource of one of the fake kinds; ``require`` takes ids, or keys of the
+    same kind."""
     return CatalogResource(
-        kind="mem",
+        kind=kind,
         name=key,
         spec={"key": key, "value": value, **spec},
         mode=mode,
-        require=tuple(r if "/" in r else f"mem/{r}" for r in require),
+        require=tuple(r if "/" in r else f"{kind}/{r}" for r in require),
         subscribe=subscribe,
     )
+
+
+mem = functools.partial(resource, "mem")  # the plain fake kind
+svc = functools.partial(resource, "svc")  # refreshable
+pkg = functools.partial(resource, "pkg")  # batchable
+net = functools.partial(resource, "net")  # risky
 
 
 def other(kind: str, name: str) -> CatalogResource:
