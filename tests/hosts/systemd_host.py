@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -204,10 +205,15 @@ def systemd_rootfs_fixture(pytestconfig: pytest.Config) -> Path:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     # Show the build's progress although pytest captures output.
     with capture.global_and_fixture_disabled():
+        for name in sweep_orphans():
+            print(f"plumb: stopped {name}, left running by a killed test run", file=sys.stderr)
         return ensure_rootfs()
 
 
 # ---------------------------------------------------------------------- hosts
+
+# A host's name: "plumb-<pid of the test process>-<counter>".
+_HOST_NAME = re.compile(r"plumb-(\d+)-\d+")
 
 
 def _cgroup_hierarchies() -> tuple[list[Path], Path]:
@@ -402,31 +408,10 @@ class SystemdHost:
                 self._workdir = None
 
     def _kill_cgroups(self) -> None:
-        if not self._unified.exists():
-            return
-        # cgroup.kill kills the whole subtree atomically, including processes
-        # forking while we kill; the v1 tree holds the same processes.
-        kill = self._unified / "cgroup.kill"
-        if kill.exists():
-            kill.write_text("1")
-        else:  # kernels before 5.14
-            for pid in _pids_in(self._unified):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        wait_for(
-            lambda: "populated 0" in (self._unified / "cgroup.events").read_text(),
-            10,
-            f"processes of {self.name} to exit",
-        )
+        _kill_tree(self._unified, self.name)
 
     def _remove_cgroups(self, timeout: float) -> None:
-        for top in self._cgroups:
-            if not top.exists():
-                continue
-            # Bottom-up: a cgroup can only be removed once it has no children.
-            subtree = [top, *(d for d in top.rglob("*") if d.is_dir())]
-            for directory in sorted(subtree, reverse=True):
-                wait_for(partial(_try_rmdir, directory), timeout, f"removal of {directory}")
+        _remove_trees(self._cgroups, timeout)
 
     # -- inside the container
 
@@ -522,6 +507,60 @@ def _kill_all_but_nsenter(proc: subprocess.Popen[str]) -> None:
 def _join_cgroups(cgroups: Sequence[Path]) -> str:
     """Shell lines that move the shell itself into ``cgroups`` (before it execs)."""
     return "".join(f"echo $$ > {shlex.quote(str(c / 'cgroup.procs'))}\n" for c in cgroups)
+
+
+def _kill_tree(unified: Path, name: str) -> None:
+    """Kill every process in the cgroup2 subtree ``unified`` and wait until it is empty."""
+    if not unified.exists():
+        return
+    # cgroup.kill kills the whole subtree atomically, including processes
+    # forking while we kill; the v1 tree holds the same processes.
+    kill = unified / "cgroup.kill"
+    if kill.exists():
+        kill.write_text("1")
+    else:  # kernels before 5.14
+        for pid in _pids_in(unified):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: "populated 0" in (unified / "cgroup.events").read_text(),
+        10,
+        f"processes of {name} to exit",
+    )
+
+
+def _remove_trees(cgroups: Sequence[Path], timeout: float) -> None:
+    for top in cgroups:
+        if not top.exists():
+            continue
+        # Bottom-up: a cgroup can only be removed once it has no children.
+        subtree = [top, *(d for d in top.rglob("*") if d.is_dir())]
+        for directory in sorted(subtree, reverse=True):
+            wait_for(partial(_try_rmdir, directory), timeout, f"removal of {directory}")
+
+
+def sweep_orphans() -> list[str]:
+    """Stop hosts whose test process is gone (SIGKILLed, an interrupted CI job); their names.
+
+    A host's cgroup (and its own network namespace, if it made one) is named
+    ``plumb-<pid>-<n>`` after the pytest process that booted it, so a host
+    whose process no longer exists can only be an orphan. Hosts of a test
+    process that is still running, here or in parallel, are left alone.
+    """
+    hierarchies, unified = _cgroup_hierarchies()
+    swept = []
+    for cgroup in sorted(unified.glob("plumb-*")):
+        match = _HOST_NAME.fullmatch(cgroup.name)
+        if match is None or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        _kill_tree(cgroup, cgroup.name)
+        _remove_trees([h / cgroup.name for h in hierarchies], timeout=10)
+        if Path(f"/run/netns/{cgroup.name}").exists():
+            run(["ip", "netns", "delete", cgroup.name], check=False)
+        for workdir in Path(tempfile.gettempdir()).glob(f"{cgroup.name}-*"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        swept.append(cgroup.name)
+    return swept
 
 
 def _pids_in(cgroup: Path) -> list[int]:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.hosts import CommandFailed, run
 from tests.hosts.repos import apt_repo, build_deb, build_rpm, dnf_root, rpm_repo
-from tests.hosts.systemd_host import HostError, SystemdHost, systemd_rootfs_fixture  # noqa: F401
+from tests.hosts.systemd_host import (  # noqa: F401
+    HostError,
+    SystemdHost,
+    sweep_orphans,
+    systemd_rootfs_fixture,
+)
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
@@ -34,7 +42,9 @@ def leftovers(host: SystemdHost) -> list[str]:
     found += [str(p) for p in Path("/sys/fs/cgroup").glob(host.name)]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if host.name in (proc / "cgroup").read_text():
+            # A zombie holds nothing; whoever adopted it (PID 1) reaps it in its own time.
+            zombie = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            if host.name in (proc / "cgroup").read_text() and not zombie:
                 found.append(f"process {proc.name}")
         except OSError:
             continue  # exited while we looked
@@ -160,3 +170,33 @@ def test_dnf_installs_upgrades_downgrades_and_removes_in_an_installroot(tmp_path
     assert root.installed("plumb-hello") is None
     assert not installed.exists()
     assert (root.root / "var/lib/rpm").is_dir(), "rpm's database is where Fedora keeps it"
+
+
+def test_hosts_left_by_a_killed_test_run_are_swept(systemd_rootfs: Path) -> None:
+    """A SIGKILLed pytest cannot stop its containers; the next run's sweep does."""
+    boot = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.hosts.systemd_host import SystemdHost\n"
+        f"host = SystemdHost(Path({str(systemd_rootfs)!r}))\n"
+        "host.start()\n"
+        "print(host.name, flush=True)\n"
+        "time.sleep(600)  # killed long before\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(
+        [sys.executable, "-c", boot], stdout=subprocess.PIPE, text=True, cwd=repo
+    ) as process:
+        try:
+            assert process.stdout is not None
+            name = process.stdout.readline().strip()
+        finally:
+            process.kill()
+    assert name.startswith("plumb-"), "the host did not boot"
+    orphan = SimpleNamespace(name=name, rootfs=systemd_rootfs)
+    # The container outlives the process that booted it...
+    assert any("process" in item for item in leftovers(orphan))  # type: ignore[arg-type]
+
+    assert name in sweep_orphans()
+    assert leftovers(orphan) == []  # type: ignore[arg-type]
+    assert name not in sweep_orphans()  # and a second sweep finds nothing of it
