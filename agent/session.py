@@ -1,9 +1,16 @@
 """The agent's end of the Session stream.
 
 A :class:`SessionClient` is one connection: it says hello, keeps the cached
-catalog up to date as the server sends new ones, sends spooled reports and
-deletes them from the spool when acked. The daemon opens a new one whenever
-the previous one broke; ``run --once`` opens one for the length of a run.
+catalog up to date as the server sends new ones (answering each with a
+CatalogAck: verified and cached, or refused and why), sends spooled reports
+and deletes them from the spool when acked. The daemon opens a new one
+whenever the previous one broke; ``run --once`` opens one for the length of a
+run.
+
+Both sides send a heartbeat every interval the server's Welcome names; when
+nothing at all arrives from the server for HEARTBEAT_MISSES intervals, the
+session is ended as dead (and the daemon reconnects), even if the TCP
+connection still looks alive.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -26,6 +34,9 @@ log = logging.getLogger("plumb.agent.session")
 
 _FLUSH = object()  # send whatever the spool holds that this stream has not sent
 _END = object()  # close our side of the stream
+_HEARTBEAT = pb.AgentMessage(heartbeat=pb.Heartbeat())
+#: A server silent for this many heartbeat intervals is dead.
+HEARTBEAT_MISSES = 3
 
 
 class SessionClient:
@@ -50,6 +61,8 @@ class SessionClient:
         self._acked = threading.Condition()
         self.error: str = ""
         self._call: grpc.Call | None = None
+        self._heard_at = time.monotonic()
+        self._closed = threading.Event()
 
     def start(self) -> None:
         stub = pb_grpc.AgentStub(self._channel)
@@ -71,6 +84,7 @@ class SessionClient:
             )
 
     def close(self) -> None:
+        self._closed.set()
         self._outbox.put(_END)
         if self._call is not None:
             self._call.cancel()
@@ -89,6 +103,8 @@ class SessionClient:
         while (item := self._outbox.get()) is not _END:
             if item is _FLUSH:
                 yield from self._reports()
+            elif isinstance(item, pb.AgentMessage):
+                yield item
 
     def _reports(self) -> Iterator[pb.AgentMessage]:
         for report_id, body in self.runner.spool.pending():
@@ -99,10 +115,12 @@ class SessionClient:
     def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
         try:
             for message in responses:
+                self._heard_at = time.monotonic()
                 self.alive.set()
                 self._handle(message)
         except grpc.RpcError as exc:
-            self.error = _describe(exc)
+            # A heartbeat that gave up has said why already; the cancel is its doing.
+            self.error = self.error or _describe(exc)
         finally:
             self.ended.set()
             with self._acked:
@@ -111,6 +129,8 @@ class SessionClient:
     def _handle(self, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "welcome":
+            if message.welcome.heartbeat_interval_s > 0:
+                self._start_heartbeat(message.welcome.heartbeat_interval_s)
             if message.welcome.latest_revision == self.runner.applied_revision():
                 self.caught_up.set()
         elif kind == "catalog":
@@ -126,9 +146,29 @@ class SessionClient:
         except CatalogRejected as exc:
             # Never apply what we cannot verify; keep enforcing the last good one.
             log.error("refused catalog revision %d: %s", signed.revision, exc)
+            ack = pb.CatalogAck(revision=signed.revision, accepted=False, error=str(exc))
         else:
             self.on_catalog(signed)
+            ack = pb.CatalogAck(revision=signed.revision, accepted=True)
+        self._outbox.put(pb.AgentMessage(catalog_ack=ack))
         self.caught_up.set()
+
+    def _start_heartbeat(self, interval_s: float) -> None:
+        threading.Thread(
+            target=self._heartbeat, args=(interval_s,), daemon=True, name="plumb-heartbeat"
+        ).start()
+
+    def _heartbeat(self, interval_s: float) -> None:
+        """Send a heartbeat every interval; end the session once the server has gone silent."""
+        while not self._closed.wait(interval_s) and not self.ended.is_set():
+            silent = time.monotonic() - self._heard_at
+            if silent > interval_s * HEARTBEAT_MISSES:
+                self.error = f"nothing heard from the server for {silent:.0f} s"
+                log.warning("session: %s; ending it as dead", self.error)
+                if self._call is not None:
+                    self._call.cancel()
+                return
+            self._outbox.put(_HEARTBEAT)
 
 
 def _describe(exc: grpc.RpcError) -> str:

@@ -127,7 +127,7 @@ def converge(server: Server, agent: Agent, workdir: Path) -> None:
         if time.monotonic() > deadline:
             raise BenchmarkFailed(f"the agent did not converge:\n{agent.logs()[-2000:]}")
         time.sleep(0.05)
-    while server.nodes().get(NODE, {}).get("applied_revision") != "1":
+    while server.nodes().get(NODE, {}).get("applied_revision") != 1:
         if time.monotonic() > deadline:
             raise BenchmarkFailed("the first report was not stored")
         time.sleep(0.05)
@@ -164,7 +164,7 @@ def measure(workdir: Path) -> dict[str, object]:
                 visible.append(wait_stored(db, sample + 1, started) * 1000)
         db.close()
         trigger = server.cli_json("report", NODE)["trigger"]
-        if trigger != "WATCH":
+        if trigger != "watch":
             raise BenchmarkFailed(f"the last run was triggered by {trigger}, not by a watcher")
         events = server.cli_json("drift", "--node", NODE).get("events", [])
         if len(events) < SAMPLES:

@@ -67,7 +67,7 @@ show "$bin/plumb" nodes
 
 step "Push the example manifest; connected agents apply it at once"
 show "$bin/plumb" push "$repo/examples/web.yaml"
-converged() { "$bin/plumb" compliance >/dev/null && [ "$("$bin/plumb" nodes --json | grep -c '"applied_revision": "1"')" = 2 ]; }
+converged() { "$bin/plumb" compliance >/dev/null && [ "$("$bin/plumb" nodes --json | grep -c "\"applied_revision\": 1,")" = 2 ]; }
 wait_until 20 "both nodes to converge" converged
 show "$bin/plumb" nodes
 show "$bin/plumb" report web-1
@@ -79,7 +79,7 @@ chmod 0644 "$work/web-2/root/etc/app.conf"
 show cat "$work/web-2/root/etc/app.conf"
 
 step "The agent's watcher notices the change, repairs it and reports the drift"
-drift_seen() { "$bin/plumb" drift --json | grep -q '"node_name": "web-2"'; }
+drift_seen() { "$bin/plumb" drift --json | grep -q "\"node\": \"web-2\""; }
 wait_until 30 "the drift to be repaired and reported" drift_seen
 show cat "$work/web-2/root/etc/app.conf"
 show "$bin/plumb" report web-2

@@ -108,6 +108,24 @@ SpecT = TypeVar("SpecT")
 StateT = TypeVar("StateT")
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Identity:
+    """A real object on a host that a resource manages: ``path /etc/motd``, ``unit web.service``.
+
+    ``namespace`` says what sort of object it is, independently of the kind
+    that manages it: the file kind and a service's unit file both manage a
+    ``path``. Two resources in one node's catalog with an equal identity would
+    fight over that object (each repairing what the other did), so the server
+    refuses such a catalog at push time, naming both, whatever their kinds.
+    """
+
+    namespace: str  # "path", "unit", "package", "nftables table", "route"
+    key: str  # normalised, so that equal objects give equal keys
+
+    def __str__(self) -> str:
+        return f"{self.namespace} {self.key}"
+
+
 class Kind(abc.ABC, Generic[SpecT, StateT]):
     """One resource kind: a typed spec, how to observe it, diff it and change it."""
 
@@ -124,6 +142,16 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
     @abc.abstractmethod
     def parse(self, raw: Mapping[str, Any]) -> SpecT:
         """Validate a raw spec mapping into a typed spec. Pure; raises SpecError."""
+
+    @abc.abstractmethod
+    def identities(self, spec: SpecT) -> tuple[Identity, ...]:
+        """The real objects ``spec`` manages (a file: its path). Pure, from the parsed spec.
+
+        Whatever the kind's own semantics make unique on one host: the key the
+        system itself uses for the object (the kernel's route key, a unit's
+        full name), normalised so that two ways of writing one object give
+        one identity.
+        """
 
     @abc.abstractmethod
     def read(self, ctx: Context, spec: SpecT) -> StateT:

@@ -96,7 +96,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.pathwatch import watch_paths
 from modules.registry import register
@@ -215,6 +215,9 @@ class FileKind(Kind[FileSpec, FileState]):
         else:
             _check_fields_of_type(spec)
         return spec
+
+    def identities(self, spec: FileSpec) -> tuple[Identity, ...]:
+        return (Identity("path", spec.path),)
 
     def read(self, ctx: Context, spec: FileSpec) -> FileState:
         with _translated(ReadError, f"read {spec.path}"):

@@ -74,7 +74,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.errors import ApplyError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Presence, SpecReader, describe
@@ -243,6 +243,10 @@ class FirewallKind(Kind[FirewallSpec, FirewallState]):
             raise SpecError("chains", "not allowed with state: absent (the table is deleted)")
         _refuse_duplicates([chain.name for chain in chains], "chains", "chain")
         return FirewallSpec(table=table, family=family, state=state, chains=chains)
+
+    def identities(self, spec: FirewallSpec) -> tuple[Identity, ...]:
+        # nftables names a table by family and name: "inet plumb" and "ip plumb" are two.
+        return (Identity("nftables table", f"{spec.family} {spec.table}"),)
 
     def read(self, ctx: Context, spec: FirewallSpec) -> FirewallState:
         command = ["nft", "-j", "list", "table", spec.family.value, spec.table]

@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Presence, SpecReader
@@ -115,6 +115,9 @@ class PackageKind(Kind[PackageSpec, PackageState]):
         if state is Presence.ABSENT and version is not None:
             raise SpecError("version", "not allowed with state: absent")
         return PackageSpec(package, state, version)
+
+    def identities(self, spec: PackageSpec) -> tuple[Identity, ...]:
+        return (Identity("package", spec.package),)
 
     def read(self, ctx: Context, spec: PackageSpec) -> PackageState:
         provider = provider_for(ctx)

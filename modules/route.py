@@ -62,7 +62,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
 from modules.spec import Presence, SpecReader
@@ -165,6 +165,12 @@ class RouteKind(Kind[RouteSpec, RouteState]):
         reader.finish()
         _check_combination(spec)
         return spec
+
+    def identities(self, spec: RouteSpec) -> tuple[Identity, ...]:
+        # The kernel's own key: a second route with the same destination, table
+        # and metric is the same route (IPv6 metric 0 is stored as 1024).
+        key = spec.key
+        return (Identity("route", f"{key.destination} table {key.table} metric {key.metric}"),)
 
     def read(self, ctx: Context, spec: RouteSpec) -> RouteState:
         with _translated(ReadError, f"read {_describe(ctx, spec)}"):

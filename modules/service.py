@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modules import file as file_kind
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.errors import ApplyError, OperationError, ReadError, Unavailable
 from modules.registry import register
 from modules.spec import SpecReader
@@ -110,6 +110,12 @@ class ServiceKind(Kind[ServiceSpec, ServiceState]):
         content = reader.string("content")
         reader.finish()
         return ServiceSpec(unit, None if state is None else state == "running", enabled, content)
+
+    def identities(self, spec: ServiceSpec) -> tuple[Identity, ...]:
+        # With content, the unit file is managed too: a file resource on the
+        # same path would fight over it.
+        unit = (Identity("unit", spec.unit),)
+        return unit if spec.content is None else (*unit, *_FILE.identities(_unit_file_spec(spec)))
 
     def read(self, ctx: Context, spec: ServiceSpec) -> ServiceState:
         _require_systemd(ctx)

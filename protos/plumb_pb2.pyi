@@ -71,28 +71,50 @@ class EnrollResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., node_name: _Optional[str] = ..., agent_port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "report")
+    __slots__ = ("hello", "report", "catalog_ack", "heartbeat")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ACK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     report: Report
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+    catalog_ack: CatalogAck
+    heartbeat: Heartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., catalog_ack: _Optional[_Union[CatalogAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("catalog", "ack", "welcome")
+    __slots__ = ("catalog", "ack", "welcome", "heartbeat")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     catalog: SignedCatalog
     ack: Ack
     welcome: Welcome
-    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+    heartbeat: Heartbeat
+    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CatalogAck(_message.Message):
+    __slots__ = ("revision", "accepted", "error")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    accepted: bool
+    error: str
+    def __init__(self, revision: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("latest_revision",)
+    __slots__ = ("latest_revision", "heartbeat_interval_s")
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     latest_revision: int
-    def __init__(self, latest_revision: _Optional[int] = ...) -> None: ...
+    heartbeat_interval_s: float
+    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_name", "facts", "applied_revision", "agent_version")
@@ -232,10 +254,12 @@ class ManifestFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("files",)
+    __slots__ = ("files", "wait_s")
     FILES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
-    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class ManifestError(_message.Message):
     __slots__ = ("file", "line", "field", "message")
@@ -250,23 +274,38 @@ class ManifestError(_message.Message):
     def __init__(self, file: _Optional[str] = ..., line: _Optional[int] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes")
+    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes", "undelivered_nodes", "refused_nodes", "unchanged", "unmatched_names")
+    class RefusedNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     TARGETED_NODES_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_NODES_FIELD_NUMBER: _ClassVar[int]
+    UNDELIVERED_NODES_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_NODES_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_NAMES_FIELD_NUMBER: _ClassVar[int]
     revision: int
     errors: _containers.RepeatedCompositeFieldContainer[ManifestError]
     targeted_nodes: _containers.RepeatedScalarFieldContainer[str]
     delivered_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    undelivered_nodes: _containers.RepeatedScalarFieldContainer[str]
+    refused_nodes: _containers.ScalarMap[str, str]
+    unchanged: bool
+    unmatched_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "catalog_problem", "reported_revision", "summary")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +321,9 @@ class Node(_message.Message):
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     COMPLIANCE_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -290,7 +332,10 @@ class Node(_message.Message):
     latest_revision: int
     compliance: float
     enrolled_at: float
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ...) -> None: ...
+    catalog_problem: str
+    reported_revision: int
+    summary: ComplianceRow
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -305,12 +350,16 @@ class GetReportRequest(_message.Message):
     def __init__(self, node_name: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
-    __slots__ = ("report", "found")
+    __slots__ = ("report", "found", "catalog_problem", "latest_revision")
     REPORT_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     report: Report
     found: bool
-    def __init__(self, report: _Optional[_Union[Report, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+    catalog_problem: str
+    latest_revision: int
+    def __init__(self, report: _Optional[_Union[Report, _Mapping]] = ..., found: _Optional[bool] = ..., catalog_problem: _Optional[str] = ..., latest_revision: _Optional[int] = ...) -> None: ...
 
 class ListDriftRequest(_message.Message):
     __slots__ = ("node_name", "limit")
@@ -351,23 +400,34 @@ class GetComplianceRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ComplianceRow(_message.Message):
-    __slots__ = ("scope", "name", "compliant", "evaluated", "percent")
+    __slots__ = ("scope", "name", "compliant", "expected", "percent", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMPLIANT_FIELD_NUMBER: _ClassVar[int]
-    EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     scope: str
     name: str
     compliant: int
-    evaluated: int
+    expected: int
     percent: float
-    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., compliant: _Optional[int] = ..., evaluated: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., compliant: _Optional[int] = ..., expected: _Optional[int] = ..., percent: _Optional[float] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetComplianceResponse(_message.Message):
-    __slots__ = ("rows", "fleet")
+    __slots__ = ("rows", "fleet", "revision")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     FLEET_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[ComplianceRow]
     fleet: ComplianceRow
-    def __init__(self, rows: _Optional[_Iterable[_Union[ComplianceRow, _Mapping]]] = ..., fleet: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[ComplianceRow, _Mapping]]] = ..., fleet: _Optional[_Union[ComplianceRow, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

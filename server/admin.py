@@ -11,13 +11,23 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import tokens
+from server.compliance import Tally
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
-from server.store import ComplianceRow, DriftRow, Store
+from server.store import DriftRow, Store
 from server.wire import STATUS_TO_PB, report_from_body
 
 DEFAULT_TOKEN_TTL_S = 3600
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
+MAX_TOKEN_USES = 100_000
 DEFAULT_DRIFT_LIMIT = 100
+MAX_DRIFT_LIMIT = 10_000
+#: The most manifest text one push may carry (server.app lets messages this big in).
+MAX_PUSH_BYTES = 4 * 2**20
+#: How long a push waits, by default and at most, for targeted connected nodes
+#: to acknowledge the new catalog before it answers.
+DEFAULT_PUSH_WAIT_S = 5.0
+MAX_PUSH_WAIT_S = 60.0
 
 
 class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
@@ -33,6 +43,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateTokenResponse:
+        if request.ttl_s > MAX_TOKEN_TTL_S or request.uses > MAX_TOKEN_USES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a token lives at most {MAX_TOKEN_TTL_S} s and allows at most "
+                f"{MAX_TOKEN_USES} uses (asked: {request.ttl_s} s, {request.uses} uses)",
+            )
         token = tokens.new(self.ca_fingerprint)
         now = time.time()
         expires = now + (request.ttl_s or DEFAULT_TOKEN_TTL_S)
@@ -54,6 +70,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self, request: pb.PushRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PushResponse:
         files = [(f.path, f.content) for f in request.files]
+        size = sum(len(content.encode()) for _, content in files)
+        if size > MAX_PUSH_BYTES:
+            message = f"the manifests add up to {size} bytes; a push takes at most {MAX_PUSH_BYTES}"
+            return pb.PushResponse(errors=[pb.ManifestError(message=message)])
         outcome = await asyncio.to_thread(self.fleet.push, files)
         if outcome.errors:
             return pb.PushResponse(
@@ -62,23 +82,34 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     for e in outcome.errors
                 ]
             )
-        delivered = await self._deliver(outcome)
+        if outcome.unchanged:
+            return pb.PushResponse(
+                revision=outcome.revision, unchanged=True, unmatched_names=outcome.unmatched_names
+            )
+        wait_s = request.wait_s if request.wait_s > 0 else DEFAULT_PUSH_WAIT_S
+        acks = await self._deliver(outcome, min(wait_s, MAX_PUSH_WAIT_S))
+        delivered = sorted(n for n, ack in acks.items() if ack.accepted)
+        refused = {n: ack.error for n, ack in acks.items() if not ack.accepted}
         return pb.PushResponse(
             revision=outcome.revision,
             targeted_nodes=outcome.targeted,
-            delivered_nodes=sorted(delivered),
+            delivered_nodes=delivered,
+            undelivered_nodes=[n for n in outcome.targeted if n not in acks],
+            refused_nodes=refused,
+            unmatched_names=outcome.unmatched_names,
         )
 
-    async def _deliver(self, outcome: PushOutcome) -> list[str]:
-        """Send the new revision's catalog to every connected node, at once."""
+    async def _deliver(self, outcome: PushOutcome, wait_s: float) -> dict[str, pb.CatalogAck]:
+        """Send the new revision to every connected node; targeted ones' acks within ``wait_s``.
+
+        Every connected node moves to the new revision (its catalog may be
+        unchanged, but its revision is what compliance is counted at); only
+        the targeted ones, whose catalog this push changes, are waited for.
+        """
         connected = self.hub.connected_nodes()
         # Signing thousands of catalogs is CPU work: keep it off the event loop.
         signed = await asyncio.to_thread(self._sign_for, connected, outcome)
-        return [
-            node
-            for node, catalog in signed.items()
-            if self.hub.send(node, pb.ServerMessage(catalog=catalog))
-        ]
+        return await self.hub.deliver(signed, set(outcome.targeted), wait_s)
 
     def _sign_for(self, nodes: set[str], outcome: PushOutcome) -> dict[str, pb.SignedCatalog]:
         signed = {}
@@ -98,12 +129,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListNodesResponse:
         rows = await asyncio.to_thread(self.store.list_nodes)
-        latest, _ = await asyncio.to_thread(self.store.latest_revision)
-        compliance = {
-            r.name: r.percent
-            for r in await asyncio.to_thread(self.store.compliance)
-            if r.scope == "node"
-        }
+        compliance = await asyncio.to_thread(self.fleet.compliance)
+        latest = compliance.revision
+        problems = await asyncio.to_thread(self.store.catalog_problems, latest)
         return pb.ListNodesResponse(
             nodes=[
                 pb.Node(
@@ -113,10 +141,14 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     last_seen=n.last_seen,
                     applied_revision=n.applied_revision,
                     latest_revision=latest,
-                    compliance=compliance.get(n.name, -1.0),
+                    compliance=_percent(compliance.by_node[n.name]),
                     enrolled_at=n.enrolled_at,
+                    catalog_problem="\n".join(problems.get(n.name, [])),
+                    reported_revision=n.status_revision,
+                    summary=_compliance(compliance.by_node[n.name]),
                 )
                 for n in rows
+                if n.name in compliance.by_node  # enrolled between the two reads: next time
             ]
         )
 
@@ -124,28 +156,35 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetReportResponse:
         body = await asyncio.to_thread(self.store.last_report, request.node_name)
+        latest = await asyncio.to_thread(self.store.latest_revision_id)
+        problems = await asyncio.to_thread(self.store.catalog_problems, latest)
+        problem = "\n".join(problems.get(request.node_name, []))
         if body is None:
-            return pb.GetReportResponse(found=False)
-        return pb.GetReportResponse(found=True, report=report_from_body(body))
+            return pb.GetReportResponse(
+                found=False, catalog_problem=problem, latest_revision=latest
+            )
+        return pb.GetReportResponse(
+            found=True,
+            report=report_from_body(body),
+            catalog_problem=problem,
+            latest_revision=latest,
+        )
 
     async def ListDrift(
         self, request: pb.ListDriftRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDriftResponse:
-        rows = await asyncio.to_thread(
-            self.store.drift, request.node_name or None, request.limit or DEFAULT_DRIFT_LIMIT
-        )
+        limit = min(request.limit or DEFAULT_DRIFT_LIMIT, MAX_DRIFT_LIMIT)
+        rows = await asyncio.to_thread(self.store.drift, request.node_name or None, limit)
         return pb.ListDriftResponse(events=[_drift_event(r) for r in rows])
 
     async def GetCompliance(
         self, request: pb.GetComplianceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetComplianceResponse:
-        rows = await asyncio.to_thread(self.store.compliance)
-        by_node = [r for r in rows if r.scope == "node"]
-        fleet = ComplianceRow(
-            "fleet", "fleet", sum(r.compliant for r in by_node), sum(r.evaluated for r in by_node)
-        )
+        result = await asyncio.to_thread(self.fleet.compliance)
         return pb.GetComplianceResponse(
-            rows=[_compliance(r) for r in rows], fleet=_compliance(fleet)
+            rows=[_compliance(r) for r in result.rows],
+            fleet=_compliance(result.fleet),
+            revision=result.revision,
         )
 
 
@@ -162,11 +201,16 @@ def _drift_event(row: DriftRow) -> pb.DriftEvent:
     )
 
 
-def _compliance(row: ComplianceRow) -> pb.ComplianceRow:
+def _percent(tally: Tally) -> float:
+    return -1.0 if tally.percent is None else tally.percent
+
+
+def _compliance(tally: Tally) -> pb.ComplianceRow:
     return pb.ComplianceRow(
-        scope=row.scope,
-        name=row.name,
-        compliant=row.compliant,
-        evaluated=row.evaluated,
-        percent=row.percent,
+        scope=tally.scope,
+        name=tally.name,
+        compliant=tally.compliant,
+        expected=tally.expected,
+        percent=_percent(tally),
+        counts=tally.ordered_counts(),
     )

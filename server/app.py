@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import plumb_pb2_grpc as pb_grpc
-from server.admin import AdminServicer
+from server.admin import MAX_PUSH_BYTES, AdminServicer
 from server.auth import AuthInterceptor
 from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
@@ -33,6 +33,23 @@ from server.session import AgentServicer
 from server.store import Store
 
 log = logging.getLogger("plumb.server")
+
+#: HTTP/2 keepalive: ping every peer every 10 s and drop a connection whose
+#: ping is not answered within 10 s, so a dead transport (a cut cable, a
+#: frozen host) is noticed within 20 s even while no stream sends anything.
+#: Agents ping as often (agent.tls); allowing that keeps the server from
+#: answering their pings with GOAWAY "too many pings".
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    # The largest message taken: a push of MAX_PUSH_BYTES of manifests (which
+    # Push then refuses in one clear line, not gRPC's RESOURCE_EXHAUSTED), or
+    # a run report.
+    ("grpc.max_receive_message_length", MAX_PUSH_BYTES + 2**20),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +70,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     fleet = Fleet(store, signer)
     ingestor = Ingestor(store)
     presence = Presence(store)
-    grpc_server = grpc.aio.server(interceptors=[AuthInterceptor()])
+    grpc_server = grpc.aio.server(interceptors=[AuthInterceptor()], options=SERVER_OPTIONS)
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
     agent_port = _listen(
         grpc_server,
@@ -64,7 +81,9 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     )
     enroll_port = _listen(grpc_server, config.enroll_listen, grpc.ssl_server_credentials(key_cert))
     enroll_address = f"{config.advertise}:{enroll_port}"
-    pb_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(store, ca, agent_port), grpc_server)
+    pb_grpc.add_EnrollmentServicer_to_server(
+        EnrollmentServicer(store, ca, agent_port, on_enrolled=fleet.prepare), grpc_server
+    )
     pb_grpc.add_AgentServicer_to_server(
         AgentServicer(store, fleet, hub, ingestor, presence), grpc_server
     )

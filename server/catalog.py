@@ -13,10 +13,11 @@ it: when it reaches a resource, it looks at what that resource subscribes to.
 ``require`` is carried as written.
 
 The set has already passed :func:`server.manifest.validate_set`; what can
-still go wrong depends on the node, so it is checked here: two manifests
-that both target the node declaring the same resource, and a resource that
-requires, notifies or subscribes to one which only a manifest not targeting
-the node declares. Push
+still go wrong depends on the node, so it is checked here: two resources of
+the node that manage one real object (:func:`collisions`: one id declared
+twice, or the same path, package, unit or table under two ids), and a
+resource that requires, notifies or subscribes to one which only a manifest
+not targeting the node declares. Push
 runs :func:`compile_fleet` over every known node and refuses a revision
 whole if anything is wrong for any of them.
 
@@ -30,8 +31,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 
+from modules.base import Identity
 from modules.catalog import Catalog, CatalogResource
-from server.errors import CompileError
+from server.errors import CompileError, ManifestError
 from server.manifest import RELATIONS, VERBS, Manifest, ResourceDecl
 
 
@@ -49,7 +51,7 @@ def compile_fleet(
     group of nodes, in the order the groups first appear."""
     nodes = list(nodes)
     catalogs: dict[str, Catalog] = {}
-    problems: list[str] = []
+    problems: list[ManifestError] = []
     for selection, names in _groups(manifests, nodes).items():
         selected = [manifests[i] for i in selection]
         found = _problems(manifests, selected, _phrase(names))
@@ -106,19 +108,14 @@ def _resource(
     )
 
 
-def _problems(manifests: Sequence[Manifest], selected: Sequence[Manifest], node: str) -> list[str]:
+def _problems(
+    manifests: Sequence[Manifest], selected: Sequence[Manifest], node: str
+) -> list[ManifestError]:
     owners: dict[str, tuple[Manifest, ResourceDecl]] = {}
-    problems: list[str] = []
+    problems = collisions(selected, f"both targeting node {node}")
     for m in selected:
         for r in m.resources:
-            if r.id in owners:
-                first, decl = owners[r.id]
-                problems.append(
-                    f"{r.id} is declared by {first.file}:{decl.line} and {m.file}:{r.line},"
-                    f" both targeting node {node}"
-                )
-            else:
-                owners[r.id] = (m, r)
+            owners.setdefault(r.id, (m, r))
     for m in selected:
         for r in m.resources:
             problems.extend(
@@ -130,6 +127,48 @@ def _problems(manifests: Sequence[Manifest], selected: Sequence[Manifest], node:
     return problems
 
 
+def collisions(manifests: Sequence[Manifest], where: str = "") -> list[ManifestError]:
+    """Resources of ``manifests`` that would be one node's and manage one real object.
+
+    Two declarations of one id, or two resources whose kinds say they manage
+    the same thing (:meth:`modules.base.Kind.identities`: a path, a package, a
+    unit, a table), whatever their kinds and names: on one host they would
+    undo each other's work for ever. Each problem is placed at the later
+    declaration and names both; ``where`` ends the message ("both targeting
+    node web-1").
+    """
+    ids: dict[str, tuple[Manifest, ResourceDecl]] = {}
+    objects: dict[Identity, tuple[Manifest, ResourceDecl]] = {}
+    problems: list[ManifestError] = []
+    suffix = f", {where}" if where else ""
+    for m in manifests:
+        for r in m.resources:
+            if r.id in ids:
+                first, decl = ids[r.id]
+                message = f"{r.id} is declared by {first.file}:{decl.line} and {m.file}:{r.line}"
+                problems.append(ManifestError(m.file, r.line, r.field("name"), message + suffix))
+                continue
+            ids[r.id] = (m, r)
+            for identity in r.identities:
+                if identity in objects:
+                    first, decl = objects[identity]
+                    message = (
+                        f"{identity} is managed by both {decl.id} ({first.file}:{decl.line})"
+                        f" and {r.id} ({m.file}:{r.line}); one real object needs one owner"
+                    )
+                    problems.append(
+                        ManifestError(m.file, r.line, r.field("spec"), message + suffix)
+                    )
+                else:
+                    objects[identity] = (m, r)
+    return problems
+
+
+def collisions_within(manifests: Sequence[Manifest]) -> list[ManifestError]:
+    """:func:`collisions` inside each manifest alone: refused even before any node matches it."""
+    return [problem for m in manifests for problem in collisions([m])]
+
+
 def _missing(
     manifests: Sequence[Manifest],
     manifest: Manifest,
@@ -137,14 +176,16 @@ def _missing(
     field: str,
     index: int,
     node: str,
-) -> str:
+) -> ManifestError:
     ids, lines = decl.relation(field)
     wanted, verb = ids[index], VERBS[field]
     where = f"{decl.id} ({manifest.file}:{lines[index]})"
     elsewhere = [f"{m.file}:{r.line}" for m in manifests for r in m.resources if r.id == wanted]
     if not elsewhere:
-        return f"{where} {verb} {wanted}, which no manifest declares"
-    return (
-        f"{where} {verb} {wanted}, declared only by {', '.join(elsewhere)},"
-        f" whose target does not include node {node}"
-    )
+        message = f"{where} {verb} {wanted}, which no manifest declares"
+    else:
+        message = (
+            f"{where} {verb} {wanted}, declared only by {', '.join(elsewhere)},"
+            f" whose target does not include node {node}"
+        )
+    return ManifestError(manifest.file, lines[index], decl.field(field, index), message)

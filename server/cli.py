@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
+from server import cliviews
 
 DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
 
@@ -44,6 +43,10 @@ examples:
 
 class CLIError(Exception):
     """Something the operator must fix; printed without a traceback."""
+
+
+#: The most manifest text one push may carry; the server enforces it too.
+MAX_PUSH_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="labels every node enrolled with this token gets",
     )
-    create.add_argument("--ttl", type=int, default=3600, help="seconds valid (default: 3600)")
-    create.add_argument("--uses", type=int, default=1, help="how many nodes (default: 1)")
+    create.add_argument(
+        "--ttl",
+        type=_bounded_int(1, MAX_TOKEN_TTL_S, "a number of seconds"),
+        default=3600,
+        help=f"seconds valid, at most {MAX_TOKEN_TTL_S} (30 days; default: 3600)",
+    )
+    create.add_argument(
+        "--uses",
+        type=_bounded_int(1, MAX_TOKEN_USES, "a number of nodes"),
+        default=1,
+        help=f"how many nodes may enroll with it, at most {MAX_TOKEN_USES} (default: 1)",
+    )
     create.add_argument(
         "--install-command",
         action="store_true",
@@ -110,8 +123,21 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(create)
     create.set_defaults(func=_token_create)
 
-    push = sub.add_parser("push", help="validate manifests and roll them out as a new revision")
+    push = sub.add_parser(
+        "push",
+        help="validate manifests and roll them out as a new revision",
+        description="Validate the manifests (with those already stored) and store a new "
+        "revision; connected nodes whose catalog changes get it at once. Pushing manifests "
+        "identical to the latest revision stores nothing. Exit 1 if refused.",
+    )
     push.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    push.add_argument(
+        "--wait",
+        type=_bounded_float(0.1, 60.0, "a number of seconds"),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for connected nodes to acknowledge the new catalog (default: 5)",
+    )
     _json_flag(push)
     push.set_defaults(func=_push)
 
@@ -126,7 +152,12 @@ def _parser() -> argparse.ArgumentParser:
 
     drift = sub.add_parser("drift", help="drift events across the fleet, newest first")
     drift.add_argument("--node", default="", help="only this node")
-    drift.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    drift.add_argument(
+        "--limit",
+        type=_bounded_int(1, MAX_DRIFT_LIMIT, "a number of events"),
+        default=50,
+        help=f"at most this many, up to {MAX_DRIFT_LIMIT} (default: 50)",
+    )
     _json_flag(drift)
     drift.set_defaults(func=_drift)
 
@@ -137,7 +168,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON for scripts (shapes: server/cliviews.py)"
+    )
+
+
+def _bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, or one line saying what is."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bounded_float(low: float, high: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} from {low:g} to {high:g}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 # ------------------------------------------------------------------ connection
@@ -177,6 +240,10 @@ def _rpc_message(exc: grpc.RpcError) -> str:
 
 
 TIMEOUT_S = 30
+#: Limits the server enforces too (server.admin); checked here to say so in one line.
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
+MAX_TOKEN_USES = 100_000
+MAX_DRIFT_LIMIT = 10_000
 
 
 # ------------------------------------------------------------------ commands
@@ -191,12 +258,12 @@ def _token_create(args: argparse.Namespace) -> int:
     if args.install_command or args.package:
         command = install_command(reply.enroll_address, reply.token, args.package)
         if args.json:
-            return _print_json(reply, install_command=command)
+            return _print_json(cliviews.token(reply, command))
         print(f"# {valid}; run this as root on the node:", file=sys.stderr)
         print(command)
         return 0
     if args.json:
-        return _print_json(reply)
+        return _print_json(cliviews.token(reply, None))
     print(reply.token)
     print(
         f"# {valid}; on the node run:\n"
@@ -240,15 +307,17 @@ def _parse_labels(items: Sequence[str]) -> dict[str, str]:
 
 
 def _push(args: argparse.Namespace) -> int:
-    files = []
-    for path in args.files:
-        try:
-            files.append(pb.ManifestFile(path=str(path), content=path.read_text()))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CLIError(f"cannot read {path}: {exc}") from exc
-    reply = _stub(args).Push(pb.PushRequest(files=files), timeout=TIMEOUT_S)
+    files = [_manifest_file(path) for path in args.files]
+    total = sum(len(f.content.encode()) for f in files)
+    if total > MAX_PUSH_BYTES:
+        raise CLIError(
+            f"the manifests add up to {total / 2**20:.1f} MiB; a push takes at most "
+            f"{MAX_PUSH_BYTES // 2**20} MiB (split them, or move large content out of them)"
+        )
+    request = pb.PushRequest(files=files, wait_s=args.wait)
+    reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
     if args.json:
-        _print_json(reply)
+        _print_json(cliviews.push(reply))
     elif reply.errors:
         for e in reply.errors:
             where = f"{e.file}:{e.line}: " if e.file else ""
@@ -258,20 +327,49 @@ def _push(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        print(
-            f"revision {reply.revision}: {len(reply.targeted_nodes)} node(s) targeted, "
-            f"delivered now to {len(reply.delivered_nodes)}: "
-            f"{', '.join(reply.delivered_nodes) or '-'}"
-        )
+        _print_push(reply, args.wait)
     return 1 if reply.errors else 0
+
+
+def _manifest_file(path: Path) -> pb.ManifestFile:
+    try:
+        return pb.ManifestFile(path=str(path), content=path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {path}: {exc}") from exc
+
+
+def _print_push(reply: pb.PushResponse, wait: float) -> None:
+    for name in reply.unmatched_names:
+        print(f"plumb: warning: target.names: no enrolled node is named {name!r}", file=sys.stderr)
+    if reply.unchanged:
+        print(
+            f"revision {reply.revision} unchanged: the manifests are identical to it; "
+            "nothing stored, nothing sent"
+        )
+        return
+    targeted = list(reply.targeted_nodes)
+    print(
+        f"revision {reply.revision}: {len(targeted)} node(s) targeted"
+        f"{': ' + ', '.join(targeted) if targeted else ' (no catalog changes)'}"
+    )
+    if reply.delivered_nodes:
+        print(f"  delivered (acknowledged): {', '.join(reply.delivered_nodes)}")
+    if reply.undelivered_nodes:
+        print(
+            f"  not delivered yet: {', '.join(reply.undelivered_nodes)} (not connected, or no "
+            f"acknowledgement within {wait:g} s; they get revision {reply.revision} "
+            "when they connect)"
+        )
+    for node, why in sorted(reply.refused_nodes.items()):
+        print(f"  REFUSED by {node}: {why}")
 
 
 def _nodes(args: argparse.Namespace) -> int:
     reply = _stub(args).ListNodes(pb.ListNodesRequest(), timeout=TIMEOUT_S)
     if args.json:
-        return _print_json(reply)
+        return _print_json(cliviews.nodes(reply))
     _table(
-        ["NODE", "LABELS", "CONNECTED", "LAST SEEN", "REVISION", "COMPLIANCE"],
+        ["NODE", "LABELS", "CONNECTED", "LAST SEEN", "REVISION", "COMPLIANCE", "NOT COMPLIANT"],
         [
             [
                 n.name,
@@ -279,30 +377,41 @@ def _nodes(args: argparse.Namespace) -> int:
                 "yes" if n.connected else "no",
                 _ago(n.last_seen),
                 f"{n.applied_revision}/{n.latest_revision}",
-                _percent(n.compliance),
+                f"{_percent(n.compliance)} ({_fraction(n.summary)})" if n.summary.expected else "-",
+                "no catalog" if n.catalog_problem else _not_compliant(n.summary),
             ]
             for n in reply.nodes
         ],
     )
+    for n in reply.nodes:
+        if n.catalog_problem:
+            print(f"\n{n.name}: no catalog at revision {n.latest_revision}:", file=sys.stderr)
+            print(_indented(n.catalog_problem), file=sys.stderr)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     reply = _stub(args).GetReport(pb.GetReportRequest(node_name=args.node), timeout=TIMEOUT_S)
+    if reply.catalog_problem and not args.json:
+        print(
+            f"node {args.node} has no catalog at revision {reply.latest_revision}:\n"
+            f"{_indented(reply.catalog_problem)}\n",
+            file=sys.stderr,
+        )
     if not reply.found:
         raise CLIError(f"no report from node {args.node!r} yet")
     if args.json:
-        return _print_json(reply.report)
+        return _print_json(cliviews.report(reply, args.node))
     r = reply.report
     print(
-        f"node {r.node_name}, revision {r.revision}, {pb.Trigger.Name(r.trigger).lower()} "
+        f"node {r.node_name}, revision {r.revision}, {cliviews.trigger_word(r.trigger)} "
         f"run{' (noop)' if r.noop else ''} finished {_when(r.finished_at)} "
         f"in {r.finished_at - r.started_at:.3f}s"
     )
     _table(
         ["RESOURCE", "MANIFEST", "STATUS", "DETAIL"],
         [
-            [res.id, res.manifest, pb.Status.Name(res.status).lower(), _detail(res)]
+            [res.id, res.manifest, cliviews.status_word(res.status), _detail(res)]
             for res in r.results
         ],
     )
@@ -338,7 +447,7 @@ def _drift(args: argparse.Namespace) -> int:
         pb.ListDriftRequest(node_name=args.node, limit=args.limit), timeout=TIMEOUT_S
     )
     if args.json:
-        return _print_json(reply)
+        return _print_json(cliviews.drift(reply))
     _table(
         ["WHEN", "NODE", "RESOURCE", "STATUS", "CHANGES"],
         [
@@ -346,7 +455,7 @@ def _drift(args: argparse.Namespace) -> int:
                 _when(e.detected_at),
                 e.node_name,
                 e.resource_id,
-                pb.Status.Name(e.status).lower(),
+                cliviews.status_word(e.status),
                 "; ".join(f"{c.field}: {c.observed} → {c.desired}" for c in e.changes),
             ]
             for e in reply.events
@@ -358,26 +467,34 @@ def _drift(args: argparse.Namespace) -> int:
 def _compliance(args: argparse.Namespace) -> int:
     reply = _stub(args).GetCompliance(pb.GetComplianceRequest(), timeout=TIMEOUT_S)
     if args.json:
-        _print_json(reply)
+        _print_json(cliviews.compliance(reply, reply.revision))
     else:
+        print(f"compliance at revision {reply.revision or '-'} (of every resource expected)")
         rows = [
-            [r.scope, r.name, f"{r.compliant}/{r.evaluated}", _percent(r.percent)]
-            for r in reply.rows
+            [r.scope, r.name, _fraction(r), _percent(r.percent), _not_compliant(r)]
+            for r in [*reply.rows, reply.fleet]
         ]
-        f = reply.fleet
-        rows.append(["fleet", "all nodes", f"{f.compliant}/{f.evaluated}", _percent(f.percent)])
-        _table(["SCOPE", "NAME", "COMPLIANT", "PERCENT"], rows)
-    return 0 if reply.fleet.compliant == reply.fleet.evaluated else 3
+        _table(["SCOPE", "NAME", "COMPLIANT", "PERCENT", "NOT COMPLIANT"], rows)
+    return 0 if reply.fleet.compliant == reply.fleet.expected else 3
+
+
+def _fraction(row: pb.ComplianceRow) -> str:
+    return f"{row.compliant}/{row.expected}" if row.expected else "-"
+
+
+def _not_compliant(row: pb.ComplianceRow) -> str:
+    return cliviews.counts_phrase(dict(row.counts), leave_out=("in_sync", "repaired")) or "-"
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
 
 
 # ------------------------------------------------------------------ output
 
 
-def _print_json(message: Message, **extra: str) -> int:
-    fields = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    print(json.dumps({**fields, **extra}, indent=2, sort_keys=True))
+def _print_json(shape: Mapping[str, Any]) -> int:
+    print(json.dumps(shape, indent=2, sort_keys=True, ensure_ascii=False))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,10 +23,18 @@ NODE_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
-    def __init__(self, store: Store, ca: KeyPair, agent_port: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ca: KeyPair,
+        agent_port: int,
+        on_enrolled: Callable[[str], object] = lambda node: None,
+    ) -> None:
+        """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog)."""
         self.store = store
         self.ca = ca
         self.agent_port = agent_port
+        self.on_enrolled = on_enrolled
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -59,6 +68,9 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
             format(cert.serial_number, "x"),
             time.time(),
         )
+        # Now, not at its first session: a catalog that cannot be compiled for
+        # the new node (a collision only it makes) shows in `plumb nodes` at once.
+        self.on_enrolled(request.node_name)
         return pb.EnrollResponse(
             certificate_pem=cert_pem(cert),
             ca_pem=cert_pem(self.ca.cert),

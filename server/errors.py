@@ -53,12 +53,12 @@ class ManifestInvalid(PlumbServerError):
 
 
 class CompileError(PlumbServerError):
-    """A node's catalog cannot be compiled; each problem names files and lines."""
+    """A node's catalog cannot be compiled; each problem is placed at a file and line."""
 
-    def __init__(self, node: str, problems: Iterable[str]) -> None:
+    def __init__(self, node: str, problems: Iterable[ManifestError]) -> None:
         self.node = node
         self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class ConfigError(PlumbServerError):

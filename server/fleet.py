@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from protos import plumb_pb2 as pb
 from server import catalog as compiler
+from server import compliance as compliance_
 from server import manifest as manifests_
 from server.errors import CompileError, ManifestError
 from server.pki import KeyPair, cert_pem, sign_payload
@@ -26,10 +27,16 @@ log = logging.getLogger("plumb.server.fleet")
 
 @dataclasses.dataclass(frozen=True)
 class PushOutcome:
-    revision: int  # 0 when refused
+    revision: int  # 0 when refused; the unchanged revision when nothing changed
     errors: list[ManifestError]
+    #: Nodes whose catalog this push changes: selected by a pushed manifest that
+    #: differs from the stored one of its name, before or after the change.
     targeted: list[str]
     catalogs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # node -> payload
+    #: The pushed manifests are byte-identical to the latest revision's: no new revision.
+    unchanged: bool = False
+    #: ``target.names`` entries of the pushed manifests that name no enrolled node.
+    unmatched_names: list[str] = dataclasses.field(default_factory=list)
 
 
 class Fleet:
@@ -40,24 +47,34 @@ class Fleet:
         self.signer = signer
         self.clock = clock
         self._signer_pem = cert_pem(signer.cert)
+        self._manifests: tuple[int, list[manifests_.Manifest]] | None = None
 
     def push(self, files: Sequence[tuple[str, str]]) -> PushOutcome:
-        """Validate ``(path, text)`` files, store a new revision and every node's catalog."""
-        try:
-            pushed = manifests_.load_all(files)
-        except manifests_.ManifestInvalid as exc:
-            return PushOutcome(0, exc.errors, [])
-        _, previous = self.store.latest_revision()
-        merged = _merge(_load_sources(previous), pushed)
-        errors = manifests_.validate_set(merged)
+        """Validate ``(path, text)`` files, store a new revision and every node's catalog.
+
+        The pushed files are checked on their own first, then as part of the
+        whole revision they would make (so a require may point into a manifest
+        stored earlier), then compiled for every node; any problem refuses the
+        push whole and stores nothing.
+        """
+        pushed, errors = _load_each(files)
+        if errors:
+            return PushOutcome(0, errors, [])
+        latest, previous_sources = self.store.latest_revision()
+        previous = _load_sources(previous_sources)
+        merged = _merge(previous, pushed)
+        errors = manifests_.validate_set(merged) + compiler.collisions_within(pushed)
         if errors:
             return PushOutcome(0, errors, [])
         nodes = self.store.list_nodes()
+        unmatched = _unmatched_names(pushed, {n.name for n in nodes})
+        if latest and _sources(merged) == _sources(previous):
+            return PushOutcome(latest, [], [], unchanged=True, unmatched_names=unmatched)
         try:
             # Compiled before the revision exists, so a conflict stores nothing.
             compiled = compiler.compile_fleet(merged, [(n.name, n.labels) for n in nodes], 0)
         except CompileError as exc:
-            return PushOutcome(0, [ManifestError("", 0, "", p) for p in exc.problems], [])
+            return PushOutcome(0, list(exc.problems), [])
         revision = self.store.add_revision(
             [ManifestSource(m.name, m.file, m.source) for m in merged], self.clock()
         )
@@ -66,32 +83,61 @@ class Fleet:
             for name, c in compiled.items()
         }
         self.store.save_catalogs(revision, payloads)
+        changed = _changed(previous, pushed)
         targeted = [
-            n.name for n in nodes if any(m.target.matches(n.name, n.labels) for m in pushed)
+            n.name for n in nodes if any(m.target.matches(n.name, n.labels) for m in changed)
         ]
-        return PushOutcome(revision, [], targeted, payloads)
+        return PushOutcome(revision, [], targeted, payloads, unmatched_names=unmatched)
 
     def signed_catalog(self, node_name: str) -> pb.SignedCatalog | None:
         """The node's catalog at the latest revision, compiled on first need."""
+        found = self.prepare(node_name)
+        return None if found is None else self.sign(*found)
+
+    def prepare(self, node_name: str) -> tuple[int, bytes] | None:
+        """The node's catalog at the latest revision (revision, payload), compiled if need be.
+
+        None when nothing was pushed yet, the node is unknown, or its catalog
+        cannot be compiled; the reason for the last is stored.
+        """
         revision = self.store.latest_revision_id()
         if revision == 0:
             return None
         payload = self.store.catalog(node_name, revision)
-        if payload is None:
-            node = self.store.node(node_name)
-            if node is None:
-                return None
-            try:
-                payload = self._compile(
-                    _load_sources(self.store.revision(revision)), node, revision
-                )
-            except CompileError as exc:
-                # A node enrolled after the push can make two manifests collide
-                # on it. It keeps its last good catalog; the operator must fix
-                # the manifests, and the log says exactly what collides.
-                log.error("no catalog for node %s at revision %d: %s", node_name, revision, exc)
-                return None
-        return self.sign(revision, payload)
+        if payload is not None:
+            return revision, payload
+        node = self.store.node(node_name)
+        if node is None:
+            return None
+        try:
+            return revision, self._compile(self.manifests(revision), node, revision)
+        except CompileError as exc:
+            # A node enrolled after the push can make two manifests collide on
+            # it. It keeps its last good catalog, and the reason is stored, so
+            # `plumb nodes`, `report` and `compliance` show it until a push
+            # fixes the manifests.
+            problems = [str(p) for p in exc.problems]
+            log.error("no catalog for node %s at revision %d: %s", node_name, revision, exc)
+            self.store.record_catalog_problem(node_name, revision, problems, self.clock())
+            return None
+
+    def manifests(self, revision: int) -> list[manifests_.Manifest]:
+        """The manifests of ``revision``, parsed; revisions are immutable, so kept once loaded."""
+        cached = self._manifests
+        if cached is None or cached[0] != revision:
+            cached = self._manifests = (revision, _load_sources(self.store.revision(revision)))
+        return cached[1]
+
+    def compliance(self) -> compliance_.Compliance:
+        """Compliance at the latest revision (see server.compliance)."""
+        revision = self.store.latest_revision_id()
+        return compliance_.compute(
+            revision,
+            self.manifests(revision) if revision else [],
+            self.store.list_nodes(),
+            self.store.catalog_problems(revision),
+            self.store.statuses(),
+        )
 
     def sign(self, revision: int, payload: bytes) -> pb.SignedCatalog:
         return pb.SignedCatalog(
@@ -116,8 +162,51 @@ def _load_sources(sources: Sequence[ManifestSource]) -> list[manifests_.Manifest
     return [manifests_.load(s.file, s.source) for s in sources]
 
 
+def _load_each(
+    files: Sequence[tuple[str, str]],
+) -> tuple[list[manifests_.Manifest], list[ManifestError]]:
+    """Each pushed file on its own: the set is checked once, merged with what is stored."""
+    loaded: list[manifests_.Manifest] = []
+    errors: list[ManifestError] = []
+    for file, text in files:
+        try:
+            loaded.append(manifests_.load(file, text))
+        except manifests_.ManifestInvalid as exc:
+            errors.extend(exc.errors)
+    return loaded, errors
+
+
 def _merge(
     previous: Sequence[manifests_.Manifest], pushed: Sequence[manifests_.Manifest]
 ) -> list[manifests_.Manifest]:
     replaced = {m.name for m in pushed}
     return [m for m in previous if m.name not in replaced] + list(pushed)
+
+
+def _sources(manifests: Sequence[manifests_.Manifest]) -> dict[str, str]:
+    """What makes two revisions the same desired state: each manifest's name and text."""
+    return {m.name: m.source for m in manifests}
+
+
+def _changed(
+    previous: Sequence[manifests_.Manifest], pushed: Sequence[manifests_.Manifest]
+) -> list[manifests_.Manifest]:
+    """The pushed manifests that differ from the stored ones, and those they replace.
+
+    A node's catalog changes exactly when one of these selects it: the new
+    version adds or changes its resources, the old one's are being removed.
+    """
+    before = {m.name: m for m in previous}
+    changed: list[manifests_.Manifest] = []
+    for m in pushed:
+        old = before.get(m.name)
+        if old is None or old.source != m.source:
+            changed.append(m)
+            if old is not None:
+                changed.append(old)
+    return changed
+
+
+def _unmatched_names(pushed: Sequence[manifests_.Manifest], enrolled: set[str]) -> list[str]:
+    """Node names the pushed manifests target by name that are not enrolled (yet)."""
+    return sorted({name for m in pushed for name in m.target.names if name not in enrolled})

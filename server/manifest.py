@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from modules import registry
-from modules.base import Kind, Mode
+from modules.base import Identity, Kind, Mode
 from modules.catalog import resource_id
 from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
@@ -128,6 +128,8 @@ class ResourceDecl:
     subscribe: tuple[str, ...] = ()  # ids after which this one is refreshed when they change
     notify_lines: tuple[int, ...] = ()
     subscribe_lines: tuple[int, ...] = ()
+    #: The real objects it manages (its kind's ``identities`` of the parsed spec).
+    identities: tuple[Identity, ...] = ()
 
     @property
     def id(self) -> str:
@@ -469,7 +471,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
     _check_keys(report, path, item, RESOURCE_KEYS, required=("kind", "name"))
     kind = _nonempty(report, (*path, "kind"), item["kind"]) if "kind" in item else ""
     name = _nonempty(report, (*path, "name"), item["name"]) if "name" in item else ""
-    spec = _check_spec(report, path, kind, item.get("spec", {}))
+    spec, identities = _check_spec(report, path, kind, item.get("spec", {}))
     ids = {field: _check_ids(report, path, field, item.get(field, [])) for field in RELATIONS}
     controls = _strings(report, (*path, "controls"), item.get("controls", []))
     _check_refreshable(report, path, kind, ids["notify"], ids["subscribe"])
@@ -492,22 +494,26 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
         subscribe=ids["subscribe"],
         notify_lines=lines["notify"],
         subscribe_lines=lines["subscribe"],
+        identities=identities,
     )
 
 
-def _check_spec(report: _Report, path: FieldPath, kind_name: str, spec: Any) -> dict[str, Any]:
-    """The raw spec, after the kind's own parse has had its say about it."""
+def _check_spec(
+    report: _Report, path: FieldPath, kind_name: str, spec: Any
+) -> tuple[dict[str, Any], tuple[Identity, ...]]:
+    """The raw spec, after the kind's own parse has had its say about it, and what it manages."""
     spec_path = (*path, "spec")
     if not _expect(report, spec_path, spec, dict, "a mapping"):
-        return {}
+        return {}, ()
     kind = _kind(report, path, kind_name) if kind_name else None
+    identities: tuple[Identity, ...] = ()
     if kind is not None:
         try:
             # Parse a copy: a kind must not be able to alter what gets stored.
-            kind.parse(copy.deepcopy(spec))
+            identities = kind.identities(kind.parse(copy.deepcopy(spec)))
         except SpecError as exc:
             report.error((*spec_path, *_spec_path(spec, exc.field)), exc.message)
-    return dict(spec)
+    return dict(spec), identities
 
 
 def _kind(report: _Report, path: FieldPath, name: str) -> Kind[Any, Any] | None:

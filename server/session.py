@@ -4,12 +4,19 @@
     Hello(name, facts, applied revision) ->
                                          <- Welcome(latest revision)
                                          <- SignedCatalog (if the agent is behind)
+    CatalogAck(revision, accepted)       ->  (for every catalog: verified and cached, or not)
     Report(id, results)                  ->
                                          <- Ack(id)        (after the report is stored)
                                          <- SignedCatalog  (whenever the operator pushes)
+    Heartbeat                           <->  (both ways, every HEARTBEAT_INTERVAL_S)
 
 The caller's name comes from its certificate (server.auth); a hello or report
 naming anyone else ends the stream with PERMISSION_DENIED.
+
+Liveness: a stream from which nothing at all arrived for HEARTBEAT_MISSES
+heartbeat intervals is ended, so a frozen agent (SIGSTOP, a hung host, a cut
+cable) stops counting as connected within DEAD_AFTER_S; gRPC keepalive
+(server.app) catches a dead transport in the same time.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ from server.wire import report_record
 
 log = logging.getLogger("plumb.server.session")
 
+#: Seconds between heartbeats, each way; the Welcome tells the agent.
+HEARTBEAT_INTERVAL_S = 5.0
+#: A stream silent for this many intervals is dead.
+HEARTBEAT_MISSES = 3
+#: The documented bound: a dead peer is noticed within this many seconds.
+DEAD_AFTER_S = HEARTBEAT_INTERVAL_S * (HEARTBEAT_MISSES + 1)
+
 
 class _Refused(Exception):
     """The agent sent something it may not; ends its stream with this message."""
@@ -40,13 +54,20 @@ class _Refused(Exception):
 
 class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
     def __init__(
-        self, store: Store, fleet: Fleet, hub: Hub, ingestor: Ingestor, presence: Presence
+        self,
+        store: Store,
+        fleet: Fleet,
+        hub: Hub,
+        ingestor: Ingestor,
+        presence: Presence,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.hub = hub
         self.ingestor = ingestor
         self.presence = presence
+        self.heartbeat_interval_s = heartbeat_interval_s
 
     async def Session(
         self, requests: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext[Any, Any]
@@ -56,19 +77,21 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         if await asyncio.to_thread(self.store.node, name) is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {name!r} is not enrolled")
         outbox = self.hub.attach(name)
-        reader: asyncio.Task[None] | None = None
+        heard = _Heard()
+        tasks: list[asyncio.Task[None]] = []
         try:
             # Greet before reading on: if the agent half-closes right after its
             # hello, the welcome must still be queued ahead of the end of stream.
             await self._greet(hello, name, outbox)
-            reader = asyncio.create_task(self._read(requests, name, outbox))
+            tasks.append(asyncio.create_task(self._read(requests, name, outbox, heard)))
+            tasks.append(asyncio.create_task(self._heartbeat(name, outbox, heard)))
             async for message in _drain(outbox):
                 if isinstance(message, _Refused):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(message))
                 yield message
         finally:
-            if reader is not None:
-                reader.cancel()
+            for task in tasks:
+                task.cancel()
             self.hub.detach(name, outbox)
             self.presence.seen(name)
 
@@ -76,15 +99,36 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.presence.seen(name, hello.applied_revision, hello.facts)
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)
         latest = catalog.revision if catalog is not None else 0
-        outbox.put_nowait(pb.ServerMessage(welcome=pb.Welcome(latest_revision=latest)))
+        welcome = pb.Welcome(latest_revision=latest, heartbeat_interval_s=self.heartbeat_interval_s)
+        outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:
             outbox.put_nowait(pb.ServerMessage(catalog=catalog))
 
+    async def _heartbeat(self, name: str, outbox: asyncio.Queue[Any], heard: _Heard) -> None:
+        """Send a heartbeat every interval; end the stream once the agent has gone silent."""
+        loop = asyncio.get_running_loop()
+        silent_limit = self.heartbeat_interval_s * HEARTBEAT_MISSES
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            silent = loop.time() - heard.at
+            if silent > silent_limit:
+                log.warning(
+                    "session of %s: nothing heard for %.0f s; ending it as dead", name, silent
+                )
+                outbox.put_nowait(CLOSE)
+                return
+            outbox.put_nowait(_HEARTBEAT)
+
     async def _read(
-        self, requests: AsyncIterator[pb.AgentMessage], name: str, outbox: asyncio.Queue[Any]
+        self,
+        requests: AsyncIterator[pb.AgentMessage],
+        name: str,
+        outbox: asyncio.Queue[Any],
+        heard: _Heard,
     ) -> None:
         try:
             async for message in requests:
+                heard.now()
                 await self._handle(message, name, outbox)
         except _Refused as exc:
             outbox.put_nowait(exc)
@@ -98,8 +142,14 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
     async def _handle(
         self, message: pb.AgentMessage, name: str, outbox: asyncio.Queue[Any]
     ) -> None:
-        if not message.HasField("report"):
-            raise _Refused("only reports may follow the hello")
+        kind = message.WhichOneof("kind")
+        if kind == "heartbeat":
+            return
+        if kind == "catalog_ack":
+            self.hub.catalog_acked(name, message.catalog_ack)
+            return
+        if kind != "report":
+            raise _Refused("only reports, catalog acknowledgements and heartbeats follow the hello")
         report = message.report
         if report.node_name != name:
             raise _Refused(f"node {name!r} may not report as {report.node_name!r}")
@@ -124,6 +174,19 @@ async def _first_hello(
             f"node {name!r} may not open a session as {first.hello.node_name!r}",
         )
     return first.hello
+
+
+class _Heard:
+    """When anything last arrived on a stream (event-loop time)."""
+
+    def __init__(self) -> None:
+        self.at = asyncio.get_running_loop().time()
+
+    def now(self) -> None:
+        self.at = asyncio.get_running_loop().time()
+
+
+_HEARTBEAT = pb.ServerMessage(heartbeat=pb.Heartbeat())
 
 
 async def _drain(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:

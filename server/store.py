@@ -54,6 +54,9 @@ nodes = sa.Table(
     # finished_at of the newest run report folded into resource_status, so an
     # old report delivered late from a spool never overwrites newer status.
     sa.Column("status_as_of", sa.Float, nullable=False, server_default="0"),
+    # The catalog revision that report ran: compliance counts a node's status
+    # only for the revision it was reported at ("pending" otherwise).
+    sa.Column("status_revision", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 tokens = sa.Table(
@@ -83,6 +86,19 @@ catalogs = sa.Table(
     sa.Column("node", sa.String(253), primary_key=True),
     sa.Column("revision", sa.BigInteger, primary_key=True),
     sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+
+# Why a node has no catalog at a revision: compiling it failed (two of its
+# resources would manage one object, a require into a manifest that does not
+# target it). Only nodes that enrolled after the push can get here: a push
+# that fails for any known node is refused whole.
+catalog_problems = sa.Table(
+    "catalog_problems",
+    metadata,
+    sa.Column("node", sa.String(253), primary_key=True),
+    sa.Column("revision", sa.BigInteger, primary_key=True),
+    sa.Column("problems", sa.JSON, nullable=False),  # ["web.yaml:7: path /etc/x is ...", ...]
+    sa.Column("recorded_at", sa.Float, nullable=False),
 )
 
 reports = sa.Table(
@@ -131,9 +147,7 @@ drift_events = sa.Table(
     sa.UniqueConstraint("report_id", "resource_id"),
 )
 
-#: Statuses that count as evaluated, and those that count as compliant.
-EVALUATED = (Status.IN_SYNC, Status.REPAIRED, Status.DRIFTED, Status.FAILED)
-COMPLIANT = (Status.IN_SYNC, Status.REPAIRED)
+#: Statuses of a drift event: the resource differed from a spec it had converged to.
 DRIFT = (Status.REPAIRED, Status.DRIFTED)
 
 
@@ -152,6 +166,8 @@ class NodeRow:
     enrolled_at: float
     last_seen: float
     applied_revision: int
+    #: The revision of the newest run report in its current status; 0 = none.
+    status_revision: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,15 +224,12 @@ class DriftRow:
 
 
 @dataclasses.dataclass(frozen=True)
-class ComplianceRow:
-    scope: str  # node | manifest | control
-    name: str
-    compliant: int
-    evaluated: int
+class StatusRow:
+    """One resource's current status on one node, from the node's newest run report."""
 
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.compliant / self.evaluated if self.evaluated else -1.0
+    node: str
+    resource_id: str
+    status: Status
 
 
 WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB of 4 KiB pages: see _Checkpointer
@@ -541,30 +554,38 @@ class Store:
             for r in rows
         ]
 
-    def compliance(self) -> list[ComplianceRow]:
-        """Current compliance per node, manifest and control."""
+    def statuses(self) -> list[StatusRow]:
+        """Every node's current status of every resource it last reported."""
+        columns = (resource_status.c.node, resource_status.c.resource_id, resource_status.c.status)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    resource_status.c.node,
-                    resource_status.c.manifest,
-                    resource_status.c.status,
-                    resource_status.c.controls,
+            rows = conn.execute(sa.select(*columns)).all()
+        return [StatusRow(r.node, r.resource_id, Status(r.status)) for r in rows]
+
+    # ------------------------------------------------------------ catalog problems
+
+    def record_catalog_problem(
+        self, node: str, revision: int, problems: Sequence[str], now: float
+    ) -> None:
+        """Note why ``node`` has no catalog at ``revision`` (the newest note wins)."""
+        with self._tx() as conn:
+            conn.execute(
+                catalog_problems.delete().where(
+                    catalog_problems.c.node == node, catalog_problems.c.revision == revision
                 )
-            ).all()
-        tallies: dict[tuple[str, str], list[int]] = {}
-        for row in rows:
-            status = Status(row.status)
-            scopes = [("node", row.node), ("manifest", row.manifest)]
-            scopes += [("control", c) for c in row.controls]
-            for scope in scopes:
-                tally = tallies.setdefault(scope, [0, 0])
-                tally[0] += status in COMPLIANT
-                tally[1] += status in EVALUATED
-        return [
-            ComplianceRow(scope, name, compliant, evaluated)
-            for (scope, name), (compliant, evaluated) in sorted(tallies.items())
-        ]
+            )
+            conn.execute(
+                catalog_problems.insert().values(
+                    node=node, revision=revision, problems=list(problems), recorded_at=now
+                )
+            )
+
+    def catalog_problems(self, revision: int) -> dict[str, list[str]]:
+        """Node → why it has no catalog at ``revision``, for the nodes that have none."""
+        query = sa.select(catalog_problems.c.node, catalog_problems.c.problems).where(
+            catalog_problems.c.revision == revision
+        )
+        with self.engine.connect() as conn:
+            return {row.node: list(row.problems) for row in conn.execute(query)}
 
 
 def _check_token(token: Any, secret_sha256: str, now: float) -> None:
@@ -588,6 +609,7 @@ def _node_row(row: Any) -> NodeRow:
         enrolled_at=row.enrolled_at,
         last_seen=row.last_seen,
         applied_revision=int(row.applied_revision),
+        status_revision=int(row.status_revision),
     )
 
 
@@ -732,7 +754,12 @@ def _update_nodes(conn: Connection, fresh: Sequence[ReportRecord], now: float) -
         row.name: row
         for chunk in _chunks(sorted(newest))
         for row in conn.execute(
-            sa.select(nodes.c.name, nodes.c.applied_revision, nodes.c.status_as_of)
+            sa.select(
+                nodes.c.name,
+                nodes.c.applied_revision,
+                nodes.c.status_as_of,
+                nodes.c.status_revision,
+            )
             .where(nodes.c.name.in_(chunk))
             .with_for_update()
         )
@@ -750,6 +777,7 @@ def _update_nodes(conn: Connection, fresh: Sequence[ReportRecord], now: float) -
                 "b_seen": now,
                 "b_applied": applied.get(name, row.applied_revision),
                 "b_as_of": report.finished_at if fold else row.status_as_of,
+                "b_status_revision": report.revision if fold else row.status_revision,
             }
         )
     if updates:
@@ -764,6 +792,7 @@ _UPDATE_NODE = (
         last_seen=sa.bindparam("b_seen"),
         applied_revision=sa.bindparam("b_applied"),
         status_as_of=sa.bindparam("b_as_of"),
+        status_revision=sa.bindparam("b_status_revision"),
     )
 )
 

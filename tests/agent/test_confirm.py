@@ -20,7 +20,7 @@ from agent.confirm import server_reachable
 from agent.runner import Runner
 from agent.state import StateDir
 from modules import registry
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.catalog import Catalog, CatalogResource
 from protos import plumb_pb2 as pb
 from server.pki import PKI, cert_pem, sign_payload
@@ -101,6 +101,9 @@ class Gate(Kind[Mapping[str, Any], "str | None"]):
 
     def parse(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         return raw
+
+    def identities(self, spec: Mapping[str, Any]) -> tuple[Identity, ...]:
+        return (Identity("gate", str(spec.get("key", ""))),)
 
     def read(self, ctx: Context, spec: Mapping[str, Any]) -> str | None:
         return self.system.get(spec["key"])

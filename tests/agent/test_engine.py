@@ -19,7 +19,7 @@ import pytest
 
 from agent import engine
 from modules import registry
-from modules.base import Change, Context, Kind, Mode, Status
+from modules.base import Change, Context, Identity, Kind, Mode, Status
 from modules.catalog import CatalogResource
 from modules.errors import ApplyError, ReadError, SpecError, Unavailable
 
@@ -63,6 +63,9 @@ class Memory(Kind[MemSpec, "str | None"]):
         if raw.get("fault", "") not in FAULTS:
             raise SpecError("fault", f"expected one of {FAULTS}")
         return MemSpec(**raw)
+
+    def identities(self, spec: MemSpec) -> tuple[Identity, ...]:
+        return (Identity("memory key", spec.key),)
 
     def read(self, ctx: Context, spec: MemSpec) -> str | None:
         self.reads.append(spec.key)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent.watch import Watchers, expected_after, targets
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Identity, Kind
 from modules.catalog import Catalog, CatalogResource
 from modules.errors import SpecError
 from protos import plumb_pb2 as pb
@@ -46,6 +46,9 @@ class Probe(Kind[ProbeSpec, "str | None"]):
         if "value" not in raw:
             raise SpecError("value", "required")
         return ProbeSpec(str(raw["key"]), str(raw["value"]))
+
+    def identities(self, spec: ProbeSpec) -> tuple[Identity, ...]:
+        return (Identity("probe key", spec.key),)
 
     def read(self, ctx: Context, spec: ProbeSpec) -> str | None:
         return self.system.get(spec.key)

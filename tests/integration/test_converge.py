@@ -49,15 +49,15 @@ def test_push_converges_two_agents(
         )
         assert oct(conf.stat().st_mode & 0o777) == "0o600"
     wait_for(
-        lambda: all(n["applied_revision"] == "1" for n in server.nodes().values()),
+        lambda: all(n["applied_revision"] == 1 for n in server.nodes().values()),
         what="reports stored",
     )
     report = server.cli_json("report", "web-1")
     assert {r["id"]: r["status"] for r in report["results"]} == {
-        "file/motd": "REPAIRED",
-        "file/app-conf": "REPAIRED",
+        "file/motd": "repaired",
+        "file/app-conf": "repaired",
     }
-    assert report["trigger"] == "PUSH"
+    assert report["trigger"] == "push"
     table = server.cli("nodes").stdout
     assert "web-1" in table and "100.0%" in table
     # A first rollout is a change, not drift.
@@ -84,7 +84,7 @@ def test_out_of_band_change_is_repaired_by_the_next_run(
     events = server.cli_json("drift", "--node", "web-1")["events"]
     assert len(events) == 1
     event = events[0]
-    assert (event["resource_id"], event["status"]) == ("file/app-conf", "REPAIRED")
+    assert (event["resource"], event["status"]) == ("file/app-conf", "repaired")
     assert {
         "field": "content",
         "observed": '"port = 9999\\n"',
@@ -109,7 +109,7 @@ def test_noop_reports_drifted_and_changes_nothing(
     report = server.cli_json("report", "web-1")
     assert report["noop"] is True
     statuses = {r["id"]: r["status"] for r in report["results"]}
-    assert statuses == {"file/motd": "IN_SYNC", "file/app-conf": "DRIFTED"}
+    assert statuses == {"file/motd": "in_sync", "file/app-conf": "drifted"}
     compliance = server.cli("compliance", check=False)
     assert compliance.returncode == 3  # not fully compliant
     assert "50.0%" in compliance.stdout
@@ -127,7 +127,7 @@ def test_audit_mode_reports_drifted_and_changes_nothing(
     assert not agent.path("/etc/motd").exists()
     report = server.cli_json("report", "web-1")
     assert report["noop"] is False
-    assert {r["status"] for r in report["results"]} == {"DRIFTED"}
+    assert {r["status"] for r in report["results"]} == {"drifted"}
     motd = next(r for r in report["results"] if r["id"] == "file/motd")
     assert {"field": "state", "observed": "absent", "desired": "present"} in motd["changes"]
 
@@ -150,11 +150,11 @@ def test_failure_skips_dependents_and_keeps_the_rest(
     assert result.returncode == 4, result.stderr
     report = server.cli_json("report", "web-1")
     by_id = {r["id"]: r for r in report["results"]}
-    assert by_id["file/motd"]["status"] == "FAILED"
+    assert by_id["file/motd"]["status"] == "failed"
     assert "/etc" in by_id["file/motd"]["error"]
-    assert by_id["file/app-conf"]["status"] == "SKIPPED"
+    assert by_id["file/app-conf"]["status"] == "skipped"
     assert "file/motd" in by_id["file/app-conf"]["error"]
-    assert by_id["file/unrelated"]["status"] == "REPAIRED"
+    assert by_id["file/unrelated"]["status"] == "repaired"
     assert agent.path("/srv/data").read_text() == "x"
 
 

@@ -121,8 +121,8 @@ def test_push_firewall_and_routes_to_hosts(
         assert route is not None and route["gateway"] == SERVER_IP and route["metric"] == 100
     report = net_server.cli_json("report", "a")
     assert {r["id"]: r["status"] for r in report["results"]} == {
-        "firewall/host": "REPAIRED",
-        "route/docs-net": "REPAIRED",
+        "firewall/host": "repaired",
+        "route/docs-net": "repaired",
     }
     # The agent still reaches its server through its own new firewall.
     assert hosts["a"].run_once().returncode == 0
@@ -147,7 +147,7 @@ def test_out_of_band_changes_are_repaired_and_reported(
     assert agent.run_once().returncode == 0
     assert agent.status()["spooled_reports"] == 0
     drift = net_server.cli_json("drift", "--node", "a")["events"]
-    assert {e["resource_id"] for e in drift} == {"firewall/host", "route/docs-net"}
+    assert {e["resource"] for e in drift} == {"firewall/host", "route/docs-net"}
 
 
 def test_audit_mode_reports_and_changes_nothing(
@@ -160,7 +160,7 @@ def test_audit_mode_reports_and_changes_nothing(
     ns = lab.hosts["a"]
     assert _rules(ns) == [] and _docs_route(ns) is None
     report = net_server.cli_json("report", "a")
-    assert {r["status"] for r in report["results"]} == {"DRIFTED"}
+    assert {r["status"] for r in report["results"]} == {"drifted"}
 
 
 def test_tables_not_owned_by_plumb_survive(
@@ -233,7 +233,7 @@ def test_a_change_that_cuts_the_agent_off_is_reverted(
     )
     reports = net_server.cli_json("report", "a")
     firewall = next(r for r in reports["results"] if r["id"] == "firewall/host")
-    assert firewall["status"] == "FAILED"
+    assert firewall["status"] == "failed"
     assert (
         "reverted: lost connection to the server" in firewall["error"]
         or "held: reverted earlier" in firewall["error"]
@@ -275,7 +275,7 @@ def test_daemon_repairs_network_drift_without_a_periodic_run(
     wait_for(lambda: len(_rules(ns)) == 3, timeout=10, what="rule repaired")
 
     def drift_ids() -> set[str]:
-        return {e["resource_id"] for e in net_server.cli_json("drift", "--node", "a")["events"]}
+        return {e["resource"] for e in net_server.cli_json("drift", "--node", "a")["events"]}
 
     wait_for(lambda: drift_ids() == {"route/docs-net", "firewall/host"}, what="drift events")
-    assert net_server.cli_json("report", "a")["trigger"] == "WATCH"
+    assert net_server.cli_json("report", "a")["trigger"] == "watch"

@@ -28,8 +28,8 @@ def test_out_of_band_edit_is_repaired_by_a_watcher(
 
     conf = agent.path("/etc/app.conf")
     wait_for(lambda: conf.exists() and conf.read_text() == "port = 8080\n", what="converged")
-    wait_for(lambda: server.nodes()["web-1"]["applied_revision"] == "1", what="report stored")
-    assert server.cli_json("report", "web-1")["trigger"] == "PUSH"
+    wait_for(lambda: server.nodes()["web-1"]["applied_revision"] == 1, what="report stored")
+    assert server.cli_json("report", "web-1")["trigger"] == "push"
 
     # An editor's way of saving: a new file renamed over the old one.
     edited = conf.with_name(".app.conf.swp")
@@ -43,15 +43,15 @@ def test_out_of_band_edit_is_repaired_by_a_watcher(
         what="repaired by the watcher",
     )
     events = wait_for(lambda: _drift(server), what="drift event stored")
-    assert [(e["resource_id"], e["status"]) for e in events] == [("file/app-conf", "REPAIRED")]
+    assert [(e["resource"], e["status"]) for e in events] == [("file/app-conf", "repaired")]
     assert {"field": "content", "observed": '"port = 9999\\n"', "desired": '"port = 8080\\n"'} in (
         events[0]["changes"]
     )
     report = server.cli_json("report", "web-1")
-    assert report["trigger"] == "WATCH"
+    assert report["trigger"] == "watch"
     assert {r["id"]: r["status"] for r in report["results"]} == {
-        "file/motd": "IN_SYNC",
-        "file/app-conf": "REPAIRED",
+        "file/motd": "in_sync",
+        "file/app-conf": "repaired",
     }
 
     # A managed file deleted by hand comes back the same way.

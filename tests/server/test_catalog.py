@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modules import registry
-from modules.base import Change, Context, Kind, Mode
+from modules.base import Change, Context, Identity, Kind, Mode
 from modules.catalog import Catalog, CatalogResource
 from server.catalog import compile_catalog, compile_fleet
 from server.errors import CompileError, PlumbServerError
@@ -23,6 +23,9 @@ class AnySpec(Kind[Mapping[str, Any], None]):
 
     def parse(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         return raw
+
+    def identities(self, spec: Mapping[str, Any]) -> tuple[Identity, ...]:
+        return (Identity("path", str(spec["path"])),) if "path" in spec else ()
 
     def read(self, ctx: Context, spec: Mapping[str, Any]) -> None:
         return None
@@ -192,13 +195,17 @@ resources:
 """
 
 
+def messages(error: CompileError) -> tuple[str, ...]:
+    return tuple(problem.message for problem in error.problems)
+
+
 def test_two_manifests_targeting_a_node_declare_the_same_resource() -> None:
     loaded = manifests(("base.yaml", BASE), ("web.yaml", MOTD_AGAIN))
     with pytest.raises(CompileError) as info:
         compile_catalog(loaded, "node-a", {"role": "web"}, revision=1)
     assert isinstance(info.value, PlumbServerError)
     assert info.value.node == "node-a"
-    assert info.value.problems == (
+    assert messages(info.value) == (
         "testfile/motd is declared by base.yaml:5 and web.yaml:6, both targeting node node-a",
     )
 
@@ -220,17 +227,19 @@ def test_require_of_a_resource_declared_only_for_other_nodes() -> None:
     loaded = manifests(("base.yaml", BASE), ("db.yaml", DB), ("app.yaml", NEEDS_PG))
     with pytest.raises(CompileError) as info:
         compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
-    assert str(info.value) == (
+    assert messages(info.value) == (
         "testfile/app-conf (app.yaml:10) requires testfile/pg-conf, declared only by"
-        " db.yaml:5, whose target does not include node app-1"
+        " db.yaml:5, whose target does not include node app-1",
     )
+    # Placed at the require entry itself, so the CLI prints file:line first.
+    assert str(info.value).startswith("app.yaml:10: resources[0].require[1]: ")
 
 
 def test_require_of_a_resource_no_manifest_declares() -> None:
     loaded = manifests(("app.yaml", NEEDS_PG))
     with pytest.raises(CompileError) as info:
         compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
-    assert info.value.problems == (
+    assert messages(info.value) == (
         "testfile/app-conf (app.yaml:9) requires testfile/etc, which no manifest declares",
         "testfile/app-conf (app.yaml:10) requires testfile/pg-conf, which no manifest declares",
     )
@@ -248,7 +257,7 @@ def test_compile_fleet_reports_every_group_of_nodes_in_order() -> None:
     ]
     with pytest.raises(CompileError) as excinfo:
         compile_fleet(loaded, nodes, revision=1)
-    problems = excinfo.value.problems
+    problems = messages(excinfo.value)
     # web-1 and web-2 select the same manifests: one compilation, one message naming both.
     assert [p.split("node ", 1)[-1] for p in problems] == ["web-1 (and 1 more)", "app-1"]
     assert problems[0].startswith("testfile/motd is declared by base.yaml:5 and web.yaml:6")
@@ -324,7 +333,7 @@ def test_notify_and_subscribe_across_nodes_are_refused_like_require() -> None:
     loaded = manifests(("db.yaml", db), ("app.yaml", notifier))
     with pytest.raises(CompileError) as info:
         compile_catalog(loaded, "app-1", {"role": "app"}, revision=1)
-    assert info.value.problems == (
+    assert messages(info.value) == (
         "testfile/app-conf (app.yaml:7) notifies testsvc/db, declared only by db.yaml:6,"
         " whose target does not include node app-1",
         "testsvc/app (app.yaml:8) subscribes to testfile/pg-conf, declared only by db.yaml:5,"

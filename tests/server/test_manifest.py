@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modules import registry
-from modules.base import Change, Context, Kind, Mode
+from modules.base import Change, Context, Identity, Kind, Mode
 from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
 from server.manifest import Manifest, ResourceDecl, Target, load, load_all, validate_set
@@ -45,6 +45,9 @@ class FakeFile(Kind[dict[str, Any], None]):
                 raise SpecError(f"sysctl.{key}", "expected an integer")
         return dict(raw)
 
+    def identities(self, spec: dict[str, Any]) -> tuple[Identity, ...]:
+        return (Identity("path", spec["path"]),)
+
     def read(self, ctx: Context, spec: dict[str, Any]) -> None:
         return None
 
@@ -63,6 +66,9 @@ class FakeService(FakeFile):
 
     def parse(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         return dict(raw)
+
+    def identities(self, spec: dict[str, Any]) -> tuple[Identity, ...]:
+        return (Identity("unit", str(spec.get("unit", ""))),) if "unit" in spec else ()
 
 
 @pytest.fixture(autouse=True)
@@ -698,7 +704,14 @@ def test_full_manifest() -> None:
         target=Target(labels={"role": "web", "env": "prod"}, names=("node-a",), all=False),
         mode=Mode.AUDIT,
         resources=(
-            ResourceDecl("testfile", "etc", {"path": "/etc"}, index=0, line=8),
+            ResourceDecl(
+                "testfile",
+                "etc",
+                {"path": "/etc"},
+                index=0,
+                line=8,
+                identities=(Identity("path", "/etc"),),
+            ),
             ResourceDecl(
                 "testfile",
                 "motd",
@@ -708,6 +721,7 @@ def test_full_manifest() -> None:
                 index=1,
                 line=11,
                 require_lines=(18,),
+                identities=(Identity("path", "/etc/motd"),),
             ),
         ),
         source=FULL,

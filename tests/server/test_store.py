@@ -85,28 +85,24 @@ def test_only_drift_flagged_results_are_drift_events(store: Store) -> None:
 def test_a_late_old_report_does_not_overwrite_newer_status(store: Store) -> None:
     store.ingest_report(_report("new", 20, Status.IN_SYNC, Status.IN_SYNC), now=21)
     store.ingest_report(_report("old", 10, Status.FAILED, Status.DRIFTED), now=22)
-    rows = {(r.scope, r.name): (r.compliant, r.evaluated) for r in store.compliance()}
-    assert rows[("node", "web-1")] == (2, 2)
+    assert {(r.resource_id, r.status) for r in store.statuses()} == {
+        ("file/0", Status.IN_SYNC),
+        ("file/1", Status.IN_SYNC),
+    }
     assert store.count_reports() == 2  # the old one is still kept as history
 
 
-def test_compliance_counts_evaluated_statuses_only(store: Store) -> None:
-    report = _report(
-        "r1",
-        10,
-        Status.IN_SYNC,
-        Status.REPAIRED,
-        Status.DRIFTED,
-        Status.FAILED,
-        Status.SKIPPED,
-        Status.UNKNOWN,
-    )
-    store.ingest_report(report, now=11)
-    rows = {(r.scope, r.name): r for r in store.compliance()}
-    node = rows[("node", "web-1")]
-    assert (node.compliant, node.evaluated, node.percent) == (2, 4, 50.0)
-    assert rows[("control", "CIS-1")].evaluated == 4
-    assert rows[("manifest", "web")].compliant == 2
+def test_the_status_remembers_the_revision_it_was_reported_at(store: Store) -> None:
+    store.ingest_report(_report("r1", 10, Status.IN_SYNC), now=11)
+    node = store.node("web-1")
+    assert node is not None and node.status_revision == 3
+
+
+def test_catalog_problems_are_kept_per_revision(store: Store) -> None:
+    store.record_catalog_problem("web-1", 4, ["a.yaml:3: first"], now=5)
+    store.record_catalog_problem("web-1", 4, ["a.yaml:3: again"], now=6)
+    assert store.catalog_problems(4) == {"web-1": ["a.yaml:3: again"]}
+    assert store.catalog_problems(5) == {}
 
 
 def test_noop_report_does_not_move_applied_revision(store: Store) -> None:

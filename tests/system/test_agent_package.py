@@ -127,7 +127,7 @@ def test_install_layout_and_the_install_command_enroll_and_start_the_agent(
 def test_upgrade_keeps_the_identity_and_the_reports_spooled_while_the_server_was_down(
     host: Host, agent_packages: AgentPackages, fleet_server: Server, tmp_path: Path
 ) -> None:
-    assert host.wait_applied(host.push(tmp_path / "motd.yaml", MOTD)) == {"file/motd": "REPAIRED"}
+    assert host.wait_applied(host.push(tmp_path / "motd.yaml", MOTD)) == {"file/motd": "repaired"}
     assert host.run("cat", "/etc/motd.plumb").stdout == "managed by plumb\n"
     before, pid = identity(host), host.main_pid(UNIT)
 
@@ -152,7 +152,7 @@ def test_upgrade_keeps_the_identity_and_the_reports_spooled_while_the_server_was
     wait_for(host.connected, timeout=30, what="the upgraded agent to reconnect")
     wait_for(lambda: spooled(host) == 0, timeout=30, what="the spool to be delivered")
     events = fleet_server.cli_json("drift", "--node", host.name)["events"]
-    assert [(e["resource_id"], e["status"]) for e in events] == [("file/motd", "REPAIRED")]
+    assert [(e["resource"], e["status"]) for e in events] == [("file/motd", "repaired")]
     assert {c["field"] for c in events[0]["changes"]} == {"content"}
 
 
@@ -187,7 +187,7 @@ def test_the_agent_upgrades_itself_through_a_package_resource(
         what="the upgrading run's report",
     )
     report = min(reports, key=lambda r: r.finished_at)
-    assert {r.id: pb.Status.Name(r.status) for r in report.results} == {"package/agent": "REPAIRED"}
+    assert {r.id: pb.Status.Name(r.status) for r in report.results} == {"package/agent": "repaired"}
     # ...and the agent then became the new version in place: exec'd in the
     # same process (systemd saw no restart), connected again.
     wait_for(
@@ -206,7 +206,7 @@ def test_the_agent_upgrades_itself_through_a_package_resource(
     assert not exists(host, "/var/lib/plumb/restart-requested")
     # The new version's own first run finds the package as pinned.
     host.wait_report(
-        lambda r: r["trigger"] == "START" and r["results"][0]["status"] == "IN_SYNC",
+        lambda r: r["trigger"] == "start" and r["results"][0]["status"] == "in_sync",
         "the restarted agent's run",
     )
 

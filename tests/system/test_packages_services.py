@@ -72,10 +72,10 @@ def test_package_unit_file_and_service_converge(host: Host, tmp_path: Path) -> N
     revision = host.push(tmp_path / "hello.yaml", manifest())
     statuses = host.wait_applied(revision)
     assert statuses == {
-        "package/hello": "REPAIRED",
-        "package/other": "REPAIRED",
-        "file/hello-conf": "REPAIRED",
-        "service/hello": "REPAIRED",
+        "package/hello": "repaired",
+        "package/other": "repaired",
+        "file/hello-conf": "repaired",
+        "service/hello": "repaired",
     }
     assert host.dpkg_version("plumb-hello") == "1.0"
     assert host.dpkg_version("plumb-other") == "1.0"
@@ -100,9 +100,9 @@ def test_a_changed_config_file_restarts_the_service_once(host: Host, tmp_path: P
     assert pid > 0
 
     statuses = host.wait_applied(host.push(tmp_path / "hello.yaml", manifest(greeting="hello")))
-    assert statuses["file/hello-conf"] == "REPAIRED"
-    assert statuses["service/hello"] == "REPAIRED"  # the restart
-    assert statuses["package/hello"] == "IN_SYNC"
+    assert statuses["file/hello-conf"] == "repaired"
+    assert statuses["service/hello"] == "repaired"  # the restart
+    assert statuses["package/hello"] == "in_sync"
     assert host.main_pid("plumb-hello") not in (0, pid)
     assert starts(host) == 2
     restart = next(r for r in host.report()["results"] if r["id"] == "service/hello")
@@ -115,12 +115,12 @@ def test_moving_the_pin_upgrades_and_downgrades(host: Host, tmp_path: Path) -> N
     assert host.dpkg_version("plumb-hello-lib") is None
 
     statuses = host.wait_applied(host.push(tmp_path / "hello.yaml", manifest(version="2.0")))
-    assert statuses["package/hello"] == "REPAIRED"
+    assert statuses["package/hello"] == "repaired"
     assert host.dpkg_version("plumb-hello") == "2.0"
     assert host.dpkg_version("plumb-hello-lib") == "1.0"  # its new dependency
 
     statuses = host.wait_applied(host.push(tmp_path / "hello.yaml", manifest(version="1.0")))
-    assert statuses["package/hello"] == "REPAIRED"
+    assert statuses["package/hello"] == "repaired"
     assert host.dpkg_version("plumb-hello") == "1.0"
 
 
@@ -141,25 +141,25 @@ def test_out_of_band_stop_disable_and_remove_are_repaired_without_a_periodic_run
     wait_for(lambda: host.dpkg_version("plumb-other") == "1.0", timeout=60, what="reinstall")
 
     drift = host.server.cli_json("drift", "--node", "h1")["events"]
-    assert {"service/hello", "package/other"} <= {e["resource_id"] for e in drift}
+    assert {"service/hello", "package/other"} <= {e["resource"] for e in drift}
 
 
 def test_audit_mode_reports_an_out_of_band_stop_and_leaves_it(host: Host, tmp_path: Path) -> None:
     host.wait_applied(host.push(tmp_path / "hello.yaml", manifest()))
     revision = host.push(tmp_path / "hello.yaml", manifest(mode="audit"))
-    assert set(host.wait_applied(revision).values()) == {"IN_SYNC"}
+    assert set(host.wait_applied(revision).values()) == {"in_sync"}
 
     host.run("systemctl", "stop", "plumb-hello")
     report = host.wait_report(
         lambda r: any(
-            x["id"] == "service/hello" and x["status"] == "DRIFTED" for x in r["results"]
+            x["id"] == "service/hello" and x["status"] == "drifted" for x in r["results"]
         ),
         "the stop to be reported as drift",
     )
-    assert report["trigger"] == "WATCH"
+    assert report["trigger"] == "watch"
     assert host.is_active("plumb-hello") == "inactive"
     drift = host.server.cli_json("drift", "--node", "h1")["events"]
-    assert any(e["resource_id"] == "service/hello" for e in drift)
+    assert any(e["resource"] == "service/hello" for e in drift)
 
 
 def test_a_missing_package_fails_alone_and_its_dependents_are_skipped(
@@ -170,9 +170,9 @@ def test_a_missing_package_fails_alone_and_its_dependents_are_skipped(
     # The push's run repairs the others; the package database changing under
     # the watcher then retries the failed one once (a WATCH run), which may
     # already be the newest report: the others are in sync by then.
-    assert statuses.pop("package/hello") == "FAILED"
-    assert statuses.pop("service/hello") == "SKIPPED"
-    assert set(statuses.values()) <= {"REPAIRED", "IN_SYNC"}
+    assert statuses.pop("package/hello") == "failed"
+    assert statuses.pop("service/hello") == "skipped"
+    assert set(statuses.values()) <= {"repaired", "in_sync"}
     failed = next(r for r in host.report()["results"] if r["id"] == "package/hello")
     assert "Unable to locate package plumb-nosuch" in failed["error"]
     assert host.dpkg_version("plumb-other") == "1.0"
@@ -195,7 +195,7 @@ def test_a_run_finishes_what_an_interrupted_dpkg_left_half_done(host: Host, tmp_
     assert "dpkg was interrupted" in refused.stderr
 
     statuses = host.wait_applied(host.push(tmp_path / "hello.yaml", manifest()))
-    assert statuses["package/hello"] == "REPAIRED", str(host.report()["results"])
+    assert statuses["package/hello"] == "repaired", str(host.report()["results"])
     assert host.run("dpkg", "--audit", check=False).stdout == ""
     assert host.dpkg_version("plumb-other") == "1.0"
     assert host.dpkg_version("plumb-hello") == "1.0"

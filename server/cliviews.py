@@ -1,0 +1,200 @@
+"""What ``plumb ... --json`` prints: one stable, documented shape per command.
+
+Scripts read these, so they follow three rules, whatever the wire looks
+like: numbers are JSON numbers (revisions, counts, times as Unix seconds),
+anything missing is ``null`` (never ``0``, ``-1`` or ``""``), and statuses
+and triggers are the lower-case words used everywhere else (``in_sync``,
+``repaired``, ``drifted``, ``failed``, ``skipped``, ``unknown``; compliance
+adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
+``manual``, ``start``, ``watch``). The shapes, by command:
+
+``push``::
+
+    {"revision": 5 | null, "unchanged": false,
+     "errors": [{"file": "web.yaml" | null, "line": 7 | null, "field": "..." | null,
+                 "message": "..."}],
+     "targeted": ["web-1", ...], "delivered": [...], "undelivered": [...],
+     "refused": {"web-2": "why"}, "unmatched_names": ["db-9"]}
+
+``nodes``::
+
+    {"nodes": [{"name": "web-1", "labels": {...}, "connected": true,
+                "last_seen": 1764620000.5 | null, "enrolled_at": 1764610000.0,
+                "applied_revision": 5 | null, "reported_revision": 5 | null,
+                "latest_revision": 5 | null, "catalog_problem": "..." | null,
+                "compliance": COMPLIANCE}]}
+
+``report NODE``::
+
+    {"node": "web-1", "id": "...", "revision": 5, "noop": false, "trigger": "push",
+     "started_at": ..., "finished_at": ..., "duration_s": 0.12,
+     "latest_revision": 5 | null, "catalog_problem": "..." | null,
+     "results": [{"id": "file/motd", "kind": "file", "name": "motd", "manifest": "web",
+                  "status": "repaired", "drift": false, "error": "..." | null,
+                  "changes": [{"field": "mode", "observed": "0644", "desired": "0600"}],
+                  "duration_s": 0.003, "controls": ["CIS-1.1"], "observed": {...}}]}
+
+``drift``::
+
+    {"events": [{"id": 12, "node": "web-1", "resource": "file/motd", "manifest": "web",
+                 "status": "repaired", "changes": [...], "detected_at": ...,
+                 "report_id": "..."}]}
+
+``compliance``::
+
+    {"revision": 5 | null, "fleet": COMPLIANCE, "rows": [COMPLIANCE, ...]}
+
+where ``COMPLIANCE`` is ``{"scope": "node" | "manifest" | "control" | "kind" |
+"fleet", "name": "...", "compliant": 2, "expected": 3, "percent": 66.67 | null,
+"counts": {"in_sync": 2, "pending": 1}}``.
+
+``token create``::
+
+    {"token": "plumb1....", "expires_at": ..., "uses": 5, "enroll_address": "h:8444",
+     "install_command": "..." | null}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from protos import plumb_pb2 as pb
+
+
+def status_word(status: int) -> str:
+    """A wire status as everyone else says it: ``pb.IN_SYNC`` → ``in_sync``."""
+    return str(pb.Status.Name(status)).lower()
+
+
+def trigger_word(trigger: int) -> str:
+    return str(pb.Trigger.Name(trigger)).lower()
+
+
+def push(reply: pb.PushResponse) -> dict[str, Any]:
+    return {
+        "revision": reply.revision or None,
+        "unchanged": reply.unchanged,
+        "errors": [
+            {
+                "file": e.file or None,
+                "line": e.line or None,
+                "field": e.field or None,
+                "message": e.message,
+            }
+            for e in reply.errors
+        ],
+        "targeted": list(reply.targeted_nodes),
+        "delivered": list(reply.delivered_nodes),
+        "undelivered": list(reply.undelivered_nodes),
+        "refused": dict(sorted(reply.refused_nodes.items())),
+        "unmatched_names": list(reply.unmatched_names),
+    }
+
+
+def compliance_row(row: pb.ComplianceRow) -> dict[str, Any]:
+    return {
+        "scope": row.scope,
+        "name": row.name,
+        "compliant": row.compliant,
+        "expected": row.expected,
+        "percent": None if row.percent < 0 else round(row.percent, 2),
+        "counts": dict(row.counts),
+    }
+
+
+def nodes(reply: pb.ListNodesResponse) -> dict[str, Any]:
+    return {"nodes": [node(n) for n in reply.nodes]}
+
+
+def node(n: pb.Node) -> dict[str, Any]:
+    return {
+        "name": n.name,
+        "labels": dict(sorted(n.labels.items())),
+        "connected": n.connected,
+        "last_seen": n.last_seen or None,
+        "enrolled_at": n.enrolled_at,
+        "applied_revision": n.applied_revision or None,
+        "reported_revision": n.reported_revision or None,
+        "latest_revision": n.latest_revision or None,
+        "catalog_problem": n.catalog_problem or None,
+        "compliance": compliance_row(n.summary),
+    }
+
+
+def report(reply: pb.GetReportResponse, node_name: str) -> dict[str, Any]:
+    r = reply.report
+    return {
+        "node": node_name,
+        "id": r.id,
+        "revision": r.revision,
+        "noop": r.noop,
+        "trigger": trigger_word(r.trigger),
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration_s": round(r.finished_at - r.started_at, 6),
+        "latest_revision": reply.latest_revision or None,
+        "catalog_problem": reply.catalog_problem or None,
+        "results": [result(x) for x in r.results],
+    }
+
+
+def result(x: pb.ResourceResult) -> dict[str, Any]:
+    return {
+        "id": x.id,
+        "kind": x.kind,
+        "name": x.name,
+        "manifest": x.manifest,
+        "status": status_word(x.status),
+        "drift": x.drift,
+        "error": x.error or None,
+        "changes": changes(x.changes),
+        "duration_s": x.duration_s,
+        "controls": list(x.controls),
+        "observed": dict(sorted(x.observed.items())),
+    }
+
+
+def changes(items: Sequence[pb.Change]) -> list[dict[str, str]]:
+    return [{"field": c.field, "observed": c.observed, "desired": c.desired} for c in items]
+
+
+def drift(reply: pb.ListDriftResponse) -> dict[str, Any]:
+    return {
+        "events": [
+            {
+                "id": e.id,
+                "node": e.node_name,
+                "resource": e.resource_id,
+                "manifest": e.manifest,
+                "status": status_word(e.status),
+                "changes": changes(e.changes),
+                "detected_at": e.detected_at,
+                "report_id": e.report_id,
+            }
+            for e in reply.events
+        ]
+    }
+
+
+def compliance(reply: pb.GetComplianceResponse, revision: int) -> dict[str, Any]:
+    return {
+        "revision": revision or None,
+        "fleet": compliance_row(reply.fleet),
+        "rows": [compliance_row(r) for r in reply.rows],
+    }
+
+
+def token(reply: pb.CreateTokenResponse, install_command: str | None) -> dict[str, Any]:
+    return {
+        "token": reply.token,
+        "expires_at": reply.expires_at,
+        "uses": reply.uses,
+        "enroll_address": reply.enroll_address or None,
+        "install_command": install_command,
+    }
+
+
+def counts_phrase(counts: Mapping[str, int], leave_out: Sequence[str] = ()) -> str:
+    """``{"failed": 1, "pending": 2}`` → ``failed 1, pending 2``, for tables."""
+    return ", ".join(f"{state} {n}" for state, n in counts.items() if n and state not in leave_out)

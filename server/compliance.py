@@ -1,0 +1,143 @@
+"""Compliance: of everything the latest revision expects on each node, how much is as desired.
+
+The denominator is what is *expected*, never only what happened to be
+evaluated: every resource the catalogs of the latest revision hold, on every
+node they select. Each expected resource has exactly one state:
+
+- its status in the node's newest run report, when that report ran the
+  latest revision: ``in_sync`` and ``repaired`` are compliant; ``drifted``,
+  ``failed``, ``skipped`` (a requirement failed) and ``unknown`` (it could not
+  be evaluated) are not;
+- ``pending``: the node has not reported at the latest revision yet (it is
+  disconnected, or its run is under way); what it reported at an older
+  revision says nothing about this one;
+- ``no_catalog``: the node's catalog could not be compiled (two resources
+  would manage one object on it), so nothing of it is enforced;
+- ``unknown`` too when the node's report at the revision does not mention the
+  resource at all.
+
+So "1/1 100 %" can never hide a resource left out on another node: each scope
+(node, manifest, control tag, kind, and the fleet) carries the count of every
+state, and its percentage is compliant / expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from modules.base import Status
+from server.manifest import Manifest
+from server.store import NodeRow, StatusRow
+
+COMPLIANT = (Status.IN_SYNC.value, Status.REPAIRED.value)
+PENDING = "pending"
+NO_CATALOG = "no_catalog"
+#: Every state an expected resource can be in, in the order reports list them.
+STATES = (*(s.value for s in Status), PENDING, NO_CATALOG)
+#: The order scopes are listed in.
+SCOPES = ("node", "manifest", "control", "kind")
+
+
+@dataclasses.dataclass
+class Tally:
+    """The states of the expected resources of one scope (a node, a manifest, ...)."""
+
+    scope: str
+    name: str
+    counts: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    @property
+    def compliant(self) -> int:
+        return sum(self.counts[state] for state in COMPLIANT)
+
+    @property
+    def expected(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def percent(self) -> float | None:
+        """100 * compliant / expected; None when nothing is expected."""
+        return 100.0 * self.compliant / self.expected if self.expected else None
+
+    def ordered_counts(self) -> dict[str, int]:
+        """The count of each state that occurs, in :data:`STATES` order."""
+        return {state: self.counts[state] for state in STATES if self.counts[state]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Compliance:
+    revision: int
+    rows: list[Tally]  # by scope (SCOPES order), then name
+    fleet: Tally
+    by_node: dict[str, Tally]  # every enrolled node, also those expected nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expected:
+    id: str
+    manifest: str
+    kind: str
+    controls: tuple[str, ...]
+
+
+def compute(
+    revision: int,
+    manifests: Sequence[Manifest],
+    nodes: Iterable[NodeRow],
+    problems: Mapping[str, object],
+    statuses: Iterable[StatusRow],
+) -> Compliance:
+    """Compliance at ``revision`` (whose manifests are ``manifests``) of ``nodes``.
+
+    ``problems`` names the nodes whose catalog at ``revision`` could not be
+    compiled; ``statuses`` is every node's current status per resource.
+    """
+    current: dict[str, dict[str, str]] = {}
+    for row in statuses:
+        current.setdefault(row.node, {})[row.resource_id] = row.status.value
+    tallies: dict[tuple[str, str], Tally] = {}
+    fleet = Tally("fleet", "fleet")
+    by_node: dict[str, Tally] = {}
+    selections: dict[tuple[int, ...], list[_Expected]] = {}
+    for node in nodes:
+        key = tuple(i for i, m in enumerate(manifests) if m.target.matches(node.name, node.labels))
+        if key not in selections:
+            selections[key] = _expected([manifests[i] for i in key])
+        by_node[node.name] = tallies.setdefault(("node", node.name), Tally("node", node.name))
+        for res in selections[key]:
+            state = _state(node, res, revision, problems, current.get(node.name, {}))
+            fleet.counts[state] += 1
+            for scope, name in _scopes(node.name, res):
+                tallies.setdefault((scope, name), Tally(scope, name)).counts[state] += 1
+    rows = sorted(tallies.values(), key=lambda t: (SCOPES.index(t.scope), t.name))
+    return Compliance(revision, rows, fleet, by_node)
+
+
+def _expected(selected: Sequence[Manifest]) -> list[_Expected]:
+    """What a catalog of these manifests holds, in catalog order (see server.catalog)."""
+    return [_Expected(r.id, m.name, r.kind, r.controls) for m in selected for r in m.resources]
+
+
+def _state(
+    node: NodeRow,
+    res: _Expected,
+    revision: int,
+    problems: Mapping[str, object],
+    reported: Mapping[str, str],
+) -> str:
+    if node.name in problems:
+        return NO_CATALOG
+    if node.status_revision != revision:
+        return PENDING
+    return reported.get(res.id, Status.UNKNOWN.value)
+
+
+def _scopes(node: str, res: _Expected) -> list[tuple[str, str]]:
+    return [
+        ("node", node),
+        ("manifest", res.manifest),
+        ("kind", res.kind),
+        *(("control", control) for control in res.controls),
+    ]

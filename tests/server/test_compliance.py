@@ -1,0 +1,150 @@
+"""Compliance never flatters: everything expected counts, whatever became of it.
+
+Real manifests and a real SQLite store: reports go in through the ingest
+path the server uses, compliance comes out of ``Fleet.compliance``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modules.base import Status
+from server.compliance import Tally
+from server.fleet import Fleet
+from server.pki import ROLE_SIGNER, create_ca, issue_keypair
+from server.store import ReportRecord, ResultRecord, Store
+
+WEB = """\
+name: web
+target: {labels: {role: web}}
+resources:
+  - {kind: file, name: etc-app, spec: {path: /etc/app, type: directory}, controls: [CIS-1]}
+  - kind: file
+    name: app-conf
+    spec: {path: /etc/app/app.conf, content: "port = 80\\n"}
+    require: [file/etc-app]
+    controls: [CIS-1, SOC2-CC6]
+  - {kind: package, name: nginx, spec: {package: nginx}}
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store.add_token("t", "h", {"role": "web"}, created_at=0, expires_at=1e12, uses=10)
+    for name in ("web-1", "web-2"):
+        store.enroll("t", "h", name, name, now=1)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def fleet(store: Store) -> Fleet:
+    signer = issue_keypair(create_ca(), "plumb-server", ROLE_SIGNER)
+    fleet = Fleet(store, signer)
+    assert fleet.push([("web.yaml", textwrap.dedent(WEB))]).revision == 1
+    return fleet
+
+
+def report(store: Store, node: str, revision: int, statuses: dict[str, Status]) -> None:
+    results = [
+        ResultRecord(resource_id, "web", status, [], []) for resource_id, status in statuses.items()
+    ]
+    record = ReportRecord(f"{node}-{revision}", node, revision, False, "push", 1, 2, results, b"")
+    store.ingest_report(record, now=3)
+
+
+def row(tallies: list[Tally], scope: str, name: str) -> tuple[int, int, dict[str, int]]:
+    [found] = [t for t in tallies if (t.scope, t.name) == (scope, name)]
+    return found.compliant, found.expected, found.ordered_counts()
+
+
+ALL_GOOD = {
+    "file/etc-app": Status.IN_SYNC,
+    "file/app-conf": Status.REPAIRED,
+    "package/nginx": Status.IN_SYNC,
+}
+
+
+def test_a_node_that_has_not_reported_counts_as_pending(fleet: Fleet, store: Store) -> None:
+    report(store, "web-1", 1, ALL_GOOD)
+    result = fleet.compliance()
+    # web-2 holds the same catalog and said nothing: 3 of 6 are compliant, not 3 of 3.
+    assert (result.fleet.compliant, result.fleet.expected) == (3, 6)
+    assert result.fleet.percent == 50.0
+    assert row(result.rows, "node", "web-2") == (0, 3, {"pending": 3})
+    assert row(result.rows, "node", "web-1") == (3, 3, {"in_sync": 2, "repaired": 1})
+    assert row(result.rows, "manifest", "web") == (
+        3,
+        6,
+        {"in_sync": 2, "repaired": 1, "pending": 3},
+    )
+
+
+def test_skipped_and_unknown_are_not_compliant(fleet: Fleet, store: Store) -> None:
+    statuses = {
+        "file/etc-app": Status.FAILED,
+        "file/app-conf": Status.SKIPPED,
+        "package/nginx": Status.UNKNOWN,
+    }
+    report(store, "web-1", 1, statuses)
+    report(store, "web-2", 1, ALL_GOOD)
+    result = fleet.compliance()
+    assert row(result.rows, "node", "web-1") == (0, 3, {"failed": 1, "skipped": 1, "unknown": 1})
+    assert row(result.rows, "control", "CIS-1") == (
+        2,
+        4,
+        {"in_sync": 1, "repaired": 1, "failed": 1, "skipped": 1},
+    )
+    assert row(result.rows, "control", "SOC2-CC6") == (1, 2, {"repaired": 1, "skipped": 1})
+    assert row(result.rows, "kind", "package") == (1, 2, {"in_sync": 1, "unknown": 1})
+
+
+def test_a_report_at_an_older_revision_says_nothing_about_the_new_one(
+    fleet: Fleet, store: Store
+) -> None:
+    report(store, "web-1", 1, ALL_GOOD)
+    report(store, "web-2", 1, ALL_GOOD)
+    assert fleet.compliance().fleet.percent == 100.0
+    pushed = fleet.push([("web.yaml", textwrap.dedent(WEB).replace("port = 80", "port = 81"))])
+    assert pushed.revision == 2
+    report(store, "web-1", 2, ALL_GOOD)
+    result = fleet.compliance()
+    assert result.revision == 2
+    assert row(result.rows, "node", "web-2") == (0, 3, {"pending": 3})
+    assert (result.fleet.compliant, result.fleet.expected) == (3, 6)
+
+
+def test_a_resource_missing_from_the_report_is_unknown(fleet: Fleet, store: Store) -> None:
+    report(store, "web-1", 1, {"file/etc-app": Status.IN_SYNC})
+    result = fleet.compliance()
+    assert row(result.rows, "node", "web-1") == (1, 3, {"in_sync": 1, "unknown": 2})
+
+
+def test_a_node_without_a_catalog_counts_every_expected_resource(
+    fleet: Fleet, store: Store
+) -> None:
+    clash = """\
+name: late
+target: {names: [web-3]}
+resources:
+  - {kind: package, name: no-nginx, spec: {package: nginx, state: absent}}
+"""
+    assert fleet.push([("late.yaml", clash)]).errors == []
+    store.enroll("t", "h", "web-3", "web-3", now=1)
+    assert fleet.prepare("web-3") is None
+    result = fleet.compliance()
+    assert row(result.rows, "node", "web-3") == (0, 4, {"no_catalog": 4})
+
+
+def test_a_node_nothing_targets_expects_nothing(fleet: Fleet, store: Store) -> None:
+    store.add_token("db", "h", {"role": "db"}, created_at=0, expires_at=1e12, uses=1)
+    store.enroll("db", "h", "db-1", "db-1", now=1)
+    result = fleet.compliance()
+    db = result.by_node["db-1"]
+    assert (db.expected, db.percent) == (0, None)
+    assert result.fleet.expected == 6
