@@ -36,7 +36,7 @@ _FLUSH = object()  # send whatever the spool holds that this stream has not sent
 _END = object()  # close our side of the stream
 _HEARTBEAT = pb.AgentMessage(heartbeat=pb.Heartbeat())
 #: A server silent for this many heartbeat intervals is dead.
-HEARTBEAT_MISSES = 3
+HEARTBEAT_MISSES = 2
 
 
 class SessionClient:

@@ -127,14 +127,20 @@ class SimulatedAgent:
                     )
                 )
             )
+            beats: asyncio.Task[None] | None = None
             try:
                 async for message in call:
                     answered = True
+                    if beats is None and message.WhichOneof("kind") == "welcome":
+                        interval = message.welcome.heartbeat_interval_s
+                        beats = asyncio.create_task(_heartbeats(outbox, interval))
                     self._handle(message, outbox)
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details() or ''}"
             finally:
                 writer.cancel()
+                if beats is not None:
+                    beats.cancel()
         return answered, error
 
     def _handle(self, message: pb.ServerMessage, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
@@ -160,7 +166,12 @@ class SimulatedAgent:
             catalog = verify_catalog(signed, self.ca, self.name)
         except CatalogRejected as exc:
             print(f"{self.name}: catalog rejected: {exc}", file=sys.stderr)
+            ack = pb.CatalogAck(revision=signed.revision, accepted=False, error=str(exc))
+            outbox.put_nowait(pb.AgentMessage(catalog_ack=ack))
             return
+        # As the real agent does: the push counts it delivered on this.
+        ack = pb.CatalogAck(revision=signed.revision, accepted=True)
+        outbox.put_nowait(pb.AgentMessage(catalog_ack=ack))
         t_catalog = time.time()
         self.applied = catalog.revision
         report = self._spool_report(catalog.revision, len(catalog.resources))
@@ -195,6 +206,17 @@ class SimulatedAgent:
         ):
             self.in_sync_reported = self.breaks
             self.fleet.back_in_sync(self.breaks)
+
+
+async def _heartbeats(outbox: asyncio.Queue[pb.AgentMessage], interval_s: float) -> None:
+    """What keeps a real agent's session alive on the server: a heartbeat every interval."""
+    if interval_s <= 0:
+        return
+    # Spread over the interval, as a fleet that did not connect in one instant would be.
+    await asyncio.sleep(random.uniform(0, interval_s))
+    while True:
+        outbox.put_nowait(pb.AgentMessage(heartbeat=pb.Heartbeat()))
+        await asyncio.sleep(interval_s)
 
 
 async def _write(call: Any, outbox: asyncio.Queue[pb.AgentMessage]) -> None:

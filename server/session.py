@@ -41,9 +41,9 @@ from server.wire import report_record
 log = logging.getLogger("plumb.server.session")
 
 #: Seconds between heartbeats, each way; the Welcome tells the agent.
-HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_INTERVAL_S = 10.0
 #: A stream silent for this many intervals is dead.
-HEARTBEAT_MISSES = 3
+HEARTBEAT_MISSES = 2
 #: The documented bound: a dead peer is noticed within this many seconds.
 DEAD_AFTER_S = HEARTBEAT_INTERVAL_S * (HEARTBEAT_MISSES + 1)
 

@@ -133,3 +133,171 @@ def test_token_create_without_the_flag_prints_the_bare_token(
     assert cli.main(["token", "create"]) == 0
 
     assert capsys.readouterr().out == f"{TOKEN}\n"
+
+
+# -- bad input: one line naming what is wrong, never a traceback ------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["token", "create", "--ttl", "-5"], "--ttl: expected a number of seconds from 1 to"),
+        (["token", "create", "--ttl", "5000000000"], "got '5000000000'"),
+        (["token", "create", "--ttl", "soon"], "got 'soon'"),
+        (["token", "create", "--uses", "0"], "--uses: expected a number of nodes from 1 to"),
+        (["drift", "--limit", "-1"], "--limit: expected a number of events from 1 to 10000"),
+        (["push", "--wait", "600", "x.yaml"], "--wait: expected a number of seconds"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_push_over_the_size_limit_is_refused_before_sending(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\n# " + "é" * (3 * 2**20) + "\n")  # 6 MiB of UTF-8
+    assert cli.main(["push", str(big)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("plumb: the manifests add up to 6.0 MiB; a push takes at most 4 MiB")
+    assert err.count("\n") == 1
+
+
+# -- --json: one stable shape per command ------------------------------------------
+
+
+class ShapesAdmin(FakeAdmin):
+    def Push(self, request: pb.PushRequest, timeout: float) -> pb.PushResponse:
+        return pb.PushResponse(
+            revision=5,
+            targeted_nodes=["web-1", "web-2"],
+            delivered_nodes=["web-1"],
+            undelivered_nodes=["web-2"],
+            unmatched_names=["db-9"],
+        )
+
+    def ListNodes(self, request: pb.ListNodesRequest, timeout: float) -> pb.ListNodesResponse:
+        summary = pb.ComplianceRow(
+            scope="node", name="web-1", compliant=1, expected=2, percent=50.0, counts={}
+        )
+        summary.counts.update({"in_sync": 1, "pending": 1})
+        never = pb.ComplianceRow(scope="node", name="web-2", percent=-1)
+        return pb.ListNodesResponse(
+            nodes=[
+                pb.Node(
+                    name="web-1",
+                    labels={"role": "web"},
+                    connected=True,
+                    last_seen=100.5,
+                    applied_revision=4,
+                    latest_revision=5,
+                    compliance=50.0,
+                    enrolled_at=10.0,
+                    reported_revision=4,
+                    summary=summary,
+                ),
+                pb.Node(name="web-2", latest_revision=5, compliance=-1, summary=never),
+            ]
+        )
+
+    def ListDrift(self, request: pb.ListDriftRequest, timeout: float) -> pb.ListDriftResponse:
+        change = pb.Change(field="mode", observed="0644", desired="0600")
+        event = pb.DriftEvent(
+            id=7,
+            node_name="web-1",
+            report_id="r9",
+            resource_id="file/motd",
+            manifest="web",
+            status=pb.REPAIRED,
+            changes=[change],
+            detected_at=50.0,
+        )
+        return pb.ListDriftResponse(events=[event])
+
+    def GetCompliance(
+        self, request: pb.GetComplianceRequest, timeout: float
+    ) -> pb.GetComplianceResponse:
+        fleet = pb.ComplianceRow(
+            scope="fleet", name="fleet", compliant=1, expected=3, percent=100 / 3
+        )
+        fleet.counts.update({"in_sync": 1, "failed": 1, "pending": 1})
+        return pb.GetComplianceResponse(rows=[fleet], fleet=fleet, revision=5)
+
+
+def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "_stub", lambda args: ShapesAdmin())
+
+    def shape(*argv: str, code: int = 0) -> Any:
+        assert cli.main([*argv, "--json"]) == code
+        return json.loads(capsys.readouterr().out)
+
+    assert shape("push", __file__) == {
+        "revision": 5,
+        "unchanged": False,
+        "errors": [],
+        "targeted": ["web-1", "web-2"],
+        "delivered": ["web-1"],
+        "undelivered": ["web-2"],
+        "refused": {},
+        "unmatched_names": ["db-9"],
+    }
+    web1, web2 = shape("nodes")["nodes"]
+    assert web1 == {
+        "name": "web-1",
+        "labels": {"role": "web"},
+        "connected": True,
+        "last_seen": 100.5,
+        "enrolled_at": 10.0,
+        "applied_revision": 4,
+        "reported_revision": 4,
+        "latest_revision": 5,
+        "catalog_problem": None,
+        "compliance": {
+            "scope": "node",
+            "name": "web-1",
+            "compliant": 1,
+            "expected": 2,
+            "percent": 50.0,
+            "counts": {"in_sync": 1, "pending": 1},
+        },
+    }
+    # Nothing known is null, never 0 or -1.
+    assert (web2["last_seen"], web2["applied_revision"], web2["reported_revision"]) == (
+        None,
+        None,
+        None,
+    )
+    assert web2["compliance"]["percent"] is None
+    assert shape("drift") == {
+        "events": [
+            {
+                "id": 7,
+                "node": "web-1",
+                "resource": "file/motd",
+                "manifest": "web",
+                "status": "repaired",
+                "changes": [{"field": "mode", "observed": "0644", "desired": "0600"}],
+                "detected_at": 50.0,
+                "report_id": "r9",
+            }
+        ]
+    }
+    compliance = shape("compliance", code=3)
+    assert compliance["revision"] == 5
+    assert compliance["fleet"]["percent"] == 33.33
+    assert compliance["fleet"]["counts"] == {"in_sync": 1, "failed": 1, "pending": 1}
+    report = shape("report", "web-1")
+    assert (report["node"], report["revision"], report["trigger"]) == ("web-1", 4, "schedule")
+    assert report["duration_s"] == 1.5
+    assert [(r["id"], r["status"], r["error"]) for r in report["results"]] == [
+        ("service/web", "repaired", None),
+        ("file/motd", "in_sync", None),
+    ]
