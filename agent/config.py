@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.flapping import DEFAULT_BACKOFF_S, DEFAULT_MAX_REPAIRS, DEFAULT_WINDOW_S
 
 DEFAULT_PATH = Path("/etc/plumb/agent.toml")
 
@@ -35,6 +36,12 @@ class AgentConfig:
     confirm_timeout: float = 5.0
     #: ``debug``, ``info``, ``warning`` or ``error``.
     log_level: str = "info"
+    #: A resource repaired more than ``flap_repairs`` times within ``flap_window``
+    #: seconds is flapping: held (reported failed) for ``flap_backoff`` seconds.
+    #: ``flap_repairs = 0`` turns the check off (agent/flapping.py).
+    flap_repairs: int = DEFAULT_MAX_REPAIRS
+    flap_window: float = DEFAULT_WINDOW_S
+    flap_backoff: float = DEFAULT_BACKOFF_S
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,6 +53,9 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "watch": ((bool,), "true or false"),
     "confirm_timeout": ((int, float), "a number of seconds"),
     "log_level": ((str,), "one of " + ", ".join(_LOG_LEVELS)),
+    "flap_repairs": ((int,), "a whole number of repairs"),
+    "flap_window": ((int, float), "a number of seconds"),
+    "flap_backoff": ((int, float), "a number of seconds"),
 }
 
 
@@ -90,5 +100,5 @@ def _value(path: Path, name: str, value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
             raise ConfigError(f"{path}: {name} must not be negative, got {value!r}")
-        return float(value)
+        return value if float not in types else float(value)
     return value

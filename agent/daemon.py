@@ -36,6 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import AGENT_VERSION, facts
 from agent.errors import CatalogRejected
+from agent.flapping import FlapPolicy
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
 from agent.state import StateDir
@@ -76,11 +77,17 @@ class Daemon:
         max_backoff_s: float = 60.0,
         watch: bool = True,
         confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        flap_policy: FlapPolicy | None = None,
     ) -> None:
         self.state = state
         self.enrollment = state.enrollment()
         self.runner = Runner(
-            state, self.enrollment.node, root, self.enrollment.server, confirm_timeout_s
+            state,
+            self.enrollment.node,
+            root,
+            self.enrollment.server,
+            confirm_timeout_s,
+            flap_policy,
         )
         self.interval_s = interval_s
         self.splay_s = splay_s

@@ -161,14 +161,14 @@ def run(
     kinds: KindLookup = registry.get,
     clock: Callable[[], float] = time.monotonic,
     confirm: Confirm | None = None,
-    hold: frozenset[str] = frozenset(),
-    revision: int = 0,
+    hold: Mapping[str, str] | None = None,
 ) -> list[ResourceResult]:
     """Run ``resources`` in require order; one result per resource, in catalog order.
 
     ``confirm`` guards risky kinds (None: no confirm-or-revert, as when there is
-    no server). Resources whose id is in ``hold`` were reverted earlier for
-    catalog ``revision``: an enforce run reports them failed without applying.
+    no server). ``hold`` maps ids the caller holds back to why (reverted
+    earlier at this revision, flapping): an enforce run reports each failed
+    with that reason, without reading or applying it.
     Never raises for anything a kind does: every failure becomes a result.
     """
     try:
@@ -176,7 +176,7 @@ def run(
     except CatalogError as exc:
         return [_log(ctx, _unusable(res, exc)) for res in resources]
     guard = _Guard(ctx.log, confirm)
-    runner = _Runner(ctx, noop, kinds, clock, guard, hold, revision)
+    runner = _Runner(ctx, noop, kinds, clock, guard, dict(hold or {}))
     done: dict[str, ResourceResult] = {}
     for position, res in enumerate(order):
         if res.id in done:
@@ -337,8 +337,7 @@ class _Runner:
     kinds: KindLookup
     clock: Callable[[], float]
     guard: _Guard
-    hold: frozenset[str]
-    revision: int
+    hold: Mapping[str, str]  # id -> why it is held back
 
     def evaluate(self, res: CatalogResource, done: dict[str, ResourceResult]) -> ResourceResult:
         """The result of ``res``, given the results of everything it requires."""
@@ -363,7 +362,7 @@ class _Runner:
             notifiers = [s.id for s in subscribed if s.status in _CHANGING]
             return self._described(res, kind, spec, _refresh_pending(own, notifiers))
         if res.id in self.hold:
-            return _Outcome(Status.FAILED, error=self._held())
+            return _Outcome(Status.FAILED, error=self.hold[res.id])
         return self._finish(res, kind, spec, self._enforce(res, kind, spec), done)
 
     def _finish(
@@ -435,10 +434,6 @@ class _Runner:
             )
             return outcome
         return dataclasses.replace(outcome, observed=observed)
-
-    def _held(self) -> str:
-        at = f" at revision {self.revision}" if self.revision else ""
-        return f"held: reverted earlier{at}; waiting for a new catalog"
 
     def _dry(
         self, res: CatalogResource, kind: Kind[Any, Any], spec: Any, pending: list[str]

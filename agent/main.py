@@ -25,8 +25,9 @@ EXIT_FAILURES = 4  # failed or skipped resources
 
 EPILOG = """\
 settings: /etc/plumb/agent.toml (or --config, or $PLUMB_AGENT_CONFIG) holds
-state_dir, interval, splay, watch, confirm_timeout and log_level; the flags of
-the same names override it. $PLUMB_STATE_DIR overrides state_dir.
+state_dir, interval, splay, watch, confirm_timeout, flap_repairs, flap_window,
+flap_backoff and log_level; the flags of the same names override it.
+$PLUMB_STATE_DIR overrides state_dir.
 
 exit codes: 0 success; 1 error; 2 bad usage.
 `run --once` adds: 2 differences remain (drifted/unknown: noop or audit),
@@ -109,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
             help="after a risky change (firewall, routes), how long to wait for the server "
             "over a fresh connection before reverting the change (default: 5)",
         )
+        p.add_argument(
+            "--flap-repairs",
+            type=int,
+            metavar="N",
+            help="a resource repaired more than N times within --flap-window is flapping: "
+            "it is reported failed and not repaired for --flap-backoff (default: 5; 0: off)",
+        )
+        p.add_argument("--flap-window", type=float, metavar="SECONDS", help="(default: 600)")
+        p.add_argument("--flap-backoff", type=float, metavar="SECONDS", help="(default: 1800)")
         if name == "daemon":
             p.add_argument(
                 "--interval",
@@ -162,7 +172,15 @@ def _settle(args: argparse.Namespace) -> None:
     if args.state_dir is None:
         from_env = os.environ.get("PLUMB_STATE_DIR")
         args.state_dir = Path(from_env) if from_env else config.state_dir
-    for name in ("interval", "splay", "watch", "confirm_timeout"):
+    for name in (
+        "interval",
+        "splay",
+        "watch",
+        "confirm_timeout",
+        "flap_repairs",
+        "flap_window",
+        "flap_backoff",
+    ):
         if getattr(args, name, None) is None:
             setattr(args, name, getattr(config, name))
     args.log_level = config.log_level
@@ -199,6 +217,7 @@ def _daemon(args: argparse.Namespace) -> int:
         args.splay,
         watch=args.watch,
         confirm_timeout_s=args.confirm_timeout,
+        flap_policy=_flap_policy(args),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
@@ -217,9 +236,20 @@ def _run_once(args: argparse.Namespace) -> int:
     from agent.once import run_once
 
     report = run_once(
-        StateDir(args.state_dir), args.root, args.noop, args.timeout, args.confirm_timeout
+        StateDir(args.state_dir),
+        args.root,
+        args.noop,
+        args.timeout,
+        args.confirm_timeout,
+        flap_policy=_flap_policy(args),
     )
     return _exit_code(report)
+
+
+def _flap_policy(args: argparse.Namespace) -> Any:
+    from agent.flapping import FlapPolicy
+
+    return FlapPolicy(args.flap_repairs, args.flap_window, args.flap_backoff)
 
 
 def _exit_code(report: Any) -> int:

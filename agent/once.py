@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent import AGENT_VERSION, facts
 from agent.errors import NoCatalog
+from agent.flapping import FlapPolicy
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
 from agent.state import StateDir
@@ -25,9 +26,10 @@ def run_once(
     noop: bool,
     timeout: float,
     confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+    flap_policy: FlapPolicy | None = None,
 ) -> pb.Report:
     enrollment = state.enrollment()
-    runner = Runner(state, enrollment.node, root, enrollment.server, confirm_timeout_s)
+    runner = Runner(state, enrollment.node, root, enrollment.server, confirm_timeout_s, flap_policy)
     session = SessionClient(
         state, enrollment, runner, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
     )

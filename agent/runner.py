@@ -19,13 +19,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from agent import engine
 from agent.confirm import server_reachable
 from agent.errors import CatalogRejected
+from agent.flapping import FlapGuard, FlapPolicy
 from agent.spool import Spool
 from agent.state import StateDir, write_atomic
 from agent.tls import verify_catalog
@@ -49,12 +50,14 @@ class Runner:
         root: Path,
         server: str | None = None,
         confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        flap_policy: FlapPolicy | None = None,
     ) -> None:
         """``server`` (HOST:PORT) enables confirm-or-revert; None applies risky kinds unguarded."""
         self.state = state
         self.node = node
         self.root = root
         self.spool = Spool(state.spool)
+        self.flapping = FlapGuard(state, flap_policy or FlapPolicy())
         self._lock = threading.Lock()
         self._confirm: Callable[[], bool] | None = None
         if server is not None:
@@ -71,6 +74,11 @@ class Runner:
         if held.get("revision") != revision:
             return frozenset()
         return frozenset(str(i) for i in held.get("ids", []))
+
+    def _holds(self, revision: int, specs: Mapping[str, str]) -> dict[str, str]:
+        """Every resource held back in this run, and why: reverted earlier, or flapping."""
+        reverted = f"held: reverted earlier at revision {revision}; waiting for a new catalog"
+        return {**self.flapping.held(specs), **dict.fromkeys(self.held(revision), reverted)}
 
     def cached(self) -> tuple[pb.SignedCatalog, Catalog] | None:
         """The cached catalog, verified again (the file could have been tampered with)."""
@@ -103,18 +111,18 @@ class Runner:
                 return None
             catalog = cached[1]
             started = time.time()
-            hold = self.held(catalog.revision)
+            specs = {r.id: _spec_hash(r) for r in catalog.resources}
             results = engine.run(
                 catalog.resources,
                 Context(root=self.root, log=log),
                 noop=noop,
                 confirm=self._confirm,
-                hold=hold,
-                revision=catalog.revision,
+                hold=self._holds(catalog.revision, specs),
             )
-            self._remember_reverted(catalog.revision, hold, results)
-            specs = {r.id: _spec_hash(r) for r in catalog.resources}
+            self._remember_reverted(catalog.revision, self.held(catalog.revision), results)
             drift = self._drift(results, specs)
+            for flapping in self.flapping.record(results, drift, specs):
+                log.warning("%s: %s", flapping, self.flapping.held(specs)[flapping])
             report = _report(self.node, catalog.revision, noop, trigger, started, results, drift)
             self.spool.add(report.id, report.SerializeToString())
             self._record(report, engine.summarize(results))

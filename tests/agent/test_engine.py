@@ -248,9 +248,11 @@ class Fake:
     ) -> list[engine.ResourceResult]:
         ctx = Context(log=logging.getLogger("test.engine"))
         confirm = self.confirm if self.confirms is not None else None
-        return engine.run(
-            catalog, ctx, noop=noop, kinds=self.kinds, confirm=confirm, hold=hold, revision=7
+        # What the runner holds a reverted resource with (agent/runner.py).
+        held = dict.fromkeys(
+            hold, "held: reverted earlier at revision 7; waiting for a new catalog"
         )
+        return engine.run(catalog, ctx, noop=noop, kinds=self.kinds, confirm=confirm, hold=held)
 
 
 def fake(system: dict[str, str] | None = None, confirms: list[bool] | None = None) -> Fake:

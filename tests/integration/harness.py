@@ -176,7 +176,7 @@ class Agent:
             timeout=60,
         )
 
-    def start(self, interval: float = 3600, splay: float = 0) -> None:
+    def start(self, interval: float = 3600, splay: float = 0, *extra: str) -> None:
         self.log = open(self.state_dir.parent / "agent.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
             self._cmd(
@@ -187,6 +187,7 @@ class Agent:
                 str(interval),
                 "--splay",
                 str(splay),
+                *extra,
             ),
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,3 +157,73 @@ def test_an_identical_push_makes_no_new_revision(server: Server, tmp_path: Path)
     assert "revision 1 unchanged" in again.stdout
     shape = json.loads(server.cli("push", "--json", str(web)).stdout)
     assert (first["revision"], shape["revision"], shape["unchanged"]) == (1, 1, True)
+
+
+MOTD = """\
+name: motd
+target: {labels: {role: web}}
+resources:
+  - kind: file
+    name: motd
+    spec: {path: /etc/motd, content: "managed by plumb\\n"}
+"""
+
+
+class Fighter:
+    """Another tool that keeps writing its own version of a file the agent manages."""
+
+    def __init__(self, path: Path, content: str) -> None:
+        self.path = path
+        self.content = content
+        self.writes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fight, daemon=True)
+
+    def __enter__(self) -> Fighter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _fight(self) -> None:
+        # It polls, as a cron job or a rival agent would: its pace is its own.
+        while not self._stop.wait(0.05):
+            if self.path.read_text() != self.content:
+                self.path.write_text(self.content)
+                self.writes += 1
+
+
+def test_a_resource_fought_over_is_held_and_reported_as_flapping(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1", role="web")
+    (agent.root / "etc").mkdir()
+    agent.start(3600, 0, "--flap-repairs", "3", "--flap-window", "120", "--flap-backoff", "600")
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    server.cli("push", str(write(tmp_path / "motd.yaml", MOTD)))
+    motd = agent.path("/etc/motd")
+    wait_for(lambda: motd.exists() and motd.read_text() == "managed by plumb\n", what="converged")
+
+    def flapping() -> str:
+        report = server.cli_json("report", "web-1")
+        [result] = report["results"]
+        return str(result["error"] or "") if result["status"] == "failed" else ""
+
+    with Fighter(motd, "someone else's\n") as fighter:
+        reason = wait_for(flapping, timeout=30, what="the resource to be held as flapping")
+        assert reason.startswith("flapping: repaired 4 times in 2 minutes; not repaired again")
+    assert fighter.writes >= 4
+
+    def repairs() -> int:
+        events = server.cli_json("drift", "--node", "web-1")["events"]
+        return sum(1 for e in events if e["status"] == "repaired")
+
+    assert repairs() == 4
+    # Held across processes too: a manual run leaves it alone and says why.
+    once = agent.run_once()
+    assert once.returncode == 4, once.stderr
+    assert motd.read_text() == "someone else's\n"
+    assert repairs() == 4
+    assert server.cli("compliance", check=False).returncode == 3
