@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import ipaddress
 import os
 import select
@@ -63,6 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from modules.base import Change, Context, Kind
+from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
 from modules.spec import Presence, SpecReader
@@ -564,13 +566,23 @@ def _translated(error: type[OperationError], action: str) -> Iterator[None]:
     try:
         yield
     except NetlinkError as exc:
+        _refused(exc.code, action, exc)
         # NetlinkError's args are (errno, the kernel's text for it).
         text = exc.args[1] if len(exc.args) > 1 else str(exc)
         raise error(f"cannot {action}: {text} (netlink error {exc.code})") from exc
     except FileNotFoundError as exc:
         raise error(f"cannot {action}: network namespace does not exist") from exc
     except OSError as exc:
+        _refused(exc.errno, action, exc)
         raise error(f"cannot {action}: {exc.strerror or exc}") from exc
+
+
+def _refused(code: int | None, action: str, exc: Exception) -> None:
+    """Unavailable naming CAP_NET_ADMIN if the kernel refused ``action`` for the want of it."""
+    if code == errno.EPERM:
+        missing = net_admin_missing("change routes", f"cannot {action}")
+        if missing is not None:
+            raise missing from exc
 
 
 register(RouteKind())
