@@ -250,13 +250,12 @@ def test_out_of_band_changes_are_repaired_by_the_watchers(h1: Host, tmp_path: Pa
     drifts = {r: drift_count(h1, r) for r in ("firewall/host", "route/docs-net")}
 
     ssh = next(r for r in rules(h1) if r.get("comment") == "ssh")
+    # Not checked in between: the watcher may put it back before a listing could look.
     h1.run("nft", "delete", "rule", "inet", "plumb", "input", "handle", str(ssh["handle"]))
-    assert len(rules(h1)) == 2
     wait_for(lambda: len(rules(h1)) == 3, timeout=30, what="the deleted rule to be put back")
     assert rules(h1)[-1].get("comment") == "ssh"
 
     h1.run("ip", "route", "del", DOCS_NET)
-    assert docs_route(h1) is None
     wait_for(
         lambda: docs_route(h1) is not None, timeout=30, what="the deleted route to be put back"
     )
