@@ -55,6 +55,9 @@ written reads back exactly. A rule read back in any form this kind would not
 write itself is shown as ``unrecognised: <nft json>`` and replaced. The kind
 is risky: :meth:`FirewallKind.restore` replays the listing a read kept, in one
 transaction as well. :meth:`FirewallKind.watch` follows ``nft monitor``.
+nftables needs CAP_NET_ADMIN even to list a table; an agent without it (a
+container started without the capability) fails with ``unavailable:
+CAP_NET_ADMIN is missing ...`` rather than nft's "you must be root".
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ read or apply and closed after it, because a pyroute2 socket must stay with
 the thread that opened it. The kind is risky: :meth:`RouteKind.restore`
 puts back the gateway, device and scope a read saw (or deletes the route).
 :meth:`RouteKind.watch` listens to the kernel's route notifications.
+Reading and watching need no capability, changing a route needs
+CAP_NET_ADMIN; an agent without it fails with ``unavailable: CAP_NET_ADMIN is
+missing ...`` rather than the kernel's bare EPERM.
 """
 
 from __future__ import annotations
