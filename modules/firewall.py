@@ -55,6 +55,9 @@ written reads back exactly. A rule read back in any form this kind would not
 write itself is shown as ``unrecognised: <nft json>`` and replaced. The kind
 is risky: :meth:`FirewallKind.restore` replays the listing a read kept, in one
 transaction as well. :meth:`FirewallKind.watch` follows ``nft monitor``.
+nftables needs CAP_NET_ADMIN even to list a table; an agent without it (a
+container started without the capability) fails with ``unavailable:
+CAP_NET_ADMIN is missing ...`` rather than nft's "you must be root".
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modules.base import Change, Context, Identity, Kind
-from modules.errors import ApplyError, ReadError, SpecError, Unavailable
+from modules.capabilities import net_admin_missing
+from modules.errors import ApplyError, ModuleError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Presence, SpecReader, describe
 
@@ -88,6 +92,8 @@ _PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 _PRIORITY_LIMIT = 2**31
 # How long the watcher waits for ``nft monitor`` before looking at its stop event again.
 _STOP_POLL_S = 0.2
+# How nft words the kernel's EPERM (strerror), in every message that carries one.
+_REFUSED = "Operation not permitted"
 
 
 class Family(enum.StrEnum):
@@ -254,7 +260,7 @@ class FirewallKind(Kind[FirewallSpec, FirewallState]):
         if result.returncode != 0:
             if "No such file or directory" in result.stderr:
                 return FirewallState(present=False)
-            raise ReadError(f"cannot list table {_label(spec)}", result.stderr)
+            raise _failure(ReadError, f"cannot list table {_label(spec)}", result.stderr)
         try:
             listing = json.loads(result.stdout)
         except ValueError as exc:
@@ -277,7 +283,7 @@ class FirewallKind(Kind[FirewallSpec, FirewallState]):
         result = _run(ctx, ["nft", "-j", "-f", "-"], input_text=batch, failure=ApplyError)
         if result.returncode != 0:
             verb = "delete" if spec.state is Presence.ABSENT else "replace"
-            raise ApplyError(f"cannot {verb} table {_label(spec)}", result.stderr)
+            raise _failure(ApplyError, f"cannot {verb} table {_label(spec)}", result.stderr)
 
     risky = True
 
@@ -286,7 +292,7 @@ class FirewallKind(Kind[FirewallSpec, FirewallState]):
         batch = json.dumps(render_restore(spec, snapshot))
         result = _run(ctx, ["nft", "-j", "-f", "-"], input_text=batch, failure=ApplyError)
         if result.returncode != 0:
-            raise ApplyError(f"cannot restore table {_label(spec)}", result.stderr)
+            raise _failure(ApplyError, f"cannot restore table {_label(spec)}", result.stderr)
 
     watchable = True
 
@@ -871,6 +877,19 @@ def _run(
         raise failure(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
 
 
+def _failure(failure: type[ReadError | ApplyError], action: str, output: str) -> ModuleError:
+    """The error for nft having failed at ``action``, printing ``output``.
+
+    nft reports every refusal by the kernel as "Operation not permitted (you
+    must be root)", also to root; without CAP_NET_ADMIN the error says that instead.
+    """
+    if _REFUSED in output:
+        missing = net_admin_missing("change nftables", action)
+        if missing is not None:
+            return missing
+    return failure(action, output)
+
+
 class _Monitor:
     """``nft monitor`` as a child process, its output read in whole lines.
 
@@ -920,7 +939,7 @@ class _Monitor:
         if not chunk:
             code = self._process.wait()
             output = "\n".join([*self._seen, self._pending.decode(errors="replace")])
-            raise ReadError(f"nft monitor stopped (exit status {code})", output)
+            raise _failure(ReadError, f"nft monitor stopped (exit status {code})", output)
         *complete, self._pending = (self._pending + chunk).split(b"\n")
         lines = [line.decode(errors="replace") for line in complete]
         self._seen = (self._seen + lines)[-5:]

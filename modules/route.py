@@ -47,6 +47,9 @@ read or apply and closed after it, because a pyroute2 socket must stay with
 the thread that opened it. The kind is risky: :meth:`RouteKind.restore`
 puts back the gateway, device and scope a read saw (or deletes the route).
 :meth:`RouteKind.watch` listens to the kernel's route notifications.
+Reading and watching need no capability, changing a route needs
+CAP_NET_ADMIN; an agent without it fails with ``unavailable: CAP_NET_ADMIN is
+missing ...`` rather than the kernel's bare EPERM.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import ipaddress
 import os
 import select
@@ -63,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from modules.base import Change, Context, Identity, Kind
+from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
 from modules.spec import Presence, SpecReader
@@ -570,13 +575,23 @@ def _translated(error: type[OperationError], action: str) -> Iterator[None]:
     try:
         yield
     except NetlinkError as exc:
+        _refused(exc.code, action, exc)
         # NetlinkError's args are (errno, the kernel's text for it).
         text = exc.args[1] if len(exc.args) > 1 else str(exc)
         raise error(f"cannot {action}: {text} (netlink error {exc.code})") from exc
     except FileNotFoundError as exc:
         raise error(f"cannot {action}: network namespace does not exist") from exc
     except OSError as exc:
+        _refused(exc.errno, action, exc)
         raise error(f"cannot {action}: {exc.strerror or exc}") from exc
+
+
+def _refused(code: int | None, action: str, exc: Exception) -> None:
+    """Unavailable naming CAP_NET_ADMIN if the kernel refused ``action`` for the want of it."""
+    if code == errno.EPERM:
+        missing = net_admin_missing("change routes", f"cannot {action}")
+        if missing is not None:
+            raise missing from exc
 
 
 register(RouteKind())

@@ -11,7 +11,11 @@
 
 Each host boots with ``--volatile=overlay``: its writes land in a tmpfs that
 disappears with it, so the cached rootfs is never modified and every host
-starts from the same clean state. The machine running the tests is not a
+starts from the same clean state. It gets CAP_NET_ADMIN (``capabilities=()``
+boots one without), so that the firewall and route kinds work in it as on a
+real host; it always runs in a network namespace of its own or of the
+caller's, never the test machine's, so it can only change its own firewall
+and routes. The machine running the tests is not a
 systemd host itself (no systemd as PID 1), so nothing registers the container
 with machined; instead each host gets its own cgroup ``plumb-<pid>-<n>``,
 which is also how :meth:`SystemdHost.stop` finds and kills everything the
@@ -47,7 +51,17 @@ CACHE_DIR = Path(os.environ.get("PLUMB_TEST_CACHE", "/var/cache/plumb-test"))
 # The mirror is not part of the recipe: any mirror yields the same rootfs.
 MIRROR = os.environ.get("PLUMB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "ca-certificates", "iproute2")
+# nftables: the agent's .deb only recommends it, and a test host has no network
+# source to install it from; the firewall kind and the tests run nft inside.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "ca-certificates",
+    "iproute2",
+    "nftables",
+)
 # Bump when _customise() changes, so caches built by the old code are not reused.
 CUSTOMISATION = 1
 
@@ -60,6 +74,11 @@ MASKED_UNITS = (
     "e2scrub_all.timer",
     "fstrim.timer",
 )
+
+# What a host gets beyond systemd-nspawn's defaults: CAP_NET_ADMIN, which
+# nftables and route changes need (nspawn grants it by itself only with
+# --private-network, which a host in a given namespace cannot use).
+CAPABILITIES = ("CAP_NET_ADMIN",)
 
 # Commands run in the container get this environment, not pytest's.
 CONTAINER_ENV = {
@@ -235,7 +254,10 @@ class SystemdHost:
 
     ``binds``/``binds_ro`` are ``(host_path, container_path)`` pairs. ``netns``
     names a namespace under /run/netns owned by the caller; without one the
-    host gets a throwaway namespace with only ``lo``.
+    host gets a throwaway namespace with only ``lo``. Either way it is never
+    the test machine's own: start() refuses that. ``capabilities`` are granted
+    on top of nspawn's defaults (``capabilities=()``: a host without
+    CAP_NET_ADMIN, as a container started without it).
     """
 
     def __init__(
@@ -245,6 +267,7 @@ class SystemdHost:
         netns: str | None = None,
         binds: Sequence[tuple[str | os.PathLike[str], str]] = (),
         binds_ro: Sequence[tuple[str | os.PathLike[str], str]] = (),
+        capabilities: Sequence[str] = CAPABILITIES,
         boot_timeout: float = 60,
     ) -> None:
         self.rootfs = rootfs
@@ -253,6 +276,7 @@ class SystemdHost:
         self._own_netns = netns is None
         self._binds = [f"--bind={_bind(h, c)}" for h, c in binds]
         self._binds += [f"--bind-ro={_bind(h, c)}" for h, c in binds_ro]
+        self._capabilities = [f"--capability={','.join(capabilities)}"] if capabilities else []
         self._boot_timeout = boot_timeout
         hierarchies, unified = _cgroup_hierarchies()
         self._cgroups = [h / self.name for h in hierarchies]
@@ -296,6 +320,7 @@ class SystemdHost:
         if self._own_netns:
             run(["ip", "netns", "add", self.netns])
             run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+        _refuse_the_machines_netns(self.netns)
         for cgroup in self._cgroups:
             (cgroup / "exec").mkdir(parents=True)
         # nspawn joins the host's cgroups before it starts (so nothing escapes
@@ -317,6 +342,7 @@ class SystemdHost:
             f"--network-namespace-path=/run/netns/{self.netns}",
             f"--machine={self.name}",
             "--console=read-only",  # boot messages go to console.log for errors
+            *self._capabilities,
             *self._binds,
         ]
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
@@ -426,7 +452,10 @@ class SystemdHost:
         """Run ``argv`` inside the container (all its namespaces) and capture its output.
 
         The command runs in the host's ``exec`` cgroup, so stop() kills
-        anything it leaves behind.
+        anything it leaves behind. It keeps the test machine's capabilities
+        (nsenter changes none), so a test can make out-of-band changes in a
+        host booted without CAP_NET_ADMIN; the container's own processes (its
+        units, the agent) have only what the container was granted.
         """
         execs = [cgroup / "exec" for cgroup in self._cgroups]
         wrapper = ["sh", "-c", f'{_join_cgroups(execs)}exec "$@"', "sh"]
@@ -473,6 +502,25 @@ class SystemdHost:
         log = self._workdir / "console.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         return "".join(text.splitlines(True)[-lines:])
+
+
+def _refuse_the_machines_netns(netns: str) -> None:
+    """HostError if ``netns`` is the namespace of the test machine (``ip netns attach``
+    can name it): a host with CAP_NET_ADMIN there could change the machine's firewall."""
+    try:
+        given = os.stat(Path("/run/netns", netns))
+    except OSError as exc:
+        raise HostError(f"no network namespace {netns!r} under /run/netns: {exc}") from exc
+    for machine in ("/proc/self/ns/net", "/proc/1/ns/net"):
+        try:
+            own = os.stat(machine)
+        except OSError:
+            continue  # PID 1 may be out of reach in a sandbox; ours never is
+        if (given.st_dev, given.st_ino) == (own.st_dev, own.st_ino):
+            raise HostError(
+                f"network namespace {netns!r} is the test machine's own ({machine}); "
+                "a test host must never run in it"
+            )
 
 
 def _bind(host: str | os.PathLike[str], container: str) -> str:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from modules.capabilities import CAP_NET_ADMIN, has
 from tests.hosts import CommandFailed, run
 from tests.hosts.repos import apt_repo, build_deb, build_rpm, dnf_root, rpm_repo
 from tests.hosts.systemd_host import (  # noqa: F401
@@ -91,6 +92,65 @@ def test_two_hosts_at_once_one_in_a_given_netns(systemd_rootfs: Path, netns: str
         assert len(ids) == 2, "each boot gets its own machine-id"
     assert leftovers(given) == leftovers(own) == []
     assert Path("/run/netns", netns).exists(), "the caller's namespace is the caller's"
+
+
+def as_the_container(host: SystemdHost, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` as a unit of the container's systemd, with the container's capabilities
+    (host.run keeps the test machine's)."""
+    return host.run("systemd-run", "--wait", "--pipe", "--quiet", *argv, check=False)
+
+
+def machine(*argv: str) -> str:
+    """What a read-only command prints on the test machine itself."""
+    return run(argv).stdout
+
+
+def test_a_host_changes_firewall_and_routes_only_in_its_own_namespace(
+    systemd_rootfs: Path,
+) -> None:
+    tables, routes = machine("nft", "list", "tables"), machine("ip", "route")
+    with SystemdHost(systemd_rootfs) as host:
+        assert has(Path(f"/proc/{host.init_pid}/status").read_text(), CAP_NET_ADMIN)
+        added = as_the_container(
+            host,
+            "sh",
+            "-ec",
+            "nft add table inet plumb_caps; ip route add 198.51.100.0/24 dev lo",
+        )
+        assert added.returncode == 0, added.stderr
+        assert "table inet plumb_caps" in host.run("nft", "list", "tables").stdout
+        assert "198.51.100.0/24 dev lo" in host.run("ip", "route").stdout
+        # The test machine's own firewall and routes are as they were.
+        assert machine("nft", "list", "tables") == tables
+        assert machine("ip", "route") == routes
+    assert leftovers(host) == []
+
+
+def test_a_host_booted_without_cap_net_admin_cannot_change_its_network(
+    systemd_rootfs: Path,
+) -> None:
+    with SystemdHost(systemd_rootfs, capabilities=()) as host:
+        assert not has(Path(f"/proc/{host.init_pid}/status").read_text(), CAP_NET_ADMIN)
+        refused = as_the_container(host, "ip", "route", "add", "198.51.100.0/24", "dev", "lo")
+        assert "Operation not permitted" in refused.stderr
+        assert refused.returncode != 0
+        # host.run is the test's hand, not the container's: it still can.
+        host.run("ip", "route", "add", "198.51.100.0/24", "dev", "lo")
+    assert leftovers(host) == []
+
+
+def test_a_host_refuses_the_machines_own_network_namespace(systemd_rootfs: Path) -> None:
+    """``ip netns attach`` can give the machine's namespace a name; a host must not run in it."""
+    name = f"plumb-self-{os.getpid()}"
+    run(["ip", "netns", "attach", name, str(os.getpid())])
+    try:
+        host = SystemdHost(systemd_rootfs, netns=name)
+        with pytest.raises(HostError, match="is the test machine's own"):
+            host.start()
+        assert leftovers(host) == []
+    finally:
+        # Only the name goes: the namespace is the one this test runs in.
+        run(["ip", "netns", "delete", name], check=False)
 
 
 def test_a_failed_boot_raises_and_leaves_nothing(systemd_rootfs: Path, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@ installed from its .deb, enrolled to a server outside it, exactly as an operator
 
     NetLab (tests/integration/netlab.py)
       server namespace 192.0.2.1 ── plumb-server (the test's, from this checkout)
-      host namespace   192.0.2.11 ── systemd-nspawn container (tests/hosts)
+      host namespace   192.0.2.11 ── systemd-nspawn container (tests/hosts), with
+                                     CAP_NET_ADMIN over that namespace alone
                                      └─ apt-get install ./plumb-agent_*.deb
                                         plumb-agent enroll …; systemctl start plumb-agent
 
@@ -26,7 +27,11 @@ from typing import Any
 import pytest
 
 from tests.hosts.repos import apt_repo, build_deb
-from tests.hosts.systemd_host import SystemdHost, systemd_rootfs_fixture  # noqa: F401
+from tests.hosts.systemd_host import (  # noqa: F401
+    CAPABILITIES,
+    SystemdHost,
+    systemd_rootfs_fixture,
+)
 from tests.integration.harness import Server, wait_for
 from tests.integration.netlab import NetLab
 
@@ -131,6 +136,12 @@ class Host:
     def install_agent(self, deb: Path) -> None:
         self.apt_install(f"/srv/dist/{deb.name}")
 
+    def install_enroll_and_start(self, deb: Path) -> None:
+        """The agent from ``deb``, enrolled under the host's name and connected."""
+        self.install_agent(deb)
+        self.enroll()
+        self.start_agent()
+
     def enroll(self) -> None:
         token = self.server.token({"role": "web"})
         address = self.server.enroll_address
@@ -205,6 +216,26 @@ class Host:
         return {r["id"]: r["status"] for r in report["results"]}
 
 
+def host_mounts(test_repo: Path, agent_packages: AgentPackages) -> list[tuple[Path, str]]:
+    """What every host mounts read-only: the test packages' repository and the agent's .debs."""
+    return [(test_repo, "/srv/repo"), (agent_packages.debs["1"].parent, "/srv/dist")]
+
+
+def boot(machine: SystemdHost, repos: Sequence[tuple[Path, str]] = ()) -> None:
+    """Start ``machine`` with apt reading /srv/repo and ``repos`` (directory, where mounted)."""
+    machine.start()
+    try:
+        machine.write_file("/etc/apt/sources.list.d/plumb-test.list", APT_SOURCE)
+        for _, mounted in repos:
+            name = mounted.strip("/").replace("/", "-")
+            source = f"deb [trusted=yes] file:{mounted} ./\n"
+            machine.write_file(f"/etc/apt/sources.list.d/{name}.list", source)
+        machine.run("apt-get", "update", "-q")
+    except BaseException:
+        machine.stop()
+        raise
+
+
 @pytest.fixture
 def make_host(
     systemd_rootfs: Path,
@@ -217,28 +248,22 @@ def make_host(
     machines: list[SystemdHost] = []
 
     def make(
-        *, repos: Sequence[tuple[Path, str]] = (), binds_ro: Sequence[tuple[Path, str]] = ()
+        *,
+        repos: Sequence[tuple[Path, str]] = (),
+        binds_ro: Sequence[tuple[Path, str]] = (),
+        capabilities: Sequence[str] = CAPABILITIES,
     ) -> Host:
         """``repos``: more apt repositories, (directory, where to mount it); ``binds_ro``: more
-        read-only mounts, (directory, where)."""
+        read-only mounts, (directory, where); ``capabilities``: granted beyond nspawn's
+        defaults (``()``: a host without CAP_NET_ADMIN)."""
         machine = SystemdHost(
             systemd_rootfs,
             netns=lab.hosts["h1"],
-            binds_ro=[
-                (test_repo, "/srv/repo"),
-                (agent_packages.debs["1"].parent, "/srv/dist"),
-                *repos,
-                *binds_ro,
-            ],
+            binds_ro=[*host_mounts(test_repo, agent_packages), *repos, *binds_ro],
+            capabilities=capabilities,
         )
         machines.append(machine)
-        machine.start()
-        machine.write_file("/etc/apt/sources.list.d/plumb-test.list", APT_SOURCE)
-        for _, mounted in repos:
-            name = mounted.strip("/").replace("/", "-")
-            source = f"deb [trusted=yes] file:{mounted} ./\n"
-            machine.write_file(f"/etc/apt/sources.list.d/{name}.list", source)
-        machine.run("apt-get", "update", "-q")
+        boot(machine, repos)
         return Host(machine, "h1", fleet_server)
 
     try:
@@ -252,7 +277,5 @@ def make_host(
 def host(make_host: Callable[[], Host], agent_packages: AgentPackages) -> Host:
     """A host with the agent installed from its .deb, enrolled and running."""
     booted = make_host()
-    booted.install_agent(agent_packages.debs["1"])
-    booted.enroll()
-    booted.start_agent()
+    booted.install_enroll_and_start(agent_packages.debs["1"])
     return booted
