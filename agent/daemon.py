@@ -35,10 +35,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import AGENT_VERSION, facts
+from agent.cache import CatalogCache
 from agent.errors import CatalogRejected
 from agent.flapping import FlapPolicy
+from agent.report import Trigger
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
+from agent.spool import Spool
 from agent.state import StateDir
 from agent.watch import Watchers
 from modules.catalog import Catalog
@@ -81,9 +84,12 @@ class Daemon:
     ) -> None:
         self.state = state
         self.enrollment = state.enrollment()
+        self.cache = CatalogCache(state, self.enrollment.node)
+        self.spool = Spool(state.spool)
         self.runner = Runner(
             state,
-            self.enrollment.node,
+            self.cache,
+            self.spool,
             root,
             self.enrollment.server,
             confirm_timeout_s,
@@ -111,11 +117,11 @@ class Daemon:
         os.environ[AGENT_PID_VARIABLE] = str(os.getpid())
         # Enforce the cached catalog at once, before the server is even reached.
         self._watch(self._cached_catalog())
-        self._scheduler.add_job(self._run, args=[pb.START])
+        self._scheduler.add_job(self._run, args=[Trigger.START])
         self._scheduler.add_job(
             self._run,
             self._every,
-            args=[pb.SCHEDULE],
+            args=[Trigger.SCHEDULE],
             id="schedule",
             max_instances=1,
         )
@@ -135,7 +141,12 @@ class Daemon:
         host_facts = facts.gather(AGENT_VERSION)
         while not self.stop.is_set():
             session = SessionClient(
-                self.state, self.enrollment, self.runner, host_facts, on_catalog=self._on_catalog
+                self.state,
+                self.enrollment,
+                self.cache,
+                self.spool,
+                host_facts,
+                on_catalog=self._on_catalog,
             )
             self._session = session
             session.start()
@@ -168,14 +179,13 @@ class Daemon:
         log.info("catalog revision %d received", signed.revision)
         # The session calls this only for a catalog that Runner.accept verified.
         self._watch(Catalog.from_json(signed.payload))
-        self._scheduler.add_job(self._run, args=[pb.PUSH])
+        self._scheduler.add_job(self._run, args=[Trigger.PUSH])
 
     def _cached_catalog(self) -> Catalog | None:
         try:
-            cached = self.runner.cached()
+            return self.cache.load()
         except CatalogRejected:
             return None  # the first run says so, loudly
-        return cached[1] if cached else None
 
     def _watch(self, catalog: Catalog | None) -> None:
         """Watch ``catalog``; call just before queuing a run of it."""
@@ -183,9 +193,9 @@ class Daemon:
             self._watchers.start(catalog)
 
     def _request_watch_run(self) -> None:
-        self._scheduler.add_job(self._run, args=[pb.WATCH])
+        self._scheduler.add_job(self._run, args=[Trigger.WATCH])
 
-    def _run(self, trigger: pb.Trigger) -> None:
+    def _run(self, trigger: Trigger) -> None:
         watchers = self._watchers
         if watchers is not None:
             watchers.run_started()

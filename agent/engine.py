@@ -47,7 +47,7 @@ subscriptions changed. Who changed is told in the report, not to the kind:
 A catalog whose graph is broken (a missing id, a cycle, an id declared twice)
 is unusable as a whole: every resource is failed and nothing is read.
 
-Risky kinds (``kind.risky``: firewall, routes) can cut the agent off its
+Risky kinds (:class:`modules.base.Risky`: firewall, routes) can cut the agent off its
 server, so they are applied with confirm-or-revert, like Junos' ``commit
 confirmed``. The caller injects ``confirm``, which says whether the server can
 be reached over a fresh connection. Before the first risky apply of a run the
@@ -60,7 +60,7 @@ server"), so its dependents are skipped. The result's ``reverted`` flag lets
 the caller hold that resource (``hold``) until a new catalog arrives, instead
 of cutting itself off again on every run.
 
-Batchable kinds (``kind.batchable``: packages) are changed together, in one
+Batchable kinds (:class:`modules.base.Batchable`: packages) are changed together, in one
 :meth:`modules.base.Kind.apply_batch` (one apt or dnf transaction). In an
 enforce run, when the engine reaches a resource of a batchable kind that it
 would enforce now, it gathers every other resource of that kind not evaluated
@@ -112,7 +112,7 @@ from typing import Any
 
 from agent.errors import CatalogError
 from modules import registry
-from modules.base import Change, Context, Kind, Mode, Status
+from modules.base import Batchable, Change, Context, Kind, Mode, Refreshable, Risky, Status
 from modules.catalog import CatalogResource
 from modules.errors import ModuleError
 
@@ -392,7 +392,7 @@ class _Runner:
         if not changed:
             return _refresh_pending(own, [s.id for s in subscribed if s.status in _UNAPPLIED])
         by = _notified_by(changed)
-        if not kind.refreshable:  # only a catalog the server would refuse today
+        if not isinstance(kind, Refreshable):  # only a catalog the server would refuse
             error = f"cannot refresh ({by}): kind {res.kind!r} is not refreshable"
             return dataclasses.replace(own, status=Status.FAILED, error=error)
         applied = own.changes if own.status is Status.REPAIRED else ()
@@ -459,10 +459,11 @@ class _Runner:
             return self._failed(res, exc)
         if not changes:
             return _Outcome(Status.IN_SYNC, state=state)
-        guarded = kind.risky and self.guard.armed(res.id)
+        risky = kind if isinstance(kind, Risky) else None
+        guarded = risky is not None and self.guard.armed(res.id)
         outcome = self._apply(res, kind, spec, state, changes)
-        if guarded and not self.guard.reachable(res.id):
-            return self._revert(res, kind, spec, state, outcome)
+        if risky is not None and guarded and not self.guard.reachable(res.id):
+            return self._revert(res, risky, spec, state, outcome)
         return outcome
 
     def _apply(
@@ -492,7 +493,7 @@ class _Runner:
     def _revert(
         self,
         res: CatalogResource,
-        kind: Kind[Any, Any],
+        kind: Risky[Any, Any],
         spec: Any,
         snapshot: Any,
         applied: _Outcome,
@@ -542,7 +543,7 @@ class _Runner:
             kind = self.kinds(res.kind)
         except Exception:
             return None  # evaluating it alone says why
-        if not kind.batchable or kind.risky:
+        if not isinstance(kind, Batchable):
             return None
         others = [o for o in rest if o.kind == res.kind and self._enforceable_now(o, done)]
         return (kind, [res, *others]) if others else None
@@ -608,6 +609,7 @@ class _Runner:
         self.ctx.log.info("applying %d %s resources in one batch: %s", len(pending), kind.name, ids)
         batch = [(item.spec, item.state, list(item.changes)) for item in pending]
         failure: Exception | None = None
+        assert isinstance(kind, Batchable)  # batch() gathers batchable kinds only
         with self._charged(*pending):
             try:
                 kind.apply_batch(self.ctx, batch)

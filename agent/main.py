@@ -253,29 +253,29 @@ def _flap_policy(args: argparse.Namespace) -> Any:
 
 
 def _exit_code(report: Any) -> int:
-    from protos import plumb_pb2 as pb
+    from modules.base import Status
 
-    statuses = {r.status for r in report.results}
+    statuses = report.statuses()
     code = EXIT_OK
-    if statuses & {pb.DRIFTED, pb.UNKNOWN}:
+    if statuses & {Status.DRIFTED, Status.UNKNOWN}:
         code |= EXIT_DIFFERENCES
-    if statuses & {pb.FAILED, pb.SKIPPED}:
+    if statuses & {Status.FAILED, Status.SKIPPED}:
         code |= EXIT_FAILURES
     return code
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.runner import Runner
+    from agent.cache import CatalogCache
+    from agent.spool import Spool
 
     state = StateDir(args.state_dir)
     enrollment = state.enrollment()
-    runner = Runner(state, enrollment.node, Path("/"))
     info = {
         "node": enrollment.node,
         "server": enrollment.server,
         "labels": enrollment.labels,
-        "catalog_revision": runner.applied_revision(),
-        "spooled_reports": runner.spool.count(),
+        "catalog_revision": CatalogCache(state, enrollment.node).revision(),
+        "spooled_reports": Spool(state.spool).count(),
         "last_run": state.read_json(state.last_run),
     }
     if args.json:

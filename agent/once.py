@@ -10,12 +10,14 @@ import logging
 from pathlib import Path
 
 from agent import AGENT_VERSION, facts
+from agent.cache import CatalogCache
 from agent.errors import NoCatalog
 from agent.flapping import FlapPolicy
+from agent.report import RunReport, Trigger
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
+from agent.spool import Spool
 from agent.state import StateDir
-from protos import plumb_pb2 as pb
 
 log = logging.getLogger("plumb.agent")
 
@@ -27,11 +29,12 @@ def run_once(
     timeout: float,
     confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
     flap_policy: FlapPolicy | None = None,
-) -> pb.Report:
+) -> RunReport:
     enrollment = state.enrollment()
-    runner = Runner(state, enrollment.node, root, enrollment.server, confirm_timeout_s, flap_policy)
+    cache, spool = CatalogCache(state, enrollment.node), Spool(state.spool)
+    runner = Runner(state, cache, spool, root, enrollment.server, confirm_timeout_s, flap_policy)
     session = SessionClient(
-        state, enrollment, runner, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
+        state, enrollment, cache, spool, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
     )
     session.start()
     try:
@@ -41,7 +44,7 @@ def run_once(
                 enrollment.server,
                 timeout,
             )
-        report = runner.run(pb.MANUAL, noop=noop)
+        report = runner.run(Trigger.MANUAL, noop=noop)
         if report is None:
             raise NoCatalog(
                 "no catalog yet: the server has nothing for this node, and nothing is cached"
@@ -49,7 +52,7 @@ def run_once(
         session.flush()
         if not session.wait_acked(timeout):
             log.warning(
-                "%d report(s) stay spooled until the server acknowledges them", runner.spool.count()
+                "%d report(s) stay spooled until the server acknowledges them", spool.count()
             )
         return report
     finally:

@@ -1,4 +1,4 @@
-"""One run: verify the cached catalog, run the engine, spool the report.
+"""One run: load the cached catalog (verified again), run the engine, spool the report.
 
 Runs never overlap: a thread lock inside the daemon and a file lock across
 processes (so `plumb-agent run --once` waits for the daemon's run to end).
@@ -24,19 +24,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent import engine
+from agent.cache import CatalogCache
 from agent.confirm import server_reachable
-from agent.errors import CatalogRejected
 from agent.flapping import FlapGuard, FlapPolicy
+from agent.report import RunReport, Trigger
 from agent.spool import Spool
 from agent.state import StateDir, write_atomic
-from agent.tls import verify_catalog
 from modules.base import Context, Status
-from modules.catalog import Catalog, CatalogResource
-from protos import plumb_pb2 as pb
+from modules.catalog import CatalogResource
 
 log = logging.getLogger("plumb.agent")
-
-STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}  # enum fields take names
 
 
 DEFAULT_CONFIRM_TIMEOUT_S = 5.0
@@ -46,7 +43,8 @@ class Runner:
     def __init__(
         self,
         state: StateDir,
-        node: str,
+        cache: CatalogCache,
+        spool: Spool,
         root: Path,
         server: str | None = None,
         confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
@@ -54,9 +52,10 @@ class Runner:
     ) -> None:
         """``server`` (HOST:PORT) enables confirm-or-revert; None applies risky kinds unguarded."""
         self.state = state
-        self.node = node
+        self.cache = cache
+        self.node = cache.node
         self.root = root
-        self.spool = Spool(state.spool)
+        self.spool = spool
         self.flapping = FlapGuard(state, flap_policy or FlapPolicy())
         self._lock = threading.Lock()
         self._confirm: Callable[[], bool] | None = None
@@ -80,36 +79,13 @@ class Runner:
         reverted = f"held: reverted earlier at revision {revision}; waiting for a new catalog"
         return {**self.flapping.held(specs), **dict.fromkeys(self.held(revision), reverted)}
 
-    def cached(self) -> tuple[pb.SignedCatalog, Catalog] | None:
-        """The cached catalog, verified again (the file could have been tampered with)."""
-        try:
-            signed = pb.SignedCatalog.FromString(self.state.catalog.read_bytes())
-        except FileNotFoundError:
-            return None
-        return signed, verify_catalog(signed, self.state.ca.read_bytes(), self.node)
-
-    def applied_revision(self) -> int:
-        try:
-            cached = self.cached()
-        except CatalogRejected as exc:
-            log.error("cached catalog rejected: %s", exc)
-            return 0
-        return cached[1].revision if cached else 0
-
-    def accept(self, signed: pb.SignedCatalog) -> Catalog:
-        """Verify a catalog from the server and cache it; CatalogRejected if it does not verify."""
-        catalog = verify_catalog(signed, self.state.ca.read_bytes(), self.node)
-        write_atomic(self.state.catalog, signed.SerializeToString())
-        return catalog
-
-    def run(self, trigger: pb.Trigger, noop: bool = False) -> pb.Report | None:
-        """Run the cached catalog; None if there is none yet."""
+    def run(self, trigger: Trigger, noop: bool = False) -> RunReport | None:
+        """Run the cached catalog and spool its report; None if there is no catalog yet."""
         with self._exclusive():
-            cached = self.cached()
-            if cached is None:
+            catalog = self.cache.load()
+            if catalog is None:
                 log.info("no catalog yet: nothing to do")
                 return None
-            catalog = cached[1]
             started = time.time()
             specs = {r.id: _spec_hash(r) for r in catalog.resources}
             results = engine.run(
@@ -123,9 +99,19 @@ class Runner:
             drift = self._drift(results, specs)
             for flapping in self.flapping.record(results, drift, specs):
                 log.warning("%s: %s", flapping, self.flapping.held(specs)[flapping])
-            report = _report(self.node, catalog.revision, noop, trigger, started, results, drift)
-            self.spool.add(report.id, report.SerializeToString())
-            self._record(report, engine.summarize(results))
+            report = RunReport(
+                id=str(uuid.uuid4()),
+                node=self.node,
+                revision=catalog.revision,
+                noop=noop,
+                trigger=trigger,
+                started_at=started,
+                finished_at=time.time(),
+                results=tuple(results),
+                drift=frozenset(drift),
+            )
+            self.spool.add(report.id, report.to_wire().SerializeToString())
+            self._record(report)
             self._remember_converged(results, specs)
             return report
 
@@ -166,15 +152,15 @@ class Runner:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             yield
 
-    def _record(self, report: pb.Report, summary: dict[str, int]) -> None:
+    def _record(self, report: RunReport) -> None:
         last = {
             "report_id": report.id,
             "revision": report.revision,
             "noop": report.noop,
-            "trigger": pb.Trigger.Name(report.trigger).lower(),
+            "trigger": str(report.trigger),
             "started_at": report.started_at,
             "finished_at": report.finished_at,
-            "summary": summary,
+            "summary": report.summary(),
         }
         write_atomic(self.state.last_run, json.dumps(last, indent=2).encode())
 
@@ -182,42 +168,3 @@ class Runner:
 def _spec_hash(resource: CatalogResource) -> str:
     body = json.dumps([resource.kind, resource.spec], sort_keys=True).encode()
     return hashlib.sha256(body).hexdigest()
-
-
-def _report(
-    node: str,
-    revision: int,
-    noop: bool,
-    trigger: pb.Trigger,
-    started: float,
-    results: list[engine.ResourceResult],
-    drift: set[str],
-) -> pb.Report:
-    return pb.Report(
-        id=str(uuid.uuid4()),
-        node_name=node,
-        revision=revision,
-        noop=noop,
-        trigger=trigger,
-        started_at=started,
-        finished_at=time.time(),
-        results=[_result(r, r.id in drift) for r in results],
-    )
-
-
-def _result(r: engine.ResourceResult, drift: bool) -> pb.ResourceResult:
-    return pb.ResourceResult(
-        drift=drift,
-        id=r.id,
-        kind=r.kind,
-        name=r.name,
-        manifest=r.manifest,
-        status=STATUS_TO_PB[r.status],
-        changes=[
-            pb.Change(field=c.field, observed=c.observed, desired=c.desired) for c in r.changes
-        ],
-        error=r.error,
-        duration_s=r.duration_s,
-        controls=list(r.controls),
-        observed=dict(r.observed),
-    )

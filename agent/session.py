@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from agent.cache import CatalogCache
 from agent.errors import CatalogRejected
-from agent.runner import Runner
+from agent.spool import Spool
 from agent.state import Enrollment, StateDir
 from agent.tls import secure_channel
 from protos import plumb_pb2 as pb
@@ -44,11 +45,13 @@ class SessionClient:
         self,
         state: StateDir,
         enrollment: Enrollment,
-        runner: Runner,
+        cache: CatalogCache,
+        spool: Spool,
         facts: dict[str, str],
         on_catalog: Callable[[pb.SignedCatalog], None],
     ) -> None:
-        self.runner = runner
+        self.cache = cache
+        self.spool = spool
         self.enrollment = enrollment
         self.facts = facts
         self.on_catalog = on_catalog
@@ -80,7 +83,7 @@ class SessionClient:
         """Wait until the spool is empty (everything acknowledged) or the stream ended."""
         with self._acked:
             return self._acked.wait_for(
-                lambda: self.ended.is_set() or self.runner.spool.count() == 0, timeout
+                lambda: self.ended.is_set() or self.spool.count() == 0, timeout
             )
 
     def close(self) -> None:
@@ -95,7 +98,7 @@ class SessionClient:
             hello=pb.Hello(
                 node_name=self.enrollment.node,
                 facts=self.facts,
-                applied_revision=self.runner.applied_revision(),
+                applied_revision=self.cache.revision(),
                 agent_version=self.facts.get("agent_version", ""),
             )
         )
@@ -107,7 +110,7 @@ class SessionClient:
                 yield item
 
     def _reports(self) -> Iterator[pb.AgentMessage]:
-        for report_id, body in self.runner.spool.pending():
+        for report_id, body in self.spool.pending():
             if report_id not in self._sent:
                 self._sent.add(report_id)
                 yield pb.AgentMessage(report=pb.Report.FromString(body))
@@ -131,18 +134,18 @@ class SessionClient:
         if kind == "welcome":
             if message.welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(message.welcome.heartbeat_interval_s)
-            if message.welcome.latest_revision == self.runner.applied_revision():
+            if message.welcome.latest_revision == self.cache.revision():
                 self.caught_up.set()
         elif kind == "catalog":
             self._catalog(message.catalog)
         elif kind == "ack":
-            self.runner.spool.ack(message.ack.report_id)
+            self.spool.ack(message.ack.report_id)
             with self._acked:
                 self._acked.notify_all()
 
     def _catalog(self, signed: pb.SignedCatalog) -> None:
         try:
-            self.runner.accept(signed)
+            self.cache.accept(signed)
         except CatalogRejected as exc:
             # Never apply what we cannot verify; keep enforcing the last good one.
             log.error("refused catalog revision %d: %s", signed.revision, exc)

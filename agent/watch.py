@@ -27,7 +27,7 @@ run.
 
 Usage, from the daemon::
 
-    watchers = Watchers(root, request_run=lambda: queue_a_run(pb.WATCH))
+    watchers = Watchers(root, request_run=lambda: queue_a_run(Trigger.WATCH))
     watchers.start(catalog)          # a run of it is queued; again for every new catalog
     watchers.run_started()           # around every run, whatever its trigger
     watchers.run_finished(report)
@@ -44,10 +44,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.report import RunReport, Trigger
 from modules import registry
-from modules.base import Change, Context, Kind
+from modules.base import Change, Context, Kind, Status, Watchable
 from modules.catalog import Catalog
-from protos import plumb_pb2 as pb
 
 log = logging.getLogger("plumb.agent.watch")
 
@@ -79,22 +79,22 @@ def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Target]:
     for res in catalog.resources:
         try:
             kind = kinds(res.kind)
-            if kind.watchable:
+            if isinstance(kind, Watchable):
                 found.append(Target(res.id, kind, kind.parse(res.spec)))
         except Exception as exc:
             log.debug("%s: not watched (%s)", res.id, exc)
     return found
 
 
-def expected_after(report: pb.Report) -> dict[str, Expected]:
+def expected_after(report: RunReport) -> dict[str, Expected]:
     """What ``report``'s run left of each resource, for checks until the next run."""
     left: dict[str, Expected] = {}
     for result in report.results:
-        if result.status in (pb.IN_SYNC, pb.REPAIRED):
+        if result.status in (Status.IN_SYNC, Status.REPAIRED):
             left[result.id] = ()
-        elif result.status == pb.DRIFTED:
-            left[result.id] = tuple(Change(c.field, c.observed, c.desired) for c in result.changes)
-        elif result.status == pb.FAILED and report.trigger != pb.WATCH:
+        elif result.status is Status.DRIFTED:
+            left[result.id] = tuple(result.changes)
+        elif result.status is Status.FAILED and report.trigger is not Trigger.WATCH:
             left[result.id] = "retry"
         else:
             left[result.id] = "ignore"
@@ -175,7 +175,7 @@ class Watchers:
             self._queued = False
             self._dirty = False
 
-    def run_finished(self, report: pb.Report | None) -> None:
+    def run_finished(self, report: RunReport | None) -> None:
         """A run ended; check what events came meanwhile, against what it left."""
         with self._cond:
             self._running = False
@@ -231,7 +231,8 @@ class Watchers:
 
     def _watch(self, kind: Kind[Any, Any], specs: list[Any], stop: threading.Event) -> None:
         try:
-            kind.watch(self._ctx, specs, self.on_change, stop)
+            if isinstance(kind, Watchable):  # targets() only gives watchable ones
+                kind.watch(self._ctx, specs, self.on_change, stop)
         except Exception:
             # Drift is still found, by the periodic run: log it and carry on.
             log.exception("watcher of kind %r stopped; relying on periodic runs", kind.name)

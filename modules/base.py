@@ -11,20 +11,22 @@ For every resource the engine (``agent/engine.py``) does::
 
 A dry run is parse + read + diff. Kinds never sleep, retry or catch
 everything: ordering, retries, modes and failure isolation belong to the
-engine. The server imports only ``parse`` (to refuse bad manifests at push)
-and the class attributes (``refreshable``, to refuse a ``notify`` to a kind
-that cannot be refreshed).
+engine. The server imports only the pure parts: ``parse`` and
+``identities`` (to refuse bad manifests and two resources that manage one
+object at push) and the kind's capabilities (to refuse a ``notify`` to a
+kind that cannot be refreshed).
 
-A kind that can be *refreshed* (a service: restart or reload) sets
-``refreshable = True`` and implements :meth:`Kind.refresh`; resources that
-``subscribe`` to others (or are ``notify``-ed by them) are refreshed when one
-of those was changed in the same run. See :meth:`Kind.refresh` for the
-contract.
+What a kind can do beyond that is a type it inherits, never a flag:
 
-A kind whose changes are best made together (packages: one apt or dnf
-transaction) sets ``batchable = True`` and implements :meth:`Kind.apply_batch`;
-the engine then hands it the changes of several resources at once. See
-:meth:`Kind.apply_batch`.
+- :class:`Watchable`: ``watch`` tells the agent at once when something
+  managed may have changed (inotify, netlink, D-Bus);
+- :class:`Refreshable`: ``refresh`` restarts or reloads a resource after
+  something it subscribes to (or that notifies it) changed in the same run;
+- :class:`Batchable`: ``apply_batch`` changes several resources in one step
+  (one apt or dnf transaction);
+- :class:`Risky`: its changes can cut the agent off its server, so the
+  engine applies them with confirm-or-revert and ``restore`` puts the
+  previous state back.
 
 Every kind may say what a resource looks like now, beyond what its spec
 manages (a service's main process: pid, memory, uptime), with
@@ -134,7 +136,7 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.risky and cls.batchable:
+        if issubclass(cls, Risky) and issubclass(cls, Batchable):
             # Confirm-or-revert snapshots, confirms and restores one resource
             # at a time; a batch would have to be reverted as a whole.
             raise TypeError(f"kind class {cls.__name__}: a risky kind cannot be batchable")
@@ -165,26 +167,64 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
     def apply(self, ctx: Context, spec: SpecT, state: StateT, changes: list[Change]) -> None:
         """Make the changes. Called only in enforce mode and only with changes."""
 
-    #: A change of this kind can cut the agent off its server (firewall, routes).
-    #: The engine then applies it with confirm-or-revert: it keeps the state
-    #: read before the change, and if the agent cannot reach the server over a
-    #: fresh connection afterwards, it calls :meth:`restore` with that state.
-    #: A risky kind must implement :meth:`restore`.
-    risky: ClassVar[bool] = False
+    def describe(self, ctx: Context, spec: SpecT, state: StateT) -> Mapping[str, str]:
+        """What the resource looks like now, for the report (``observed``); default: nothing.
 
+        Optional, for facts an operator wants beside the status that the spec
+        does not manage: a service's main process (``{"main_pid": "812",
+        "memory_rss": "12.4 MiB", "uptime": "3605 s"}``). Keys are short
+        snake_case names, values short human-readable renderings; keep it to
+        a handful, since it is sent with every report.
+
+        The engine calls it once per resource per run, on the newest state
+        this run read of the resource: the verifying read after an apply, the
+        read of an in-sync or dry (drifted) resource, and after a refresh a
+        read made for this purpose (a restart changes the very process being
+        described). It is not called when no current state was read: a read
+        or parse failure, a failed apply, a revert, held or skipped resources.
+        Prefer rendering ``state``; a little I/O for facts ``read`` does not
+        need (psutil on a pid) is fine, but it must not change anything. An
+        exception here never fails the resource: the engine logs it with a
+        traceback and reports nothing observed.
+        """
+        return {}
+
+
+# --- what a kind can do beyond read/diff/apply: types the engine checks ---------------
+#
+# A kind class lists the capabilities it has among its bases, e.g.
+# ``class ServiceKind(Kind[ServiceSpec, ServiceState], Watchable[ServiceSpec],
+# Refreshable[ServiceSpec])``; each one's method is abstract, so a kind that
+# claims a capability and lacks its method cannot even be instantiated, and
+# the engine asks ``isinstance(kind, Refreshable)`` instead of trusting a flag.
+
+
+class Risky(abc.ABC, Generic[SpecT, StateT]):
+    """A kind whose changes can cut the agent off its server (firewall, routes).
+
+    The engine applies its changes with confirm-or-revert: it keeps the state
+    read before the change, and if the agent cannot reach the server over a
+    fresh connection afterwards, it calls :meth:`restore` with that state. A
+    risky kind cannot be :class:`Batchable` (refused when the class is
+    defined), and should not be :class:`Refreshable`: a refresh has no
+    snapshot to go back to.
+    """
+
+    @abc.abstractmethod
     def restore(self, ctx: Context, spec: SpecT, snapshot: StateT) -> None:
         """Put back exactly what ``read`` observed before a change (``snapshot``).
 
-        Only for risky kinds. ``spec`` says what the resource manages (which
+        ``spec`` says what the resource manages (which
         table, which route key), ``snapshot`` what to put back, including
         "absent". It must not fail half-way: like ``apply``, one atomic step
         where the system allows it.
         """
-        raise NotImplementedError(f"kind {self.name!r} cannot restore a snapshot")
 
-    #: Whether :meth:`watch` is implemented (the agent then need not poll this kind).
-    watchable: ClassVar[bool] = False
 
+class Watchable(abc.ABC, Generic[SpecT]):
+    """A kind that can watch its resources, so the agent learns of drift at once."""
+
+    @abc.abstractmethod
     def watch(
         self,
         ctx: Context,
@@ -195,22 +235,25 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
         """Block until ``stop`` is set, calling ``on_change`` whenever something that
         one of ``specs`` manages may have changed (inotify, netlink, ...).
 
-        Optional. The agent runs it in a thread of its own, debounces the calls
+        The agent runs it in a thread of its own, debounces the calls
         and runs the catalog; a kind only says *that* something changed. Events
         caused by the agent's own applies are the agent's to ignore.
         """
-        raise NotImplementedError(f"kind {self.name!r} has no watcher")
 
-    #: Whether :meth:`refresh` is implemented, i.e. whether resources of this kind
-    #: may ``subscribe`` to others or be named in another's ``notify``. The server
-    #: refuses either relation at push time when the receiving kind is not
-    #: refreshable; the message lists the kinds that are.
-    refreshable: ClassVar[bool] = False
 
+class Refreshable(abc.ABC, Generic[SpecT]):
+    """A kind that can be refreshed (a service: restart or reload).
+
+    Only resources of such a kind may ``subscribe`` to others or be named in
+    another's ``notify``; the server refuses either relation at push time
+    otherwise, and the message lists the kinds that are refreshable.
+    """
+
+    @abc.abstractmethod
     def refresh(self, ctx: Context, spec: SpecT, applied: Sequence[Change]) -> Change | None:
         """Something this resource subscribes to was changed in this run: restart/reload.
 
-        Only for refreshable kinds. **The engine decides when, the kind decides
+        **The engine decides when, the kind decides
         what.** The engine calls it at most once per resource per run, right
         after this resource's own read → diff → apply → verify, in graph order
         (every resource it subscribes to has been handled by then), and only if
@@ -252,19 +295,18 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
         confirm-or-revert: there is no snapshot to go back to, so a risky kind
         should not be refreshable.
         """
-        raise NotImplementedError(f"kind {self.name!r} cannot be refreshed")
 
-    #: Whether :meth:`apply_batch` is implemented, i.e. whether the engine may
-    #: change several resources of this kind in one step. A risky kind cannot be
-    #: batchable (refused when the class is defined).
-    batchable: ClassVar[bool] = False
 
+class Batchable(abc.ABC, Generic[SpecT, StateT]):
+    """A kind whose changes are best made together (packages: one apt or dnf transaction)."""
+
+    @abc.abstractmethod
     def apply_batch(
         self, ctx: Context, items: Sequence[tuple[SpecT, StateT, list[Change]]]
     ) -> None:
         """Make the changes of several resources of this kind in one step.
 
-        Only for batchable kinds; for a package manager, one transaction, so
+        For a package manager, one transaction, so
         dependencies are resolved once and a set of packages that only works
         together is never half-installed. **The engine decides what goes
         together, the kind only applies it.** Each item is ``(spec, state,
@@ -296,26 +338,3 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
         every item is failed with its type, without a retry, and it is logged
         with a traceback.
         """
-        raise NotImplementedError(f"kind {self.name!r} cannot apply a batch")
-
-    def describe(self, ctx: Context, spec: SpecT, state: StateT) -> Mapping[str, str]:
-        """What the resource looks like now, for the report (``observed``); default: nothing.
-
-        Optional, for facts an operator wants beside the status that the spec
-        does not manage: a service's main process (``{"main_pid": "812",
-        "memory_rss": "12.4 MiB", "uptime": "3605 s"}``). Keys are short
-        snake_case names, values short human-readable renderings; keep it to
-        a handful, since it is sent with every report.
-
-        The engine calls it once per resource per run, on the newest state
-        this run read of the resource: the verifying read after an apply, the
-        read of an in-sync or dry (drifted) resource, and after a refresh a
-        read made for this purpose (a restart changes the very process being
-        described). It is not called when no current state was read: a read
-        or parse failure, a failed apply, a revert, held or skipped resources.
-        Prefer rendering ``state``; a little I/O for facts ``read`` does not
-        need (psutil on a pid) is fine, but it must not change anything. An
-        exception here never fails the resource: the engine logs it with a
-        traceback and reports nothing observed.
-        """
-        return {}

@@ -96,7 +96,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.pathwatch import watch_paths
 from modules.registry import register
@@ -190,11 +190,10 @@ class FileState:
     wanted_group: Account | None = None
 
 
-class FileKind(Kind[FileSpec, FileState]):
+class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
     """Manages what is at one path: a regular file, a directory or a symlink."""
 
     name = "file"
-    watchable = True
 
     def parse(self, raw: Mapping[str, Any]) -> FileSpec:
         reader = SpecReader(raw)

@@ -77,7 +77,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, ModuleError, ReadError, SpecError, Unavailable
 from modules.registry import register
@@ -233,7 +233,9 @@ class FirewallState:
     raw: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
-class FirewallKind(Kind[FirewallSpec, FirewallState]):
+class FirewallKind(
+    Kind[FirewallSpec, FirewallState], Risky[FirewallSpec, FirewallState], Watchable[FirewallSpec]
+):
     """Manages one nftables table, all of it."""
 
     name = "firewall"
@@ -285,16 +287,12 @@ class FirewallKind(Kind[FirewallSpec, FirewallState]):
             verb = "delete" if spec.state is Presence.ABSENT else "replace"
             raise _failure(ApplyError, f"cannot {verb} table {_label(spec)}", result.stderr)
 
-    risky = True
-
     def restore(self, ctx: Context, spec: FirewallSpec, snapshot: FirewallState) -> None:
         """Replace the table with ``snapshot`` (or delete it) in one nft transaction."""
         batch = json.dumps(render_restore(spec, snapshot))
         result = _run(ctx, ["nft", "-j", "-f", "-"], input_text=batch, failure=ApplyError)
         if result.returncode != 0:
             raise _failure(ApplyError, f"cannot restore table {_label(spec)}", result.stderr)
-
-    watchable = True
 
     def watch(
         self,

@@ -39,9 +39,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Batchable, Change, Context, Identity, Kind, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Presence, SpecReader
@@ -95,10 +95,12 @@ class Provider(Protocol):
         ...
 
 
-class PackageKind(Kind[PackageSpec, PackageState]):
+class PackageKind(
+    Kind[PackageSpec, PackageState],
+    Batchable[PackageSpec, PackageState],
+    Watchable[PackageSpec],
+):
     name = "package"
-    watchable = True
-    batchable: ClassVar[bool] = True
 
     def parse(self, raw: Mapping[str, Any]) -> PackageSpec:
         reader = SpecReader(raw)

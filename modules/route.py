@@ -66,7 +66,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
@@ -149,7 +149,7 @@ class RouteState:
 ABSENT_ROUTE = RouteState(present=False)
 
 
-class RouteKind(Kind[RouteSpec, RouteState]):
+class RouteKind(Kind[RouteSpec, RouteState], Risky[RouteSpec, RouteState], Watchable[RouteSpec]):
     """Manages one route of one routing table."""
 
     name = "route"
@@ -204,8 +204,6 @@ class RouteKind(Kind[RouteSpec, RouteState]):
             oif = _device_index(ipr, ctx, spec) if spec.device is not None else None
             ipr.route("replace", **_replace_request(spec, oif))
 
-    risky = True
-
     def restore(self, ctx: Context, spec: RouteSpec, snapshot: RouteState) -> None:
         """Delete the route if it was absent, else replace it with what was observed."""
         if not snapshot.present:
@@ -216,8 +214,6 @@ class RouteKind(Kind[RouteSpec, RouteState]):
         with _translated(ApplyError, f"restore {_describe(ctx, spec)}"), _netlink(ctx) as ipr:
             oif = None if snapshot.device is None else _observed_index(ipr, ctx, snapshot.device)
             ipr.route("replace", **_restore_request(spec, snapshot, oif))
-
-    watchable = True
 
     def watch(
         self,

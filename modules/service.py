@@ -34,10 +34,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from modules import file as file_kind
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Refreshable, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, Unavailable
 from modules.registry import register
 from modules.spec import SpecReader
@@ -91,10 +91,10 @@ class ServiceState:
         return self.unit_file in ("enabled", "enabled-runtime", "alias")
 
 
-class ServiceKind(Kind[ServiceSpec, ServiceState]):
+class ServiceKind(
+    Kind[ServiceSpec, ServiceState], Watchable[ServiceSpec], Refreshable[ServiceSpec]
+):
     name = "service"
-    watchable = True
-    refreshable: ClassVar[bool] = True
 
     def parse(self, raw: Mapping[str, Any]) -> ServiceSpec:
         reader = SpecReader(raw)

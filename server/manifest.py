@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from modules import registry
-from modules.base import Identity, Kind, Mode
+from modules.base import Identity, Kind, Mode, Refreshable
 from modules.catalog import resource_id
 from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
@@ -599,7 +599,7 @@ def _check_refreshable(
 def _refreshable(kind_name: str) -> bool | None:
     """Whether the kind can be refreshed; None if there is no such kind (or it cannot load)."""
     try:
-        return registry.get(kind_name).refreshable if kind_name else None
+        return isinstance(registry.get(kind_name), Refreshable) if kind_name else None
     except (SpecError, ImportError):
         return None
 

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 
 from agent import runner as runner_module
+from agent.cache import CatalogCache
 from agent.confirm import server_reachable
+from agent.report import Trigger
 from agent.runner import Runner
+from agent.spool import Spool
 from agent.state import StateDir
 from modules import registry
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Risky, Status
 from modules.catalog import Catalog, CatalogResource
 from protos import plumb_pb2 as pb
 from server.pki import PKI, cert_pem, sign_payload
@@ -89,11 +92,10 @@ def test_unreadable_credentials_are_unreachable(tmp_path: Path) -> None:
 # --- the runner: confirm wiring and the hold --------------------------------
 
 
-class Gate(Kind[Mapping[str, Any], "str | None"]):
+class Gate(Kind[Mapping[str, Any], "str | None"], Risky[Mapping[str, Any], "str | None"]):
     """A risky kind whose system is a dict (a stand-in for a firewall)."""
 
     name = "test-gate"
-    risky = True
 
     def __init__(self) -> None:
         self.system: dict[str, str] = {}
@@ -165,15 +167,22 @@ def test_runner_reverts_then_holds_until_a_new_revision(
         return answers.pop(0)
 
     monkeypatch.setattr(runner_module, "server_reachable", reachable)
-    runner = Runner(state, agent.name, agent.root, address, confirm_timeout_s=0.5)
+    runner = Runner(
+        state,
+        CatalogCache(state, agent.name),
+        Spool(state.spool),
+        agent.root,
+        address,
+        confirm_timeout_s=0.5,
+    )
     gate.system["fw"] = "open"
     cache_catalog(server, state, agent.name, revision=1, value="closed")
 
     answers[:] = [True, False]  # reachable before the change, not after
-    first = runner.run(pb.MANUAL)
+    first = runner.run(Trigger.MANUAL)
     assert first is not None
     assert [(r.status, r.error) for r in first.results] == [
-        (pb.FAILED, "reverted: lost connection to the server")
+        (Status.FAILED, "reverted: lost connection to the server")
     ]
     assert gate.system == {"fw": "open"}
     assert asked == [(address, 0.5), (address, 0.5)]
@@ -182,17 +191,17 @@ def test_runner_reverts_then_holds_until_a_new_revision(
         "ids": ["test-gate/fw"],
     }
 
-    second = runner.run(pb.SCHEDULE)  # same revision: held, nothing applied or asked
+    second = runner.run(Trigger.SCHEDULE)  # same revision: held, nothing applied or asked
     assert second is not None
     assert [(r.status, r.error) for r in second.results] == [
-        (pb.FAILED, "held: reverted earlier at revision 1; waiting for a new catalog")
+        (Status.FAILED, "held: reverted earlier at revision 1; waiting for a new catalog")
     ]
     assert (gate.applied, len(asked)) == (["fw"], 2)
 
     cache_catalog(server, state, agent.name, revision=2, value="closed")
     answers[:] = [True, True]
-    third = runner.run(pb.PUSH)
+    third = runner.run(Trigger.PUSH)
     assert third is not None
-    assert [r.status for r in third.results] == [pb.REPAIRED]
+    assert [r.status for r in third.results] == [Status.REPAIRED]
     assert gate.system == {"fw": "closed"}
     assert not (state.path / "reverted.json").exists()

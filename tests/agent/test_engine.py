@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent import engine
-from modules import registry
+from modules import base, registry
 from modules.base import Change, Context, Identity, Kind, Mode, Status
 from modules.catalog import CatalogResource
 from modules.errors import ApplyError, ReadError, SpecError, Unavailable
@@ -90,11 +90,10 @@ class Memory(Kind[MemSpec, "str | None"]):
             self.system[spec.key] = spec.value
 
 
-class Risky(Memory):
+class Risky(Memory, base.Risky[MemSpec, "str | None"]):
     """The same dict "system", but a kind whose changes may cut the agent off (a firewall)."""
 
     name = "net"
-    risky = True
 
     def __init__(self, memory: Memory) -> None:
         super().__init__(memory.system)
@@ -111,7 +110,7 @@ class Risky(Memory):
             self.system[spec.key] = snapshot
 
 
-class Service(Memory):
+class Service(Memory, base.Refreshable[MemSpec]):
     """The same dict "system", but a refreshable kind (a service that restarts).
 
     Like a real service it need not restart when this run already applied a
@@ -121,7 +120,6 @@ class Service(Memory):
     """
 
     name = "svc"
-    refreshable = True
 
     def __init__(self, memory: Memory) -> None:
         super().__init__(memory.system)
@@ -146,7 +144,7 @@ class Service(Memory):
         return {"value": state or "absent"}
 
 
-class Batched(Memory):
+class Batched(Memory, base.Batchable[MemSpec, "str | None"]):
     """The same dict "system", but a batchable kind (packages: one transaction for several).
 
     Each batch is logged in the shared apply log as its keys joined by ``+``
@@ -156,7 +154,6 @@ class Batched(Memory):
     """
 
     name = "pkg"
-    batchable = True
 
     def __init__(self, memory: Memory) -> None:
         super().__init__(memory.system)
@@ -1184,9 +1181,8 @@ def test_a_confirm_that_raises_means_unreachable(
 
 def test_kinds_cannot_be_refreshed_unless_they_say_so() -> None:
     memory = fake().memory
-    assert (Memory.refreshable, Service.refreshable) == (False, True)
-    with pytest.raises(NotImplementedError, match="kind 'mem' cannot be refreshed"):
-        memory.refresh(Context(), MemSpec("a", "1"), ())
+    assert not isinstance(memory, base.Refreshable)
+    assert isinstance(fake().service, base.Refreshable)
 
 
 def test_a_refresh_is_logged_with_the_resource(caplog: pytest.LogCaptureFixture) -> None:
@@ -1278,14 +1274,16 @@ def test_a_describe_that_raises_is_logged_with_its_traceback(
 
 def test_kinds_batch_and_describe_only_if_they_say_so() -> None:
     memory = fake().memory
-    assert (Memory.batchable, Batched.batchable) == (False, True)
-    with pytest.raises(NotImplementedError, match="kind 'mem' cannot apply a batch"):
-        memory.apply_batch(Context(), [(MemSpec("a", "1"), None, [Change("value", "a", "1")])])
+    assert not isinstance(memory, base.Batchable)
+    assert isinstance(fake().batched, base.Batchable)
     assert memory.describe(Context(), MemSpec("a", "1"), "1") == {}
 
 
 def test_a_risky_kind_cannot_be_batchable() -> None:
     with pytest.raises(TypeError, match="RiskyBatch: a risky kind cannot be batchable"):
 
-        class RiskyBatch(Risky):
-            batchable = True
+        class RiskyBatch(Risky, base.Batchable[MemSpec, "str | None"]):
+            def apply_batch(
+                self, ctx: Context, items: Sequence[tuple[MemSpec, str | None, list[Change]]]
+            ) -> None:
+                raise AssertionError("never instantiated")

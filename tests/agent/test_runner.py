@@ -1,9 +1,9 @@
-"""The runner's report: every engine result goes on the wire as it is."""
+"""The run report: every engine result goes on the wire as it is."""
 
 from __future__ import annotations
 
 from agent import engine
-from agent.runner import _report
+from agent.report import RunReport, Trigger
 from modules.base import Change, Status
 from protos import plumb_pb2 as pb
 
@@ -20,10 +20,12 @@ def test_a_result_goes_on_the_wire_with_everything_it_says() -> None:
         controls=("CIS-2.1",),
         observed={"main_pid": "812", "uptime": "3 s"},
     )
+    report = RunReport(
+        "r1", "web-1", 4, False, Trigger.MANUAL, 100.0, 101.0, (result,), frozenset({"service/web"})
+    )
 
-    report = _report("web-1", 4, False, pb.MANUAL, 100.0, [result], {"service/web"})
-
-    [sent] = pb.Report.FromString(report.SerializeToString()).results
+    wire = pb.Report.FromString(report.to_wire().SerializeToString())
+    [sent] = wire.results
     assert (sent.id, sent.kind, sent.name, sent.manifest) == (
         "service/web",
         "service",
@@ -36,4 +38,12 @@ def test_a_result_goes_on_the_wire_with_everything_it_says() -> None:
     ]
     assert list(sent.controls) == ["CIS-2.1"]
     assert dict(sent.observed) == {"main_pid": "812", "uptime": "3 s"}
-    assert (report.node_name, report.revision, report.trigger) == ("web-1", 4, pb.MANUAL)
+    assert (wire.id, wire.node_name, wire.revision, wire.trigger) == ("r1", "web-1", 4, pb.MANUAL)
+    assert (wire.started_at, wire.finished_at, wire.noop) == (100.0, 101.0, False)
+
+
+def test_every_trigger_and_status_has_a_wire_name() -> None:
+    for trigger in Trigger:
+        assert pb.Trigger.Name(pb.Trigger.Value(trigger.name)).lower() == trigger.value
+    for status in Status:
+        assert pb.Status.Name(pb.Status.Value(status.name)).lower() == status.value

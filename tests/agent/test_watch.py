@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from agent.engine import ResourceResult
+from agent.report import RunReport, Trigger
 from agent.watch import Watchers, expected_after, targets
-from modules.base import Change, Context, Identity, Kind
+from modules.base import Change, Context, Identity, Kind, Status, Watchable
 from modules.catalog import Catalog, CatalogResource
 from modules.errors import SpecError
-from protos import plumb_pb2 as pb
 
 QUIET_S = 0.05
 MAX_DELAY_S = 0.3
@@ -32,9 +33,10 @@ class ProbeSpec:
     value: str
 
 
-class Probe(Kind[ProbeSpec, "str | None"]):
-    name = "probe"
-    watchable = True
+class Plain(Kind[ProbeSpec, "str | None"]):
+    """A kind whose system is a dict, and that cannot be watched."""
+
+    name = "plain"
 
     def __init__(self) -> None:
         self.system: dict[str, str] = {}
@@ -60,6 +62,12 @@ class Probe(Kind[ProbeSpec, "str | None"]):
         self, ctx: Context, spec: ProbeSpec, state: str | None, changes: list[Change]
     ) -> None:
         self.system[spec.key] = spec.value
+
+
+class Probe(Plain, Watchable[ProbeSpec]):
+    """The same, and watchable: tests fire its watch's on_change by hand."""
+
+    name = "probe"
 
     def watch(
         self,
@@ -89,11 +97,6 @@ class Probe(Kind[ProbeSpec, "str | None"]):
             return self._cond.wait_for(lambda: sorted(self.active) == expected, 5)
 
 
-class Plain(Probe):
-    name = "plain"
-    watchable = False
-
-
 class Broken(Probe):
     name = "broken"
 
@@ -118,6 +121,15 @@ class Requests:
             return self._cond.wait_for(lambda: len(self.times) >= count, timeout)
 
 
+def result(rid: str, status: Status, *changes: Change) -> ResourceResult:
+    kind, name = rid.split("/", 1)
+    return ResourceResult(rid, kind, name, "m", status, changes)
+
+
+def report(trigger: Trigger, results: list[ResourceResult], revision: int = 1) -> RunReport:
+    return RunReport("r", "node", revision, False, trigger, 1.0, 2.0, tuple(results))
+
+
 @dataclasses.dataclass
 class Setup:
     probe: Probe
@@ -125,7 +137,7 @@ class Setup:
     requests: Requests
     caplog: pytest.LogCaptureFixture
 
-    def run(self, trigger: int = pb.PUSH, revision: int = 1, **keep: str) -> None:
+    def run(self, trigger: Trigger = Trigger.PUSH, revision: int = 1, **keep: str) -> None:
         """A run of the catalog: converge (each apply echoing back), then report.
 
         ``keep`` names keys the run leaves alone and the status it reports for them.
@@ -138,18 +150,8 @@ class Setup:
                 self.probe.system[key] = value
                 self.probe.fire()  # the echo of our own apply
             changes = [] if not status else [self.change(key)]
-            results.append(
-                pb.ResourceResult(
-                    id=f"probe/{key}",
-                    status=getattr(pb, status.upper() or "REPAIRED"),
-                    changes=[
-                        pb.Change(field=c.field, observed=c.observed, desired=c.desired)
-                        for c in changes
-                    ],
-                )
-            )
-        report = pb.Report(revision=revision, trigger=trigger, results=results)
-        self.watchers.run_finished(report)
+            results.append(result(f"probe/{key}", Status(status or "repaired"), *changes))
+        self.watchers.run_finished(report(trigger, results, revision))
 
     def change(self, key: str) -> Change:
         return Change("value", str(self.probe.system.get(key)), WANTED[key])
@@ -265,7 +267,7 @@ def test_a_burst_of_events_makes_one_run_once_quiet(setup: Setup) -> None:
     # (given ample time to: this waits for an absence, not for a condition).
     setup.probe.fire()
     assert not setup.requests.wait(2, timeout=QUIET_S * 6)
-    setup.run(trigger=pb.WATCH)
+    setup.run(trigger=Trigger.WATCH)
     assert setup.checked(2)
     assert len(setup.requests.times) == 1
 
@@ -293,7 +295,7 @@ def test_steady_events_run_within_the_maximum_delay(setup: Setup) -> None:
 
 def test_the_echo_of_our_own_run_runs_nothing(setup: Setup) -> None:
     started(setup)  # its echoes were checked: nothing changed
-    setup.run(trigger=pb.WATCH)  # and a run caused by events, likewise
+    setup.run(trigger=Trigger.WATCH)  # and a run caused by events, likewise
     assert setup.checked(2)
     assert setup.requests.times == []
 
@@ -303,13 +305,8 @@ def test_a_change_during_a_run_is_checked_when_it_ends(setup: Setup) -> None:
     setup.watchers.run_started()
     setup.probe.system["a"] = "tampered after the run read it"
     setup.probe.fire()
-    setup.watchers.run_finished(
-        pb.Report(
-            revision=1,
-            trigger=pb.SCHEDULE,
-            results=[pb.ResourceResult(id=f"probe/{k}", status=pb.IN_SYNC) for k in WANTED],
-        )
-    )
+    in_sync = [result(f"probe/{k}", Status.IN_SYNC) for k in WANTED]
+    setup.watchers.run_finished(report(Trigger.SCHEDULE, in_sync))
     assert setup.requests.wait(1)
 
 
@@ -332,32 +329,24 @@ def test_a_failure_is_retried_on_the_next_event_once(setup: Setup) -> None:
     setup.run(a="failed")  # a push run: the cause may be fixed by hand next
     assert setup.requests.wait(1)
 
-    setup.run(trigger=pb.WATCH, a="failed")  # failed again, in a run events caused
+    setup.run(trigger=Trigger.WATCH, a="failed")  # failed again, in a run events caused
     assert setup.checked()
     assert len(setup.requests.times) == 1
 
 
 def test_expected_after_a_report() -> None:
-    report = pb.Report(
-        trigger=pb.PUSH,
-        results=[
-            pb.ResourceResult(id="k/sync", status=pb.IN_SYNC),
-            pb.ResourceResult(id="k/fixed", status=pb.REPAIRED),
-            pb.ResourceResult(
-                id="k/audit",
-                status=pb.DRIFTED,
-                changes=[pb.Change(field="mode", observed="0644", desired="0600")],
-            ),
-            pb.ResourceResult(id="k/failed", status=pb.FAILED),
-            pb.ResourceResult(id="k/skipped", status=pb.SKIPPED),
-        ],
-    )
-    assert expected_after(report) == {
+    results = [
+        result("k/sync", Status.IN_SYNC),
+        result("k/fixed", Status.REPAIRED),
+        result("k/audit", Status.DRIFTED, Change("mode", "0644", "0600")),
+        result("k/failed", Status.FAILED),
+        result("k/skipped", Status.SKIPPED),
+    ]
+    assert expected_after(report(Trigger.PUSH, results)) == {
         "k/sync": (),
         "k/fixed": (),
         "k/audit": (Change("mode", "0644", "0600"),),
         "k/failed": "retry",
         "k/skipped": "ignore",
     }
-    report.trigger = pb.WATCH
-    assert expected_after(report)["k/failed"] == "ignore"
+    assert expected_after(report(Trigger.WATCH, results))["k/failed"] == "ignore"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from modules import firewall, registry
-from modules.base import Change, Context
+from modules.base import Change, Context, Risky, Watchable
 from modules.errors import ApplyError, Unavailable
 from modules.firewall import (
     Chain,
@@ -742,7 +742,7 @@ def test_families_ip_and_ip6_round_trip(ctx: Context) -> None:
 
 
 def test_kind_is_risky_and_watchable() -> None:
-    assert KIND.risky and KIND.watchable
+    assert isinstance(KIND, Risky) and isinstance(KIND, Watchable)
 
 
 def test_restore_puts_back_a_changed_table_byte_for_byte(ctx: Context, netns: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modules.base import Change, Context
+from modules.base import Change, Context, Risky, Watchable
 from modules.errors import ApplyError, ReadError
 from modules.route import (
     ABSENT_ROUTE,
@@ -612,7 +612,7 @@ def test_restore_puts_back_a_deleted_ipv6_route(ctx: Context, netns: str) -> Non
 
 
 def test_kind_is_risky_and_watchable() -> None:
-    assert KIND.risky and KIND.watchable
+    assert isinstance(KIND, Risky) and isinstance(KIND, Watchable)
 
 
 # --- watch ---------------------------------------------------------------------

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from modules import registry
-from modules.base import Change, Context, Identity, Kind, Mode
+from modules.base import Change, Context, Identity, Kind, Mode, Refreshable
 from modules.catalog import Catalog, CatalogResource
 from server.catalog import compile_catalog, compile_fleet
 from server.errors import CompileError, PlumbServerError
@@ -39,22 +39,26 @@ class AnySpec(Kind[Mapping[str, Any], None]):
         return None
 
 
-class Refreshable(AnySpec):
+class Refreshing(AnySpec, Refreshable[Mapping[str, Any]]):
     """A kind that may subscribe and be notified (a service)."""
 
     name = "testsvc"
-    refreshable = True
+
+    def refresh(
+        self, ctx: Context, spec: Mapping[str, Any], applied: Sequence[Change]
+    ) -> Change | None:
+        return None
 
 
 @pytest.fixture(autouse=True)
 def test_kinds() -> Iterator[None]:
     registry.register(AnySpec())
-    registry.register(Refreshable())
+    registry.register(Refreshing())
     try:
         yield
     finally:
         registry._registered.pop(AnySpec.name)
-        registry._registered.pop(Refreshable.name)
+        registry._registered.pop(Refreshing.name)
 
 
 BASE = """\

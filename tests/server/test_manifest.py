@@ -6,13 +6,13 @@ import dataclasses
 import itertools
 import re
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from modules import registry
-from modules.base import Change, Context, Identity, Kind, Mode
+from modules.base import Change, Context, Identity, Kind, Mode, Refreshable
 from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
 from server.manifest import Manifest, ResourceDecl, Target, load, load_all, validate_set
@@ -58,11 +58,15 @@ class FakeFile(Kind[dict[str, Any], None]):
         return None
 
 
-class FakeService(FakeFile):
+class FakeService(FakeFile, Refreshable[dict[str, Any]]):
     """A kind that can be refreshed, so it may subscribe and be notified; any spec."""
 
     name = "testsvc"
-    refreshable = True
+
+    def refresh(
+        self, ctx: Context, spec: dict[str, Any], applied: Sequence[Change]
+    ) -> Change | None:
+        return None
 
     def parse(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         return dict(raw)

@@ -187,7 +187,7 @@ def test_the_agent_upgrades_itself_through_a_package_resource(
         what="the upgrading run's report",
     )
     report = min(reports, key=lambda r: r.finished_at)
-    assert {r.id: pb.Status.Name(r.status) for r in report.results} == {"package/agent": "repaired"}
+    assert {r.id: pb.Status.Name(r.status) for r in report.results} == {"package/agent": "REPAIRED"}
     # ...and the agent then became the new version in place: exec'd in the
     # same process (systemd saw no restart), connected again.
     wait_for(

@@ -15,6 +15,7 @@ The firewall and route are the README's example, as written there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -186,8 +187,14 @@ def converged(host: Host) -> bool:
 def push(host: Host, tmp_path: Path, resources: str) -> dict[str, pb.ResourceResult]:
     """Push ``resources`` as manifest "network" for ``host`` only; the results of the run
     the push caused, by resource id."""
-    revision = host.push(tmp_path / "network.yaml", manifest_text(host.name, resources))
+    # A comment of its own makes every push a new revision, even of the same
+    # resources: an identical push would store nothing and cause no run.
+    text = manifest_text(host.name, resources) + f"# push {next(_PUSHES)}\n"
+    revision = host.push(tmp_path / "network.yaml", text)
     return {r.id: r for r in push_run(host, revision).results}
+
+
+_PUSHES = itertools.count(1)
 
 
 def push_run(host: Host, revision: int) -> pb.Report:
@@ -266,7 +273,7 @@ def test_out_of_band_changes_are_repaired_by_the_watchers(h1: Host, tmp_path: Pa
         timeout=30,
         what="both repairs to be reported as drift",
     )
-    assert h1.report()["trigger"] == "WATCH"
+    assert h1.report()["trigger"] == "watch"
 
 
 def test_a_firewall_that_cuts_the_agent_off_is_reverted(h1: Host, tmp_path: Path) -> None:
