@@ -370,7 +370,9 @@ def migrate(url: str) -> Migration:
     """
     path = check_url(url)
     _check_file(path)
-    check = open_engine(url)
+    # Outside the migration's transaction, which would hold the write lock
+    # while quick_check reads the whole file.
+    check = sa.create_engine(url)
     try:
         with _translated(path, "checking"), check.connect() as conn:
             _quick_check(conn, path)
@@ -493,8 +495,12 @@ def _migration_engine(url: str) -> Engine:
     or ALTER on its own, so a migration cut short would leave half a schema.
     Here the module starts no transaction itself and SQLAlchemy's BEGIN is
     IMMEDIATE: the write lock is held from the first statement to the commit.
+
+    None of open_engine's settings: a store that is refused is left exactly as
+    it was (not even switched to WAL), and foreign keys stay unenforced while
+    batch operations rebuild tables, as Alembic's batch mode requires.
     """
-    engine = open_engine(url)
+    engine = sa.create_engine(url)
     sa.event.listen(engine, "connect", _no_driver_transactions)
     sa.event.listen(engine, "begin", _begin_immediate)
     return engine
@@ -518,13 +524,13 @@ class Store:
         """
         path = check_url(url)
         _check_file(path)
-        self.engine = open_engine(url)
+        check = sa.create_engine(url)  # without open_engine's settings: see _migration_engine
         try:
-            with _translated(path, "opening"), self.engine.connect() as conn:
+            with _translated(path, "opening"), check.connect() as conn:
                 _require_head(conn, path)
-        except BaseException:
-            self.engine.dispose()
-            raise
+        finally:
+            check.dispose()
+        self.engine = open_engine(url)
         self._checkpointer = (
             _Checkpointer(self.engine) if self.engine.dialect.name == "sqlite" else None
         )
