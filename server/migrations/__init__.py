@@ -19,12 +19,14 @@ Adding a migration (say 0002, new columns on ``nodes``):
 
        PYTHONPATH=. python -m server.migrations "add nodes.retired_at"
 
-   which writes ``versions/0002_add_nodes_retired_at.py``. Read it and make
-   it right: ALTERs go through ``with op.batch_alter_table("nodes") as b:``
-   (SQLite alters little in place; batch mode copies the table, keeping
-   every row), a NOT NULL column added to a table with rows needs a
-   ``server_default``, and data that must be transformed is moved with
-   ``op.execute`` in the same migration. ``downgrade()`` stays a refusal.
+   which writes ``versions/0002_add_nodes_retired_at.py`` (run ``ruff check
+   --fix`` and ``ruff format`` on it). Read it and make it right: ALTERs go
+   through ``with op.batch_alter_table("nodes") as batch:`` (SQLite alters
+   little in place; batch mode copies the table, keeping every row; the
+   draft does this already), a NOT NULL column added to a table with rows
+   needs a ``server_default``, and data that must be transformed is moved
+   with ``op.execute`` in the same migration. ``downgrade()`` stays a
+   refusal. Foreign keys are not enforced while migrations run.
 3. Add a line to the table above.
 4. The tests tell you if you are done: tests/server/test_migrations.py
    checks that a freshly migrated store equals ``metadata`` (alembic's

@@ -211,33 +211,26 @@ def check_0_1_0_data(store: Store) -> None:
     assert store.ingest_report(wire.report_record(fresh), now=T0 + 502)
 
 
-# ------------------------------------------------------------ a migration that is not 0001
+# ------------------------------------------------------------ a migration after head
 
-NEXT_HEADER = '''"""A revision for the test only."""
-from __future__ import annotations
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-'''
+NEXT = f"{int(migrations.head()) + 1:04d}"
 
 
 @pytest.fixture
-def with_revision_0002(
+def with_next_revision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[str], None]]:
-    """The real revisions plus a 0002 whose upgrade() is the given source."""
+    """The real revisions plus one after head (NEXT) whose upgrade() is the given source."""
 
     def add(upgrade: str) -> None:
         copy = tmp_path / "migrations"
         shutil.copytree(migrations.SCRIPTS, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        (copy / "versions" / "0002_test.py").write_text(NEXT_HEADER + upgrade)
+        (copy / "versions" / f"{NEXT}_test.py").write_text(
+            "import sqlalchemy as sa\n"
+            "from alembic import op\n\n"
+            f"revision = {NEXT!r}\n"
+            f"down_revision = {migrations.head()!r}\n\n\n" + upgrade
+        )
         monkeypatch.setattr(migrations, "SCRIPTS", copy)
         migrations.scripts.cache_clear()
 
@@ -246,32 +239,32 @@ def with_revision_0002(
 
 
 def test_a_batch_migration_of_a_0_1_0_store_keeps_every_row(
-    tmp_path: Path, with_revision_0002: Callable[[str], None]
+    tmp_path: Path, with_next_revision: Callable[[str], None]
 ) -> None:
-    """The way the next revision will ALTER a table on SQLite: rebuilt, rows and all."""
-    with_revision_0002(
+    """The way revisions ALTER a table on SQLite: rebuilt, rows and all."""
+    with_next_revision(
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("nodes") as batch:\n'
-        '        batch.add_column(sa.Column("retired_at", sa.Float(), nullable=True))\n'
-        '        batch.alter_column("cert_serial", type_=sa.String(128), existing_nullable=False)\n'
+        '        batch.add_column(sa.Column("test_only", sa.Float(), nullable=True))\n'
+        '        batch.alter_column("cert_serial", type_=sa.String(99), existing_nullable=False)\n'
     )
     path = load_store_0_1_0(tmp_path / "plumb.db")
     old_columns = columns(path)
     before = rows(path, old_columns)
     done = migrate(url(path))
-    assert (done.from_revision, done.to_revision) == (None, "0002")
+    assert (done.from_revision, done.to_revision) == (None, NEXT)
     assert rows(path, old_columns) == before
-    assert rows(path, {"nodes": ["retired_at"]}) == {"nodes": [(None,), (None,), (None,)]}
+    assert rows(path, {"nodes": ["test_only"]}) == {"nodes": [(None,), (None,), (None,)]}
 
 
 def test_a_failed_migration_leaves_the_store_as_it_was(
-    tmp_path: Path, with_revision_0002: Callable[[str], None]
+    tmp_path: Path, with_next_revision: Callable[[str], None]
 ) -> None:
-    with_revision_0002(
+    with_next_revision(
         "def upgrade() -> None:\n"
         '    op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))\n'
         '    with op.batch_alter_table("nodes") as batch:\n'
-        '        batch.add_column(sa.Column("retired_at", sa.Float(), nullable=True))\n'
+        '        batch.add_column(sa.Column("test_only", sa.Float(), nullable=True))\n'
         '    op.execute("INSERT INTO nowhere VALUES (1)")\n'
     )
     path = load_store_0_1_0(tmp_path / "plumb.db")
@@ -279,7 +272,8 @@ def test_a_failed_migration_leaves_the_store_as_it_was(
     before = rows(path, old_columns)
     with pytest.raises(StoreError, match=f"migrating the store {path} failed: no such table"):
         migrate(url(path))
-    # Not even the 0001 stamp: the stamp, 0002's table and its ALTER were one transaction.
+    # Not even the 0001 stamp: the stamp and every revision up to the broken
+    # one (its table, its ALTER) were one transaction.
     db = sqlite3.connect(path)
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
