@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--store-url",
         default="",
-        help="SQLAlchemy URL of the store (default: SQLite in the data dir)",
+        help="SQLAlchemy URL of the store (default: SQLite in the data dir); "
+        "only SQLite (sqlite:///PATH) is supported yet",
     )
     init.set_defaults(func=_init)
 

@@ -328,7 +328,7 @@ class Migration:
         return f"store migrated from {before} to {self.to_revision}: {self.store}"
 
 
-def check_url(url: str) -> Path:
+def store_path(url: str) -> Path:
     """The store's file, if this version can keep a store at ``url``; StoreError otherwise."""
     try:
         parsed = sa.make_url(url)
@@ -352,7 +352,7 @@ def check_url(url: str) -> Path:
 
 def check_new(url: str) -> Path:
     """The file a new store would be created in; StoreError if it exists or cannot be used."""
-    path = check_url(url)
+    path = store_path(url)
     if path.exists():
         raise StoreError(f"the store {path} already exists: a store is never replaced")
     return path
@@ -368,7 +368,7 @@ def migrate(url: str) -> Migration:
     PRAGMA quick_check finds damaged, unknown tables, or a revision this code
     does not know (a newer Plumb's; a store is never downgraded).
     """
-    path = check_url(url)
+    path = store_path(url)
     _check_file(path)
     # Outside the migration's transaction, which would hold the write lock
     # while quick_check reads the whole file.
@@ -522,7 +522,7 @@ class Store:
 
         :meth:`create` makes a new store; :func:`migrate` brings an older one to head.
         """
-        path = check_url(url)
+        path = store_path(url)
         _check_file(path)
         check = sa.create_engine(url)  # without open_engine's settings: see _migration_engine
         try:
