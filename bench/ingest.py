@@ -417,7 +417,7 @@ def run() -> None:
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="plumb-bench-ingest-") as tmp:
         directory = Path(tmp)
-        store = _TimedStore(f"sqlite:///{directory / 'plumb.db'}")
+        store = _TimedStore.create(f"sqlite:///{directory / 'plumb.db'}")
         store.batches = []
         try:
             nodes = [f"node-{i:03d}" for i in range(NODES)]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -30,7 +31,7 @@ from server.ingest import Ingestor
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import Presence
 from server.session import AgentServicer
-from server.store import Store
+from server.store import Migration, Store, migrate
 
 log = logging.getLogger("plumb.server")
 
@@ -58,13 +59,20 @@ class Running:
     enroll_port: int
     store: Store
     hub: Hub
+    migration: Migration  # what was done to the store at start
 
 
 @contextlib.asynccontextmanager
 async def running(config: ServerConfig) -> AsyncIterator[Running]:
-    """Start the server; stop it (gracefully) when the block exits."""
+    """Start the server; stop it (gracefully) when the block exits.
+
+    The store is checked and upgraded to this version's schema first, so
+    upgrading the package and restarting is all an upgrade takes; a store
+    that cannot be (missing, damaged, newer) stops the start with StoreError.
+    """
     pki = PKI(config.data_dir / "pki")
     ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
+    migration = migrate(config.store)
     store = Store(config.store)
     hub = Hub()
     fleet = Fleet(store, signer)
@@ -97,7 +105,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ingestor.start()
     presence.start()
     try:
-        yield Running(agent_port, enroll_port, store, hub)
+        yield Running(agent_port, enroll_port, store, hub, migration)
     finally:
         await health_servicer.enter_graceful_shutdown()
         await grpc_server.stop(grace=2)
@@ -120,6 +128,9 @@ def _listen(grpc_server: grpc.aio.Server, address: str, credentials: grpc.Server
 
 async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     async with running(config) as server:
+        if server.migration.changed:
+            # On stderr, so the journal has it; stdout's first line is "listening".
+            print(f"plumb-server: {server.migration}", file=sys.stderr, flush=True)
         host = config.advertise
         print(
             f"plumb-server: listening agents={host}:{server.agent_port} "

@@ -22,6 +22,7 @@ class ServerConfig:
     # The host name or address agents and the CLI use to reach this server.
     advertise: str = "localhost"
     # SQLAlchemy URL; empty means the embedded SQLite file in the data dir.
+    # Only SQLite is supported yet: server/store.py (store_path) refuses others.
     store_url: str = ""
 
     @property

@@ -5,6 +5,8 @@
     ├── CompileError            a node's catalog cannot be compiled (conflict, missing require)
     ├── ConfigError             server.toml is missing or wrong
     ├── CSRRejected             an enrolling node's certificate request is unusable
+    ├── StoreError              the store cannot be created, opened, checked or migrated
+    │                           (missing, empty, damaged, newer, not SQLite)
     └── IngestFailed            a report's batch could not be committed (server/ingest.py)
 
 A :class:`ManifestError` is not an exception but one problem in one file
@@ -67,3 +69,13 @@ class ConfigError(PlumbServerError):
 
 class CSRRejected(PlumbServerError):
     """A certificate signing request is malformed or does not match the request."""
+
+
+class StoreError(PlumbServerError):
+    """The store cannot be created, opened, checked or migrated; the message names the file.
+
+    Raised where the store is opened (server/store.py), so that a missing,
+    empty, damaged or too-new store stops the server with one line saying what
+    to do, instead of a traceback or, worse, a new empty store. Queries on an
+    open store are not wrapped: the ingest path stays as fast as SQLite.
+    """

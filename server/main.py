@@ -1,4 +1,4 @@
-"""``plumb-server``: set up a server's data directory and run it."""
+"""``plumb-server``: set up a server's data directory, migrate its store, and run it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+from server import store as store_
 from server.config import ServerConfig
 from server.errors import PlumbServerError
 from server.pki import PKI, ROLE_OPERATOR, cert_pem, issue_keypair, key_pem, write_private
@@ -19,11 +20,14 @@ from server.pki import PKI, ROLE_OPERATOR, cert_pem, issue_keypair, key_pem, wri
 DEFAULT_DATA_DIR = Path(os.environ.get("PLUMB_DATA_DIR", "/var/lib/plumb-server"))
 
 EPILOG = """\
-exit codes: 0 success, 1 error (the message says why), 2 bad usage.
+exit codes: 0 success (for migrate: migrated, or already at head), 1 error (the
+message says why; a store that is refused or fails to migrate is left as it
+was), 2 bad usage.
 
 examples:
   plumb-server init --data-dir /var/lib/plumb-server --san plumb.example.com
   plumb-server run --data-dir /var/lib/plumb-server
+  plumb-server migrate --data-dir /var/lib/plumb-server --json
 """
 
 
@@ -78,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--store-url",
         default="",
-        help="SQLAlchemy URL of the store (default: SQLite in the data dir)",
+        help="SQLAlchemy URL of the store (default: SQLite in the data dir); "
+        "only SQLite (sqlite:///PATH) is supported yet",
     )
     init.set_defaults(func=_init)
 
@@ -86,6 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="override server.toml's listen")
     run.add_argument("--enroll-listen", help="override server.toml's enroll_listen")
     run.set_defaults(func=_run)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="upgrade the store to this version's schema (run also does it at start)",
+        description="Check the store and upgrade its schema to this version's. "
+        "A store of Plumb 0.1.0 is recognised and upgraded; a store written by a "
+        "newer Plumb is refused (never downgraded).",
+    )
+    migrate.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"store", "from", "to", "migrated"}; "from" is null for a 0.1.0 store',
+    )
+    migrate.set_defaults(func=_migrate)
     return parser
 
 
@@ -95,9 +114,6 @@ def _init(args: argparse.Namespace) -> int:
     if pki.exists():
         raise PlumbServerError(f"{data} is already initialised (found {pki.path('ca.crt')})")
     sans = args.san or ["localhost", "127.0.0.1", socket.gethostname()]
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data, 0o700)
-    pki.create(sans)
     config = ServerConfig(
         data_dir=data,
         listen=args.listen,
@@ -105,6 +121,11 @@ def _init(args: argparse.Namespace) -> int:
         advertise=args.advertise or sans[0],
         store_url=args.store_url,
     )
+    store_.check_new(config.store)  # refused before anything is written
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)
+    pki.create(sans)
+    store_.Store.create(config.store).close()
     config.save()
     cli_config = _write_operator(config, pki)
     print(
@@ -133,8 +154,27 @@ def _write_operator(config: ServerConfig, pki: PKI) -> Path:
     return path
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.data_dir)
+    done = store_.migrate(config.store)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "store": done.store,
+                    "from": done.from_revision,
+                    "to": done.to_revision,
+                    "migrated": done.changed,
+                }
+            )
+        )
+    else:
+        print(f"plumb-server: {done}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    from server.app import serve  # grpc and the store load only for `run`
+    from server.app import serve  # grpc loads only for `run`
 
     config = ServerConfig.load(args.data_dir)
     config.listen = args.listen or config.listen

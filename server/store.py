@@ -8,6 +8,13 @@ dataclasses, never SQL or rows.
 
 SQLite runs in WAL mode so readers (CLI queries) never block the writer
 (report ingest).
+
+The schema is versioned: ``metadata`` below is what the code expects, and
+the Alembic revisions in server/migrations bring any earlier store to it
+(:func:`migrate`). A store is created once, by ``plumb-server init``
+(:meth:`Store.create`), and from then on only opened: a store that is
+missing, empty, damaged, newer than this code, or not SQLite is refused with
+a :class:`StoreError` saying what to do, never replaced by a new empty one.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
+from server import migrations
+from server.errors import StoreError
 
 log = logging.getLogger("plumb.server.store")
 
@@ -308,15 +319,250 @@ class _Checkpointer:
                 log.warning("WAL checkpoint failed: %s", exc)
 
 
+# ------------------------------------------------------------ creating, opening, migrating
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """What :func:`migrate` did to a store."""
+
+    store: str  # the file
+    from_revision: str | None  # None: made by Plumb 0.1.0, which recorded no revision
+    to_revision: str
+
+    @property
+    def changed(self) -> bool:
+        return self.from_revision != self.to_revision
+
+    def __str__(self) -> str:
+        if not self.changed:
+            return f"store already at head ({self.to_revision}): {self.store}"
+        before = self.from_revision or "0.1.0 (no revision recorded)"
+        return f"store migrated from {before} to {self.to_revision}: {self.store}"
+
+
+def store_path(url: str) -> Path:
+    """The store's file, if this version can keep a store at ``url``; StoreError otherwise."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"the store URL {url!r} is not a SQLAlchemy URL") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        raise StoreError(
+            "PostgreSQL is not supported yet (only the embedded SQLite store): "
+            "leave store_url empty, or set it to sqlite:///PATH"
+        )
+    if backend != "sqlite":
+        raise StoreError(
+            f"the store URL {parsed.render_as_string()} is not supported: "
+            "only the embedded SQLite store is (sqlite:///PATH)"
+        )
+    if not parsed.database or parsed.database == ":memory:":
+        raise StoreError(f"the store URL {url} names no file (sqlite:///PATH)")
+    return Path(parsed.database)
+
+
+def check_new(url: str) -> Path:
+    """The file a new store would be created in; StoreError if it exists or cannot be used."""
+    path = store_path(url)
+    if path.exists():
+        raise StoreError(f"the store {path} already exists: a store is never replaced")
+    return path
+
+
+def migrate(url: str) -> Migration:
+    """Check the store and upgrade it to the head revision (``run`` at start, and ``migrate``).
+
+    A store made by Plumb 0.1.0 (no revision, tables exactly those of
+    revision 0001) is stamped 0001 first. Stamp and upgrade are one
+    transaction, so a store is either at head afterwards or as it was. Refused
+    with StoreError, changing nothing: a missing or empty file, one that
+    PRAGMA quick_check finds damaged, unknown tables, or a revision this code
+    does not know (a newer Plumb's; a store is never downgraded).
+    """
+    path = store_path(url)
+    _check_file(path)
+    # Outside the migration's transaction, which would hold the write lock
+    # while quick_check reads the whole file.
+    check = sa.create_engine(url)
+    try:
+        with _translated(path, "checking"), check.connect() as conn:
+            _quick_check(conn, path)
+    finally:
+        check.dispose()
+    engine = _migration_engine(url)
+    try:
+        with _translated(path, "migrating"), engine.begin() as conn:
+            before = _known_revision(conn, path)
+            if before is None:
+                migrations.stamp(conn, migrations.FIRST)
+            migrations.upgrade(conn)
+            after = migrations.current(conn)
+    finally:
+        engine.dispose()
+    assert after is not None
+    return Migration(str(path), before, after)
+
+
+def _recovery(path: Path) -> str:
+    return (
+        f"restore {path.name} from a backup, or start afresh with "
+        "'plumb-server init --data-dir NEW_DIR' (every agent then enrolls again); "
+        "plumb-server creates a store only at init, as an empty one would forget every node"
+    )
+
+
+def _check_file(path: Path) -> None:
+    # Checked before SQLite sees the path: it would create a missing file, and
+    # it takes an empty one for an empty database.
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StoreError(f"the store {path} is missing: {_recovery(path)}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the store {path}: {exc.strerror}") from exc
+    if size == 0:
+        raise StoreError(f"the store {path} is empty (0 bytes): {_recovery(path)}")
+
+
+# SQLite's error names (sqlite3.Error.sqlite_errorname) for "not a database"
+# and "database disk image is malformed", with their extended variants.
+_DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+@contextmanager
+def _translated(path: Path, doing: str) -> Iterator[None]:
+    """SQLite's and Alembic's errors while ``doing`` something to the store, as StoreError."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig)
+        if getattr(exc.orig, "sqlite_errorname", "").startswith(_DAMAGED):
+            raise StoreError(
+                f"the store {path} is damaged or not a SQLite database ({reason}): "
+                "restore it from a backup"
+            ) from exc
+        raise StoreError(f"{doing} the store {path} failed: {reason}") from exc
+    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+        raise StoreError(f"{doing} the store {path} failed: {exc}") from exc
+
+
+def _quick_check(conn: Connection, path: Path) -> None:
+    """PRAGMA quick_check: every page and record readable (O(size), no index cross-check)."""
+    rows = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check(10)")]
+    if rows == ["ok"]:
+        return
+    # A row may hold several lines, under a "*** in database main ***" heading.
+    found = [line for row in rows for line in row.splitlines() if not line.startswith("***")]
+    more = " (and more)" if len(found) > 3 else ""
+    raise StoreError(
+        f"the store {path} is damaged, PRAGMA quick_check found: "
+        f"{'; '.join(found[:3])}{more}; restore it from a backup"
+    )
+
+
+def _known_revision(conn: Connection, path: Path) -> str | None:
+    """The store's revision, None for a store of Plumb 0.1.0; StoreError if it is neither."""
+    revision = migrations.current(conn)
+    if revision is None:
+        if not migrations.tables(conn):
+            raise StoreError(f"the store {path} has no tables: {_recovery(path)}")
+        problems = migrations.differences(conn, migrations.FIRST)
+        if problems:
+            raise StoreError(
+                f"the store {path} records no schema revision and its tables are not "
+                f"Plumb 0.1.0's ({'; '.join(problems)}): not touching it"
+            )
+        return None
+    if not migrations.known(revision):
+        raise StoreError(_too_new(path, revision))
+    return revision
+
+
+def _require_head(conn: Connection, path: Path) -> None:
+    revision, head = migrations.current(conn), migrations.head()
+    if revision == head:
+        return
+    if revision is not None and not migrations.known(revision):
+        raise StoreError(_too_new(path, revision))
+    raise StoreError(
+        f"the store {path} is at schema revision {revision or 'none (Plumb 0.1.0)'}, "
+        f"this plumb-server needs {head}: run 'plumb-server migrate' "
+        "(plumb-server run does it at start)"
+    )
+
+
+def _too_new(path: Path, revision: str) -> str:
+    return (
+        f"the store {path} is at schema revision {revision}, which this plumb-server does not "
+        f"know (its newest is {migrations.head()}): a newer Plumb upgraded it. Run that "
+        "version, or restore a backup made before the upgrade; a store is never downgraded"
+    )
+
+
+def _migration_engine(url: str) -> Engine:
+    """An engine whose transactions hold DDL too: for creating and migrating the store.
+
+    Python's sqlite3 module (in its default, legacy mode) commits every CREATE
+    or ALTER on its own, so a migration cut short would leave half a schema.
+    Here the module starts no transaction itself and SQLAlchemy's BEGIN is
+    IMMEDIATE: the write lock is held from the first statement to the commit.
+
+    None of open_engine's settings: a store that is refused is left exactly as
+    it was (not even switched to WAL), and foreign keys stay unenforced while
+    batch operations rebuild tables, as Alembic's batch mode requires.
+    """
+    engine = sa.create_engine(url)
+    sa.event.listen(engine, "connect", _no_driver_transactions)
+    sa.event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def _no_driver_transactions(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Store:
     """Everything the server keeps. Methods are the only way in."""
 
     def __init__(self, url: str) -> None:
+        """Open an existing store at the head revision; StoreError if it is not one.
+
+        :meth:`create` makes a new store; :func:`migrate` brings an older one to head.
+        """
+        path = store_path(url)
+        _check_file(path)
+        check = sa.create_engine(url)  # without open_engine's settings: see _migration_engine
+        try:
+            with _translated(path, "opening"), check.connect() as conn:
+                _require_head(conn, path)
+        finally:
+            check.dispose()
         self.engine = open_engine(url)
-        metadata.create_all(self.engine)
         self._checkpointer = (
             _Checkpointer(self.engine) if self.engine.dialect.name == "sqlite" else None
         )
+
+    @classmethod
+    def create(cls, url: str) -> Self:
+        """Make a new, empty store at the head revision and open it.
+
+        ``plumb-server init``'s job, and the one way tests get a fresh store.
+        An existing file is never replaced.
+        """
+        path = check_new(url)
+        engine = _migration_engine(url)
+        try:
+            with _translated(path, "creating"), engine.begin() as conn:
+                migrations.upgrade(conn)
+        finally:
+            engine.dispose()
+        return cls(url)
 
     def close(self) -> None:
         if self._checkpointer is not None:

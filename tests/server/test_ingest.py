@@ -28,7 +28,7 @@ NODES = ("web-1", "web-2", "db-1")
 
 
 def _open(path: Path) -> Store:
-    store = Store(f"sqlite:///{path}")
+    store = Store.create(f"sqlite:///{path}")
     store.add_token("t1", "h", {"role": "web"}, created_at=0, expires_at=100, uses=len(NODES))
     for i, node in enumerate(NODES):
         store.enroll("t1", "h", node, f"0{i}", now=1)
@@ -270,7 +270,7 @@ class GatedStore(Store):
 
 @pytest.fixture
 def gated(tmp_path: Path) -> Iterator[GatedStore]:
-    store = GatedStore(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store = GatedStore.create(f"sqlite:///{tmp_path / 'plumb.db'}")
     store.add_token("t1", "h", {}, created_at=0, expires_at=100, uses=1)
     store.enroll("t1", "h", "web-1", "01", now=1)
     yield store

@@ -10,7 +10,7 @@ from server.store import NodeSeen, Store, nodes
 
 
 def _store(tmp_path: Path) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")
     with store.engine.begin() as conn:
         conn.execute(
             nodes.insert(),

@@ -13,7 +13,7 @@ from server.store import NodeExists, ReportRecord, ResultRecord, Store, TokenRef
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")
     store.add_token("t1", "h", {"role": "web"}, created_at=0, expires_at=100, uses=2)
     store.enroll("t1", "h", "web-1", "01", now=1)
     yield store
