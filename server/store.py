@@ -179,6 +179,8 @@ class NodeRow:
     applied_revision: int
     #: The revision of the newest run report in its current status; 0 = none.
     status_revision: int = 0
+    #: What its last hello said about the host (os, agent version, ...).
+    facts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -856,6 +858,7 @@ def _node_row(row: Any) -> NodeRow:
         last_seen=row.last_seen,
         applied_revision=int(row.applied_revision),
         status_revision=int(row.status_revision),
+        facts=dict(row.facts),
     )
 
 

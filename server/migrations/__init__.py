@@ -11,6 +11,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
 
     0001  the schema of Plumb 0.1.0 (which recorded no revision: a store without
           one whose tables are exactly these is stamped 0001, then upgraded)
+    0002  catalog_problems (why a node has no catalog at a revision) and
+          nodes.status_revision (the revision its current status was reported
+          at), filled in from each node's current report
 
 Adding a migration (say 0002, new columns on ``nodes``):
 

@@ -34,7 +34,7 @@ resources:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")
     store.add_token("t", "h", {"role": "web"}, created_at=0, expires_at=1e12, uses=10)
     for name in ("web-1", "web-2"):
         store.enroll("t", "h", name, name, now=1)

@@ -20,7 +20,7 @@ from server.store import Store
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'plumb.db'}")
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")
     store.add_token("web", "h", {"role": "web"}, created_at=0, expires_at=1e12, uses=100)
     store.add_token("db", "h", {"role": "db"}, created_at=0, expires_at=1e12, uses=100)
     yield store

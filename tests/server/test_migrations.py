@@ -30,6 +30,8 @@ from tests.integration.harness import command
 from tests.server.data import TABLES_0_1_0, columns, load_store_0_1_0, rows
 
 T0 = 1_700_000_000.0  # the fixture's clock (make_store_0_1_0.py)
+# The revision of each node's newest report in the fixture (web-1 has one at 1, then at 2).
+STATUS_REVISIONS = {"web-1": 2, "web-2": 2, "db-1": 2}
 
 
 def url(path: Path) -> str:
@@ -201,10 +203,13 @@ def check_0_1_0_data(store: Store) -> None:
         ("web-1", "file/motd", Status.REPAIRED),
     ]
     assert drift[2].changes == [{"field": "mode", "observed": "0666", "desired": "0644"}]
-    compliance = {(c.scope, c.name): (c.compliant, c.evaluated) for c in store.compliance()}
-    assert compliance[("node", "web-1")] == (1, 2)  # repaired motd, failed app-conf
-    assert compliance[("node", "web-2")] == (0, 1)  # drifted motd; skipped is not evaluated
-    assert compliance[("control", "CIS-1.7.1")] == (1, 2)
+    statuses = {(s.node, s.resource_id): s.status for s in store.statuses()}
+    assert statuses[("web-1", "file/motd")] == Status.REPAIRED
+    assert statuses[("web-1", "file/app-conf")] == Status.FAILED
+    assert statuses[("web-2", "file/motd")] == Status.DRIFTED
+    # 0002: each node's status knows the revision it was reported at.
+    assert {n.name: n.status_revision for n in store.list_nodes()} == STATUS_REVISIONS
+    assert store.catalog_problems(2) == {}
     # The token of the fixture has one use left: the store takes new rows too.
     assert store.enroll("0a1b2c3d", "5" * 64, "web-3", "0b0b0b", now=T0 + 500) == {"role": "web"}
     fresh = pb.Report(id="web-3-0001", node_name="web-3", revision=2, finished_at=T0 + 501)

@@ -32,6 +32,7 @@ def test_flush_writes_what_hellos_said(tmp_path: Path) -> None:
     asyncio.run(presence.flush())
     a, b = store.node("a"), store.node("b")
     assert a is not None and (a.last_seen, a.applied_revision) == (11.0, 3)
+    assert a.facts == {"os": "debian"}  # the later bare "seen" kept them
     assert b is not None and (b.last_seen, b.applied_revision) == (12.0, 1)
     asyncio.run(presence.flush())  # nothing pending: nothing written
     store.close()
