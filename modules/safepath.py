@@ -170,8 +170,15 @@ class _Walk:
             # A symlink a moment ago, a directory now: look again (it counts
             # as a link, so a racing swapper cannot keep the walk going).
             return name
-        target = os.readlink(name, dir_fd=fd)
         reason = distrust(st, os.fstat(fd), where)
+        try:
+            # In a root-only directory, the very link lstat saw; elsewhere
+            # perhaps another one, but then only for the message.
+            target = os.readlink(name, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return name  # no longer a symlink: look again, as above
         if reason is not None:
             raise UnsafePath(f"parent {here} is a symlink (to {_shown(target)}) {reason}; {_WHY}")
         return target
