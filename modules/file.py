@@ -36,8 +36,9 @@ Spec fields:
     stored exactly as given (absolute or relative); never resolved, and it
     need not exist.
 ``mode``
-    A quoted octal string, ``"0644"``. Not given: kept (a new file gets
-    ``0644``, a new directory ``0755``). Refused for a link: Linux gives every
+    A quoted octal string, ``"0644"``. Not given: not managed, and never set
+    on what is there (a new file gets ``0644``, a new directory ``0755``; see
+    "Mode, setuid and setgid" below). Refused for a link: Linux gives every
     symlink ``0777`` and has no way to change it.
 ``owner``, ``group``
     A name or a numeric id as a string (``"0"``). Not given: kept. Names are
@@ -70,6 +71,34 @@ anew. What is in the way, of another type, is treated by what it risks:
 Missing parent directories are not created, for any type; each is a
 ``type: directory`` resource of its own, ordered with ``require``.
 
+Parent directories and symlinks. The agent is root and works in
+directories other users own (``~/.ssh``), so a path is never resolved as a
+string: the directory holding it is walked from the root (``/``, or
+``--root``) one component at a time without following symlinks
+(:mod:`modules.safepath`), and everything is done through that directory's
+descriptor. A symlink among the parents is followed only if it is owned by
+root *and* sits in a root-owned directory that its group and others cannot
+write (merged ``/usr``: ``/lib -> usr/lib``); its target is resolved the same
+way, from the root, never above it. Any other symlink there fails the
+resource (in a dry run as well), naming it::
+
+    cannot write /home/alice/.ssh/authorized_keys: parent /home/alice/.ssh is a
+    symlink (to /root/.ssh) owned by alice (uid 1000); Plumb never follows a
+    symlink in a parent directory that a non-root user could have planted
+
+To manage such a path, manage it at the symlink's target instead, or make
+the link root's, in a directory only root can write. A parent that is neither a directory nor such a symlink fails
+the resource too (``Not a directory``).
+
+Mode, setuid and setgid. A mode is only ever set when the spec manages it.
+Without ``mode``, an entry changed in place (owner, group) is never chmod-ed;
+as with chown(1), the kernel clears a file's setuid and setgid bits when its
+owner or group changes, and they stay cleared: ``owner: root`` on a user's
+setuid file does not make a setuid-root program. A file replaced (new
+content) keeps the permission bits of the one it replaces, but never its
+setuid, setgid or sticky bit. To keep or grant those, manage ``mode``
+(``"4755"``); it is set after the owner.
+
 Watching: the agent learns of out-of-band changes through inotify on the
 directories holding the managed paths (:func:`modules.pathwatch.watch_paths`).
 """
@@ -90,17 +119,18 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from modules.base import Change, Context, Identity, Kind, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.pathwatch import watch_paths
 from modules.registry import register
+from modules.safepath import Parent, parent_of
 from modules.spec import Presence, SpecReader
+
+_T = TypeVar("_T")
 
 # Content up to this size is kept in the state so a diff can show it; larger
 # files are known by hash and size only.
@@ -220,7 +250,11 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
 
     def read(self, ctx: Context, spec: FileSpec) -> FileState:
         with _translated(ReadError, f"read {spec.path}"):
-            state = observe(ctx.host_path(spec.path), with_content=spec.content is not None)
+            try:
+                with parent_of(ctx.root, spec.path) as parent:
+                    state = observe(parent, with_content=spec.content is not None)
+            except FileNotFoundError:  # a parent directory is missing
+                state = FileState(FileType.ABSENT)
         return dataclasses.replace(
             state,
             wanted_owner=_USERS.resolve(spec.owner, spec.path) if spec.owner is not None else None,
@@ -243,17 +277,23 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
         return [change for change in facets if change is not None]
 
     def apply(self, ctx: Context, spec: FileSpec, state: FileState, changes: list[Change]) -> None:
-        target = ctx.host_path(spec.path)
         if spec.state is Presence.ABSENT:
-            _remove(target, spec, state)
-            return
-        if state.type is FileType.SPECIAL:
+            if state.type is FileType.ABSENT:
+                return
+            if state.type is FileType.SPECIAL:
+                raise ApplyError(f"refusing to remove {spec.path}: it is a {state.type}")
+        elif state.type is FileType.SPECIAL:
             raise ApplyError(f"refusing to replace {spec.path}: it is a {state.type}")
-        attributes = _attributes(spec, state)
-        if state.type is spec.wanted_type and not _recreates(spec, changes):
-            _update_in_place(target, spec.path, spec.wanted_type, attributes)
-        else:
-            _put(target, spec, state, attributes)
+        with contextlib.ExitStack() as stack:
+            parent = _open_parent(stack, ctx, spec, state)
+            if parent is None:
+                return  # to be removed, and its directory is gone: so is it
+            if spec.state is Presence.ABSENT:
+                _remove(parent, spec, state)
+            elif state.type is spec.wanted_type and not _recreates(spec, changes):
+                _update_in_place(parent, spec.path, spec.wanted_type, _changed(spec, state))
+            else:
+                _put(parent, spec, state, _renewed(spec, state))
 
     def watch(
         self,
@@ -359,24 +399,25 @@ def _check_fields_of_type(spec: FileSpec) -> None:
 # --- read --------------------------------------------------------------------
 
 
-def observe(host_path: Path, *, with_content: bool) -> FileState:
-    """Look at ``host_path`` without following a symlink there.
+def observe(parent: Parent, *, with_content: bool) -> FileState:
+    """Look at ``parent.name`` in the directory ``parent`` without following a symlink there.
 
     The content is read (and hashed) only when it is managed: a file managed
     for its mode alone may be a multi-gigabyte log.
     """
     try:
-        st = os.lstat(host_path)
+        st = os.lstat(parent.name, dir_fd=parent.fd)
     except FileNotFoundError:
         return FileState(FileType.ABSENT)
     if stat.S_ISLNK(st.st_mode):
-        return dataclasses.replace(state_from_stat(st), target=os.readlink(host_path))
+        target = os.readlink(parent.name, dir_fd=parent.fd)
+        return dataclasses.replace(state_from_stat(st), target=target)
     if not with_content or not stat.S_ISREG(st.st_mode):
         return state_from_stat(st)
     # O_NOFOLLOW and fstat guard against the path changing after lstat;
     # O_NONBLOCK keeps a FIFO swapped in meanwhile from blocking the read.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    with open(os.open(host_path, flags), "rb") as stream:
+    with open(os.open(parent.name, flags, dir_fd=parent.fd), "rb") as stream:
         st = os.fstat(stream.fileno())
         if not stat.S_ISREG(st.st_mode):
             return state_from_stat(st)
@@ -556,19 +597,71 @@ def _wanted(spec_value: str | None, resolved: Account | None) -> Account | None:
 # What a new file, directory or link gets when its mode is not managed. A
 # link's mode is never set: Linux ignores it.
 _NEW_MODE = {FileType.FILE: 0o644, FileType.DIRECTORY: 0o755, FileType.LINK: 0o777}
+# Never carried over to a replacement unless the spec's mode has them: a new
+# content under an old setuid bit is a privilege nobody granted.
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+# Names tried for a temporary before giving up (each 64 random bits).
+_TEMP_ATTEMPTS = 16
 
 
 @dataclasses.dataclass(frozen=True)
 class _Attributes:
-    """What to set on a new or changed entry; -1 leaves an id as it is (chown(2) semantics)."""
+    """What to set on a new or changed entry.
 
-    mode: int
+    -1 leaves an id as it is (chown(2) semantics); a mode of None is not
+    set at all (only for a change in place: a new entry always gets one).
+    """
+
+    mode: int | None
     uid: int
     gid: int
 
 
-def _attributes(spec: FileSpec, state: FileState) -> _Attributes:
-    """Managed values from the spec; unmanaged ones as :func:`_kept` says."""
+def _open_parent(
+    stack: contextlib.ExitStack, ctx: Context, spec: FileSpec, state: FileState
+) -> Parent | None:
+    """The directory holding ``spec.path``, walked safely; None if it is gone and
+    ``spec`` wants the path absent. Closed with ``stack``."""
+    verb = _verb(spec, state)
+    try:
+        return stack.enter_context(parent_of(ctx.root, spec.path))
+    except FileNotFoundError as exc:
+        if spec.state is Presence.ABSENT:
+            return None
+        directory = posixpath.dirname(spec.path)
+        raise ApplyError(
+            f"cannot {verb} {spec.path}: directory {directory} does not exist"
+        ) from exc
+    except OSError as exc:
+        raise ApplyError(f"cannot {verb} {spec.path}: {exc.strerror or exc}") from exc
+
+
+def _verb(spec: FileSpec, state: FileState) -> str:
+    """What apply is about to do to ``spec.path``, for a message."""
+    if spec.state is Presence.ABSENT:
+        return "remove"
+    if state.type is FileType.ABSENT:
+        return "create"
+    return "write" if spec.type is EntryType.FILE else "change"
+
+
+def _changed(spec: FileSpec, state: FileState) -> _Attributes:
+    """What a change in place sets: exactly what the spec manages, nothing else.
+
+    An unmanaged mode is never set, so a chown (which clears setuid and
+    setgid, as chown(1) does) is never followed by a chmod putting them back.
+    """
+    owner = _wanted(spec.owner, state.wanted_owner)
+    group = _wanted(spec.group, state.wanted_group)
+    return _Attributes(
+        mode=spec.mode,
+        uid=-1 if owner is None else owner.id,
+        gid=-1 if group is None else group.id,
+    )
+
+
+def _renewed(spec: FileSpec, state: FileState) -> _Attributes:
+    """What a new entry gets: managed values from the spec, the rest as :func:`_kept` says."""
     kept = _kept(state, spec.wanted_type)
     owner = _wanted(spec.owner, state.wanted_owner)
     group = _wanted(spec.group, state.wanted_group)
@@ -580,10 +673,13 @@ def _attributes(spec: FileSpec, state: FileState) -> _Attributes:
 
 
 def _kept(state: FileState, wanted: FileType) -> _Attributes:
-    """What replacing an entry of the wanted type keeps of it; a new one gets our ids."""
+    """What replacing an entry of the wanted type keeps of it; a new one gets our ids.
+
+    The permission bits are kept, never setuid, setgid or sticky.
+    """
     new_mode = _NEW_MODE[wanted]
     if state.type is wanted and state.owner and state.group:
-        mode = new_mode if state.mode is None else state.mode
+        mode = new_mode if state.mode is None else state.mode & ~_SPECIAL_BITS
         return _Attributes(mode, state.owner.id, state.group.id)
     return _Attributes(new_mode, -1, -1)
 
@@ -592,19 +688,19 @@ def _recreates(spec: FileSpec, changes: list[Change]) -> bool:
     """Whether a new entry must be renamed into place; otherwise attributes change in place.
 
     A link is always made anew: a symlink cannot be opened to change it
-    through a descriptor, and a rename is atomic where an lchown by path
+    through a descriptor, and a rename is atomic where an lchown by name
     could meet something else swapped in since read().
     """
     renewed = ("state", "type", "content", "target")
     return spec.type is EntryType.LINK or any(change.field in renewed for change in changes)
 
 
-def _update_in_place(target: Path, path: str, wanted: FileType, attributes: _Attributes) -> None:
+def _update_in_place(parent: Parent, path: str, wanted: FileType, attributes: _Attributes) -> None:
     # Through a descriptor opened with O_NOFOLLOW, so a symlink swapped in
     # since read() makes this fail instead of changing the link's target.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     with _translated(ApplyError, f"change {path}"):
-        descriptor = os.open(target, flags)
+        descriptor = os.open(parent.name, flags, dir_fd=parent.fd)
         try:
             if type_of(os.fstat(descriptor).st_mode) is not wanted:
                 raise ApplyError(f"refusing to change {path}: no longer a {wanted}")
@@ -614,27 +710,30 @@ def _update_in_place(target: Path, path: str, wanted: FileType, attributes: _Att
 
 
 def _set_attributes(descriptor: int, attributes: _Attributes) -> None:
-    # chown first: it clears setuid/setgid bits that the chmod must then set.
-    os.fchown(descriptor, attributes.uid, attributes.gid)
-    os.fchmod(descriptor, attributes.mode)
+    # chown first: it clears setuid/setgid bits, which only a managed mode
+    # (set after it) may put back.
+    if (attributes.uid, attributes.gid) != (-1, -1):
+        os.fchown(descriptor, attributes.uid, attributes.gid)
+    if attributes.mode is not None:
+        os.fchmod(descriptor, attributes.mode)
 
 
-def _put(target: Path, spec: FileSpec, state: FileState, attributes: _Attributes) -> None:
-    """Make the new entry complete beside ``target``, clear the way, and rename it over."""
-    temporary = _PREPARE[spec.type](target.parent, spec, attributes)
+def _put(parent: Parent, spec: FileSpec, state: FileState, attributes: _Attributes) -> None:
+    """Make the new entry complete beside ``parent.name``, clear the way, and rename it over."""
+    temporary = _PREPARE[spec.type](parent, spec, attributes)
     try:
-        _clear_the_way(target, spec, state)
+        _clear_the_way(parent, spec, state)
         with _translated(ApplyError, f"replace {spec.path}"):
-            os.replace(temporary, target)
+            os.replace(temporary, parent.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     except BaseException:
         # The original error matters more than a failure to clean up after it.
         with contextlib.suppress(OSError):
-            _discard(temporary, spec.type)
+            _discard(parent, temporary, spec.type)
         raise
-    _sync_directory(target.parent, spec.path)
+    _sync_directory(parent, spec.path)
 
 
-def _clear_the_way(target: Path, spec: FileSpec, state: FileState) -> None:
+def _clear_the_way(parent: Parent, spec: FileSpec, state: FileState) -> None:
     """Remove what rename(2) cannot replace: a directory, or a non-directory for a directory.
 
     Decided on what read() saw; if something else is there by now, the
@@ -642,17 +741,38 @@ def _clear_the_way(target: Path, spec: FileSpec, state: FileState) -> None:
     non-empty directory) rather than destroy what nobody looked at.
     """
     if state.type is FileType.DIRECTORY:  # only when a file or link is wanted
-        _remove_directory(target, spec, "replace")
+        _remove_directory(parent, spec, "replace")
     elif state.type is not FileType.ABSENT and spec.type is EntryType.DIRECTORY:
-        _unlink(target, spec.path, "replace")
+        _unlink(parent, spec.path, "replace")
 
 
-def _prepare_file(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
-    """A complete temporary file: content, owners and mode set, and on disk (fsync)."""
+def _unused_name(create: Callable[[str], _T]) -> tuple[_T, str]:
+    """``create(name)`` with a fresh ``.plumb-*`` name, trying others while one exists.
+
+    ``create`` must fail with FileExistsError rather than reuse what is there
+    (O_EXCL, mkdir, symlink): the directory may be a user's, who could plant
+    a symlink or a file under a name we are about to use.
+    """
+    for _ in range(_TEMP_ATTEMPTS):
+        name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            return create(name), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name after {_TEMP_ATTEMPTS} tries")
+
+
+def _prepare_file(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
+    """A complete temporary file: content, owners and mode set, and on disk (fsync).
+
+    Created 0600 with O_EXCL|O_NOFOLLOW, so nobody can read it before its
+    mode is set, nor make us write through a name they planted.
+    """
     # Unmanaged content only gets here for a new file: it starts empty.
     content = (spec.content or "").encode()
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     with _creating(spec.path):
-        descriptor, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        descriptor, temporary = _unused_name(lambda n: os.open(n, flags, 0o600, dir_fd=parent.fd))
     try:
         with _translated(ApplyError, f"write {spec.path}"), open(descriptor, "wb") as stream:
             stream.write(content)
@@ -661,61 +781,63 @@ def _prepare_file(directory: Path, spec: FileSpec, attributes: _Attributes) -> s
             os.fsync(stream.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=parent.fd)
         raise
     return temporary
 
 
-def _prepare_directory(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
+def _prepare_directory(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
     """A new empty temporary directory with owners and mode set (made 0700, so private)."""
     with _creating(spec.path):
-        temporary = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=directory)
+        _, temporary = _unused_name(lambda n: os.mkdir(n, 0o700, dir_fd=parent.fd))
     try:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         with _translated(ApplyError, f"create {spec.path}"):
-            descriptor = os.open(temporary, flags)
+            descriptor = os.open(temporary, flags, dir_fd=parent.fd)
             try:
                 _set_attributes(descriptor, attributes)
             finally:
                 os.close(descriptor)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.rmdir(temporary)
+            os.rmdir(temporary, dir_fd=parent.fd)
         raise
     return temporary
 
 
-def _prepare_link(directory: Path, spec: FileSpec, attributes: _Attributes) -> str:
+def _prepare_link(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
     """A temporary symlink to the spec's target, owned as wanted (lchown)."""
-    if spec.target is None:  # parse() makes this impossible
+    target = spec.target
+    if target is None:  # parse() makes this impossible
         raise ValueError(f"{spec.path}: a link spec without a target")
-    temporary = str(directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}")
     with _creating(spec.path):
-        os.symlink(spec.target, temporary)
+        _, temporary = _unused_name(lambda n: os.symlink(target, n, dir_fd=parent.fd))
     if (attributes.uid, attributes.gid) == (-1, -1):
         return temporary
     try:
         with _translated(ApplyError, f"change the owner of {spec.path}"):
-            os.chown(temporary, attributes.uid, attributes.gid, follow_symlinks=False)
+            os.chown(
+                temporary, attributes.uid, attributes.gid, dir_fd=parent.fd, follow_symlinks=False
+            )
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=parent.fd)
         raise
     return temporary
 
 
-_PREPARE: dict[EntryType, Callable[[Path, FileSpec, _Attributes], str]] = {
+_PREPARE: dict[EntryType, Callable[[Parent, FileSpec, _Attributes], str]] = {
     EntryType.FILE: _prepare_file,
     EntryType.DIRECTORY: _prepare_directory,
     EntryType.LINK: _prepare_link,
 }
 
 
-def _discard(temporary: str, entry_type: EntryType) -> None:
+def _discard(parent: Parent, temporary: str, entry_type: EntryType) -> None:
     if entry_type is EntryType.DIRECTORY:
-        os.rmdir(temporary)
+        os.rmdir(temporary, dir_fd=parent.fd)
     else:
-        os.unlink(temporary)
+        os.unlink(temporary, dir_fd=parent.fd)
 
 
 @contextlib.contextmanager
@@ -726,48 +848,43 @@ def _creating(path: str) -> Iterator[None]:
         yield
     except FileNotFoundError as exc:
         raise ApplyError(f"cannot create {path}: directory {parent} does not exist") from exc
-    except NotADirectoryError as exc:
-        raise ApplyError(f"cannot create {path}: {parent} is not a directory") from exc
     except OSError as exc:
         raise ApplyError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
-def _sync_directory(directory: Path, path: str) -> None:
+def _sync_directory(parent: Parent, path: str) -> None:
     """fsync the directory so the rename or unlink itself survives a crash."""
     with _translated(ApplyError, f"sync the directory of {path}"):
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # The walk's descriptor is O_PATH, which fsync refuses: open it for reading.
+        descriptor = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent.fd)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
 
 
-def _remove(target: Path, spec: FileSpec, state: FileState) -> None:
+def _remove(parent: Parent, spec: FileSpec, state: FileState) -> None:
     """Make ``path`` absent: unlink a file or link (never its target), remove a directory."""
-    if state.type is FileType.ABSENT:
-        return
-    if state.type is FileType.SPECIAL:
-        raise ApplyError(f"refusing to remove {spec.path}: it is a {state.type}")
     if state.type is FileType.DIRECTORY:
-        _remove_directory(target, spec, "remove")
+        _remove_directory(parent, spec, "remove")
     else:
-        _unlink(target, spec.path, "remove")
-    _sync_directory(target.parent, spec.path)
+        _unlink(parent, spec.path, "remove")
+    _sync_directory(parent, spec.path)
 
 
-def _unlink(target: Path, path: str, verb: str) -> None:
+def _unlink(parent: Parent, path: str, verb: str) -> None:
     """Unlink a file or a symlink (never what it points to); "already gone" is no error."""
     with _translated(ApplyError, f"{verb} {path}"), contextlib.suppress(FileNotFoundError):
-        os.unlink(target)
+        os.unlink(parent.name, dir_fd=parent.fd)
 
 
-def _remove_directory(target: Path, spec: FileSpec, verb: str) -> None:
+def _remove_directory(parent: Parent, spec: FileSpec, verb: str) -> None:
     """rmdir, or with ``force`` the whole tree; a non-empty directory is otherwise refused."""
     if spec.force:
-        _remove_tree(target, spec.path, verb)
+        _remove_tree(parent, spec.path, verb)
         return
     try:
-        os.rmdir(target)
+        os.rmdir(parent.name, dir_fd=parent.fd)
     except FileNotFoundError:
         pass  # already gone: the way is clear
     except OSError as exc:
@@ -779,23 +896,37 @@ def _remove_directory(target: Path, spec: FileSpec, verb: str) -> None:
         raise ApplyError(f"cannot {verb} {spec.path}: {exc.strerror or exc}") from exc
 
 
-def _remove_tree(target: Path, path: str, verb: str) -> None:
+def _remove_tree(parent: Parent, path: str, verb: str) -> None:
     """Remove a directory with everything in it, unless a filesystem is mounted in it.
 
     shutil.rmtree never follows a symlink inside the tree (it walks with
-    directory descriptors), but it does descend into mount points, where
-    it would empty another filesystem: those are refused first. A mount made
-    between the check and the removal is not seen.
+    directory descriptors, from ``parent``'s), but it does descend into
+    mount points, where it would empty another filesystem: those are refused
+    first. A mount made between the check and the removal is not seen.
     """
     with _translated(ApplyError, f"{verb} {path}"):
-        real = os.path.realpath(target)
+        real = _real_path(parent)
         with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as stream:
             mounted = mount_points_under(stream.read(), real)
         if mounted:
             below = posixpath.relpath(mounted[0], real)
             inside = path if below == "." else posixpath.join(path, below)
             raise ApplyError(f"refusing to {verb} {path}: a filesystem is mounted at {inside}")
-        shutil.rmtree(target)
+        shutil.rmtree(parent.name, dir_fd=parent.fd)
+
+
+def _real_path(parent: Parent) -> str:
+    """Where the directory ``parent.name`` is, as the kernel names it (for mountinfo).
+
+    Read from the descriptor, not resolved from a path string, so it is the
+    directory that was opened without following a symlink.
+    """
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(parent.name, flags, dir_fd=parent.fd)
+    try:
+        return os.readlink(f"/proc/self/fd/{descriptor}")
+    finally:
+        os.close(descriptor)
 
 
 def mount_points_under(mountinfo: str, directory: str) -> list[str]:

@@ -205,8 +205,11 @@ def test_a_directory_that_cannot_be_watched_is_logged(
     motd.write_text("x")
     add_watch = inotify_simple.INotify.add_watch
 
+    full = (tmp_path / "full").stat()
+
     def limited(self: inotify_simple.INotify, path: Any, mask: int) -> int:
-        if Path(path) == tmp_path / "full":
+        # The watcher names the directory by a descriptor of it: compare inodes.
+        if os.path.samestat(os.stat(path), full):
             raise OSError(errno.ENOSPC, "No space left on device")
         return add_watch(self, path, mask)
 
@@ -219,3 +222,58 @@ def test_a_directory_that_cannot_be_watched_is_logged(
         for record in caplog.records
     )
     assert watcher.changed_by(lambda: motd.write_text("y"))
+
+
+# --- symlinks a user planted among the parents ---------------------------------------
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    """alice's (nobody's) ~/.ssh swapped for her symlink to root's .ssh."""
+    (tmp_path / "root/.ssh").mkdir(parents=True)
+    (tmp_path / "root/.ssh/authorized_keys").write_text("root's key\n")
+    alice = tmp_path / "home/alice"
+    alice.mkdir(parents=True)
+    os.chown(alice, 65534, 65534)
+    (alice / ".ssh").symlink_to("../../root/.ssh")
+    os.chown(alice / ".ssh", 65534, 65534, follow_symlinks=False)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/motd").write_text("x")
+    return alice
+
+
+def test_a_planted_parent_symlink_is_not_watched_through(
+    tmp_path: Path, planted: Path, watching: Callable[..., Watching]
+) -> None:
+    """Root's directory is not watched for her, and her own directory is, once she has one."""
+    keys = tmp_path / "root/.ssh/authorized_keys"
+    motd = tmp_path / "etc/motd"
+    watcher = watching(
+        "/home/alice/.ssh/authorized_keys", "/etc/motd", snapshot=lambda: describe(planted)
+    )
+    watcher.prime(lambda: os.utime(motd))
+    calls = watcher.settled()
+    keys.write_text("root's new key\n")
+    os.utime(keys)
+    # Not synchronisation: the absence of a call, given ample time to make one.
+    assert not watcher.wait_calls(calls + 1, timeout=0.5)
+
+    def real_directory() -> None:
+        (planted / ".ssh").unlink()
+        (planted / ".ssh").mkdir()
+
+    assert watcher.changed_by(real_directory)
+    assert watcher.changed_by(lambda: (planted / ".ssh/authorized_keys").write_text("hers\n"))
+
+
+def test_a_trusted_symlink_is_watched_through(
+    tmp_path: Path, watching: Callable[..., Watching]
+) -> None:
+    """Merged /usr: root's /lib -> usr/lib, so /lib/x is watched in /usr/lib."""
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "lib").symlink_to("usr/lib")
+    unit = tmp_path / "usr/lib/web.service"
+    unit.write_text("[Unit]\n")
+    watcher = watching("/lib/web.service", snapshot=lambda: describe(unit))
+    watcher.prime(lambda: os.utime(unit))
+    assert watcher.changed_by(lambda: unit.write_text("[Service]\n"))
