@@ -87,8 +87,9 @@ resource (in a dry run as well), naming it::
     symlink in a parent directory that a non-root user could have planted
 
 To manage such a path, manage it at the symlink's target instead, or make
-the link root's, in a directory only root can write. A parent that is neither a directory nor such a symlink fails
-the resource too (``Not a directory``).
+the link root's, in a directory only root can write. A parent that is
+neither a directory nor such a symlink fails the resource too (``Not a
+directory``).
 
 Mode, setuid and setgid. A mode is only ever set when the spec manages it.
 Without ``mode``, an entry changed in place (owner, group) is never chmod-ed;
