@@ -42,7 +42,10 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from modules.spec import Field
 
 
 class Status(enum.StrEnum):
@@ -133,6 +136,9 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
 
     #: The name manifests use (``kind: file``); unique in the registry.
     name: ClassVar[str] = ""
+    #: The spec's fields, declared once (:class:`modules.spec.Field`): ``parse``
+    #: reads them, unknown-field errors list them, reference docs show them.
+    fields: ClassVar[tuple[Field, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

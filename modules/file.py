@@ -129,7 +129,7 @@ from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.pathwatch import watch_paths
 from modules.registry import register
 from modules.safepath import Parent, parent_of
-from modules.spec import Presence, SpecReader
+from modules.spec import Field, Presence, SpecReader
 
 _T = TypeVar("_T")
 
@@ -225,9 +225,20 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
     """Manages what is at one path: a regular file, a directory or a symlink."""
 
     name = "file"
+    fields = (
+        Field("path", "absolute path; '..' is refused", required=True),
+        Field("state", "present (default) or absent"),
+        Field("type", "file (default), directory or link"),
+        Field("content", "the whole text of a file (UTF-8); not given: not managed"),
+        Field("target", "what a link points to (type: link only)"),
+        Field("mode", 'quoted octal, e.g. "0644"; not given: kept'),
+        Field("owner", "user name or numeric id as a string; not given: kept"),
+        Field("group", "group name or numeric id as a string; not given: kept"),
+        Field("force", "true: a non-empty directory in the way may be removed"),
+    )
 
     def parse(self, raw: Mapping[str, Any]) -> FileSpec:
-        reader = SpecReader(raw)
+        reader = SpecReader(raw, self.fields)
         spec = FileSpec(
             path=reader.absolute_path("path"),
             state=reader.choice("state", Presence, default=Presence.PRESENT),

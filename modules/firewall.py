@@ -81,7 +81,7 @@ from modules.base import Change, Context, Identity, Kind, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, ModuleError, ReadError, SpecError, Unavailable
 from modules.registry import register
-from modules.spec import Presence, SpecReader, describe
+from modules.spec import Field, Presence, SpecReader, describe
 
 # nft names: a letter or underscore first, then a conservative character set.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -239,9 +239,15 @@ class FirewallKind(
     """Manages one nftables table, all of it."""
 
     name = "firewall"
+    fields = (
+        Field("table", "the nftables table Plumb owns (all of it)", required=True),
+        Field("family", "inet (default), ip or ip6"),
+        Field("state", "present (default) or absent (the table is deleted)"),
+        Field("chains", "the table's chains: name, hook, type, priority, policy, rules"),
+    )
 
     def parse(self, raw: Mapping[str, Any]) -> FirewallSpec:
-        reader = _Reader(raw)
+        reader = _Reader(raw, self.fields)
         family = reader.choice("family", Family, default=Family.INET)
         table = _name(reader, "table")
         state = reader.choice("state", Presence, default=Presence.PRESENT)
@@ -330,7 +336,7 @@ class _Reader(SpecReader):
         return [child for child in children if isinstance(child, _Reader)]
 
     def _child(self, raw: object, path: str) -> SpecReader:
-        child = _Reader(raw, path)
+        child = _Reader(raw, path=path)
         self._children.append(child)
         return child
 

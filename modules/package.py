@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from modules.base import Batchable, Change, Context, Identity, Kind, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
 from modules.registry import register
-from modules.spec import Presence, SpecReader
+from modules.spec import Field, Presence, SpecReader
 
 LATEST = "latest"
 # Package names as Debian and RPM allow them (a superset of both, without
@@ -101,9 +101,14 @@ class PackageKind(
     Watchable[PackageSpec],
 ):
     name = "package"
+    fields = (
+        Field("package", "the package's name", required=True),
+        Field("state", "present (default) or absent"),
+        Field("version", 'a pin ("1.2-3"), "latest", or not given: any'),
+    )
 
     def parse(self, raw: Mapping[str, Any]) -> PackageSpec:
-        reader = SpecReader(raw)
+        reader = SpecReader(raw, self.fields)
         package = reader.string("package", required=True)
         if not _NAME.fullmatch(package):
             raise reader.error("package", f"not a valid package name: {package!r}")

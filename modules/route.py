@@ -70,7 +70,7 @@ from modules.base import Change, Context, Identity, Kind, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
-from modules.spec import Presence, SpecReader
+from modules.spec import Field, Presence, SpecReader
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -153,9 +153,18 @@ class RouteKind(Kind[RouteSpec, RouteState], Risky[RouteSpec, RouteState], Watch
     """Manages one route of one routing table."""
 
     name = "route"
+    fields = (
+        Field("destination", "a network (198.51.100.0/24), or default", required=True),
+        Field("gateway", "next hop address"),
+        Field("device", "output interface"),
+        Field("metric", "route priority (default 0)"),
+        Field("table", "routing table number or main (default)"),
+        Field("scope", "global, link or host"),
+        Field("state", "present (default) or absent"),
+    )
 
     def parse(self, raw: Mapping[str, Any]) -> RouteSpec:
-        reader = SpecReader(raw)
+        reader = SpecReader(raw, self.fields)
         destination_text = reader.string("destination", required=True)
         gateway = _address(reader, "gateway")
         spec = RouteSpec(

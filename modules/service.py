@@ -40,7 +40,7 @@ from modules import file as file_kind
 from modules.base import Change, Context, Identity, Kind, Refreshable, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, Unavailable
 from modules.registry import register
-from modules.spec import SpecReader
+from modules.spec import Field, SpecReader
 
 UNIT_DIRECTORY = "/etc/systemd/system"
 # The unit file is written the way the file kind writes any file (atomically,
@@ -95,9 +95,15 @@ class ServiceKind(
     Kind[ServiceSpec, ServiceState], Watchable[ServiceSpec], Refreshable[ServiceSpec]
 ):
     name = "service"
+    fields = (
+        Field("unit", 'a systemd unit; ".service" is added to a bare name', required=True),
+        Field("state", "running or stopped; not given: not managed"),
+        Field("enabled", "true or false; not given: not managed"),
+        Field("content", "the unit file under /etc/systemd/system, managed with it"),
+    )
 
     def parse(self, raw: Mapping[str, Any]) -> ServiceSpec:
-        reader = SpecReader(raw)
+        reader = SpecReader(raw, self.fields)
         unit = reader.string("unit", required=True)
         if not _UNIT.fullmatch(unit) or unit.startswith("-"):
             raise reader.error("unit", f"not a valid systemd unit name: {unit!r}")
@@ -106,7 +112,7 @@ class ServiceKind(
         state = reader.string("state")
         if state not in (None, "running", "stopped"):
             raise reader.error("state", f"expected one of running, stopped, got {state!r}")
-        enabled = reader.boolean("enabled") if "enabled" in raw else None
+        enabled = reader.optional_boolean("enabled")
         content = reader.string("content")
         reader.finish()
         return ServiceSpec(unit, None if state is None else state == "running", enabled, content)

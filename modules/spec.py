@@ -9,6 +9,13 @@ each field by name and type, and calls :meth:`SpecReader.finish` last::
     content = reader.string("content")            # None when not given
     reader.finish()                               # refuses fields nobody asked for
 
+A kind declares its fields once, as :class:`Field` values in its ``fields``
+class attribute, and hands them to the reader (``SpecReader(raw,
+self.fields)``): the reader then refuses to be asked for a field that is not
+declared (a bug in the kind), and the "allowed:" list of an unknown-field
+error is the declaration itself, so it cannot leave out a field the kind
+reads only sometimes.
+
 Every problem is a :class:`~modules.errors.SpecError` whose ``field`` is the
 dotted path of the offending value (``"mode"``, ``"rules.0.dport"``), so the
 manifest loader can point at its YAML line. The reader is strict on purpose:
@@ -19,9 +26,10 @@ coerced. An explicit ``null`` is a wrong type too, not "not given".
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from modules.errors import SpecError
@@ -36,15 +44,27 @@ class Presence(enum.StrEnum):
     ABSENT = "absent"
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One field of a kind's spec, declared once (as Puppet's Resource API does)."""
+
+    name: str
+    doc: str  # one line: what it takes and what it does
+    required: bool = False
+
+
 class SpecReader:
     """Typed, field-by-field access to one raw spec mapping (or a nested one)."""
 
-    def __init__(self, raw: object, path: str = "") -> None:
+    def __init__(self, raw: object, fields: Sequence[Field] = (), path: str = "") -> None:
+        """``fields``: the kind's declaration; empty for nested mappings (their fields are
+        the ones asked for)."""
         if not isinstance(raw, Mapping):
             raise SpecError(path, f"expected a mapping, got {describe(raw)}")
         self._raw: Mapping[Any, Any] = raw
         self._path = path
-        self._asked: set[str] = set()  # every field a kind asked for: the allowed ones
+        self._declared = {f.name for f in fields}
+        self._asked: set[str] = set()  # every field a kind asked for
         self._children: list[SpecReader] = []
 
     def field(self, name: str) -> str:
@@ -94,6 +114,15 @@ class SpecReader:
         value = self._take(name, required=False)
         if value is _MISSING:
             return default
+        if not isinstance(value, bool):
+            raise self._wrong_type(name, "a boolean (true or false)", value)
+        return value
+
+    def optional_boolean(self, name: str) -> bool | None:
+        """A boolean field where "not given" means "not managed": None then."""
+        value = self._take(name, required=False)
+        if value is _MISSING:
+            return None
         if not isinstance(value, bool):
             raise self._wrong_type(name, "a boolean (true or false)", value)
         return value
@@ -163,9 +192,10 @@ class SpecReader:
         Call it after reading every field: an unknown field is usually a
         typo (``contnet``), and ignoring it would silently drop intent.
         """
-        unknown = sorted(str(key) for key in self._raw if key not in self._asked)
+        allowed_names = self._declared or self._asked
+        unknown = sorted(str(key) for key in self._raw if key not in allowed_names)
         if unknown:
-            allowed = ", ".join(sorted(self._asked)) or "none"
+            allowed = ", ".join(sorted(allowed_names)) or "none"
             names = ", ".join(repr(key) for key in unknown)
             noun = "field" if len(unknown) == 1 else "fields"
             raise self.error(unknown[0], f"unknown {noun} {names} (allowed: {allowed})")
@@ -174,6 +204,8 @@ class SpecReader:
 
     def _take(self, name: str, required: bool) -> object:
         """The raw value of ``name``, or _MISSING; records ``name`` as allowed."""
+        if self._declared and name not in self._declared:
+            raise ValueError(f"field {name!r} is read but not declared in the kind's fields")
         self._asked.add(name)
         if name in self._raw:
             return self._raw[name]
@@ -182,7 +214,7 @@ class SpecReader:
         return _MISSING
 
     def _child(self, raw: object, path: str) -> SpecReader:
-        child = SpecReader(raw, path)
+        child = SpecReader(raw, path=path)
         self._children.append(child)
         return child
 

@@ -72,3 +72,30 @@ def test_a_duplicate_or_empty_kind_name_is_refused() -> None:
 
     with pytest.raises(ValueError, match="Nameless has an empty kind name"):
         registry.register(Nameless())
+
+
+MINIMAL = {
+    "file": {"path": "/etc/motd"},
+    "package": {"package": "nginx"},
+    "service": {"unit": "web"},
+    "route": {"destination": "198.51.100.0/24", "gateway": "192.0.2.1"},
+    "firewall": {"table": "plumb"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(registry.BUILTIN))
+def test_an_unknown_field_lists_every_declared_field(name: str) -> None:
+    kind = registry.get(name)
+    declared = ", ".join(sorted(f.name for f in kind.fields))
+    kind.parse(MINIMAL[name])  # the minimal spec is valid
+    with pytest.raises(SpecError) as refused:
+        kind.parse({**MINIMAL[name], "colour": "blue"})
+    assert refused.value.field == "colour"
+    assert refused.value.message == f"unknown field 'colour' (allowed: {declared})"
+    assert all(f.doc for f in kind.fields)
+    assert [f.name for f in kind.fields if f.required] == list(MINIMAL[name])[:1]
+
+
+def test_the_service_kind_lists_enabled_even_when_it_is_not_given() -> None:
+    with pytest.raises(SpecError, match=r"allowed: content, enabled, state, unit\)"):
+        registry.get("service").parse({"unit": "web", "enable": True})
