@@ -7,6 +7,7 @@ import time
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -22,6 +23,10 @@ from protos import plumb_pb2_grpc as pb_grpc
 _TOKEN = re.compile(r"^plumb1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{32}\.([0-9a-f]{64})$")
 
 TIMEOUT_S = 15
+# The server's rule (server/enrollment.py), checked before a CSR is made: the
+# name becomes the certificate's common name, at most 64 characters.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_NODE_NAME = re.compile(rf"^(?=.{{1,64}}$){_LABEL}(\.{_LABEL})*$")
 
 
 def enroll(state: StateDir, server: str, token: str, node: str) -> Enrollment:
@@ -32,6 +37,11 @@ def enroll(state: StateDir, server: str, token: str, node: str) -> Enrollment:
     match = _TOKEN.match(token.strip())
     if match is None:
         raise EnrollError("the token is malformed (expected plumb1.<id>.<secret>.<sha256>)")
+    if not _NODE_NAME.match(node):
+        raise EnrollError(
+            f"invalid node name {node!r}: use a lower-case host name of at most 64 "
+            "characters (letters, digits, '-' and '.'), with --name if this host's is not"
+        )
     ca_pem = fetch_pinned_ca(server, match.group(1))
     key = ec.generate_private_key(ec.SECP256R1())
     reply = _request_certificate(server, ca_pem, token.strip(), node, _csr(key, node))
@@ -75,9 +85,14 @@ def _request_certificate(
 def _check_certificate(
     reply: pb.EnrollResponse, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate:
-    cert = x509.load_pem_x509_certificate(reply.certificate_pem)
-    ca = x509.load_pem_x509_certificate(ca_pem)
-    cert.verify_directly_issued_by(ca)
+    try:
+        cert = x509.load_pem_x509_certificate(reply.certificate_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        # The pinned CA did not issue it, or it is no certificate at all: the
+        # server is not the one the token names.
+        raise EnrollError(f"the server's certificate for this node does not verify: {exc}") from exc
     if cert.public_key() != key.public_key():
         raise EnrollError("the server returned a certificate for another key")
     return cert

@@ -8,7 +8,8 @@
     ├── NoCatalog               nothing to run: no catalog received or cached yet
     ├── NotEnrolled             the state dir holds no enrollment
     ├── EnrollError             enrollment failed (unreachable, CA pin, token refused)
-    └── ConfigError             the settings file is unreadable or says something wrong
+    ├── ConfigError             the settings file is unreadable or says something wrong
+    └── SpoolError              the report spool cannot be read or written
 
 Errors raised by resource kinds live in :mod:`modules.errors`; the engine
 turns those into a resource's status and never lets them escape a run.
@@ -49,3 +50,7 @@ class EnrollError(PlumbAgentError):
 
 class ConfigError(PlumbAgentError):
     """The settings file cannot be used; the message names the file and the setting."""
+
+
+class SpoolError(PlumbAgentError):
+    """The report spool (spool.db) cannot be read or written; the message names it and why."""

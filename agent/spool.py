@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from agent.errors import SpoolError
+
 
 class Spool:
     def __init__(self, path: Path) -> None:
@@ -27,11 +29,14 @@ class Spool:
     def _db(self) -> Iterator[sqlite3.Connection]:
         # A connection per operation: the daemon's runner and session threads
         # both use the spool, and sqlite3 connections must not cross threads.
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a report must survive a power cut
-            with db:
-                yield db
+        try:
+            with closing(sqlite3.connect(self.path, timeout=30)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a report must survive a power cut
+                with db:
+                    yield db
+        except sqlite3.Error as exc:
+            raise SpoolError(f"report spool {self.path}: {exc}") from exc
 
     def add(self, report_id: str, body: bytes) -> None:
         with self._db() as db:

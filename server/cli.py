@@ -20,6 +20,7 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import cliviews
+from server.errors import CLIError
 
 DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
 
@@ -39,10 +40,6 @@ examples:
   plumb drift --node web-1
   plumb compliance --json
 """
-
-
-class CLIError(Exception):
-    """Something the operator must fix; printed without a traceback."""
 
 
 #: The most manifest text one push may carry; the server enforces it too.

@@ -13,13 +13,15 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import tokens
-from server.errors import CSRRejected
+from server.errors import CSRRejected, NodeExists, TokenRefused
 from server.pki import KeyPair, cert_pem, sign_node_csr
-from server.store import NodeExists, Store, TokenRefused
+from server.store import Store
 
 # A DNS label or dotted host name: node names end up in certificates and paths.
+# At most 64 characters: the name is the certificate's common name, which
+# X.509 limits to 64 (the agent checks the same before it makes its CSR).
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-NODE_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+NODE_NAME = re.compile(rf"^(?=.{{1,64}}$){_LABEL}(\.{_LABEL})*$")
 
 
 class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -46,8 +48,8 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         if not NODE_NAME.match(request.node_name):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"invalid node name {request.node_name!r}: use a lower-case "
-                "host name (letters, digits, '-' and '.')",
+                f"invalid node name {request.node_name!r}: use a lower-case host name of at "
+                "most 64 characters (letters, digits, '-' and '.')",
             )
         try:
             return await asyncio.to_thread(self._enroll, token, request)

@@ -7,7 +7,10 @@
     ├── CSRRejected             an enrolling node's certificate request is unusable
     ├── StoreError              the store cannot be created, opened, checked or migrated
     │                           (missing, empty, damaged, newer, not SQLite)
-    └── IngestFailed            a report's batch could not be committed (server/ingest.py)
+    ├── TokenRefused            an enrollment token is unknown, expired or used up
+    ├── NodeExists              a node of that name is already enrolled
+    ├── IngestFailed            a report's batch could not be committed (server/ingest.py)
+    └── CLIError                something the operator must fix (the plumb CLI)
 
 A :class:`ManifestError` is not an exception but one problem in one file
 (file, line, field, what was expected), so a push can report all of them at
@@ -79,3 +82,19 @@ class StoreError(PlumbServerError):
     to do, instead of a traceback or, worse, a new empty store. Queries on an
     open store are not wrapped: the ingest path stays as fast as SQLite.
     """
+
+
+class TokenRefused(PlumbServerError):
+    """An enrollment token is unknown, expired or used up; the message says which."""
+
+
+class NodeExists(PlumbServerError):
+    """A node of that name is already enrolled."""
+
+
+class IngestFailed(PlumbServerError):
+    """A report could not be stored (its batch's commit failed, or the server is stopping)."""
+
+
+class CLIError(PlumbServerError):
+    """Something the operator must fix; the plumb CLI prints it without a traceback."""

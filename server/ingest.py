@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
-from server.errors import PlumbServerError
+from server.errors import IngestFailed
 from server.store import ReportRecord, Store
 
 log = logging.getLogger("plumb.server.ingest")
@@ -41,10 +41,6 @@ log = logging.getLogger("plumb.server.ingest")
 #: pages every batch touches, one status fold per node) over more reports, at
 #: the price of a longer wait for the acknowledgement.
 MAX_BATCH = 1000
-
-
-class IngestFailed(PlumbServerError):
-    """A report could not be stored (its batch's commit failed, or the server is stopping)."""
 
 
 @dataclasses.dataclass(slots=True)

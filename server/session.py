@@ -31,9 +31,10 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server.auth import caller
+from server.errors import IngestFailed
 from server.fleet import Fleet
 from server.hub import CLOSE, Hub
-from server.ingest import IngestFailed, Ingestor
+from server.ingest import Ingestor
 from server.presence import Presence
 from server.store import Store
 from server.wire import report_record

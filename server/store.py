@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
 from server import migrations
-from server.errors import StoreError
+from server.errors import NodeExists, StoreError, TokenRefused
 
 log = logging.getLogger("plumb.server.store")
 
@@ -160,14 +160,6 @@ drift_events = sa.Table(
 
 #: Statuses of a drift event: the resource differed from a spec it had converged to.
 DRIFT = (Status.REPAIRED, Status.DRIFTED)
-
-
-class TokenRefused(Exception):
-    """An enrollment token is unknown, expired or used up; the message says which."""
-
-
-class NodeExists(Exception):
-    """A node of that name is already enrolled."""
 
 
 @dataclasses.dataclass(frozen=True)

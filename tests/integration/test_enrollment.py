@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import stat
+import subprocess
 import time
 from collections.abc import Callable
+
+import grpc
+import pytest
 
 from tests.integration.harness import Agent, Server, wait_for
 
@@ -100,3 +104,50 @@ def test_malformed_token_is_refused(server: Server, make_agent: Callable[[str], 
     result = make_agent("x").enroll(server, "not-a-token")
     assert result.returncode == 1
     assert "malformed" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["Web_1", "-web", "web..1", "a" * 254])
+def test_a_node_name_that_is_no_host_name_is_refused(
+    server: Server, make_agent: Callable[[str], Agent], name: str
+) -> None:
+    agent = make_agent("x")
+    result = subprocess.run(
+        agent._cmd(
+            "enroll", "--server", server.enroll_address, "--token", server.token(), f"--name={name}"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"invalid node name {name!r}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert server.nodes() == {}
+
+
+def test_the_server_refuses_a_bad_node_name_whatever_the_client_checked(server: Server) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from protos import plumb_pb2 as pb
+    from protos import plumb_pb2_grpc as pb_grpc
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Web_1")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    ca = (server.data_dir / "pki" / "ca.crt").read_bytes()
+    channel = grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca))
+    request = pb.EnrollRequest(
+        token=server.token(),
+        node_name="Web_1",
+        csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.EnrollmentStub(channel).Enroll(request, timeout=30)
+    error = refused.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("invalid node name 'Web_1'")
+    assert server.nodes() == {}

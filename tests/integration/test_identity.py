@@ -10,7 +10,7 @@ import pytest
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
-from server.pki import ROLE_NODE, cert_pem, create_ca, issue_keypair, key_pem
+from server.pki import PKI, ROLE_NODE, cert_pem, create_ca, issue_keypair, key_pem
 from tests.integration.harness import Agent, Server
 
 TIMEOUT = 10
@@ -131,3 +131,18 @@ def test_enrollment_listener_serves_no_identity_calls(server: Server, tmp_path: 
             pb.ListNodesRequest(), timeout=TIMEOUT
         )
     assert _code(excinfo) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_certificate_of_a_node_the_server_does_not_know_opens_no_session(
+    server: Server,
+) -> None:
+    # Signed by the server's own CA, so the handshake succeeds; the store has no such node.
+    ca = PKI(server.data_dir / "pki").load("ca")
+    ghost = issue_keypair(ca, "ghost", ROLE_NODE)
+    channel = _channel(server, server.agent_address, key_pem(ghost.key), cert_pem(ghost.cert))
+    hello = pb.AgentMessage(hello=pb.Hello(node_name="ghost"))
+    with pytest.raises(grpc.RpcError) as excinfo:
+        _session(channel, hello)
+    assert _code(excinfo) == grpc.StatusCode.PERMISSION_DENIED
+    error = excinfo.value
+    assert isinstance(error, grpc.Call) and error.details() == "node 'ghost' is not enrolled"

@@ -80,3 +80,20 @@ def test_a_report_sent_twice_is_counted_once(
     assert Spool(agent.state_dir / "spool.db").count() == 0  # both acked
     assert _server_rows(server, "SELECT count(*) FROM reports")[0][0] == reports_before + 1
     assert _server_rows(server, "SELECT count(*) FROM drift_events") == drift_before
+
+
+def test_a_noop_run_does_not_forget_what_had_converged(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("edge-1")
+    (agent.root / "etc").mkdir()
+    manifest = "name: m\ntarget: {all: true}\nresources:\n"
+    manifest += '  - {kind: file, name: motd, spec: {path: /etc/motd, content: "hi\\n"}}\n'
+    server.push(write(tmp_path / "m.yaml", manifest))
+    assert agent.run_once().returncode == 0  # converged: file/motd repaired
+    assert agent.run_once("--noop").returncode == 0  # in sync, changes nothing
+    agent.path("/etc/motd").write_text("edited by hand\n")
+    assert agent.run_once().returncode == 0
+    # Repaired, and known as drift: it had converged to this spec before the noop run.
+    events = server.cli_json("drift", "--node", "edge-1")["events"]
+    assert [(e["resource"], e["status"]) for e in events] == [("file/motd", "repaired")]

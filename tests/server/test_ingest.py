@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from modules.base import Status
-from server.ingest import IngestFailed, Ingestor
+from server.errors import IngestFailed
+from server.ingest import Ingestor
 from server.store import (
     ReportRecord,
     ResultRecord,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from modules.base import Status
-from server.store import NodeExists, ReportRecord, ResultRecord, Store, TokenRefused
+from server.errors import NodeExists, TokenRefused
+from server.store import ReportRecord, ResultRecord, Store
 
 
 @pytest.fixture
