@@ -176,13 +176,15 @@ def run(
     except CatalogError as exc:
         return [_log(ctx, _unusable(res, exc)) for res in resources]
     guard = _Guard(ctx.log, confirm)
-    runner = _Runner(ctx, noop, kinds, clock, guard, dict(hold or {}))
+    evaluator = _Evaluator(ctx, noop, kinds, clock, guard, dict(hold or {}))
     done: dict[str, ResourceResult] = {}
     for position, res in enumerate(order):
         if res.id in done:
             continue  # evaluated earlier, in a batch
-        batch = runner.batch(res, order[position + 1 :], done)
-        results = runner.evaluate_batch(*batch, done) if batch else [runner.evaluate(res, done)]
+        batch = evaluator.batch(res, order[position + 1 :], done)
+        results = (
+            evaluator.evaluate_batch(*batch, done) if batch else [evaluator.evaluate(res, done)]
+        )
         for result in results:
             done[result.id] = _log(ctx, result)
     return [done[res.id] for res in resources]
@@ -329,7 +331,7 @@ class _Guard:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Runner:
+class _Evaluator:
     """Evaluates resources, one at a time or in batches, with one run's settings."""
 
     ctx: Context

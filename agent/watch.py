@@ -61,7 +61,7 @@ Expected = tuple[Change, ...] | Literal["retry", "ignore"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
+class Watched:
     """One watched resource, with its spec parsed by its kind."""
 
     id: str
@@ -69,7 +69,7 @@ class Target:
     spec: Any
 
 
-def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Target]:
+def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Watched]:
     """The catalog's resources whose kind can be watched.
 
     A resource whose kind is unknown or whose spec does not parse is left
@@ -80,7 +80,7 @@ def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Target]:
         try:
             kind = kinds(res.kind)
             if isinstance(kind, Watchable):
-                found.append(Target(res.id, kind, kind.parse(res.spec)))
+                found.append(Watched(res.id, kind, kind.parse(res.spec)))
         except Exception as exc:
             log.debug("%s: not watched (%s)", res.id, exc)
     return found
@@ -123,7 +123,7 @@ class Watchers:
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
         self._revision = 0
-        self._targets: list[Target] = []
+        self._targets: list[Watched] = []
         self._expected: dict[str, Expected] = {}
         self._dirty = False  # an event came since the last check or run started
         self._first = self._last = 0.0  # when the first and the last of those came
@@ -153,7 +153,7 @@ class Watchers:
             self._expected = {}
             self._queued = True
             self._dirty = False
-            by_kind: dict[str, list[Target]] = {}
+            by_kind: dict[str, list[Watched]] = {}
             for target in found:
                 by_kind.setdefault(target.kind.name, []).append(target)
             for name, group in by_kind.items():
@@ -268,7 +268,7 @@ class Watchers:
             self._cond.wait(due - now)
         return False
 
-    def _check(self, found: list[Target], expected: dict[str, Expected]) -> str | None:
+    def _check(self, found: list[Watched], expected: dict[str, Expected]) -> str | None:
         """The id of a watched resource that differs from what the last run left, if any."""
         for target in found:
             wanted = expected.get(target.id, ())

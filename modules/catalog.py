@@ -1,6 +1,6 @@
 """The compiled catalog: what one node must look like at one revision.
 
-The server compiles it from manifests (``server/catalog.py``), signs its JSON
+The server compiles it from manifests (``server/compiler.py``), signs its JSON
 form and sends it; the agent verifies, caches and runs it
 (``agent/engine.py``). It is plain data shared by both sides, which is why it
 lives here and not in either of them.

@@ -29,7 +29,7 @@ from server.fleet import Fleet
 from server.hub import Hub
 from server.ingest import Ingestor
 from server.pki import PKI, cert_pem, fingerprint, key_pem
-from server.presence import Presence
+from server.presence import PresenceLog
 from server.session import AgentServicer
 from server.store import Migration, Store, migrate
 
@@ -77,7 +77,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     hub = Hub()
     fleet = Fleet(store, signer)
     ingestor = Ingestor(store)
-    presence = Presence(store)
+    presence = PresenceLog(store)
     grpc_server = grpc.aio.server(interceptors=[AuthInterceptor()], options=SERVER_OPTIONS)
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
     agent_port = _listen(

@@ -116,7 +116,7 @@ def compute(
 
 
 def _expected(selected: Sequence[Manifest]) -> list[_Expected]:
-    """What a catalog of these manifests holds, in catalog order (see server.catalog)."""
+    """What a catalog of these manifests holds, in catalog order (see server.compiler)."""
     return [_Expected(r.id, m.name, r.kind, r.controls) for m in selected for r in m.resources]
 
 

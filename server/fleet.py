@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from protos import plumb_pb2 as pb
-from server import catalog as compiler
+from server import compiler
 from server import compliance as compliance_
 from server import manifest as manifests_
 from server.errors import CompileError, ManifestError

@@ -25,7 +25,7 @@ requires or subscribes to, and before what it notifies. ``notify`` and
 subscriber, the notified) is refreshed (``Kind.refresh``: a restart, a
 reload) after its own apply when the other end was changed in the same run,
 so the receiver's kind must be refreshable; the compiled catalog carries the
-relation only as the receiver's ``subscribe`` (see ``server.catalog``).
+relation only as the receiver's ``subscribe`` (see ``server.compiler``).
 
 :func:`load` checks one file: its structure, every spec with its kind's
 pure ``parse``, and that every notify/subscribe receiver can be refreshed.
@@ -699,7 +699,7 @@ def validate_set(manifests: Sequence[Manifest]) -> list[ManifestError]:
     the set declares, and cycles through those three relations together (a
     cycle of requires only is called a require cycle). Two manifests
     declaring the same resource is not an error here: it is one only for a
-    node both target (see server.catalog).
+    node both target (see server.compiler).
     """
     return [*_duplicate_names(manifests), *_dangling(manifests), *_cycles(manifests)]
 

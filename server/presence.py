@@ -22,7 +22,7 @@ log = logging.getLogger("plumb.server.presence")
 FLUSH_INTERVAL_S = 1.0
 
 
-class Presence:
+class PresenceLog:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock

@@ -35,7 +35,7 @@ from server.errors import IngestFailed
 from server.fleet import Fleet
 from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
-from server.presence import Presence
+from server.presence import PresenceLog
 from server.store import Store
 from server.wire import report_record
 
@@ -60,7 +60,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         fleet: Fleet,
         hub: Hub,
         ingestor: Ingestor,
-        presence: Presence,
+        presence: PresenceLog,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
         self.store = store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server.presence import Presence
+from server.presence import PresenceLog
 from server.store import NodeSeen, Store, nodes
 
 
@@ -25,7 +25,7 @@ def _store(tmp_path: Path) -> Store:
 def test_flush_writes_what_hellos_said(tmp_path: Path) -> None:
     store = _store(tmp_path)
     clock = iter([10.0, 11.0, 12.0])
-    presence = Presence(store, clock=lambda: next(clock))
+    presence = PresenceLog(store, clock=lambda: next(clock))
     presence.seen("a", applied_revision=3, facts={"os": "debian"})
     presence.seen("a")  # a disconnect later: keeps what the hello said
     presence.seen("b", applied_revision=1)

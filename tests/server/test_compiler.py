@@ -11,7 +11,7 @@ import pytest
 from modules import registry
 from modules.base import Change, Context, Identity, Kind, Mode, Refreshable
 from modules.catalog import Catalog, CatalogResource
-from server.catalog import compile_catalog, compile_fleet
+from server.compiler import compile_catalog, compile_fleet
 from server.errors import CompileError, PlumbServerError
 from server.manifest import Manifest, load
 
