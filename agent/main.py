@@ -57,6 +57,33 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name.
+
+    Each command gets a parser of its own: argparse shares option objects
+    between a parser and its parents, and the defaults set on the top level
+    would otherwise overwrite what was given before the command's name.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="settings file (default: $PLUMB_AGENT_CONFIG or /etc/plumb/agent.toml, if present)",
+    )
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="identity, cached catalog and report spool "
+        "(default: $PLUMB_STATE_DIR, else the settings file, else /var/lib/plumb)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at DEBUG level"
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plumb-agent",
@@ -64,22 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         "repairs drift and reports to the server.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="settings file (default: $PLUMB_AGENT_CONFIG or /etc/plumb/agent.toml, if present)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        help="identity, cached catalog and report spool "
-        "(default: $PLUMB_STATE_DIR, else the settings file, else /var/lib/plumb)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.set_defaults(config=None, state_dir=None, verbose=False)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    enroll = sub.add_parser("enroll", help="get this node's certificate with a token")
+    enroll = sub.add_parser(
+        "enroll", parents=[_common()], help="get this node's certificate with a token"
+    )
     enroll.add_argument(
         "--server",
         required=True,
@@ -96,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         ("daemon", "stay connected; apply pushes; run periodically"),
         ("run", "run the catalog now and report"),
     ):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, parents=[_common()], help=helptext)
         p.add_argument(
             "--root",
             type=Path,
@@ -157,7 +176,9 @@ def _parser() -> argparse.ArgumentParser:
             )
             p.set_defaults(func=_run_once)
 
-    status = sub.add_parser("status", help="enrollment, cached catalog, last run, spool")
+    status = sub.add_parser(
+        "status", parents=[_common()], help="enrollment, cached catalog, last run, spool"
+    )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=_status)
     return parser

@@ -66,6 +66,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (plumb nodes --config F).
+
+    Each command gets a parser of its own: argparse shares option objects
+    between a parser and its parents, and the defaults set on the top level
+    would otherwise overwrite what was given before the command's name.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="CLI config file (see below)"
+    )
+    common.add_argument(
+        "--server",
+        default=argparse.SUPPRESS,
+        help="HOST:PORT of the server (default: $PLUMB_SERVER, else the config)",
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plumb",
@@ -73,19 +92,17 @@ def _parser() -> argparse.ArgumentParser:
         "read drift and compliance.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
     )
-    parser.add_argument("--config", type=Path, help="CLI config file (see below)")
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("PLUMB_SERVER"),
-        help="HOST:PORT of the server (default: $PLUMB_SERVER, else the config)",
-    )
+    parser.set_defaults(config=None, server=os.environ.get("PLUMB_SERVER"))
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     token = sub.add_parser("token", help="enrollment tokens").add_subparsers(
         required=True, metavar="ACTION"
     )
-    create = token.add_parser("create", help="make a token for enrolling nodes")
+    create = token.add_parser(
+        "create", parents=[_common()], help="make a token for enrolling nodes"
+    )
     create.add_argument(
         "--labels",
         nargs="*",
@@ -122,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
     push = sub.add_parser(
         "push",
+        parents=[_common()],
         help="validate manifests and roll them out as a new revision",
         description="Validate the manifests (with those already stored) and store a new "
         "revision; connected nodes whose catalog changes get it at once. Pushing manifests "
@@ -138,16 +156,22 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(push)
     push.set_defaults(func=_push)
 
-    nodes = sub.add_parser("nodes", help="enrolled nodes, connection and compliance")
+    nodes = sub.add_parser(
+        "nodes", parents=[_common()], help="enrolled nodes, connection and compliance"
+    )
     _json_flag(nodes)
     nodes.set_defaults(func=_nodes)
 
-    report = sub.add_parser("report", help="a node's last run: status and diff per resource")
+    report = sub.add_parser(
+        "report", parents=[_common()], help="a node's last run: status and diff per resource"
+    )
     report.add_argument("node")
     _json_flag(report)
     report.set_defaults(func=_report)
 
-    drift = sub.add_parser("drift", help="drift events across the fleet, newest first")
+    drift = sub.add_parser(
+        "drift", parents=[_common()], help="drift events across the fleet, newest first"
+    )
     drift.add_argument("--node", default="", help="only this node")
     drift.add_argument(
         "--limit",
@@ -158,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(drift)
     drift.set_defaults(func=_drift)
 
-    compliance = sub.add_parser("compliance", help="compliance per node, manifest, control")
+    compliance = sub.add_parser(
+        "compliance", parents=[_common()], help="compliance per node, manifest, control"
+    )
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
     return parser

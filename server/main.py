@@ -44,23 +44,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (plumb-server init --data-dir D).
+
+    Each command gets a parser of its own: argparse shares option objects
+    between a parser and its parents, and the defaults set on the top level
+    would otherwise overwrite what was given before the command's name.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"where keys, the store and server.toml live "
+        f"(default: $PLUMB_DATA_DIR or {DEFAULT_DATA_DIR})",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level"
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plumb-server",
         description="The Plumb server: CA, enrollment, manifests, reports.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="where keys, the store and server.toml live (default: $PLUMB_DATA_DIR or %(default)s)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.set_defaults(data_dir=DEFAULT_DATA_DIR, verbose=False)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    init = sub.add_parser("init", help="create the CA, server and operator certificates")
+    init = sub.add_parser(
+        "init", parents=[_common()], help="create the CA, server and operator certificates"
+    )
     init.add_argument(
         "--san",
         action="append",
@@ -87,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(func=_init)
 
-    run = sub.add_parser("run", help="run the server until SIGTERM or SIGINT")
+    run = sub.add_parser("run", parents=[_common()], help="run the server until SIGTERM or SIGINT")
     run.add_argument("--listen", help="override server.toml's listen")
     run.add_argument("--enroll-listen", help="override server.toml's enroll_listen")
     run.set_defaults(func=_run)
 
     migrate = sub.add_parser(
         "migrate",
+        parents=[_common()],
         help="upgrade the store to this version's schema (run also does it at start)",
         description="Check the store and upgrade its schema to this version's. "
         "A store of Plumb 0.1.0 is recognised and upgraded; a store written by a "

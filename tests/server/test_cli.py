@@ -301,3 +301,19 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         ("service/web", "repaired", None),
         ("file/motd", "in_sync", None),
     ]
+
+
+def test_global_options_go_before_or_after_the_command(tmp_path: Any) -> None:
+    from agent import main as agent_main
+    from server import main as server_main
+
+    for argv in (["--data-dir", "/x", "init"], ["init", "--data-dir", "/x"]):
+        assert str(server_main._parser().parse_args(argv).data_dir) == "/x"
+    assert str(server_main._parser().parse_args(["run"]).data_dir) == str(
+        server_main.DEFAULT_DATA_DIR
+    )
+    for argv in (["--config", "c.toml", "nodes"], ["nodes", "--config", "c.toml"]):
+        assert str(cli._parser().parse_args(argv).config) == "c.toml"
+    for argv in (["--state-dir", "/s", "status"], ["status", "--state-dir", "/s"]):
+        assert str(agent_main._parser().parse_args(argv).state_dir) == "/s"
+    assert agent_main._parser().parse_args(["status"]).state_dir is None
