@@ -128,14 +128,13 @@ class Gate(Kind[Mapping[str, Any], "str | None"], Risky[Mapping[str, Any], "str 
 
 
 @pytest.fixture
-def gate() -> Gate:
-    if Gate.name not in registry.names():
-        registry.register(Gate())
-    kind = registry.get(Gate.name)
-    assert isinstance(kind, Gate)
-    kind.system.clear()
-    kind.applied.clear()
-    return kind
+def gate() -> Iterator[Gate]:
+    kind = Gate()
+    registry.register(kind)
+    try:
+        yield kind
+    finally:  # the registry is the process's: leave it as the next test expects it
+        registry._registered.pop(Gate.name)
 
 
 def cache_catalog(server: Server, state: StateDir, node: str, revision: int, value: str) -> None:

@@ -28,7 +28,7 @@ def test_run_migrates_a_0_1_0_store_at_start_and_serves_what_it_held(
             "web-1": {"role": "web"},
             "web-2": {"role": "web"},
         }
-        assert nodes["web-1"]["applied_revision"] == "2"
+        assert nodes["web-1"]["applied_revision"] == 2
         events = server.cli_json("drift")["events"]
         assert sorted(e["report_id"] for e in events) == ["db-1-0001", "web-1-0002", "web-2-0001"]
         assert server.cli_json("report", "web-1")["id"] == "web-1-0002"
