@@ -128,10 +128,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListNodesResponse:
-        rows = await asyncio.to_thread(self.store.list_nodes)
         compliance = await asyncio.to_thread(self.fleet.compliance)
-        latest = compliance.revision
-        problems = await asyncio.to_thread(self.store.catalog_problems, latest)
+        latest, problems = compliance.revision, compliance.problems
         return pb.ListNodesResponse(
             nodes=[
                 pb.Node(
@@ -147,8 +145,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     reported_revision=n.status_revision,
                     summary=_compliance(compliance.by_node[n.name]),
                 )
-                for n in rows
-                if n.name in compliance.by_node  # enrolled between the two reads: next time
+                for n in compliance.nodes
             ]
         )
 

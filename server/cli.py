@@ -13,7 +13,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,6 +21,8 @@ from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import cliviews
 from server.errors import CLIError
+
+N = TypeVar("N", int, float)
 
 DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
 
@@ -112,13 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--ttl",
-        type=_bounded_int(1, MAX_TOKEN_TTL_S, "a number of seconds"),
+        type=_bounded(int, 1, MAX_TOKEN_TTL_S, "a number of seconds"),
         default=3600,
         help=f"seconds valid, at most {MAX_TOKEN_TTL_S} (30 days; default: 3600)",
     )
     create.add_argument(
         "--uses",
-        type=_bounded_int(1, MAX_TOKEN_USES, "a number of nodes"),
+        type=_bounded(int, 1, MAX_TOKEN_USES, "a number of nodes"),
         default=1,
         help=f"how many nodes may enroll with it, at most {MAX_TOKEN_USES} (default: 1)",
     )
@@ -148,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("files", nargs="+", type=Path, metavar="FILE")
     push.add_argument(
         "--wait",
-        type=_bounded_float(0.1, 60.0, "a number of seconds"),
+        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for connected nodes to acknowledge the new catalog (default: 5)",
@@ -175,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--node", default="", help="only this node")
     drift.add_argument(
         "--limit",
-        type=_bounded_int(1, MAX_DRIFT_LIMIT, "a number of events"),
+        type=_bounded(int, 1, MAX_DRIFT_LIMIT, "a number of events"),
         default=50,
         help=f"at most this many, up to {MAX_DRIFT_LIMIT} (default: 50)",
     )
@@ -196,25 +198,15 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number from ``low`` to ``high``, or one line saying what is."""
+def _bounded(number: Callable[[str], N], low: N, high: N, what: str) -> Callable[[str], N]:
+    """An argparse type: a number (``int`` or ``float``) from ``low`` to ``high``.
 
-    def parse(text: str) -> int:
+    Anything else is refused in one line saying what was expected.
+    """
+
+    def parse(text: str) -> N:
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _bounded_float(low: float, high: float, what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
+            value = number(text)
         except ValueError:
             value = None
         if value is None or not low <= value <= high:

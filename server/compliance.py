@@ -72,6 +72,8 @@ class Compliance:
     rows: list[Tally]  # by scope (SCOPES order), then name
     fleet: Tally
     by_node: dict[str, Tally]  # every enrolled node, also those expected nothing
+    nodes: list[NodeRow]  # the nodes it was computed for, as the store had them
+    problems: Mapping[str, list[str]]  # why a node has no catalog at the revision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ def compute(
     revision: int,
     manifests: Sequence[Manifest],
     nodes: Iterable[NodeRow],
-    problems: Mapping[str, object],
+    problems: Mapping[str, list[str]],
     statuses: Iterable[StatusRow],
 ) -> Compliance:
     """Compliance at ``revision`` (whose manifests are ``manifests``) of ``nodes``.
@@ -101,6 +103,7 @@ def compute(
     fleet = Tally("fleet", "fleet")
     by_node: dict[str, Tally] = {}
     selections: dict[tuple[int, ...], list[_Expected]] = {}
+    nodes = list(nodes)
     for node in nodes:
         key = tuple(i for i, m in enumerate(manifests) if m.target.matches(node.name, node.labels))
         if key not in selections:
@@ -112,7 +115,7 @@ def compute(
             for scope, name in _scopes(node.name, res):
                 tallies.setdefault((scope, name), Tally(scope, name)).counts[state] += 1
     rows = sorted(tallies.values(), key=lambda t: (SCOPES.index(t.scope), t.name))
-    return Compliance(revision, rows, fleet, by_node)
+    return Compliance(revision, rows, fleet, by_node, nodes, problems)
 
 
 def _expected(selected: Sequence[Manifest]) -> list[_Expected]:
