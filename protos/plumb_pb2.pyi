@@ -83,16 +83,14 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., catalog_ack: _Optional[_Union[CatalogAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("catalog", "ack", "welcome", "heartbeat")
+    __slots__ = ("catalog", "ack", "welcome")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
-    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     catalog: SignedCatalog
     ack: Ack
     welcome: Welcome
-    heartbeat: Heartbeat
-    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()

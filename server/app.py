@@ -92,9 +92,8 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     pb_grpc.add_EnrollmentServicer_to_server(
         EnrollmentServicer(store, ca, agent_port, on_enrolled=fleet.prepare), grpc_server
     )
-    pb_grpc.add_AgentServicer_to_server(
-        AgentServicer(store, fleet, hub, ingestor, presence), grpc_server
-    )
+    agents = AgentServicer(store, fleet, hub, ingestor, presence)
+    pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
     pb_grpc.add_AdminServicer_to_server(
         AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address), grpc_server
     )
@@ -104,11 +103,13 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     ingestor.start()
     presence.start()
+    agents.start()
     try:
         yield Running(agent_port, enroll_port, store, hub, migration)
     finally:
         await health_servicer.enter_graceful_shutdown()
         await grpc_server.stop(grace=2)
+        agents.close()
         try:
             # Sessions are gone; commit what they submitted before the store closes.
             await ingestor.close()

@@ -8,15 +8,19 @@
     Report(id, results)                  ->
                                          <- Ack(id)        (after the report is stored)
                                          <- SignedCatalog  (whenever the operator pushes)
-    Heartbeat                           <->  (both ways, every HEARTBEAT_INTERVAL_S)
+    Heartbeat                            ->  (every HEARTBEAT_INTERVAL_S, whatever else is sent)
 
 The caller's name comes from its certificate (server.auth); a hello or report
 naming anyone else ends the stream with PERMISSION_DENIED.
 
-Liveness: a stream from which nothing at all arrived for HEARTBEAT_MISSES
-heartbeat intervals is ended, so a frozen agent (SIGSTOP, a hung host, a cut
-cable) stops counting as connected within DEAD_AFTER_S; gRPC keepalive
-(server.app) catches a dead transport in the same time.
+Liveness: one sweeper looks at every live stream every SWEEP_S seconds and
+ends those from which nothing at all arrived for SILENT_LIMIT_S (a
+heartbeat interval and a grace), so a frozen agent (SIGSTOP, a hung host, a
+cut cable) stops counting as connected within DEAD_AFTER_S; HTTP/2
+keepalive (server.app) catches a dead transport within 20 s as well. The
+server sends no heartbeats of its own: agents notice a dead server by
+keepalive, and a fleet's worth of server heartbeats would cost the server
+as much as its pushes.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from server.wire import report_record
 
 log = logging.getLogger("plumb.server.session")
 
-#: Seconds between heartbeats, each way; the Welcome tells the agent.
-HEARTBEAT_INTERVAL_S = 10.0
-#: A stream silent for this many intervals is dead.
-HEARTBEAT_MISSES = 2
-#: The documented bound: a dead peer is noticed within this many seconds.
-DEAD_AFTER_S = HEARTBEAT_INTERVAL_S * (HEARTBEAT_MISSES + 1)
+#: Seconds between an agent's heartbeats; the Welcome tells the agent.
+HEARTBEAT_INTERVAL_S = 15.0
+#: A stream silent for longer than this is dead: an interval and a grace.
+SILENT_LIMIT_S = HEARTBEAT_INTERVAL_S + 5.0
+#: How often the sweeper looks.
+SWEEP_S = 5.0
+#: The documented bound: a silent agent is seen as gone within this many seconds.
+DEAD_AFTER_S = SILENT_LIMIT_S + SWEEP_S
 
 
 class _Refused(Exception):
@@ -69,6 +75,28 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.ingestor = ingestor
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
+        self._live: dict[asyncio.Queue[Any], tuple[str, _Heard]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the sweeper that ends silent streams (see the module docstring)."""
+        self._sweeper = asyncio.create_task(self._sweep(), name="plumb-session-sweeper")
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for outbox, (name, heard) in list(self._live.items()):
+                silent = now - heard.at
+                if silent > SILENT_LIMIT_S:
+                    log.warning("session of %s: nothing heard for %.0f s; ending it", name, silent)
+                    del self._live[outbox]
+                    outbox.put_nowait(CLOSE)
 
     async def Session(
         self, requests: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext[Any, Any]
@@ -79,20 +107,21 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {name!r} is not enrolled")
         outbox = self.hub.attach(name)
         heard = _Heard()
-        tasks: list[asyncio.Task[None]] = []
+        self._live[outbox] = (name, heard)
+        reader: asyncio.Task[None] | None = None
         try:
             # Greet before reading on: if the agent half-closes right after its
             # hello, the welcome must still be queued ahead of the end of stream.
             await self._greet(hello, name, outbox)
-            tasks.append(asyncio.create_task(self._read(requests, name, outbox, heard)))
-            tasks.append(asyncio.create_task(self._heartbeat(name, outbox, heard)))
+            reader = asyncio.create_task(self._read(requests, name, outbox, heard))
             async for message in _drain(outbox):
                 if isinstance(message, _Refused):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(message))
                 yield message
         finally:
-            for task in tasks:
-                task.cancel()
+            if reader is not None:
+                reader.cancel()
+            self._live.pop(outbox, None)
             self.hub.detach(name, outbox)
             self.presence.seen(name)
 
@@ -104,21 +133,6 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:
             outbox.put_nowait(pb.ServerMessage(catalog=catalog))
-
-    async def _heartbeat(self, name: str, outbox: asyncio.Queue[Any], heard: _Heard) -> None:
-        """Send a heartbeat every interval; end the stream once the agent has gone silent."""
-        loop = asyncio.get_running_loop()
-        silent_limit = self.heartbeat_interval_s * HEARTBEAT_MISSES
-        while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
-            silent = loop.time() - heard.at
-            if silent > silent_limit:
-                log.warning(
-                    "session of %s: nothing heard for %.0f s; ending it as dead", name, silent
-                )
-                outbox.put_nowait(CLOSE)
-                return
-            outbox.put_nowait(_HEARTBEAT)
 
     async def _read(
         self,
@@ -185,9 +199,6 @@ class _Heard:
 
     def now(self) -> None:
         self.at = asyncio.get_running_loop().time()
-
-
-_HEARTBEAT = pb.ServerMessage(heartbeat=pb.Heartbeat())
 
 
 async def _drain(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
