@@ -27,14 +27,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Self
 
 import sqlalchemy as sa
-from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
-from server import migrations
 from server.errors import NodeExists, StoreError, TokenRefused
 
 log = logging.getLogger("plumb.server.store")
@@ -383,16 +382,21 @@ def migrate(url: str) -> Migration:
     try:
         with _translated(path, "checking"), check.connect() as conn:
             _quick_check(conn, path)
+            recorded = _recorded_revision(conn)
     finally:
         check.dispose()
+    if recorded == head_on_disk():
+        # The common start: nothing to do, and no need to load Alembic (a
+        # quarter of a second of imports) to find that out.
+        return Migration(str(path), recorded, recorded)
     engine = _migration_engine(url)
     try:
         with _translated(path, "migrating"), engine.begin() as conn:
             before = _known_revision(conn, path)
             if before is None:
-                migrations.stamp(conn, migrations.FIRST)
-            migrations.upgrade(conn)
-            after = migrations.current(conn)
+                _migrations().stamp(conn, _migrations().FIRST)
+            _migrations().upgrade(conn)
+            after = _migrations().current(conn)
     finally:
         engine.dispose()
     assert after is not None
@@ -438,7 +442,13 @@ def _translated(path: Path, doing: str) -> Iterator[None]:
                 "restore it from a backup"
             ) from exc
         raise StoreError(f"{doing} the store {path} failed: {reason}") from exc
-    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(f"{doing} the store {path} failed: {exc}") from exc
+    except Exception as exc:
+        # Alembic's own errors (CommandError: a revision it cannot find), by
+        # module rather than by import: importing Alembic costs every start.
+        if not type(exc).__module__.startswith("alembic"):
+            raise
         raise StoreError(f"{doing} the store {path} failed: {exc}") from exc
 
 
@@ -458,27 +468,29 @@ def _quick_check(conn: Connection, path: Path) -> None:
 
 def _known_revision(conn: Connection, path: Path) -> str | None:
     """The store's revision, None for a store of Plumb 0.1.0; StoreError if it is neither."""
-    revision = migrations.current(conn)
+    revision = _migrations().current(conn)
     if revision is None:
-        if not migrations.tables(conn):
+        if not _migrations().tables(conn):
             raise StoreError(f"the store {path} has no tables: {_recovery(path)}")
-        problems = migrations.differences(conn, migrations.FIRST)
+        problems = _migrations().differences(conn, _migrations().FIRST)
         if problems:
             raise StoreError(
                 f"the store {path} records no schema revision and its tables are not "
                 f"Plumb 0.1.0's ({'; '.join(problems)}): not touching it"
             )
         return None
-    if not migrations.known(revision):
+    if not _migrations().known(revision):
         raise StoreError(_too_new(path, revision))
-    return revision
+    return str(revision)
 
 
 def _require_head(conn: Connection, path: Path) -> None:
-    revision, head = migrations.current(conn), migrations.head()
+    if _recorded_revision(conn) == head_on_disk():
+        return
+    revision, head = _migrations().current(conn), _migrations().head()
     if revision == head:
         return
-    if revision is not None and not migrations.known(revision):
+    if revision is not None and not _migrations().known(revision):
         raise StoreError(_too_new(path, revision))
     raise StoreError(
         f"the store {path} is at schema revision {revision or 'none (Plumb 0.1.0)'}, "
@@ -487,10 +499,39 @@ def _require_head(conn: Connection, path: Path) -> None:
     )
 
 
+def _migrations() -> ModuleType:
+    """server.migrations, imported on first need: it loads Alembic, which a store
+    already at head never needs (see migrate)."""
+    from server import migrations
+
+    return migrations
+
+
+def head_on_disk() -> str:
+    """The newest revision, from the names of the files in versions/ (NNNN_what.py).
+
+    Equal to ``migrations.head()`` (a test says so), which asks Alembic and
+    so costs its imports; revisions are one numbered line, so the highest
+    number is the head.
+    """
+    return max(p.name[:4] for p in _VERSIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+_VERSIONS = Path(__file__).resolve().parent / "migrations" / "versions"
+
+
+def _recorded_revision(conn: Connection) -> str | None:
+    """The revision the store records (Alembic's version table), read without Alembic."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return None if revision is None else str(revision)
+
+
 def _too_new(path: Path, revision: str) -> str:
     return (
         f"the store {path} is at schema revision {revision}, which this plumb-server does not "
-        f"know (its newest is {migrations.head()}): a newer Plumb upgraded it. Run that "
+        f"know (its newest is {_migrations().head()}): a newer Plumb upgraded it. Run that "
         "version, or restore a backup made before the upgrade; a store is never downgraded"
     )
 
@@ -553,7 +594,7 @@ class Store:
         engine = _migration_engine(url)
         try:
             with _translated(path, "creating"), engine.begin() as conn:
-                migrations.upgrade(conn)
+                _migrations().upgrade(conn)
         finally:
             engine.dispose()
         return cls(url)

@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -410,3 +411,23 @@ def test_migrate_refuses_a_store_it_cannot_use(
         return code, out, err
 
     _refused(data_dir, case, run)
+
+
+def test_the_head_read_from_file_names_is_alembic_s_head() -> None:
+    from server.store import head_on_disk
+
+    assert head_on_disk() == migrations.head()
+
+
+def test_a_store_at_head_starts_without_loading_alembic(initialised: Path, tmp_path: Path) -> None:
+    # A start should not pay for Alembic's imports when there is nothing to migrate.
+    store = url(shutil.copytree(initialised, tmp_path / "server") / "plumb.db")
+    code = (
+        "import sys; from server.store import Store, migrate; "
+        f"m = migrate({store!r}); Store({store!r}).close(); "
+        "print(not m.changed, 'alembic' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "False"]
