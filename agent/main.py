@@ -291,12 +291,15 @@ def _status(args: argparse.Namespace) -> int:
 
     state = StateDir(args.state_dir)
     enrollment = state.enrollment()
+    spool = Spool(state.spool)
     info = {
         "node": enrollment.node,
         "server": enrollment.server,
         "labels": enrollment.labels,
         "catalog_revision": CatalogCache(state, enrollment.node).revision(),
-        "spooled_reports": Spool(state.spool).count(),
+        "spooled_reports": spool.count(),
+        "rejected_reports": spool.rejected(),
+        "clock": state.read_json(state.clock),
         "last_run": state.read_json(state.last_run),
     }
     if args.json:
@@ -308,6 +311,16 @@ def _status(args: argparse.Namespace) -> int:
         f"catalog revision:  {info['catalog_revision'] or 'none yet'}\n"
         f"spooled reports:   {info['spooled_reports']}"
     )
+    if info["rejected_reports"]:
+        print(
+            f"set aside:         {info['rejected_reports']} report(s) the server refused "
+            f"(kept in {state.spool}, table rejected)"
+        )
+    clock = info["clock"]
+    if clock:
+        offset = clock["offset_s"]
+        note = "" if abs(offset) <= 60 else "  (check NTP: reports are ordered by sequence)"
+        print(f"clock:             {offset:+.1f} s from the server's{note}")
     if last:
         counts = ", ".join(f"{k} {v}" for k, v in last["summary"].items() if v)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished_at"]))

@@ -12,6 +12,7 @@ keeps ``{"revision": N, "ids": [...]}`` across restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -99,7 +100,7 @@ class Runner:
             drift = self._drift(results, specs)
             for flapping in self.flapping.record(results, drift, specs):
                 log.warning("%s: %s", flapping, self.flapping.held(specs)[flapping])
-            report = RunReport(
+            unnumbered = RunReport(
                 id=str(uuid.uuid4()),
                 node=self.node,
                 revision=catalog.revision,
@@ -110,7 +111,11 @@ class Runner:
                 results=tuple(results),
                 drift=frozenset(drift),
             )
-            self.spool.add(report.id, report.to_wire().SerializeToString())
+            sequence = self.spool.add(
+                unnumbered.id,
+                lambda n: dataclasses.replace(unnumbered, sequence=n).to_wire().SerializeToString(),
+            )
+            report = dataclasses.replace(unnumbered, sequence=sequence)
             self._record(report)
             self._remember_converged(results, specs)
             return report
@@ -155,6 +160,7 @@ class Runner:
     def _record(self, report: RunReport) -> None:
         last = {
             "report_id": report.id,
+            "sequence": report.sequence,
             "revision": report.revision,
             "noop": report.noop,
             "trigger": str(report.trigger),

@@ -7,6 +7,17 @@ and deletes them from the spool when acked. The daemon opens a new one
 whenever the previous one broke; ``run --once`` opens one for the length of a
 run.
 
+The Welcome also says the highest report sequence the server has stored for
+this node (the spool numbers new reports above it, should it have lost its
+own count) and the server's time: a clock more than CLOCK_WARN_S off is said
+in the log and kept in ``clock.json`` for ``plumb-agent status`` (reports are
+ordered by sequence, never by the clock, but an operator should know).
+
+A report the server refuses outright (the stream ends with
+RESOURCE_EXHAUSTED or INVALID_ARGUMENT while it was the oldest one in
+flight) is counted by the spool, which sends it last from then on and sets it
+aside after a few refusals, so it can never block the reports behind it.
+
 The agent sends a heartbeat every interval the server's Welcome names, so
 the server can tell a frozen agent from an idle one; the agent notices a dead
 server through HTTP/2 keepalive (agent.tls), and the daemon reconnects.
@@ -14,9 +25,11 @@ server through HTTP/2 keepalive (agent.tls), and the daemon reconnects.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -24,7 +37,7 @@ import grpc
 from agent.cache import CatalogCache
 from agent.errors import CatalogRejected
 from agent.spool import Spool
-from agent.state import Enrollment, StateDir
+from agent.state import Enrollment, StateDir, write_atomic
 from agent.tls import secure_channel
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
@@ -34,6 +47,10 @@ log = logging.getLogger("plumb.agent.session")
 _FLUSH = object()  # send whatever the spool holds that this stream has not sent
 _END = object()  # close our side of the stream
 _HEARTBEAT = pb.AgentMessage(heartbeat=pb.Heartbeat())
+#: A clock further off the server's than this is worth telling the operator.
+CLOCK_WARN_S = 60.0
+# Stream endings that mean the server will not take a message sent to it.
+_REFUSALS = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class SessionClient:
@@ -61,6 +78,9 @@ class SessionClient:
         self.error: str = ""
         self._call: grpc.Call | None = None
         self._closed = threading.Event()
+        self._state = state
+        self._in_flight: list[str] = []  # sent on this stream, not acked yet, in order
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         stub = pb_grpc.AgentStub(self._channel)
@@ -95,6 +115,7 @@ class SessionClient:
                 facts=self.facts,
                 applied_revision=self.cache.revision(),
                 agent_version=self.facts.get("agent_version", ""),
+                sent_at=time.time(),
             )
         )
         yield from self._reports()
@@ -108,6 +129,8 @@ class SessionClient:
         for report_id, body in self.spool.pending():
             if report_id not in self._sent:
                 self._sent.add(report_id)
+                with self._lock:
+                    self._in_flight.append(report_id)
                 yield pb.AgentMessage(report=pb.Report.FromString(body))
 
     def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
@@ -117,6 +140,8 @@ class SessionClient:
                 self._handle(message)
         except grpc.RpcError as exc:
             self.error = _describe(exc)
+            if isinstance(exc, grpc.Call) and exc.code() in _REFUSALS:
+                self._refused(self.error)
         finally:
             self.ended.set()
             with self._acked:
@@ -125,14 +150,21 @@ class SessionClient:
     def _handle(self, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "welcome":
-            if message.welcome.heartbeat_interval_s > 0:
-                self._start_heartbeat(message.welcome.heartbeat_interval_s)
+            welcome = message.welcome
+            self.spool.at_least(welcome.last_sequence)
+            if welcome.server_time:
+                self._check_clock(welcome.server_time)
+            if welcome.heartbeat_interval_s > 0:
+                self._start_heartbeat(welcome.heartbeat_interval_s)
             if message.welcome.latest_revision == self.cache.revision():
                 self.caught_up.set()
         elif kind == "catalog":
             self._catalog(message.catalog)
         elif kind == "ack":
             self.spool.ack(message.ack.report_id)
+            with self._lock:
+                if message.ack.report_id in self._in_flight:
+                    self._in_flight.remove(message.ack.report_id)
             with self._acked:
                 self._acked.notify_all()
 
@@ -148,6 +180,32 @@ class SessionClient:
             ack = pb.CatalogAck(revision=signed.revision, accepted=True)
         self._outbox.put(pb.AgentMessage(catalog_ack=ack))
         self.caught_up.set()
+
+    def _refused(self, why: str) -> None:
+        """The server would not take what was sent: blame the oldest report in flight."""
+        with self._lock:
+            culprit = self._in_flight[0] if self._in_flight else None
+        if culprit is None:
+            return
+        if self.spool.refused(culprit, why):
+            log.error(
+                "report %s set aside: the server refused it again and again (%s)", culprit, why
+            )
+        else:
+            log.warning("the server refused report %s (%s); it goes last from now on", culprit, why)
+
+    def _check_clock(self, server_time: float) -> None:
+        offset = time.time() - server_time
+        clock = {"offset_s": round(offset, 3), "checked_at": time.time()}
+        if abs(offset) > CLOCK_WARN_S:
+            way = "ahead of" if offset > 0 else "behind"
+            log.warning(
+                "this host's clock is %.0f s %s the server's: reports are ordered by "
+                "sequence, not by time, but check NTP on this host",
+                abs(offset),
+                way,
+            )
+        write_atomic(self._state.clock, json.dumps(clock).encode())
 
     def _start_heartbeat(self, interval_s: float) -> None:
         threading.Thread(

@@ -5,6 +5,8 @@ enrollment.json            node name, server address, labels
 catalog.pb                 the last verified SignedCatalog, re-verified on every load
 spool.db                   reports not yet acknowledged by the server
 last_run.json              summary of the last run, for `plumb-agent status`
+clock.json                 this host's clock minus the server's, seen at the last welcome
+flapping.json              drift repairs per resource, and holds (agent/flapping.py)
 converged.json             resource id -> spec hash it last converged to (drift vs. change)
 reverted.json              risky resources reverted at a revision: held until a new one
 run.lock                   one run at a time across daemon and `run --once`
@@ -65,6 +67,10 @@ class StateDir:
     @property
     def converged(self) -> Path:
         return self.path / "converged.json"
+
+    @property
+    def clock(self) -> Path:
+        return self.path / "clock.json"
 
     @property
     def lock(self) -> Path:

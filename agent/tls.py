@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import socket
 import ssl
 
@@ -18,12 +19,18 @@ from agent.errors import CatalogRejected, EnrollError
 from agent.state import StateDir
 from modules.catalog import Catalog
 from protos import plumb_pb2 as pb
+from protos.limits import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("plumb.agent")
 
 SIGNER_ROLE = "catalog-signer"
 
 # Keepalives find a dead server (or a dead NAT entry) within 20 s instead of
 # waiting for TCP to give up; the server pings as often (server.app).
 CHANNEL_OPTIONS = [
+    # Above every message's own bound (protos/limits.py), not gRPC's 4 MiB.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -90,10 +97,21 @@ def secure_channel(state: StateDir, address: str) -> grpc.Channel:
     return grpc.secure_channel(address, channel_credentials(state), options=CHANNEL_OPTIONS)
 
 
-def verify_catalog(signed: pb.SignedCatalog, ca_pem: bytes, node: str) -> Catalog:
-    """The catalog inside ``signed``, only if our CA's signer signed it, for this node."""
+def verify_catalog(
+    signed: pb.SignedCatalog, ca_pem: bytes, node: str, *, check_time: bool = True
+) -> Catalog:
+    """The catalog inside ``signed``, only if our CA's signer signed it, for this node.
+
+    ``check_time=False`` (the cached copy) skips the signer's validity period:
+    the catalog was verified, time included, when it arrived, and keeping on
+    enforcing it must not depend on this host's clock being right (a clock a
+    day behind would otherwise stop all repair). It is said in the log.
+    """
     signer = _certified_signer(ca_pem, signed.signer_pem)
-    _check_validity(signer)
+    if check_time:
+        _check_validity(signer)
+    elif not _valid_now(signer):
+        _warn_clock_once(signer)
     key = signer.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     try:
@@ -130,7 +148,23 @@ def _certified_signer(ca_pem: bytes, signer_pem: bytes) -> x509.Certificate:
     return signer
 
 
-def _check_validity(signer: x509.Certificate) -> None:
+def _valid_now(signer: x509.Certificate) -> bool:
     now = datetime.datetime.now(datetime.UTC)
-    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+    return bool(signer.not_valid_before_utc <= now <= signer.not_valid_after_utc)
+
+
+def _check_validity(signer: x509.Certificate) -> None:
+    if not _valid_now(signer):
         raise CatalogRejected("catalog signer certificate is expired or not yet valid")
+
+
+@functools.cache
+def _warn_clock_once(signer: x509.Certificate) -> None:
+    log.warning(
+        "the cached catalog's signer certificate is not valid by this host's clock "
+        "(valid %s to %s, now %s): enforcing the catalog anyway, as it verified when it "
+        "arrived; if this host's clock is wrong, fix it (NTP)",
+        signer.not_valid_before_utc.isoformat(),
+        signer.not_valid_after_utc.isoformat(),
+        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )

@@ -107,15 +107,19 @@ class CatalogAck(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("latest_revision", "heartbeat_interval_s")
+    __slots__ = ("latest_revision", "heartbeat_interval_s", "last_sequence", "server_time")
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     latest_revision: int
     heartbeat_interval_s: float
-    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    last_sequence: int
+    server_time: float
+    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "facts", "applied_revision", "agent_version")
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,11 +131,13 @@ class Hello(_message.Message):
     FACTS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     facts: _containers.ScalarMap[str, str]
     applied_revision: int
     agent_version: str
-    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    sent_at: float
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ...) -> None: ...
 
 class SignedCatalog(_message.Message):
     __slots__ = ("revision", "payload", "signature", "signer_pem")
@@ -195,7 +201,7 @@ class ResourceResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., manifest: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ..., controls: _Optional[_Iterable[str]] = ..., drift: _Optional[bool] = ..., observed: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("id", "node_name", "revision", "noop", "trigger", "started_at", "finished_at", "results")
+    __slots__ = ("id", "node_name", "revision", "noop", "trigger", "started_at", "finished_at", "results", "sequence", "truncated")
     ID_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +210,8 @@ class Report(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     node_name: str
     revision: int
@@ -212,7 +220,9 @@ class Report(_message.Message):
     started_at: float
     finished_at: float
     results: _containers.RepeatedCompositeFieldContainer[ResourceResult]
-    def __init__(self, id: _Optional[str] = ..., node_name: _Optional[str] = ..., revision: _Optional[int] = ..., noop: _Optional[bool] = ..., trigger: _Optional[_Union[Trigger, str]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., results: _Optional[_Iterable[_Union[ResourceResult, _Mapping]]] = ...) -> None: ...
+    sequence: int
+    truncated: bool
+    def __init__(self, id: _Optional[str] = ..., node_name: _Optional[str] = ..., revision: _Optional[int] = ..., noop: _Optional[bool] = ..., trigger: _Optional[_Union[Trigger, str]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., results: _Optional[_Iterable[_Union[ResourceResult, _Mapping]]] = ..., sequence: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("labels", "ttl_s", "uses")
@@ -303,7 +313,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "catalog_problem", "reported_revision", "summary")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +329,7 @@ class Node(_message.Message):
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     COMPLIANCE_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_S_FIELD_NUMBER: _ClassVar[int]
     CATALOG_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     REPORTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -330,10 +341,11 @@ class Node(_message.Message):
     latest_revision: int
     compliance: float
     enrolled_at: float
+    clock_offset_s: float
     catalog_problem: str
     reported_revision: int
     summary: ComplianceRow
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

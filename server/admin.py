@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
+from protos.limits import MAX_PUSH_BYTES
 from server import tokens
 from server.compliance import Tally
 from server.fleet import Fleet, PushOutcome
@@ -22,8 +24,7 @@ MAX_TOKEN_TTL_S = 30 * 24 * 3600
 MAX_TOKEN_USES = 100_000
 DEFAULT_DRIFT_LIMIT = 100
 MAX_DRIFT_LIMIT = 10_000
-#: The most manifest text one push may carry (server.app lets messages this big in).
-MAX_PUSH_BYTES = 4 * 2**20
+
 #: How long a push waits, by default and at most, for targeted connected nodes
 #: to acknowledge the new catalog before it answers.
 DEFAULT_PUSH_WAIT_S = 5.0
@@ -143,6 +144,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     enrolled_at=n.enrolled_at,
                     catalog_problem="\n".join(problems.get(n.name, [])),
                     reported_revision=n.status_revision,
+                    clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
                     summary=_compliance(compliance.by_node[n.name]),
                 )
                 for n in compliance.nodes

@@ -20,7 +20,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import plumb_pb2_grpc as pb_grpc
-from server.admin import MAX_PUSH_BYTES, AdminServicer
+from protos.limits import MAX_MESSAGE_BYTES
+from server.admin import AdminServicer
 from server.auth import AuthInterceptor
 from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
@@ -46,10 +47,10 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
-    # The largest message taken: a push of MAX_PUSH_BYTES of manifests (which
-    # Push then refuses in one clear line, not gRPC's RESOURCE_EXHAUSTED), or
-    # a run report.
-    ("grpc.max_receive_message_length", MAX_PUSH_BYTES + 2**20),
+    # Above every message's own bound (protos/limits.py): a push over its
+    # limit is refused by Push in one clear line, not by gRPC.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 
 

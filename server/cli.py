@@ -19,6 +19,7 @@ import grpc
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
+from protos.limits import MAX_PUSH_BYTES
 from server import cliviews
 from server.errors import CLIError
 
@@ -42,10 +43,6 @@ examples:
   plumb drift --node web-1
   plumb compliance --json
 """
-
-
-#: The most manifest text one push may carry; the server enforces it too.
-MAX_PUSH_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +256,8 @@ TIMEOUT_S = 30
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
 MAX_TOKEN_USES = 100_000
 MAX_DRIFT_LIMIT = 10_000
+#: A node's clock further off the server's than this is worth a line.
+CLOCK_WARN_S = 60.0
 
 
 # ------------------------------------------------------------------ commands
@@ -402,6 +401,13 @@ def _nodes(args: argparse.Namespace) -> int:
         if n.catalog_problem:
             print(f"\n{n.name}: no catalog at revision {n.latest_revision}:", file=sys.stderr)
             print(_indented(n.catalog_problem), file=sys.stderr)
+        if abs(n.clock_offset_s) > CLOCK_WARN_S:  # NaN (not known) compares False
+            way = "ahead of" if n.clock_offset_s > 0 else "behind"
+            print(
+                f"{n.name}: its clock is {abs(n.clock_offset_s):.0f} s {way} the server's "
+                "(reports are ordered by its sequence numbers, not by its clock; check NTP)",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -22,7 +22,7 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "last_seen": 1764620000.5 | null, "enrolled_at": 1764610000.0,
                 "applied_revision": 5 | null, "reported_revision": 5 | null,
                 "latest_revision": 5 | null, "catalog_problem": "..." | null,
-                "compliance": COMPLIANCE}]}
+                "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE}]}
 
 ``report NODE``::
 
@@ -56,6 +56,7 @@ where ``COMPLIANCE`` is ``{"scope": "node" | "manifest" | "control" | "kind" |
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,6 +119,7 @@ def node(n: pb.Node) -> dict[str, Any]:
         "reported_revision": n.reported_revision or None,
         "latest_revision": n.latest_revision or None,
         "catalog_problem": n.catalog_problem or None,
+        "clock_offset_s": None if math.isnan(n.clock_offset_s) else round(n.clock_offset_s, 3),
         "compliance": compliance_row(n.summary),
     }
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from modules.catalog import Catalog
 from protos import plumb_pb2 as pb
+from protos.limits import MAX_CATALOG_BYTES
 from server import compiler
 from server import compliance as compliance_
 from server import manifest as manifests_
@@ -75,6 +77,9 @@ class Fleet:
             compiled = compiler.compile_fleet(merged, [(n.name, n.labels) for n in nodes], 0)
         except CompileError as exc:
             return PushOutcome(0, list(exc.problems), [])
+        too_large = _too_large(compiled)
+        if too_large:
+            return PushOutcome(0, too_large, [])
         revision = self.store.add_revision(
             [ManifestSource(m.name, m.file, m.source) for m in merged], self.clock()
         )
@@ -151,6 +156,9 @@ class Fleet:
         self, merged: Sequence[manifests_.Manifest], node: NodeRow, revision: int
     ) -> bytes:
         catalog = compiler.compile_catalog(merged, node.name, node.labels, revision)
+        too_large = _too_large({node.name: catalog})
+        if too_large:  # a node enrolled after the push: like any compile problem
+            raise CompileError(node.name, too_large)
         payload = catalog.to_json()
         self.store.save_catalogs(revision, {node.name: payload})
         return payload
@@ -181,6 +189,34 @@ def _merge(
 ) -> list[manifests_.Manifest]:
     replaced = {m.name for m in pushed}
     return [m for m in previous if m.name not in replaced] + list(pushed)
+
+
+def _too_large(compiled: Mapping[str, Catalog]) -> list[ManifestError]:
+    """A catalog over MAX_CATALOG_BYTES would never reach its agent: refuse the push instead.
+
+    Nodes that select the same manifests share one resources tuple (see
+    server.compiler): one of them is measured for all, at revision 0, with
+    room for the longest node name (64) and any revision number.
+    """
+    measured: dict[int, int] = {}
+    big: list[tuple[int, str]] = []
+    for node, catalog in compiled.items():
+        size = measured.get(id(catalog.resources))
+        if size is None:
+            size = measured[id(catalog.resources)] = len(catalog.to_json()) + 96
+        if size > MAX_CATALOG_BYTES:
+            big.append((size, node))
+    big.sort()
+    if not big:
+        return []
+    size, node = big[-1]
+    others = f" (and {len(big) - 1} more node(s))" if len(big) > 1 else ""
+    message = (
+        f"the catalog of node {node}{others} would be {size / 2**20:.1f} MiB, more than an "
+        f"agent takes ({MAX_CATALOG_BYTES // 2**20} MiB): split the manifests, or keep large "
+        "content out of them"
+    )
+    return [ManifestError("", 0, "", message)]
 
 
 def _sources(manifests: Sequence[manifests_.Manifest]) -> dict[str, str]:

@@ -34,6 +34,7 @@ class PresenceLog:
         node: str,
         applied_revision: int | None = None,
         facts: Mapping[str, str] | None = None,
+        clock_offset_s: float | None = None,
     ) -> None:
         """Note that ``node`` was heard from now (and, from a hello, what it said)."""
         before = self._pending.get(node, NodeSeen(0.0))
@@ -44,6 +45,7 @@ class PresenceLog:
             if applied_revision is None
             else applied_revision,
             facts=before.facts if facts is None else dict(facts),
+            clock_offset_s=before.clock_offset_s if clock_offset_s is None else clock_offset_s,
         )
 
     async def flush(self) -> None:

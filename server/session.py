@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -126,10 +127,20 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             self.presence.seen(name)
 
     async def _greet(self, hello: pb.Hello, name: str, outbox: asyncio.Queue[Any]) -> None:
-        self.presence.seen(name, hello.applied_revision, hello.facts)
+        now = time.time()
+        # Latency makes the agent look behind by a few milliseconds: nothing a
+        # clock worth warning about (a minute off, an hour off) is hidden by it.
+        offset = hello.sent_at - now if hello.sent_at else None
+        self.presence.seen(name, hello.applied_revision, hello.facts, offset)
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)
+        last_sequence = await asyncio.to_thread(self.store.last_sequence, name)
         latest = catalog.revision if catalog is not None else 0
-        welcome = pb.Welcome(latest_revision=latest, heartbeat_interval_s=self.heartbeat_interval_s)
+        welcome = pb.Welcome(
+            latest_revision=latest,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            last_sequence=last_sequence,
+            server_time=time.time(),
+        )
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:
             outbox.put_nowait(pb.ServerMessage(catalog=catalog))

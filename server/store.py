@@ -67,6 +67,11 @@ nodes = sa.Table(
     # The catalog revision that report ran: compliance counts a node's status
     # only for the revision it was reported at ("pending" otherwise).
     sa.Column("status_revision", sa.BigInteger, nullable=False, server_default="0"),
+    # The sequence of that report (its agent numbers its reports): what decides
+    # which report is a node's newest, before its clock does (status_as_of).
+    sa.Column("status_sequence", sa.BigInteger, nullable=False, server_default="0"),
+    # The agent's clock minus the server's at its last hello; NULL: not known.
+    sa.Column("clock_offset_s", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -122,6 +127,8 @@ reports = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float, nullable=False, index=True),
     sa.Column("received_at", sa.Float, nullable=False),
+    # The agent's number for it (0 from agents older than sequence numbers).
+    sa.Column("sequence", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("summary", sa.JSON, nullable=False),
     # The report as the agent sent it: its protobuf encoding. Everything worth a
     # query is in columns and the status/drift tables; converting every report
@@ -130,6 +137,9 @@ reports = sa.Table(
     # state) lives here alone; `plumb report` reads it back from here.
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
+
+# A node's reports by their agent's numbering: its newest, its last sequence.
+sa.Index("ix_reports_node_sequence", reports.c.node, reports.c.sequence)
 
 resource_status = sa.Table(
     "resource_status",
@@ -157,8 +167,9 @@ drift_events = sa.Table(
     sa.UniqueConstraint("report_id", "resource_id"),
 )
 
-#: Statuses of a drift event: the resource differed from a spec it had converged to.
-DRIFT = (Status.REPAIRED, Status.DRIFTED)
+#: Statuses of a drift event: the resource differed from a spec it had converged to,
+#: and was repaired, left as it was (audit, noop) or could not be repaired.
+DRIFT = (Status.REPAIRED, Status.DRIFTED, Status.FAILED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +183,8 @@ class NodeRow:
     status_revision: int = 0
     #: What its last hello said about the host (os, agent version, ...).
     facts: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Its clock minus the server's at its last hello; None: not known yet.
+    clock_offset_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +194,7 @@ class NodeSeen:
     last_seen: float
     applied_revision: int | None = None
     facts: dict[str, str] | None = None
+    clock_offset_s: float | None = None  # the agent's clock minus ours, from its hello
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +227,7 @@ class ReportRecord:
     finished_at: float
     results: list[ResultRecord]
     body: bytes  # the wire report (protobuf), returned verbatim by last_report()
+    sequence: int = 0  # the agent's number for it; 0 from agents older than that
 
 
 @dataclasses.dataclass(frozen=True)
@@ -695,6 +710,18 @@ class Store:
                     ),
                     revisions_seen,
                 )
+            offsets = [
+                {"n": n, "o": s.clock_offset_s}
+                for n, s in seen.items()
+                if s.clock_offset_s is not None
+            ]
+            if offsets:
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.name == sa.bindparam("n"))
+                    .values(clock_offset_s=sa.bindparam("o")),
+                    offsets,
+                )
             facts = [{"n": n, "f": s.facts} for n, s in seen.items() if s.facts is not None]
             if facts:
                 conn.execute(
@@ -792,18 +819,24 @@ class Store:
                 # The first write: on SQLite it takes the write lock, so what
                 # _update_nodes reads next cannot change before the commit.
                 _insert_rows(conn, reports, _REPORT_COLUMNS, _report_rows(fresh, now))
-                _insert_rows(conn, drift_events, _DRIFT_COLUMNS, _drift_rows(fresh))
-                _update_nodes(conn, fresh, now)
+                offsets = _update_nodes(conn, fresh, now)
+                _insert_rows(conn, drift_events, _DRIFT_COLUMNS, _drift_rows(fresh, offsets))
         if fresh and self._checkpointer is not None:
             self._checkpointer.poke()
         return stored
+
+    def last_sequence(self, node: str) -> int:
+        """The highest report sequence stored for ``node``; 0 when none."""
+        query = sa.select(sa.func.max(reports.c.sequence)).where(reports.c.node == node)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def last_report(self, node: str) -> bytes | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(reports.c.body)
                 .where(reports.c.node == node)
-                .order_by(reports.c.finished_at.desc())
+                .order_by(reports.c.sequence.desc(), reports.c.finished_at.desc())
                 .limit(1)
             ).first()
         return bytes(row.body) if row else None
@@ -816,7 +849,9 @@ class Store:
             return int(conn.execute(query).scalar_one())
 
     def drift(self, node: str | None = None, limit: int = 100) -> list[DriftRow]:
-        query = sa.select(drift_events).order_by(drift_events.c.id.desc()).limit(limit)
+        """The newest drift events by when they were detected (not when they arrived)."""
+        order = (drift_events.c.detected_at.desc(), drift_events.c.id.desc())
+        query = sa.select(drift_events).order_by(*order).limit(limit)
         if node:
             query = query.where(drift_events.c.node == node)
         with self.engine.connect() as conn:
@@ -892,6 +927,7 @@ def _node_row(row: Any) -> NodeRow:
         applied_revision=int(row.applied_revision),
         status_revision=int(row.status_revision),
         facts=dict(row.facts),
+        clock_offset_s=row.clock_offset_s,
     )
 
 
@@ -934,6 +970,7 @@ _REPORT_COLUMNS = (
     "received_at",
     "summary",
     "body",
+    "sequence",
 )
 _DRIFT_COLUMNS = (
     "node",
@@ -994,12 +1031,21 @@ def _report_rows(fresh: Sequence[ReportRecord], now: float) -> list[tuple[Any, .
             now,
             _summary_json(r.results),
             r.body,
+            r.sequence,
         )
         for r in fresh
     ]
 
 
-def _drift_rows(fresh: Sequence[ReportRecord]) -> list[tuple[Any, ...]]:
+def _drift_rows(
+    fresh: Sequence[ReportRecord], offsets: Mapping[str, float | None]
+) -> list[tuple[Any, ...]]:
+    """A drift event per drifted result; detected when the run ended, by the server's clock.
+
+    The agent's time of the run, less its clock's offset from the server's as
+    last measured (at its hello): events of nodes with skewed clocks then sort
+    by when they really happened.
+    """
     return [
         (
             report.node,
@@ -1008,7 +1054,7 @@ def _drift_rows(fresh: Sequence[ReportRecord]) -> list[tuple[Any, ...]]:
             r.manifest,
             r.status._value_,
             json.dumps(r.changes),
-            report.finished_at,
+            report.finished_at - (offsets.get(report.node) or 0.0),
         )
         for report in fresh
         for r in report.results
@@ -1016,31 +1062,34 @@ def _drift_rows(fresh: Sequence[ReportRecord]) -> list[tuple[Any, ...]]:
     ]
 
 
-def _update_nodes(conn: Connection, fresh: Sequence[ReportRecord], now: float) -> None:
+def _update_nodes(
+    conn: Connection, fresh: Sequence[ReportRecord], now: float
+) -> dict[str, float | None]:
     """Mark each reporting node seen, move its applied revision, and fold its newest report.
 
-    One UPDATE per node, however many of its reports the batch holds. Folding
-    one by one keeps the report with the greatest finished_at, the later one
-    on a tie, and only if it is at least as new as what the node's status
-    already reflects: an old report delivered late never overwrites newer status.
+    One UPDATE per node, however many of its reports the batch holds. A
+    node's newest report is the one with the highest sequence (its agent
+    numbers its reports in the order its runs ended), then the latest
+    finished_at (only reports of agents older than sequence numbers tie at
+    0), the later one in the batch on a full tie; it is folded only if it is
+    at least as new as what the node's status already reflects: an old report
+    delivered late never overwrites newer status, whatever the agent's clock
+    said. Returns each node's clock offset, for the drift events' times.
     """
-    newest: dict[str, ReportRecord] = {}
-    applied: dict[str, int] = {}
+    by_node: dict[str, list[ReportRecord]] = {}
     for report in fresh:
-        best = newest.get(report.node)
-        if best is None or report.finished_at >= best.finished_at:
-            newest[report.node] = report
-        if not report.noop:
-            applied[report.node] = report.revision
+        by_node.setdefault(report.node, []).append(report)
     current = {
         row.name: row
-        for chunk in _chunks(sorted(newest))
+        for chunk in _chunks(sorted(by_node))
         for row in conn.execute(
             sa.select(
                 nodes.c.name,
                 nodes.c.applied_revision,
                 nodes.c.status_as_of,
                 nodes.c.status_revision,
+                nodes.c.status_sequence,
+                nodes.c.clock_offset_s,
             )
             .where(nodes.c.name.in_(chunk))
             .with_for_update()
@@ -1049,22 +1098,38 @@ def _update_nodes(conn: Connection, fresh: Sequence[ReportRecord], now: float) -
     updates: list[dict[str, Any]] = []
     folded: list[ReportRecord] = []
     for name, row in current.items():
-        report = newest[name]
-        fold = report.finished_at >= row.status_as_of
-        if fold:
-            folded.append(report)
+        # As if ingested one by one, in batch order: each report is folded if it
+        # is at least as new as the status so far; a folded run (not a noop
+        # run) also moves the applied revision.
+        newest: ReportRecord | None = None
+        key: tuple[int, float] = (row.status_sequence, row.status_as_of)
+        applied = int(row.applied_revision)
+        for report in by_node[name]:
+            if _order(report) >= key:
+                newest, key = report, _order(report)
+                if not report.noop:
+                    applied = report.revision
+        if newest is not None:
+            folded.append(newest)
         updates.append(
             {
                 "b_name": name,
                 "b_seen": now,
-                "b_applied": applied.get(name, row.applied_revision),
-                "b_as_of": report.finished_at if fold else row.status_as_of,
-                "b_status_revision": report.revision if fold else row.status_revision,
+                "b_applied": applied,
+                "b_as_of": key[1],
+                "b_status_revision": row.status_revision if newest is None else newest.revision,
+                "b_status_sequence": key[0],
             }
         )
     if updates:
         conn.execute(_UPDATE_NODE, updates)
     _fold_status(conn, folded)
+    return {name: row.clock_offset_s for name, row in current.items()}
+
+
+def _order(report: ReportRecord) -> tuple[int, float]:
+    """Which of a node's reports is newer: its sequence first, its clock only for a tie."""
+    return report.sequence, report.finished_at
 
 
 _UPDATE_NODE = (
@@ -1075,6 +1140,7 @@ _UPDATE_NODE = (
         applied_revision=sa.bindparam("b_applied"),
         status_as_of=sa.bindparam("b_as_of"),
         status_revision=sa.bindparam("b_status_revision"),
+        status_sequence=sa.bindparam("b_status_sequence"),
     )
 )
 

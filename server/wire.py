@@ -22,6 +22,7 @@ def report_record(report: pb.Report) -> ReportRecord:
         finished_at=report.finished_at,
         results=[_result_record(r) for r in report.results],
         body=report.SerializeToString(),
+        sequence=report.sequence,
     )
 
 

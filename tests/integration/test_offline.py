@@ -73,7 +73,7 @@ def test_a_report_sent_twice_is_counted_once(
 
     stored = _server_rows(server, "SELECT body FROM reports ORDER BY finished_at DESC LIMIT 1")
     report = pb.Report.FromString(stored[0][0])
-    Spool(agent.state_dir / "spool.db").add(report.id, report.SerializeToString())
+    Spool(agent.state_dir / "spool.db").add(report.id, lambda _: report.SerializeToString())
 
     third = agent.run_once()  # sends the duplicate plus its own new report
     assert third.returncode == 0, third.stderr

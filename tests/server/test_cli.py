@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 import pytest
@@ -203,8 +204,15 @@ class ShapesAdmin(FakeAdmin):
                     enrolled_at=10.0,
                     reported_revision=4,
                     summary=summary,
+                    clock_offset_s=0.25,
                 ),
-                pb.Node(name="web-2", latest_revision=5, compliance=-1, summary=never),
+                pb.Node(
+                    name="web-2",
+                    latest_revision=5,
+                    compliance=-1,
+                    summary=never,
+                    clock_offset_s=math.nan,
+                ),
             ]
         )
 
@@ -260,6 +268,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "reported_revision": 4,
         "latest_revision": 5,
         "catalog_problem": None,
+        "clock_offset_s": 0.25,
         "compliance": {
             "scope": "node",
             "name": "web-1",
@@ -276,6 +285,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         None,
     )
     assert web2["compliance"]["percent"] is None
+    assert web2["clock_offset_s"] is None
     assert shape("drift") == {
         "events": [
             {

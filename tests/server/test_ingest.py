@@ -159,16 +159,20 @@ def test_the_status_is_replaced_whole(store: Store) -> None:
     assert _status(store) == {"file/0": ("drifted", "r2")}  # file/1 is no longer managed
 
 
-def test_only_drift_flagged_repaired_or_drifted_results_are_drift_events(store: Store) -> None:
+def test_drift_flagged_results_are_drift_events_repaired_drifted_or_failed(
+    store: Store,
+) -> None:
     statuses = (Status.REPAIRED, Status.DRIFTED, Status.FAILED, Status.IN_SYNC)
     store.ingest_reports(
         [_report("flagged", 10, *statuses), _report("unflagged", 11, *statuses, drift=False)],
         now=12,
     )
     events = store.drift()
+    # A drift whose repair failed is drift too: it is what most needs seeing.
     assert sorted((d.report_id, d.resource_id, d.status) for d in events) == [
         ("flagged", "file/0", Status.REPAIRED),
         ("flagged", "file/1", Status.DRIFTED),
+        ("flagged", "file/2", Status.FAILED),
     ]
     assert events[0].changes == [{"field": "content", "observed": "a", "desired": "bflagged"}]
     assert {d.detected_at for d in events} == {10}
