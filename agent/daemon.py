@@ -55,6 +55,8 @@ AGENT_PID_VARIABLE = "PLUMB_AGENT_PID"
 BACKOFF_BASE_S = 0.5
 #: The window while the server's host refuses connections (nothing listens).
 REFUSED_WINDOW_S = 2.0
+#: A session up this long counts as progress even if it acked nothing (idle).
+STABLE_SESSION_S = 60.0
 
 
 def backoff_window(attempt: int, error: str, cap_s: float) -> float:
@@ -154,7 +156,7 @@ class Daemon:
             while not (session.ended.wait(0.5) or self.stop.is_set()):
                 pass
             session.close()
-            attempt = 0 if session.alive.is_set() else attempt + 1
+            attempt = 0 if session.made_progress(STABLE_SESSION_S) else attempt + 1
             if not self.stop.is_set():
                 self._backoff(attempt, session.error)
 

@@ -13,7 +13,7 @@ from agent import AGENT_VERSION, facts
 from agent.cache import CatalogCache
 from agent.errors import NoCatalog
 from agent.flapping import FlapPolicy
-from agent.report import RunReport, Trigger
+from agent.report import RunReport, Trigger, run_summary
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
 from agent.spool import Spool
@@ -38,17 +38,29 @@ def run_once(
     )
     session.start()
     try:
-        if not session.caught_up.wait(timeout) and not session.ended.is_set():
+        # Until caught up, or the stream ended (refused in 10 ms: no need to
+        # wait the whole timeout for a server that is not there).
+        if not session.settled.wait(timeout):
             log.warning(
                 "server %s did not answer within %ss; running the cached catalog",
                 enrollment.server,
                 timeout,
             )
+        elif session.ended.is_set() and not session.caught_up.is_set():
+            log.warning(
+                "no session with server %s (%s); running the cached catalog",
+                enrollment.server,
+                session.error or "closed",
+            )
         report = runner.run(Trigger.MANUAL, noop=noop)
         if report is None:
-            raise NoCatalog(
-                "no catalog yet: the server has nothing for this node, and nothing is cached"
+            why = (
+                f"the session with the server ended: {session.error}"
+                if session.error
+                else "the server has nothing for this node"
             )
+            raise NoCatalog(f"no catalog yet, and nothing is cached: {why}")
+        print(run_summary(report))
         session.flush()
         if not session.wait_acked(timeout):
             log.warning(

@@ -85,6 +85,16 @@ class RunReport:
         )
 
 
+def run_summary(report: RunReport) -> str:
+    """One line for every run: what it ran, the count per status, how long it took."""
+    counts = ", ".join(f"{status} {n}" for status, n in report.summary().items() if n)
+    noop = " noop" if report.noop else ""
+    return (
+        f"{report.trigger}{noop} run of revision {report.revision} (report {report.sequence}): "
+        f"{counts or 'no resources'} in {report.finished_at - report.started_at:.2f}s"
+    )
+
+
 MAX_VALUE_CHARS = 4096
 MAX_ERROR_CHARS = 16384
 

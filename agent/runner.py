@@ -28,7 +28,7 @@ from agent import engine
 from agent.cache import CatalogCache
 from agent.confirm import server_reachable
 from agent.flapping import FlapGuard, FlapPolicy
-from agent.report import RunReport, Trigger
+from agent.report import RunReport, Trigger, run_summary
 from agent.spool import Spool
 from agent.state import StateDir, write_atomic
 from modules.base import Context, Status
@@ -116,6 +116,7 @@ class Runner:
                 lambda n: dataclasses.replace(unnumbered, sequence=n).to_wire().SerializeToString(),
             )
             report = dataclasses.replace(unnumbered, sequence=sequence)
+            log.info("%s", run_summary(report))
             self._record(report)
             self._remember_converged(results, specs)
             return report

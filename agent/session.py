@@ -74,6 +74,12 @@ class SessionClient:
         self.caught_up = threading.Event()  # welcome seen and any newer catalog cached
         self.alive = threading.Event()  # at least one message arrived on this stream
         self.ended = threading.Event()
+        #: Set once caught up or ended, whichever comes first: what run --once waits on.
+        self.settled = threading.Event()
+        #: When the stream was opened, and whether the server acked a report on it:
+        #: what tells a session that made progress from one the server only answered.
+        self.started_at = time.monotonic()
+        self.acked_any = False
         self._acked = threading.Condition()
         self.error: str = ""
         self._call: grpc.Call | None = None
@@ -83,6 +89,7 @@ class SessionClient:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         stub = pb_grpc.AgentStub(self._channel)
         responses = stub.Session(self._requests())
         self._call = responses
@@ -144,6 +151,7 @@ class SessionClient:
                 self._refused(self.error)
         finally:
             self.ended.set()
+            self.settled.set()
             with self._acked:
                 self._acked.notify_all()
 
@@ -157,10 +165,11 @@ class SessionClient:
             if welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(welcome.heartbeat_interval_s)
             if message.welcome.latest_revision == self.cache.revision():
-                self.caught_up.set()
+                self._caught_up()
         elif kind == "catalog":
             self._catalog(message.catalog)
         elif kind == "ack":
+            self.acked_any = True
             self.spool.ack(message.ack.report_id)
             with self._lock:
                 if message.ack.report_id in self._in_flight:
@@ -179,7 +188,19 @@ class SessionClient:
             self.on_catalog(signed)
             ack = pb.CatalogAck(revision=signed.revision, accepted=True)
         self._outbox.put(pb.AgentMessage(catalog_ack=ack))
+        self._caught_up()
+
+    def _caught_up(self) -> None:
         self.caught_up.set()
+        self.settled.set()
+
+    def made_progress(self, stable_s: float) -> bool:
+        """Whether the server took a report on this stream, or it stayed up ``stable_s``.
+
+        A server that answers but cannot store reports must not reset the
+        agent's back-off: it would be hammered with reconnects.
+        """
+        return self.acked_any or time.monotonic() - self.started_at >= stable_s
 
     def _refused(self, why: str) -> None:
         """The server would not take what was sent: blame the oldest report in flight."""

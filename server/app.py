@@ -12,9 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import logging
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,6 +57,9 @@ SERVER_OPTIONS = [
     # limit is refused by Push in one clear line, not by gRPC.
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # No SO_REUSEPORT: a second server on the same ports must fail to start,
+    # not silently share the agents with the first.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -71,6 +80,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     upgrading the package and restarting is all an upgrade takes; a store
     that cannot be (missing, damaged, newer) stops the start with StoreError.
     """
+    lock = _lock_data_dir(config.data_dir)
     pki = PKI(config.data_dir / "pki")
     ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
     migration = migrate(config.store)
@@ -117,15 +127,67 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             await presence.close()
         finally:
             store.close()
+            lock.close()
 
 
 def _listen(grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+    _check_free(address)
     try:
-        return int(grpc_server.add_secure_port(address, credentials))
+        port = int(grpc_server.add_secure_port(address, credentials))
     except RuntimeError as exc:
+        port, reason = 0, f": {exc}"
+    else:
+        reason = ""
+    if port == 0:  # gRPC says "could not bind" this way, or by raising
         raise PlumbServerError(
-            f"cannot listen on {address} (in use, or not an address of this host?): {exc}"
-        ) from exc
+            f"cannot listen on {address} (in use by another process, or not an address "
+            f"of this host?){reason}"
+        )
+    return port
+
+
+def _check_free(address: str) -> None:
+    """Refuse a port another process holds, before gRPC tries (and logs its own lines)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return  # the kernel picks a free one; gRPC says it if the address is wrong
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return  # not resolvable: gRPC's refusal names it
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PlumbServerError(
+                        f"cannot listen on {address}: in use by another process "
+                        "(another plumb-server?)"
+                    ) from None
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``server.lock`` for as long as this server runs: one server per data dir.
+
+    Two servers on one store would each hold some of the agents: a push would
+    reach only the agents of the server it was made on.
+    """
+    handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 (held for the process' life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise PlumbServerError(
+            f"another plumb-server (pid {holder}) is running with {data_dir}: stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event) -> None:

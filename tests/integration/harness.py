@@ -161,10 +161,12 @@ class Agent:
         self.root.mkdir(parents=True)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _cmd(self, *args: str) -> list[str]:
+    def _cmd(self, *args: str, clock: str | None = None) -> list[str]:
+        """The agent's command line; ``clock`` (libfaketime's "+2h", "-1d") skews its clock."""
         # --config /dev/null: the machine's own /etc/plumb/agent.toml must not leak into tests.
         base = [*command("agent.main", self.netns), "--config", "/dev/null"]
-        return [*base, "--state-dir", str(self.state_dir), *args]
+        skew = ["faketime", "-f", clock] if clock else []
+        return [*skew, *base, "--state-dir", str(self.state_dir), *args]
 
     def enroll(self, server: Server, token: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -200,9 +202,20 @@ class Agent:
         if hasattr(self, "log"):
             self.log.close()
 
-    def run_once(self, *extra: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    def run_once(
+        self, *extra: str, timeout: float = 10, clock: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self._cmd("run", "--once", "--root", str(self.root), "--timeout", str(timeout), *extra),
+            self._cmd(
+                "run",
+                "--once",
+                "--root",
+                str(self.root),
+                "--timeout",
+                str(timeout),
+                *extra,
+                clock=clock,
+            ),
             capture_output=True,
             text=True,
             timeout=120,

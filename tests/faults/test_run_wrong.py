@@ -1,0 +1,78 @@
+"""The server refuses to be run wrong, and an agent does not hammer or wait on a bad server."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.integration.conftest import write
+from tests.integration.harness import Agent, Server, command
+
+MOTD = """\
+name: motd
+target: {all: true}
+resources:
+  - {kind: file, name: motd, spec: {path: /etc/motd, content: "hi\\n"}}
+"""
+
+
+def run_server(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command("server.main"), "--data-dir", str(data_dir), "run", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_to_start(server: Server) -> None:
+    second = run_server(
+        server.data_dir, "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0"
+    )
+    assert second.returncode == 1
+    pid = server.process.pid if server.process else None
+    assert second.stderr == (
+        f"plumb-server: another plumb-server (pid {pid}) is running with {server.data_dir}: "
+        "stop it first\n"
+    )
+    assert "listening" not in second.stdout
+
+
+def test_a_second_server_on_the_same_ports_refuses_to_start(server: Server, tmp_path: Path) -> None:
+    other = Server(tmp_path / "other")  # its own data dir, the first one's ports
+    try:
+        result = run_server(
+            other.data_dir, "--listen", server.agent_address, "--enroll-listen", "127.0.0.1:0"
+        )
+    finally:
+        other.stop()
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"plumb-server: cannot listen on {server.agent_address}: in use by another process "
+        "(another plumb-server?)\n"
+    )
+    assert "listening" not in result.stdout
+
+
+def test_run_once_against_a_server_that_is_gone_says_why_at_once(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("edge-1")
+    (agent.root / "etc").mkdir()
+    server.push(write(tmp_path / "motd.yaml", MOTD))
+    first = agent.run_once()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("manual run of revision 1 (report 1): repaired 1 in ")
+
+    server.stop()  # nothing listens on its port now: refused at once
+    agent.path("/etc/motd").write_text("edited\n")
+    started = time.monotonic()
+    second = agent.run_once(timeout=60)
+    waited = time.monotonic() - started
+    assert second.returncode == 0, second.stderr
+    assert "no session with server" in second.stderr and "UNAVAILABLE" in second.stderr
+    assert second.stdout.startswith("manual run of revision 1 (report 2): repaired 1 in ")
+    assert waited < 30, f"waited {waited:.1f}s for a server that refused at once"
+    assert agent.path("/etc/motd").read_text() == "hi\n"
