@@ -157,6 +157,10 @@ def _check_free(address: str) -> None:
         return  # not resolvable: gRPC's refusal names it
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: SO_REUSEADDR lets a restarted server have its port
+            # back while old connections linger in TIME_WAIT; a listener still
+            # holding it refuses all the same.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(sockaddr)
             except OSError as exc:

@@ -165,7 +165,9 @@ class Agent:
         """The agent's command line; ``clock`` (libfaketime's "+2h", "-1d") skews its clock."""
         # --config /dev/null: the machine's own /etc/plumb/agent.toml must not leak into tests.
         base = [*command("agent.main", self.netns), "--config", "/dev/null"]
-        skew = ["faketime", "-f", clock] if clock else []
+        # Only the wall clock is skewed, as on a host with a wrong clock: its
+        # monotonic clock (timeouts, timers) runs true.
+        skew = ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", clock] if clock else []
         return [*skew, *base, "--state-dir", str(self.state_dir), *args]
 
     def enroll(self, server: Server, token: str) -> subprocess.CompletedProcess[str]:
@@ -178,7 +180,9 @@ class Agent:
             timeout=60,
         )
 
-    def start(self, interval: float = 3600, splay: float = 0, *extra: str) -> None:
+    def start(
+        self, interval: float = 3600, splay: float = 0, *extra: str, clock: str | None = None
+    ) -> None:
         self.log = open(self.state_dir.parent / "agent.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
             self._cmd(
@@ -190,6 +194,7 @@ class Agent:
                 "--splay",
                 str(splay),
                 *extra,
+                clock=clock,
             ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -201,6 +206,13 @@ class Agent:
         self.process = None
         if hasattr(self, "log"):
             self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as in a crash or an OOM kill."""
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+        self.stop()
 
     def run_once(
         self, *extra: str, timeout: float = 10, clock: str | None = None
