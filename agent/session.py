@@ -13,10 +13,11 @@ own count) and the server's time: a clock more than CLOCK_WARN_S off is said
 in the log and kept in ``clock.json`` for ``plumb-agent status`` (reports are
 ordered by sequence, never by the clock, but an operator should know).
 
-A report the server refuses outright (the stream ends with
-RESOURCE_EXHAUSTED or INVALID_ARGUMENT while it was the oldest one in
-flight) is counted by the spool, which sends it last from then on and sets it
-aside after a few refusals, so it can never block the reports behind it.
+A report larger than any server takes (protos/limits.py) is set aside at
+once; one the server refuses anyway (the stream ends with RESOURCE_EXHAUSTED
+or INVALID_ARGUMENT while it was the largest one in flight) is counted by the
+spool, which sends it last from then on and sets it aside after a few
+refusals, so it can never block the reports behind it.
 
 The agent sends a heartbeat every interval the server's Welcome names, so
 the server can tell a frozen agent from an idle one; the agent notices a dead
@@ -41,6 +42,7 @@ from agent.state import Enrollment, StateDir, write_atomic
 from agent.tls import secure_channel
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
+from protos.limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("plumb.agent.session")
 
@@ -85,7 +87,7 @@ class SessionClient:
         self._call: grpc.Call | None = None
         self._closed = threading.Event()
         self._state = state
-        self._in_flight: list[str] = []  # sent on this stream, not acked yet, in order
+        self._in_flight: dict[str, int] = {}  # sent on this stream, not acked yet: id -> size
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -134,11 +136,17 @@ class SessionClient:
 
     def _reports(self) -> Iterator[pb.AgentMessage]:
         for report_id, body in self.spool.pending():
-            if report_id not in self._sent:
-                self._sent.add(report_id)
-                with self._lock:
-                    self._in_flight.append(report_id)
-                yield pb.AgentMessage(report=pb.Report.FromString(body))
+            if report_id in self._sent:
+                continue
+            self._sent.add(report_id)
+            if len(body) > MAX_MESSAGE_BYTES:
+                why = f"larger than any server takes ({len(body)} bytes > {MAX_MESSAGE_BYTES})"
+                self.spool.set_aside(report_id, why)
+                log.error("report %s set aside: %s", report_id, why)
+                continue
+            with self._lock:
+                self._in_flight[report_id] = len(body)
+            yield pb.AgentMessage(report=pb.Report.FromString(body))
 
     def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
         try:
@@ -172,8 +180,7 @@ class SessionClient:
             self.acked_any = True
             self.spool.ack(message.ack.report_id)
             with self._lock:
-                if message.ack.report_id in self._in_flight:
-                    self._in_flight.remove(message.ack.report_id)
+                self._in_flight.pop(message.ack.report_id, None)
             with self._acked:
                 self._acked.notify_all()
 
@@ -203,9 +210,9 @@ class SessionClient:
         return self.acked_any or time.monotonic() - self.started_at >= stable_s
 
     def _refused(self, why: str) -> None:
-        """The server would not take what was sent: blame the oldest report in flight."""
+        """The server would not take what was sent: blame the largest report in flight."""
         with self._lock:
-            culprit = self._in_flight[0] if self._in_flight else None
+            culprit = max(self._in_flight, key=self._in_flight.__getitem__, default=None)
         if culprit is None:
             return
         if self.spool.refused(culprit, why):

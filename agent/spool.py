@@ -11,12 +11,13 @@ orders a node's reports by it. Should this spool be lost, the server's
 Welcome says the highest number it has stored, and :meth:`Spool.at_least`
 moves the count above it.
 
-Reports go out in sequence order. One the server refuses outright (the
-stream ends with RESOURCE_EXHAUSTED or INVALID_ARGUMENT while it was the
-oldest one in flight) is counted; it is sent after every other one from then
-on, and after ``REFUSALS_BEFORE_ASIDE`` refusals it is **set aside** into the
-``rejected`` table (kept for inspection, counted by ``plumb-agent status``),
-so it can never block the reports behind it.
+Reports go out in sequence order. One larger than any server takes is
+**set aside** at once into the ``rejected`` table (kept for inspection,
+counted by ``plumb-agent status``). One the server refuses anyway (the stream
+ends with RESOURCE_EXHAUSTED or INVALID_ARGUMENT while it was the largest one
+in flight) is counted; it is sent after every other one from then on, and
+after ``REFUSALS_BEFORE_ASIDE`` refusals it is set aside too, so it can never
+block the reports behind it.
 """
 
 from __future__ import annotations
@@ -109,12 +110,13 @@ class Spool:
             row = db.execute("SELECT refusals FROM reports WHERE id = ?", (report_id,)).fetchone()
             if row is None or row[0] < REFUSALS_BEFORE_ASIDE:
                 return False
-            db.execute(
-                "INSERT OR REPLACE INTO rejected SELECT id, ?, ?, body FROM reports WHERE id = ?",
-                (time.time(), reason, report_id),
-            )
-            db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
+            _set_aside(db, report_id, reason)
             return True
+
+    def set_aside(self, report_id: str, reason: str) -> None:
+        """Keep ``report_id`` for inspection, never to be sent: no server could take it."""
+        with self._db() as db:
+            _set_aside(db, report_id, reason)
 
     def count(self) -> int:
         with self._db() as db:
@@ -124,6 +126,14 @@ class Spool:
         """How many reports were set aside because the server kept refusing them."""
         with self._db() as db:
             return int(db.execute("SELECT count(*) FROM rejected").fetchone()[0])
+
+
+def _set_aside(db: sqlite3.Connection, report_id: str, reason: str) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO rejected SELECT id, ?, ?, body FROM reports WHERE id = ?",
+        (time.time(), reason, report_id),
+    )
+    db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
 
 
 def _next_sequence(db: sqlite3.Connection) -> int:
