@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agent.spool import Spool
 from tests.integration.conftest import write
-from tests.integration.harness import Agent, Server, command
+from tests.integration.harness import Agent, Server, command, wait_for
 
 MOTD = """\
 name: motd
@@ -76,3 +78,43 @@ def test_run_once_against_a_server_that_is_gone_says_why_at_once(
     assert second.stdout.startswith("manual run of revision 1 (report 2): repaired 1 in ")
     assert waited < 30, f"waited {waited:.1f}s for a server that refused at once"
     assert agent.path("/etc/motd").read_text() == "hi\n"
+
+
+@contextlib.contextmanager
+def unwritable(*paths: Path) -> Iterator[None]:
+    """Make files immutable (chattr +i: even root cannot write them), until the block ends."""
+    present = [p for p in paths if p.exists()]
+    subprocess.run(["chattr", "+i", *map(str, present)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, present)], check=True)
+
+
+def test_a_server_that_answers_but_cannot_store_is_not_hammered(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("edge-1")
+    (agent.root / "etc").mkdir()
+    server.push(write(tmp_path / "motd.yaml", MOTD))
+    agent.start()
+    wait_for(lambda: server.nodes()["edge-1"]["reported_revision"] == 1, what="the first report")
+    db = server.data_dir / "plumb.db"
+    log = agent.state_dir.parent / "agent.log"
+
+    def reconnects() -> int:
+        return log.read_text().count("reconnecting in")
+
+    # The database and its WAL, not the -shm index: SQLite maps that one, and
+    # a mapping that cannot be written kills the process (SIGBUS).
+    with unwritable(db, db.with_name("plumb.db-wal")):
+        before = reconnects()
+        agent.path("/etc/motd").write_text("edited\n")  # a repair, a report the server cannot store
+        wait_for(lambda: reconnects() > before, what="the session to end on the failed store")
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 10, timeout=15, what="ten seconds")
+        during = reconnects() - before
+    # Backing off: a few attempts in 10 s, not one every half second.
+    # (Without back-off: one every 0.25 s on average, about 36 here.)
+    assert during <= 12, f"{during} reconnects in 10 s to a server that cannot store reports"
+    wait_for(lambda: Spool(agent.state_dir / "spool.db").count() == 0, timeout=90, what="delivery")
