@@ -393,7 +393,7 @@ class _Evaluator:
             remaining = self.ctx.remaining_s()
             if remaining is None or remaining <= delay:
                 waited = self.ctx.clock() - start
-                error = f"{outcome.error} (still busy after {tries} tries in {waited:.0f} s)"
+                error = f"{outcome.error} (still busy after {tries} tries in {waited:.1f} s)"
                 return dataclasses.replace(outcome, error=error)
             self.ctx.log.info("%s: %s; trying again in %g s", res.id, outcome.error, delay)
             self.sleep(delay)
