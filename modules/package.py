@@ -229,7 +229,7 @@ def os_family(release: Mapping[str, str]) -> str | None:
 _LOCKED = re.compile(
     r"Could not get lock"  # apt: lock-frontend, lock, lists/lock, archives/lock
     r"|Unable to acquire the dpkg frontend lock"  # apt
-    r"|dpkg frontend lock (?:was|is) locked"  # dpkg run by hand (dpkg --configure -a)
+    r"|lock (?:was|is) locked by another process"  # dpkg: its frontend and database locks
     r"|dpkg status database is locked"  # dpkg, older wording
     r"|can't create transaction lock"  # rpm
     r"|database is locked"  # rpm's sqlite database
@@ -299,6 +299,11 @@ _APT_OPTIONS = (
     "-q",
     "-o", "Dpkg::Options::=--force-confdef",
     "-o", "Dpkg::Options::=--force-confold",
+    # No pseudo-terminal for dpkg: apt would start dpkg in a session of its
+    # own for it (setsid), out of reach of the process group that is killed
+    # at the deadline, and a dpkg stuck in a maintainer script would hold
+    # the lock long after apt-get was killed.
+    "-o", "Dpkg::Use-Pty=0",
     # No DPkg::Lock::Timeout: a held lock fails at once and the kind says
     # Busy; the engine waits and retries, within the resource's timeout.
 )  # fmt: skip
