@@ -81,6 +81,36 @@ and fails the whole batch. Noop runs and audit resources are never batched
 (nothing is applied), nor held ones, nor risky kinds (they cannot be
 batchable: confirm-or-revert works one resource at a time).
 
+Timeouts: every resource is evaluated under a deadline
+(:attr:`modules.base.Context.deadline`), its own ``timeout`` from the catalog
+or else its kind's :attr:`~modules.base.Kind.timeout_s`, counted from when the
+engine starts on it. One deadline covers all of it: read, diff, apply, the
+verifying read, a refresh and the read after it. A command still running at
+the deadline is killed with its process group (:mod:`modules.executor`) and
+the resource fails with "<command> timed out after N s: <its output so far>";
+nothing else of the run is held up. In a batch, each member's own steps before
+the shared ``apply_batch`` (read, diff) and after it (verify, refresh, the
+one-by-one retry) run under that member's timeout, and ``apply_batch`` itself
+under the largest timeout of the batch. A batch that timed out is not retried
+one by one: the package manager was killed mid-transaction, and each alone
+would very likely hang the same way; each member is read again and reported
+repaired if the batch got it done before the kill, failed with the timeout
+otherwise. A revert (``restore``) gets a fresh deadline of the resource's
+timeout, so a change that used up the time still leaves the way back time.
+
+Retries: only a :class:`modules.errors.Busy` failure is retried, a condition
+only the kind can recognise as transient (another apt, dpkg or rpm holds the
+lock). The whole attempt is made again, from the read (the lock holder may
+have changed the very package), after 0.5 s, then 1, 2, 4 and from then on 8 s
+(:data:`BUSY_FIRST_BACKOFF_S`, doubling to :data:`BUSY_MAX_BACKOFF_S`), for
+as long as the deadline leaves time for another attempt after the wait. Then
+the resource fails with the last refusal and "(still busy after N tries in M
+s)", and its result says ``transient`` so that the watchers try it again on
+the next event. A busy ``apply_batch`` goes one by one, the first resource
+waiting for the lock. Nothing else is retried: a read or apply that fails for
+any other reason is reported as it is (the next run, or the watcher, tries
+again).
+
 A result's ``duration_s`` is the time spent on that resource alone (parse,
 read, diff, apply, verify, refresh, describe), plus in a batch an even share
 of the ``apply_batch`` call (also of a failed one, before the retry): the

@@ -10,8 +10,14 @@ For every resource the engine (``agent/engine.py``) does::
     kind.apply(ctx, spec, state, changes)   # enforce only; never in noop/audit
 
 A dry run is parse + read + diff. Kinds never sleep, retry or catch
-everything: ordering, retries, modes and failure isolation belong to the
-engine. The server imports only the pure parts: ``parse`` and
+everything: ordering, retries, timeouts, modes and failure isolation belong to
+the engine. Kinds run commands only through :meth:`Context.run` (and
+:meth:`Context.spawn`), which kill a command with its whole process group at
+the deadline the engine set for the resource (:attr:`Kind.timeout_s`, or the
+resource's own ``timeout``) and raise :class:`~modules.errors.TimedOut`; a
+kind that can tell from a command's output that waiting will help (another
+package manager holds the lock) raises :class:`~modules.errors.Busy`, which
+the engine retries. The server imports only the pure parts: ``parse`` and
 ``identities`` (to refuse bad manifests and two resources that manage one
 object at push) and the kind's capabilities (to refuse a ``notify`` to a
 kind that cannot be refreshed).

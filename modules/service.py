@@ -20,6 +20,12 @@ reloaded and a running unit restarted, because a running unit keeps its old
 definition until then. Watching uses systemd's D-Bus signals (jeepney): a unit
 stopped, started or disabled behind the agent's back is noticed at once.
 
+A resource gets 90 s by default (``timeout_s``, systemd's own
+DefaultTimeoutStartSec): a ``systemctl start`` still waiting then (a oneshot
+unit whose ExecStart hangs) is killed and the resource fails "timed out". The
+start job it queued stays systemd's: the unit stays ``activating`` until it
+finishes or is stopped.
+
 Units are the host's: the kind works on the real root only (``systemctl`` has
 no way to start a unit in a sandbox directory) and with systemd running.
 """
