@@ -81,6 +81,36 @@ and fails the whole batch. Noop runs and audit resources are never batched
 (nothing is applied), nor held ones, nor risky kinds (they cannot be
 batchable: confirm-or-revert works one resource at a time).
 
+Timeouts: every resource is evaluated under a deadline
+(:attr:`modules.base.Context.deadline`), its own ``timeout`` from the catalog
+or else its kind's :attr:`~modules.base.Kind.timeout_s`, counted from when the
+engine starts on it. One deadline covers all of it: read, diff, apply, the
+verifying read, a refresh and the read after it. A command still running at
+the deadline is killed with its process group (:mod:`modules.executor`) and
+the resource fails with "<command> timed out after N s: <its output so far>";
+nothing else of the run is held up. In a batch, each member's own steps before
+the shared ``apply_batch`` (read, diff) and after it (verify, refresh, the
+one-by-one retry) run under that member's timeout, and ``apply_batch`` itself
+under the largest timeout of the batch. A batch that timed out is not retried
+one by one: the package manager was killed mid-transaction, and each alone
+would very likely hang the same way; each member is read again and reported
+repaired if the batch got it done before the kill, failed with the timeout
+otherwise. A revert (``restore``) gets a fresh deadline of the resource's
+timeout, so a change that used up the time still leaves the way back time.
+
+Retries: only a :class:`modules.errors.Busy` failure is retried, a condition
+only the kind can recognise as transient (another apt, dpkg or rpm holds the
+lock). The whole attempt is made again, from the read (the lock holder may
+have changed the very package), after 0.5 s, then 1, 2, 4 and from then on 8 s
+(:data:`BUSY_FIRST_BACKOFF_S`, doubling to :data:`BUSY_MAX_BACKOFF_S`), for
+as long as the deadline leaves time for another attempt after the wait. Then
+the resource fails with the last refusal and "(still busy after N tries in M
+s)", and its result says ``transient`` so that the watchers try it again on
+the next event. A busy ``apply_batch`` goes one by one, the first resource
+waiting for the lock. Nothing else is retried: a read or apply that fails for
+any other reason is reported as it is (the next run, or the watcher, tries
+again).
+
 A result's ``duration_s`` is the time spent on that resource alone (parse,
 read, diff, apply, verify, refresh, describe), plus in a batch an even share
 of the ``apply_batch`` call (also of a failed one, before the retry): the
@@ -114,7 +144,7 @@ from agent.errors import CatalogError
 from modules import registry
 from modules.base import Batchable, Change, Context, Kind, Mode, Refreshable, Risky, Status
 from modules.catalog import CatalogResource
-from modules.errors import ModuleError
+from modules.errors import Busy, ModuleError, TimedOut
 
 KindLookup = Callable[[str], Kind[Any, Any]]
 
@@ -124,6 +154,12 @@ _BLOCKING = (Status.FAILED, Status.SKIPPED)
 _UNAPPLIED = (Status.DRIFTED, Status.UNKNOWN)
 # Subscription statuses that call for a refresh (made, or only pending when dry).
 _CHANGING = (Status.REPAIRED, *_UNAPPLIED)
+
+#: Waiting for a busy package manager (Busy): the first back-off, doubled
+#: after every further refusal up to the cap, for as long as the resource's
+#: deadline leaves time for another try after the wait.
+BUSY_FIRST_BACKOFF_S = 0.5
+BUSY_MAX_BACKOFF_S = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +181,9 @@ class ResourceResult:
     #: What the resource looks like now (:meth:`modules.base.Kind.describe`);
     #: empty when the kind describes nothing or no current state was read.
     observed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Failed on a condition the kind called transient (:class:`modules.errors.Busy`)
+    #: that outlasted the engine's retries: trying again later may well work.
+    transient: bool = False
 
 
 #: Says whether the server can be reached over a fresh connection right now.
@@ -159,16 +198,19 @@ def run(
     *,
     noop: bool = False,
     kinds: KindLookup = registry.get,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
     confirm: Confirm | None = None,
     hold: Mapping[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[ResourceResult]:
     """Run ``resources`` in require order; one result per resource, in catalog order.
 
     ``confirm`` guards risky kinds (None: no confirm-or-revert, as when there is
     no server). ``hold`` maps ids the caller holds back to why (reverted
     earlier at this revision, flapping): an enforce run reports each failed
-    with that reason, without reading or applying it.
+    with that reason, without reading or applying it. ``clock`` times results
+    (default: the context's, which deadlines are on too); ``sleep`` waits out a
+    busy package manager.
     Never raises for anything a kind does: every failure becomes a result.
     """
     try:
@@ -176,7 +218,7 @@ def run(
     except CatalogError as exc:
         return [_log(ctx, _unusable(res, exc)) for res in resources]
     guard = _Guard(ctx.log, confirm)
-    evaluator = _Evaluator(ctx, noop, kinds, clock, guard, dict(hold or {}))
+    evaluator = _Evaluator(ctx, noop, kinds, clock or ctx.clock, guard, dict(hold or {}), sleep)
     done: dict[str, ResourceResult] = {}
     for position, res in enumerate(order):
         if res.id in done:
@@ -283,6 +325,8 @@ class _Outcome:
     #: it since (a failed apply, a revert); what describe is asked about.
     state: Any = _UNREAD
     observed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Failed on a Busy: worth another try after a back-off.
+    transient: bool = False
 
 
 @dataclasses.dataclass
@@ -295,6 +339,9 @@ class _Item:
     state: Any = _UNREAD
     changes: tuple[Change, ...] = ()
     outcome: _Outcome | None = None  # set when its own read, apply and verify are over
+    #: Its evaluator for what follows the batch's shared step (verify, refresh,
+    #: describe), under a deadline of its own; made when that part begins.
+    after: _Evaluator | None = None
 
 
 class _Guard:
@@ -340,12 +387,49 @@ class _Evaluator:
     clock: Callable[[], float]
     guard: _Guard
     hold: Mapping[str, str]  # id -> why it is held back
+    sleep: Callable[[float], None]
 
     def evaluate(self, res: CatalogResource, done: dict[str, ResourceResult]) -> ResourceResult:
         """The result of ``res``, given the results of everything it requires."""
         start = self.clock()
         outcome = self._outcome(res, done)
         return _result(res, outcome, duration_s=self.clock() - start)
+
+    # --- deadlines and a busy package manager ---------------------------------
+
+    def _within(self, limit_s: float) -> _Evaluator:
+        """This evaluator, its context's deadline ``limit_s`` seconds from now."""
+        return dataclasses.replace(self, ctx=self.ctx.with_timeout(limit_s))
+
+    def _for(self, res: CatalogResource, kind: Kind[Any, Any]) -> _Evaluator:
+        """This evaluator under ``res``'s own deadline: its ``timeout``, or its kind's."""
+        return self._within(_limit(res, kind))
+
+    def _patiently(
+        self,
+        res: CatalogResource,
+        first: Callable[[], _Outcome | None],
+        again: Callable[[], _Outcome | None] | None = None,
+    ) -> _Outcome | None:
+        """``first()``; while its outcome is a Busy failure, ``again()`` after a back-off.
+
+        Only while the deadline leaves time for another try once the wait is
+        over; then the last failure, saying how long it waited. None (no
+        failure) is passed through.
+        """
+        outcome = first()
+        delay, tries, start = BUSY_FIRST_BACKOFF_S, 1, self.ctx.clock()
+        while outcome is not None and outcome.transient:
+            remaining = self.ctx.remaining_s()
+            if remaining is None or remaining <= delay:
+                waited = self.ctx.clock() - start
+                error = f"{outcome.error} (still busy after {tries} tries in {waited:.1f} s)"
+                return dataclasses.replace(outcome, error=error)
+            self.ctx.log.info("%s: %s; trying again in %g s", res.id, outcome.error, delay)
+            self.sleep(delay)
+            delay, tries = min(delay * 2, BUSY_MAX_BACKOFF_S), tries + 1
+            outcome = (again or first)()
+        return outcome
 
     def _outcome(self, res: CatalogResource, done: dict[str, ResourceResult]) -> _Outcome:
         required = [done[req] for req in dict.fromkeys((*res.require, *res.subscribe))]
@@ -357,14 +441,25 @@ class _Evaluator:
             spec = kind.parse(res.spec)
         except Exception as exc:
             return self._failed(res, exc)
+        if res.id in self.hold and not (self.noop or res.mode is Mode.AUDIT):
+            return _Outcome(Status.FAILED, error=self.hold[res.id])
+        return self._for(res, kind)._evaluated(res, kind, spec, required, done)
+
+    def _evaluated(
+        self,
+        res: CatalogResource,
+        kind: Kind[Any, Any],
+        spec: Any,
+        required: list[ResourceResult],
+        done: dict[str, ResourceResult],
+    ) -> _Outcome:
+        """Read, diff and (enforcing) apply and refresh ``res``, under its deadline."""
         if self.noop or res.mode is Mode.AUDIT:
             pending = [req.id for req in required if req.status in _UNAPPLIED]
             own = self._dry(res, kind, spec, pending)
             subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
             notifiers = [s.id for s in subscribed if s.status in _CHANGING]
             return self._described(res, kind, spec, _refresh_pending(own, notifiers))
-        if res.id in self.hold:
-            return _Outcome(Status.FAILED, error=self.hold[res.id])
         return self._finish(res, kind, spec, self._enforce(res, kind, spec), done)
 
     def _finish(
@@ -440,11 +535,19 @@ class _Evaluator:
     def _dry(
         self, res: CatalogResource, kind: Kind[Any, Any], spec: Any, pending: list[str]
     ) -> _Outcome:
+        """Read and diff only (again while the package manager is busy)."""
+        outcome = self._patiently(res, lambda: self._dry_once(res, kind, spec, pending))
+        assert outcome is not None
+        return outcome
+
+    def _dry_once(
+        self, res: CatalogResource, kind: Kind[Any, Any], spec: Any, pending: list[str]
+    ) -> _Outcome:
         """Read and diff only; a failure with unapplied requirements is unknown."""
         try:
             state, changes = self._observe(kind, spec)
         except ModuleError as exc:
-            if not pending:
+            if not pending or isinstance(exc, Busy):
                 return self._failed(res, exc)
             detail = f"{exc} (pending changes not applied: {', '.join(pending)})"
             return _Outcome(Status.UNKNOWN, error=detail)
@@ -454,6 +557,12 @@ class _Evaluator:
         return _Outcome(status, changes, state=state)
 
     def _enforce(self, res: CatalogResource, kind: Kind[Any, Any], spec: Any) -> _Outcome:
+        """Read, diff, apply, verify; all of it again while the package manager is busy."""
+        outcome = self._patiently(res, lambda: self._enforce_once(res, kind, spec))
+        assert outcome is not None
+        return outcome
+
+    def _enforce_once(self, res: CatalogResource, kind: Kind[Any, Any], spec: Any) -> _Outcome:
         """Read, diff, apply, and check that the apply really converged."""
         try:
             state, changes = self._observe(kind, spec)
@@ -500,10 +609,17 @@ class _Evaluator:
         snapshot: Any,
         applied: _Outcome,
     ) -> _Outcome:
-        """Put back ``snapshot`` after a change that left the server unreachable."""
+        """Put back ``snapshot`` after a change that left the server unreachable.
+
+        Under a deadline of its own: a change that used up the resource's time
+        must not leave the way back no time at all.
+        """
         also = f" (the change itself: {applied.status}: {applied.error})" if applied.error else ""
+        ctx = self.ctx
+        if ctx.deadline is not None:
+            ctx = ctx.with_timeout(ctx.deadline.limit_s)
         try:
-            kind.restore(self.ctx, spec, snapshot)
+            kind.restore(ctx, spec, snapshot)
         except Exception as exc:
             error = (
                 f"revert FAILED: lost connection to the server after the change, and "
@@ -523,7 +639,7 @@ class _Evaluator:
     ) -> _Outcome:
         """A failure from a kind; anything but a ModuleError is a bug, logged with its traceback."""
         if isinstance(exc, ModuleError):
-            return _Outcome(Status.FAILED, changes, str(exc))
+            return _Outcome(Status.FAILED, changes, str(exc), transient=isinstance(exc, Busy))
         self.ctx.log.error("%s: unexpected error in kind %r", res.id, res.kind, exc_info=exc)
         return _Outcome(Status.FAILED, changes, f"{type(exc).__name__}: {exc}")
 
@@ -567,21 +683,28 @@ class _Evaluator:
         items = [_Item(res) for res in members]
         for item in items:
             with self._charged(item):
-                self._prepare(kind, item)
+                self._for(item.res, kind)._prepare(kind, item)
         pending = [item for item in items if item.outcome is None]
         if len(pending) == 1:
             [item] = pending
             with self._charged(item):
-                item.outcome = self._apply(item.res, kind, item.spec, item.state, item.changes)
+                item.outcome = self._apply_lone(kind, item)
         elif pending:
             self._apply_together(kind, pending)
         results = []
         for item in items:
             assert item.outcome is not None
             with self._charged(item):
-                outcome = self._finish(item.res, kind, item.spec, item.outcome, done)
+                after = self._after(kind, item)
+                outcome = after._finish(item.res, kind, item.spec, item.outcome, done)
             results.append(_result(item.res, outcome, duration_s=item.spent))
         return results
+
+    def _after(self, kind: Kind[Any, Any], item: _Item) -> _Evaluator:
+        """``item``'s evaluator for its own steps after the batch's shared one."""
+        if item.after is None:
+            item.after = self._for(item.res, kind)
+        return item.after
 
     @contextlib.contextmanager
     def _charged(self, *items: _Item) -> Iterator[None]:
@@ -596,45 +719,95 @@ class _Evaluator:
 
     def _prepare(self, kind: Kind[Any, Any], item: _Item) -> None:
         """Parse, read and diff ``item``; its outcome is set unless it has changes to apply."""
+        item.outcome = self._patiently(item.res, lambda: self._prepare_once(kind, item))
+
+    def _prepare_once(self, kind: Kind[Any, Any], item: _Item) -> _Outcome | None:
         try:
             item.spec = kind.parse(item.res.spec)
             item.state, item.changes = self._observe(kind, item.spec)
         except Exception as exc:
-            item.outcome = self._failed(item.res, exc)
-            return
-        if not item.changes:
-            item.outcome = _Outcome(Status.IN_SYNC, state=item.state)
+            return self._failed(item.res, exc)
+        return None if item.changes else _Outcome(Status.IN_SYNC, state=item.state)
+
+    def _apply_lone(self, kind: Kind[Any, Any], item: _Item) -> _Outcome:
+        """The one resource of a batch with changes: ``apply``, as on its own."""
+        after = self._after(kind, item)
+        outcome = after._patiently(
+            item.res,
+            lambda: after._apply(item.res, kind, item.spec, item.state, item.changes),
+            lambda: after._apply_alone(kind, item),
+        )
+        assert outcome is not None
+        return outcome
 
     def _apply_together(self, kind: Kind[Any, Any], pending: list[_Item]) -> None:
-        """One ``apply_batch`` for ``pending``, then each verified; one by one if it fails."""
+        """One ``apply_batch`` for ``pending``, then each verified; one by one if it fails.
+
+        The batch's deadline is the largest of its members' timeouts.
+        """
         ids = ", ".join(item.res.id for item in pending)
         self.ctx.log.info("applying %d %s resources in one batch: %s", len(pending), kind.name, ids)
         batch = [(item.spec, item.state, list(item.changes)) for item in pending]
         failure: Exception | None = None
         assert isinstance(kind, Batchable)  # batch() gathers batchable kinds only
+        together = self._within(max(_limit(item.res, kind) for item in pending))
         with self._charged(*pending):
             try:
-                kind.apply_batch(self.ctx, batch)
+                kind.apply_batch(together.ctx, batch)
             except Exception as exc:
                 failure = exc
-        if failure is None:
-            for item in pending:
-                with self._charged(item):
-                    item.outcome = self._verify(item.res, kind, item.spec, item.changes)
+        if isinstance(failure, TimedOut):
+            self.ctx.log.warning(
+                "applying %s in one batch timed out (%s); not trying them one by one", ids, failure
+            )
         elif isinstance(failure, ModuleError):
             self.ctx.log.warning(
                 "applying %s in one batch failed (%s); applying them one by one", ids, failure
             )
-            for item in pending:
-                with self._charged(item):
-                    item.outcome = self._apply_alone(kind, item)
-        else:
+        elif failure is not None:
             self.ctx.log.error(
                 "%s: unexpected error in kind %r applying a batch", ids, kind.name, exc_info=failure
             )
-            error = f"{type(failure).__name__}: {failure} (in a batch with {ids})"
-            for item in pending:
-                item.outcome = _Outcome(Status.FAILED, item.changes, error)
+        for item in pending:
+            after = self._after(kind, item)
+            with self._charged(item):
+                item.outcome = after._after_batch(kind, item, failure, ids)
+
+    def _after_batch(
+        self, kind: Kind[Any, Any], item: _Item, failure: Exception | None, ids: str
+    ) -> _Outcome:
+        """``item`` after its batch: verified, or what became of it if the batch failed."""
+        if failure is None:
+            verified = self._patiently(
+                item.res, lambda: self._verify(item.res, kind, item.spec, item.changes)
+            )
+            assert verified is not None
+            return verified
+        if isinstance(failure, TimedOut):
+            # The package manager was killed mid-transaction: each of the
+            # others alone would very likely meet the same hang (and the
+            # interrupted run it left), one timeout after another. Say what
+            # the batch did get done, and leave the rest to the next run.
+            return self._after_timeout(kind, item, failure, ids)
+        if isinstance(failure, ModuleError):  # Busy too: the first to go waits for the lock
+            alone = self._patiently(item.res, lambda: self._apply_alone(kind, item))
+            assert alone is not None
+            return alone
+        error = f"{type(failure).__name__}: {failure} (in a batch with {ids})"
+        return _Outcome(Status.FAILED, item.changes, error)
+
+    def _after_timeout(
+        self, kind: Kind[Any, Any], item: _Item, failure: TimedOut, ids: str
+    ) -> _Outcome:
+        """``item`` after its batch timed out: repaired if it converged before the kill."""
+        try:
+            state, remaining = self._observe(kind, item.spec)
+        except Exception as exc:
+            return self._failed(item.res, exc, item.changes)
+        if not remaining:
+            return _Outcome(Status.REPAIRED, item.changes, state=state)
+        error = f"{failure} (in a batch with {ids})"
+        return _Outcome(Status.FAILED, item.changes, error, state=state)
 
     def _apply_alone(self, kind: Kind[Any, Any], item: _Item) -> _Outcome:
         """After a failed batch: read ``item`` again, and apply it alone if it still differs.
@@ -650,6 +823,11 @@ class _Evaluator:
             return _Outcome(Status.REPAIRED, item.changes, state=state)
         outcome = self._apply(item.res, kind, item.spec, state, changes)
         return dataclasses.replace(outcome, changes=item.changes)
+
+
+def _limit(res: CatalogResource, kind: Kind[Any, Any]) -> float:
+    """Seconds ``res`` gets: its own ``timeout``, or its kind's ``timeout_s``."""
+    return res.timeout_s if res.timeout_s is not None else kind.timeout_s
 
 
 def _verified(
@@ -702,6 +880,7 @@ def _result(res: CatalogResource, outcome: _Outcome, duration_s: float = 0.0) ->
         controls=res.controls,
         reverted=outcome.reverted,
         observed=outcome.observed,
+        transient=outcome.transient,
     )
 
 

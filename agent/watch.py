@@ -17,13 +17,25 @@ apply finds exactly that, so it ends in the check; and since a check never
 writes, it cannot feed itself. There is no time window in which a real
 change is ignored: events during a run are kept and checked when it ends.
 
-Failed resources are the exception, as they left nothing to compare with.
-After a failure in a run that events did not cause (a push, the schedule),
-the next event causes a run: an operator may just have fixed the cause (made
-the missing directory). After a failure in a run that events caused, events
-alone do not retry it; the periodic run and every other run do. That bounds
-the worst case (an apply that touches the file and then fails) to one extra
-run.
+Failed resources need care. After a failure in a run that events did not
+cause (a push, the schedule), the next event causes a run: an operator may
+just have fixed the cause (made the missing directory). So does the next
+event after a failure the kind called transient (a busy package manager: its
+lock is released with a change to its database). After any other failure in a
+run that events caused, a check compares with the differences that run found,
+as for a drifted resource: the same differences again (the echo of an apply
+that touched the file and then failed) run nothing, which bounds that case to
+one extra run; anything else (the resource removed again, or repaired by a
+run the daemon did not make, such as ``plumb-agent run --once``) is a new
+change and runs. No failure makes the watcher deaf to a resource.
+
+Watchers keep watching. A kind's ``watch`` that raises (``nft monitor``
+killed, D-Bus restarted) is logged and started again after a back-off
+(:data:`RESTART_FIRST_S`, doubling to :data:`RESTART_MAX_S`), and a check
+follows each restart for what changed while nobody watched. A check that
+cannot read a resource asks for a run (which says what is wrong); reads in a
+check run under the kind's timeout like a run's, so a hung command cannot
+stall the watchers either.
 
 Usage, from the daemon::
 
@@ -46,17 +58,24 @@ from typing import Any, Literal
 
 from agent.report import RunReport, Trigger
 from modules import registry
-from modules.base import Change, Context, Kind, Status, Watchable
+from modules.base import DEFAULT_TIMEOUT_S, Change, Context, Kind, Status, Watchable
 from modules.catalog import Catalog
 
 log = logging.getLogger("plumb.agent.watch")
 
+#: A watcher whose ``watch`` raised is started again after this many seconds,
+#: doubling after every failure up to RESTART_MAX_S; back to the first delay
+#: once it has watched for RESTART_MAX_S without failing.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+
 KindLookup = Callable[[str], Kind[Any, Any]]
 
 # What the last run left of a resource, which a check compares with: the
-# differences that remained (none when in sync or repaired), or a failure to
-# retry on the next event, or nothing to go by (skipped, unknown, failed in a
-# run caused by events): events alone do not make such a resource run.
+# differences that remained (none when in sync or repaired; for a failure in
+# a run caused by events, the ones it found), or a failure to retry on the
+# next event, or nothing to go by (skipped, unknown): events alone do not make
+# such a resource run.
 Expected = tuple[Change, ...] | Literal["retry", "ignore"]
 
 
@@ -67,6 +86,8 @@ class Watched:
     id: str
     kind: Kind[Any, Any]
     spec: Any
+    #: Seconds a check's read of it may take: its own ``timeout``, or its kind's.
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Watched]:
@@ -80,7 +101,8 @@ def targets(catalog: Catalog, kinds: KindLookup = registry.get) -> list[Watched]
         try:
             kind = kinds(res.kind)
             if isinstance(kind, Watchable):
-                found.append(Watched(res.id, kind, kind.parse(res.spec)))
+                limit = res.timeout_s if res.timeout_s is not None else kind.timeout_s
+                found.append(Watched(res.id, kind, kind.parse(res.spec), limit))
         except Exception as exc:
             log.debug("%s: not watched (%s)", res.id, exc)
     return found
@@ -94,8 +116,9 @@ def expected_after(report: RunReport) -> dict[str, Expected]:
             left[result.id] = ()
         elif result.status is Status.DRIFTED:
             left[result.id] = tuple(result.changes)
-        elif result.status is Status.FAILED and report.trigger is not Trigger.WATCH:
-            left[result.id] = "retry"
+        elif result.status is Status.FAILED:
+            transient = result.transient or report.trigger is not Trigger.WATCH
+            left[result.id] = "retry" if transient else tuple(result.changes)
         else:
             left[result.id] = "ignore"
     return left
@@ -113,6 +136,7 @@ class Watchers:
         quiet_s: float = 0.05,
         max_delay_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        restart_s: tuple[float, float] = (RESTART_FIRST_S, RESTART_MAX_S),
     ) -> None:
         self._ctx = Context(root=root, log=log)
         self._request_run = request_run
@@ -120,6 +144,7 @@ class Watchers:
         self._quiet_s = quiet_s
         self._max_delay_s = max_delay_s
         self._clock = clock
+        self._restart_s = restart_s
         self._cond = threading.Condition()
         # Everything below is guarded by _cond.
         self._revision = 0
@@ -230,12 +255,35 @@ class Watchers:
         self._stops = []
 
     def _watch(self, kind: Kind[Any, Any], specs: list[Any], stop: threading.Event) -> None:
-        try:
-            if isinstance(kind, Watchable):  # targets() only gives watchable ones
+        """``kind.watch`` until ``stop``; started again, after a back-off, whenever it fails."""
+        assert isinstance(kind, Watchable)  # targets() only gives watchable ones
+        first, most = self._restart_s
+        delay = first
+        while not stop.is_set():
+            began = self._clock()
+            failure: Exception | None = None
+            try:
                 kind.watch(self._ctx, specs, self.on_change, stop)
-        except Exception:
-            # Drift is still found, by the periodic run: log it and carry on.
-            log.exception("watcher of kind %r stopped; relying on periodic runs", kind.name)
+                problem = "returned before it was stopped"
+            except Exception as exc:
+                failure, problem = exc, f"{type(exc).__name__}: {exc}"
+            if stop.is_set():
+                return
+            if self._clock() - began >= most:
+                delay = first  # it had been watching well: not a failure in a row
+            # Periodic runs cover what happens meanwhile; the check after the
+            # restart covers it sooner. The traceback once, not every minute.
+            log.warning(
+                "watcher of kind %r stopped (%s); watching again in %g s",
+                kind.name,
+                problem,
+                delay,
+                exc_info=failure if delay == first else None,
+            )
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, most)
+            self.on_change()  # whatever changed while nobody watched
 
     def _debounce(self) -> None:
         while True:
@@ -244,16 +292,22 @@ class Watchers:
                     return
                 self._dirty = False
                 found, expected = self._targets, self._expected
-            changed = self._check(found, expected)
-            if changed is None:
-                log.debug("watcher: checked after events; nothing changed")
-                continue
-            with self._cond:
-                if self._closed:
-                    return
-                self._queued = True
-            log.info("watcher: %s changed; running", changed)
-            self._request_run()
+            try:
+                changed = self._check(found, expected)
+                if changed is None:
+                    log.debug("watcher: checked after events; nothing changed")
+                    continue
+                with self._cond:
+                    if self._closed:
+                        return
+                    self._queued = True
+                log.info("watcher: %s changed; running", changed)
+                self._request_run()
+            except Exception:
+                # The debouncer is every watcher's way to a run: it must not die.
+                log.exception("watcher: checking after events failed; carrying on")
+                with self._cond:
+                    self._queued = False
 
     def _wait_until_due(self) -> bool:
         """Wait (holding _cond) until a check is due; False once stopped."""
@@ -276,11 +330,13 @@ class Watchers:
                 continue
             if wanted == "retry":
                 return target.id
+            # Under the kind's timeout, as in a run: a hung command must not
+            # stall the one thread every watcher's events go through.
+            ctx = self._ctx.with_timeout(target.timeout_s)
             try:
-                observed = tuple(
-                    target.kind.diff(target.spec, target.kind.read(self._ctx, target.spec))
-                )
-            except Exception:
+                observed = tuple(target.kind.diff(target.spec, target.kind.read(ctx, target.spec)))
+            except Exception as exc:
+                log.info("watcher: checking %s failed (%s); running", target.id, exc)
                 return target.id  # the run will say what is wrong
             if observed != wanted:
                 return target.id

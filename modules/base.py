@@ -10,8 +10,14 @@ For every resource the engine (``agent/engine.py``) does::
     kind.apply(ctx, spec, state, changes)   # enforce only; never in noop/audit
 
 A dry run is parse + read + diff. Kinds never sleep, retry or catch
-everything: ordering, retries, modes and failure isolation belong to the
-engine. The server imports only the pure parts: ``parse`` and
+everything: ordering, retries, timeouts, modes and failure isolation belong to
+the engine. Kinds run commands only through :meth:`Context.run` (and
+:meth:`Context.spawn`), which kill a command with its whole process group at
+the deadline the engine set for the resource (:attr:`Kind.timeout_s`, or the
+resource's own ``timeout``) and raise :class:`~modules.errors.TimedOut`; a
+kind that can tell from a command's output that waiting will help (another
+package manager holds the lock) raises :class:`~modules.errors.Busy`, which
+the engine retries. The server imports only the pure parts: ``parse`` and
 ``identities`` (to refuse bad manifests and two resources that manage one
 object at push) and the kind's capabilities (to refuse a ``notify`` to a
 kind that cannot be refreshed).
@@ -39,13 +45,21 @@ import abc
 import dataclasses
 import enum
 import logging
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from modules.errors import OperationError, TimedOut, Unavailable
+from modules.executor import Child, Executor, shown
+
 if TYPE_CHECKING:
     from modules.spec import Field
+
+#: A kind's :attr:`Kind.timeout_s` unless it says otherwise.
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class Status(enum.StrEnum):
@@ -83,12 +97,28 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True)
+class Deadline:
+    """When the engine wants a resource's work over: ``at`` on the context's clock.
+
+    ``limit_s`` is the timeout it was set from, the number a timed-out
+    resource's error names ("timed out after 600 s").
+    """
+
+    at: float
+    limit_s: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Context:
     """The outside world as a kind may see it; passed in, never global.
 
     ``root`` confines everything a kind touches: ``/`` on a real host, a
     sandbox directory in the demo and in tests. Kinds map an absolute path
     from a spec to the host with :meth:`host_path`.
+
+    Commands go through :meth:`run` (and :meth:`spawn`), never
+    :mod:`subprocess`: each runs in its own process group and is killed, as a
+    group, at the resource's :attr:`deadline` (:mod:`modules.executor`).
     """
 
     root: Path = Path("/")
@@ -96,6 +126,12 @@ class Context:
     #: Named network namespace (``ip netns``) that network kinds act in; None is
     #: the namespace the agent itself runs in, which is what a real host uses.
     netns: str | None = None
+    #: The monotonic clock deadlines are on (seconds); a test may pass its own.
+    clock: Callable[[], float] = time.monotonic
+    #: When this resource's commands must be over; set by the engine for each
+    #: resource (:meth:`with_timeout`). None: no limit.
+    deadline: Deadline | None = None
+    executor: Executor = dataclasses.field(default_factory=Executor)
 
     def host_path(self, path: str) -> Path:
         """Where the absolute spec path ``path`` lives on this host (under ``root``).
@@ -107,6 +143,65 @@ class Context:
         if not pure.is_absolute() or ".." in pure.parts:
             raise ValueError(f"{path!r} is not an absolute path without '..'")
         return self.root / pure.relative_to("/")
+
+    def with_timeout(self, limit_s: float) -> Context:
+        """This context with a deadline ``limit_s`` seconds from now (the engine's to set)."""
+        return dataclasses.replace(self, deadline=Deadline(self.clock() + limit_s, limit_s))
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline (0 when past it); None without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline.at - self.clock())
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        failure: type[OperationError],
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` to its end, within what is left of the deadline; its exit status,
+        stdout and stderr (text) are the caller's to judge.
+
+        ``env`` adds to the agent's environment; stdin is ``input``, or empty.
+        Raises :class:`~modules.errors.Unavailable` when the program does not
+        exist, ``failure`` (the kind's ReadError or ApplyError) when it cannot
+        be started, and :class:`~modules.errors.TimedOut`, with the output so
+        far, when the deadline passes first: the command's whole process
+        group is killed then (SIGTERM, SIGKILL after a grace).
+        """
+        remaining = self.remaining_s()
+        if remaining == 0.0:
+            assert self.deadline is not None
+            limit = self.deadline.limit_s
+            raise TimedOut(f"{shown(argv)} not started: timed out after {limit:g} s")
+        try:
+            return self.executor.run(
+                argv,
+                input=input,
+                env=env,
+                timeout_s=remaining,
+                limit_s=None if self.deadline is None else self.deadline.limit_s,
+            )
+        except FileNotFoundError as exc:
+            raise Unavailable(f"{exc.filename or argv[0]} not found") from exc
+        except OSError as exc:
+            raise failure(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+
+    def spawn(self, argv: Sequence[str], *, failure: type[OperationError]) -> Child:
+        """Start a long-lived ``argv`` (a watcher's ``nft monitor``) in its own process group.
+
+        Not bound by the deadline: the caller ends it with ``Child.close``
+        (SIGTERM to the group, SIGKILL after a grace). Errors as for :meth:`run`.
+        """
+        try:
+            return self.executor.spawn(argv)
+        except FileNotFoundError as exc:
+            raise Unavailable(f"{exc.filename or argv[0]} not found") from exc
+        except OSError as exc:
+            raise failure(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
 
 
 SpecT = TypeVar("SpecT")
@@ -139,6 +234,14 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
     #: The spec's fields, declared once (:class:`modules.spec.Field`): ``parse``
     #: reads them, unknown-field errors list them, reference docs show them.
     fields: ClassVar[tuple[Field, ...]] = ()
+    #: Seconds the engine gives one resource of this kind: its read, apply,
+    #: refresh and the reads around them, under one deadline
+    #: (:attr:`Context.deadline`). A command still running then is killed
+    #: with its process group and the resource fails "timed out after N s".
+    #: A resource's own ``timeout`` (manifest) overrides it. Only commands run
+    #: through :meth:`Context.run` can be cut short: work inside the agent
+    #: (file I/O, netlink) runs to its end.
+    timeout_s: ClassVar[float] = DEFAULT_TIMEOUT_S
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

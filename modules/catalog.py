@@ -34,13 +34,17 @@ class CatalogResource:
     #: ``notify`` names it, in catalog order, without repeats; a catalog never
     #: carries ``notify``. Absent in older catalogs, which means empty.
     subscribe: tuple[str, ...] = ()
+    #: Seconds the engine gives this resource (JSON ``"timeout"``), instead of
+    #: its kind's ``timeout_s``. None, and absent from the JSON, in older
+    #: catalogs and whenever the manifest sets none: the kind's default.
+    timeout_s: float | None = None
 
     @property
     def id(self) -> str:
         return resource_id(self.kind, self.name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "kind": self.kind,
             "name": self.name,
             "spec": dict(self.spec),
@@ -50,6 +54,11 @@ class CatalogResource:
             "controls": list(self.controls),
             "subscribe": list(self.subscribe),
         }
+        if self.timeout_s is not None:
+            # Only when set: a catalog without timeouts is byte for byte what
+            # it was before the field existed, signature included.
+            body["timeout"] = self.timeout_s
+        return body
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CatalogResource:
@@ -62,6 +71,7 @@ class CatalogResource:
             require=tuple(raw.get("require", ())),
             controls=tuple(raw.get("controls", ())),
             subscribe=tuple(raw.get("subscribe", ())),
+            timeout_s=_timeout(raw.get("timeout")),
         )
 
 
@@ -94,6 +104,15 @@ class Catalog:
             revision=int(raw["revision"]),
             resources=tuple(CatalogResource.from_dict(r) for r in raw["resources"]),
         )
+
+
+def _timeout(value: Any) -> float | None:
+    """A catalog's ``timeout``: a positive number of seconds, kept as written (120 stays 120)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"timeout: expected a positive number of seconds, got {value!r}")
+    return value
 
 
 def resource_id(kind: str, name: str) -> str:

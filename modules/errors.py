@@ -5,11 +5,19 @@
     ├── Unavailable             the kind cannot work on this host (names the reason)
     └── OperationError          observing or changing the system failed
         ├── ReadError           read() could not observe the current state
-        └── ApplyError          apply() could not change the system
+        ├── ApplyError          apply() could not change the system
+        ├── TimedOut            a command outlived its resource's deadline and was
+        │                       killed with its process group (Context.run)
+        └── Busy                transient: something else holds what the operation
+                                needs (another apt/dpkg/rpm holds its lock); the
+                                engine tries again with back-off
 
 Kinds translate library and OS errors into these at the boundary
 (``raise ApplyError(...) from exc``); the engine turns them into a resource's
-``failed`` status with the message. Anything else escaping a kind is a bug,
+``failed`` status with the message. ``TimedOut`` comes from
+:meth:`modules.base.Context.run` itself, never from a kind; ``Busy`` is the
+only error the engine retries, because only the kind can tell from a command's
+output that waiting will help. Anything else escaping a kind is a bug,
 which the engine still isolates and reports with its type.
 """
 
@@ -60,3 +68,20 @@ class ReadError(OperationError):
 
 class ApplyError(OperationError):
     """apply() could not change the system."""
+
+
+class TimedOut(OperationError):
+    """A command was still running at its resource's deadline; its process group was killed.
+
+    ``message`` names the command and the limit ("apt-get ... timed out after
+    600 s"), ``output`` is what it printed until then.
+    """
+
+
+class Busy(OperationError):
+    """Something else holds what the operation needs, for now: another package
+    manager's lock ("Could not get lock /var/lib/dpkg/lock-frontend").
+
+    Transient by definition: the engine reads and applies the resource again
+    after a back-off, within the resource's deadline.
+    """

@@ -239,6 +239,9 @@ class FirewallKind(
     """Manages one nftables table, all of it."""
 
     name = "firewall"
+    # One nft transaction takes milliseconds: an nft still running after 30 s
+    # is stuck, not slow.
+    timeout_s = 30.0
     fields = (
         Field("table", "the nftables table Plumb owns (all of it)", required=True),
         Field("family", "inet (default), ip or ip6"),
@@ -869,16 +872,11 @@ def _run(
     failure: type[ReadError | ApplyError],
 ) -> subprocess.CompletedProcess[str]:
     """Run ``command`` in the context's network namespace; Unavailable without nft or ip."""
-    if ctx.netns is not None:
-        command = ["ip", "netns", "exec", ctx.netns, *command]
-    try:
-        return subprocess.run(
-            command, input=input_text, capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError as exc:
-        raise Unavailable(f"{exc.filename or command[0]} not found") from exc
-    except OSError as exc:
-        raise failure(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
+    return ctx.run(_in_netns(ctx, command), input=input_text, failure=failure)
+
+
+def _in_netns(ctx: Context, command: list[str]) -> list[str]:
+    return command if ctx.netns is None else ["ip", "netns", "exec", ctx.netns, *command]
 
 
 def _failure(failure: type[ReadError | ApplyError], action: str, output: str) -> ModuleError:
@@ -904,17 +902,7 @@ class _Monitor:
     def __init__(self, ctx: Context) -> None:
         if shutil.which("nft") is None:
             raise Unavailable("nft not found")
-        command = ["nft", "monitor"]
-        if ctx.netns is not None:
-            command = ["ip", "netns", "exec", ctx.netns, *command]
-        try:
-            self._process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        except FileNotFoundError as exc:
-            raise Unavailable(f"{exc.filename or command[0]} not found") from exc
-        except OSError as exc:
-            raise ReadError(f"cannot run nft monitor: {exc.strerror or exc}") from exc
+        self._child = ctx.spawn(_in_netns(ctx, ["nft", "monitor"]), failure=ReadError)
         self._pending = b""
         self._seen: list[str] = []
 
@@ -922,26 +910,18 @@ class _Monitor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        assert self._process.stdout is not None
-        self._process.stdout.close()
+        self._child.close()
 
     def lines(self, timeout: float) -> list[str]:
         """The complete lines printed within ``timeout`` seconds (often none)."""
-        stdout = self._process.stdout
-        assert stdout is not None
-        ready, _, _ = select.select([stdout], [], [], timeout)
+        fd = self._child.stdout_fd
+        ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             return []
-        # os.read, not stdout.read: a buffered read could wait for more than is there.
-        chunk = os.read(stdout.fileno(), 65536)
+        # os.read, not a buffered read, which could wait for more than is there.
+        chunk = os.read(fd, 65536)
         if not chunk:
-            code = self._process.wait()
+            code = self._child.wait()
             output = "\n".join([*self._seen, self._pending.decode(errors="replace")])
             raise _failure(ReadError, f"nft monitor stopped (exit status {code})", output)
         *complete, self._pending = (self._pending + chunk).split(b"\n")

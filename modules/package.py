@@ -27,12 +27,19 @@ Everything runs non-interactively (no prompts, the admin's changed
 configuration files are kept). Before changing anything the apt provider
 finishes whatever an interrupted run left half-configured
 (``dpkg --configure -a``), so a run killed mid-way is repaired by the next one.
+
+A package manager busy with someone else's transaction (its lock held: an
+operator's apt-get, unattended-upgrades, another rpm) is not a failure of the
+resource: the command fails fast and the kind raises
+:class:`~modules.errors.Busy`, which the engine retries with back-off within
+the resource's timeout. A resource gets 600 s by default (``timeout_s``):
+downloads and maintainer scripts can be slow, and a package manager killed
+mid-transaction leaves work for the next run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
 import threading
@@ -42,7 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modules.base import Batchable, Change, Context, Identity, Kind, Watchable
-from modules.errors import ApplyError, OperationError, ReadError, SpecError, Unavailable
+from modules.errors import ApplyError, Busy, OperationError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Field, Presence, SpecReader
 
@@ -101,6 +108,7 @@ class PackageKind(
     Watchable[PackageSpec],
 ):
     name = "package"
+    timeout_s = 600.0
     fields = (
         Field("package", "the package's name", required=True),
         Field("state", "present (default) or absent"),
@@ -216,6 +224,18 @@ def os_family(release: Mapping[str, str]) -> str | None:
     return None
 
 
+# What apt, dpkg, rpm and dnf say when another process holds the lock they
+# need: the package manager is busy, not broken.
+_LOCKED = re.compile(
+    r"Could not get lock"  # apt: lock-frontend, lock, lists/lock, archives/lock
+    r"|Unable to acquire the dpkg frontend lock"  # apt
+    r"|lock (?:was|is) locked by another process"  # dpkg: its frontend and database locks
+    r"|dpkg status database is locked"  # dpkg, older wording
+    r"|can't create transaction lock"  # rpm
+    r"|database is locked"  # rpm's sqlite database
+)
+
+
 def provider_for(ctx: Context) -> Provider:
     release = os_release(ctx.root)
     family = os_family(release)
@@ -228,6 +248,7 @@ def provider_for(ctx: Context) -> Provider:
 
 
 def _run(
+    ctx: Context,
     argv: list[str],
     failure: type[OperationError],
     what: str,
@@ -235,22 +256,25 @@ def _run(
     env: Mapping[str, str] | None = None,
     ok: tuple[int, ...] = (0,),
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise Unavailable(f"{exc.filename or argv[0]} not found") from exc
-    except OSError as exc:
-        raise failure(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+    """``argv`` through the context; ``failure`` (or Busy, if the lock was held) unless ``ok``."""
+    result = ctx.run(argv, failure=failure, env=env)
     if result.returncode not in ok:
-        raise failure(f"{what} failed (exit {result.returncode})", _essence(result))
+        raise _refusal(
+            result, failure, f"{what} failed (exit {result.returncode})", _essence(result)
+        )
     return result
+
+
+def _refusal(
+    result: subprocess.CompletedProcess[str],
+    failure: type[OperationError],
+    message: str,
+    output: str,
+) -> OperationError:
+    """The error for a command that failed: Busy if it says another holds the lock."""
+    if _LOCKED.search(result.stderr + result.stdout):
+        return Busy(f"{message}: the package manager is busy (its lock is held)", output)
+    return failure(message, output)
 
 
 def _essence(result: subprocess.CompletedProcess[str]) -> str:
@@ -275,8 +299,13 @@ _APT_OPTIONS = (
     "-q",
     "-o", "Dpkg::Options::=--force-confdef",
     "-o", "Dpkg::Options::=--force-confold",
-    # Wait for another apt (unattended-upgrades) instead of failing at once.
-    "-o", "DPkg::Lock::Timeout=300",
+    # No pseudo-terminal for dpkg: apt would start dpkg in a session of its
+    # own for it (setsid), out of reach of the process group that is killed
+    # at the deadline, and a dpkg stuck in a maintainer script would hold
+    # the lock long after apt-get was killed.
+    "-o", "Dpkg::Use-Pty=0",
+    # No DPkg::Lock::Timeout: a held lock fails at once and the kind says
+    # Busy; the engine waits and retries, within the resource's timeout.
 )  # fmt: skip
 
 
@@ -290,9 +319,11 @@ class Apt:
             # dpkg's --root runs maintainer scripts chrooted, without the
             # host's services: not a faithful install. Refuse, don't pretend.
             raise Unavailable(f"apt manages the host's own packages only, not under {ctx.root}")
+        self._ctx = ctx
 
     def installed(self, package: str) -> str | None:
         result = _run(
+            self._ctx,
             ["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", package],
             ReadError,
             "dpkg-query",
@@ -318,6 +349,7 @@ class Apt:
         # One command, one transaction: a trailing '-' asks apt to remove.
         wanted = [_apt_target(spec) for spec in install] + [f"{name}-" for name in remove]
         _run(
+            self._ctx,
             ["apt-get", *_APT_OPTIONS, "--allow-downgrades", "install", *wanted],
             ApplyError,
             "apt-get install",
@@ -330,7 +362,9 @@ class Apt:
 
     def _policy(self, package: str) -> tuple[str | None, list[str]]:
         """apt's candidate for ``package`` and every version it offers."""
-        out = _run(["apt-cache", "policy", package], ReadError, "apt-cache policy").stdout
+        out = _run(
+            self._ctx, ["apt-cache", "policy", package], ReadError, "apt-cache policy"
+        ).stdout
         candidate = None
         versions = []
         for line in out.splitlines():
@@ -349,7 +383,7 @@ class Apt:
             age = float("inf")
         if age < LISTS_MAX_AGE_S:
             return False
-        _run(["apt-get", "-q", "update"], ReadError, "apt-get update", env=_APT_ENV)
+        _run(self._ctx, ["apt-get", "-q", "update"], ReadError, "apt-get update", env=_APT_ENV)
         return True
 
     def _finish_interrupted(self) -> None:
@@ -359,9 +393,13 @@ class Apt:
         # and configuring leaves packages that --audit lists.
         journal = Path("/var/lib/dpkg/updates")
         pending = journal.is_dir() and any(journal.iterdir())
-        audit = _run(["dpkg", "--audit"], ApplyError, "dpkg --audit", ok=(0, 1))
+        audit = _run(self._ctx, ["dpkg", "--audit"], ApplyError, "dpkg --audit", ok=(0, 1))
         if pending or audit.stdout.strip():
+            # Also what another dpkg that is still running looks like (an
+            # operator's apt-get between its dpkg calls): then this one finds
+            # the lock held and the kind says Busy, which the engine retries.
             _run(
+                self._ctx,
                 ["dpkg", "--configure", "-a", "--force-confdef", "--force-confold"],
                 ApplyError,
                 "dpkg --configure -a (finishing an interrupted run)",
@@ -392,6 +430,7 @@ class Dnf:
     name = "dnf"
 
     def __init__(self, ctx: Context, release: str) -> None:
+        self._ctx = ctx
         self._root = ctx.root
         self._rpm = ["rpm"] if ctx.root == Path("/") else ["rpm", "--root", str(ctx.root)]
         self._dnf = ["dnf", "-y", "-q", "--setopt=install_weak_deps=False"]
@@ -404,6 +443,7 @@ class Dnf:
 
     def installed(self, package: str) -> str | None:
         result = _run(
+            self._ctx,
             [*self._rpm, "-q", "--qf", "%{EPOCH}:%{VERSION}-%{RELEASE}\\n", package],
             ReadError,
             "rpm -q",
@@ -414,7 +454,7 @@ class Dnf:
         if result.stderr.strip():
             # "package x is not installed" is said on stdout; errors (a
             # database rpm cannot open) on stderr, with the same exit status.
-            raise ReadError(f"rpm -q {package} failed", result.stderr)
+            raise _refusal(result, ReadError, f"rpm -q {package} failed", result.stderr)
         return None
 
     def candidate(self, spec: PackageSpec) -> tuple[str | None, bool]:
@@ -472,14 +512,15 @@ class Dnf:
         # directory would change on every read. A writer opens the file for
         # writing, and closing it is the change noticed. rpm knows where its
         # database is: /var/lib/rpm on RHEL 9, /usr/lib/sysimage/rpm since Fedora 36.
-        dbpath = _run([*self._rpm, "--eval", "%{_dbpath}"], ReadError, "rpm --eval").stdout
-        directory = self._root / dbpath.strip().lstrip("/")
+        evaluated = _run(self._ctx, [*self._rpm, "--eval", "%{_dbpath}"], ReadError, "rpm --eval")
+        directory = self._root / evaluated.stdout.strip().lstrip("/")
         return [directory / name for name in _RPMDB_FILES], []
 
     def _call(self, failure: type[OperationError], what: str, *args: str) -> str:
-        result = _run([*self._dnf, *args], failure, what, ok=_ANY_EXIT)
+        result = _run(self._ctx, [*self._dnf, *args], failure, what, ok=_ANY_EXIT)
         if result.returncode != 0:
-            raise failure(f"{what} failed (exit {result.returncode})", _dnf_error(result))
+            message = f"{what} failed (exit {result.returncode})"
+            raise _refusal(result, failure, message, _dnf_error(result))
         return result.stdout
 
 

@@ -153,6 +153,10 @@ class RouteKind(Kind[RouteSpec, RouteState], Risky[RouteSpec, RouteState], Watch
     """Manages one route of one routing table."""
 
     name = "route"
+    # Netlink calls are made in-process and answer at once; nothing here runs
+    # a command the deadline could cut short, but a short limit says what a
+    # route change should take if one ever does.
+    timeout_s = 30.0
     fields = (
         Field("destination", "a network (198.51.100.0/24), or default", required=True),
         Field("gateway", "next hop address"),

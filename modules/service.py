@@ -20,6 +20,12 @@ reloaded and a running unit restarted, because a running unit keeps its old
 definition until then. Watching uses systemd's D-Bus signals (jeepney): a unit
 stopped, started or disabled behind the agent's back is noticed at once.
 
+A resource gets 90 s by default (``timeout_s``, systemd's own
+DefaultTimeoutStartSec): a ``systemctl start`` still waiting then (a oneshot
+unit whose ExecStart hangs) is killed and the resource fails "timed out". The
+start job it queued stays systemd's: the unit stays ``activating`` until it
+finishes or is stopped.
+
 Units are the host's: the kind works on the real root only (``systemctl`` has
 no way to start a unit in a sandbox directory) and with systemd running.
 """
@@ -95,6 +101,8 @@ class ServiceKind(
     Kind[ServiceSpec, ServiceState], Watchable[ServiceSpec], Refreshable[ServiceSpec]
 ):
     name = "service"
+    # systemd's own default start timeout is 90 s (DefaultTimeoutStartSec).
+    timeout_s = 90.0
     fields = (
         Field("unit", 'a systemd unit; ".service" is added to a bare name', required=True),
         Field("state", "running or stopped; not given: not managed"),
@@ -126,7 +134,7 @@ class ServiceKind(
     def read(self, ctx: Context, spec: ServiceSpec) -> ServiceState:
         _require_systemd(ctx)
         result = _systemctl(
-            ["show", spec.unit, *(f"--property={p}" for p in _PROPERTIES)], ReadError
+            ctx, ["show", spec.unit, *(f"--property={p}" for p in _PROPERTIES)], ReadError
         )
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         unit_file = None
@@ -161,14 +169,14 @@ class ServiceKind(
         if new_definition and state.file is not None:
             unit_spec = _unit_file_spec(spec)
             _FILE.apply(ctx, unit_spec, state.file, _FILE.diff(unit_spec, state.file))
-            _systemctl(["daemon-reload"], ApplyError)
+            _systemctl(ctx, ["daemon-reload"], ApplyError)
         if "enabled" in fields:
-            _systemctl(["enable" if spec.enabled else "disable", spec.unit], ApplyError)
+            _systemctl(ctx, ["enable" if spec.enabled else "disable", spec.unit], ApplyError)
         if "state" in fields:
-            _systemctl(["start" if spec.running else "stop", spec.unit], ApplyError)
+            _systemctl(ctx, ["start" if spec.running else "stop", spec.unit], ApplyError)
         elif new_definition and state.running:
             # A running unit keeps its old definition until it is restarted.
-            _systemctl(["restart", spec.unit], ApplyError)
+            _systemctl(ctx, ["restart", spec.unit], ApplyError)
 
     def refresh(self, ctx: Context, spec: ServiceSpec, applied: Sequence[Change]) -> Change | None:
         """Restart, because something this service subscribes to changed.
@@ -183,7 +191,7 @@ class ServiceKind(
         before = self.read(ctx, spec)
         if not before.running and spec.running is None:
             return None  # state not managed and stopped: a restart would start it
-        _systemctl(["restart", spec.unit], ApplyError)
+        _systemctl(ctx, ["restart", spec.unit], ApplyError)
         return Change("restart", f"pid {before.main_pid or '-'}", "restarted")
 
     def describe(self, ctx: Context, spec: ServiceSpec, state: ServiceState) -> dict[str, str]:
@@ -241,16 +249,10 @@ def _require_systemd(ctx: Context) -> None:
         raise Unavailable("systemd is not running on this host")
 
 
-def _systemctl(args: list[str], failure: type[OperationError]) -> subprocess.CompletedProcess[str]:
-    command = ["systemctl", "--no-ask-password", "--no-pager", *args]
-    try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-        )
-    except FileNotFoundError as exc:
-        raise Unavailable("systemctl not found") from exc
-    except OSError as exc:
-        raise failure(f"cannot run systemctl: {exc.strerror or exc}") from exc
+def _systemctl(
+    ctx: Context, args: list[str], failure: type[OperationError]
+) -> subprocess.CompletedProcess[str]:
+    result = ctx.run(["systemctl", "--no-ask-password", "--no-pager", *args], failure=failure)
     if result.returncode != 0:
         raise failure(f"systemctl {' '.join(args)} failed", result.stderr or result.stdout)
     return result

@@ -105,6 +105,7 @@ def _resource(
         require=decl.require,
         controls=decl.controls,
         subscribe=tuple(dict.fromkeys([*decl.subscribe, *notifiers.get(decl.id, ())])),
+        timeout_s=decl.timeout_s,
     )
 
 

@@ -17,6 +17,7 @@ One manifest per file (``web.yaml``)::
         name: web
         spec: {unit: web.service}
         subscribe: [file/motd]  # the same relation, written on the receiver
+        timeout: 300            # seconds for its read, apply, refresh; default: its kind's
 
 ``require``, ``notify`` and ``subscribe`` are lists of resource ids
 (``kind/name``). All three order resources: a resource runs after what it
@@ -82,10 +83,14 @@ REQUIRE_RE = re.compile(r"[^/\s]+/\S.*\Z")
 
 TOP_KEYS = ("name", "target", "mode", "resources")
 TARGET_KEYS = ("labels", "names", "all")
-RESOURCE_KEYS = ("kind", "name", "spec", "require", "notify", "subscribe", "controls")
+RESOURCE_KEYS = ("kind", "name", "spec", "require", "notify", "subscribe", "controls", "timeout")
 # The fields that name other resources, and how an error phrases each.
 RELATIONS = ("require", "notify", "subscribe")
 VERBS = {"require": "requires", "notify": "notifies", "subscribe": "subscribes to"}
+
+# A resource's ``timeout`` (seconds): a day is already far more than any
+# package transaction should take; beyond it a typo is likelier than intent.
+TIMEOUT_MAX_S = 86_400
 
 # Aliases can make a small file expand into a huge tree ("billion laughs");
 # no real manifest comes near this many values.
@@ -130,6 +135,8 @@ class ResourceDecl:
     subscribe_lines: tuple[int, ...] = ()
     #: The real objects it manages (its kind's ``identities`` of the parsed spec).
     identities: tuple[Identity, ...] = ()
+    #: Seconds the agent gives it (``timeout``); None: its kind's ``timeout_s``.
+    timeout_s: float | None = None
 
     @property
     def id(self) -> str:
@@ -474,6 +481,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
     spec, identities = _check_spec(report, path, kind, item.get("spec", {}))
     ids = {field: _check_ids(report, path, field, item.get(field, [])) for field in RELATIONS}
     controls = _strings(report, (*path, "controls"), item.get("controls", []))
+    timeout = _check_timeout(report, (*path, "timeout"), item)
     _check_refreshable(report, path, kind, ids["notify"], ids["subscribe"])
     if not kind or not name:
         return None
@@ -495,6 +503,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
         notify_lines=lines["notify"],
         subscribe_lines=lines["subscribe"],
         identities=identities,
+        timeout_s=timeout,
     )
 
 
@@ -634,6 +643,19 @@ def _expect(report: _Report, path: FieldPath, value: Any, kind: type, expected: 
         return True
     report.error(path, f"expected {expected}, got {_describe(value)}")
     return False
+
+
+def _check_timeout(report: _Report, path: FieldPath, item: Mapping[str, Any]) -> float | None:
+    """A resource's ``timeout``: seconds, more than 0 and at most TIMEOUT_MAX_S; None if absent."""
+    if "timeout" not in item:
+        return None
+    value = item["timeout"]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 < value <= TIMEOUT_MAX_S:  # NaN fails the comparison too
+        expected = f"a number of seconds, more than 0 and at most {TIMEOUT_MAX_S}"
+        report.error(path, f"expected {expected}, got {_describe(value)}")
+        return None
+    return float(value) if isinstance(value, float) else int(value)
 
 
 def _nonempty(report: _Report, path: FieldPath, value: Any) -> str:

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import itertools
 import logging
+import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from agent import engine
 from modules import base, registry
 from modules.base import Change, Context, Identity, Kind, Mode, Status
 from modules.catalog import CatalogResource
-from modules.errors import ApplyError, ReadError, SpecError, Unavailable
+from modules.errors import ApplyError, Busy, ReadError, SpecError, Unavailable
+from modules.executor import Executor
+from tests.integration.harness import wait_for
 
 FAULTS = (
     "",
@@ -1287,3 +1291,262 @@ def test_a_risky_kind_cannot_be_batchable() -> None:
                 self, ctx: Context, items: Sequence[tuple[MemSpec, str | None, list[Change]]]
             ) -> None:
                 raise AssertionError("never instantiated")
+
+
+# --- timeouts: real commands, killed at the resource's deadline ---------------------
+
+GRACE_S = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class CmdSpec:
+    key: str
+    read: str = "true"  # sh scripts: what read and apply run, for real
+    apply: str = "true"
+
+
+class Commands(Kind[CmdSpec, str], base.Batchable[CmdSpec, str]):
+    """A kind that runs real commands through ctx.run: read prints the state, apply
+    touches a marker file; applies and batches are logged in ``applied``."""
+
+    name = "cmd"
+    timeout_s = 0.6
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.applied: list[str] = []
+
+    def parse(self, raw: Mapping[str, Any]) -> CmdSpec:
+        return CmdSpec(**raw)
+
+    def identities(self, spec: CmdSpec) -> tuple[Identity, ...]:
+        return (Identity("command", spec.key),)
+
+    def read(self, ctx: Context, spec: CmdSpec) -> str:
+        ctx.run(["sh", "-c", spec.read], failure=ReadError)
+        return "done" if (self.workdir / spec.key).exists() else "absent"
+
+    def diff(self, spec: CmdSpec, state: str) -> list[Change]:
+        return [] if state == "done" else [Change("state", state, "done")]
+
+    def apply(self, ctx: Context, spec: CmdSpec, state: str, changes: list[Change]) -> None:
+        self.applied.append(spec.key)
+        self._run(ctx, [spec])
+
+    def apply_batch(self, ctx: Context, items: Sequence[tuple[CmdSpec, str, list[Change]]]) -> None:
+        self.applied.append("+".join(spec.key for spec, _, _ in items))
+        self._run(ctx, [spec for spec, _, _ in items])
+
+    def _run(self, ctx: Context, specs: list[CmdSpec]) -> None:
+        script = "; ".join(spec.apply for spec in specs)
+        result = ctx.run(["sh", "-c", script], failure=ApplyError)
+        if result.returncode != 0:
+            raise ApplyError("apply failed", result.stderr)
+        for spec in specs:
+            (self.workdir / spec.key).touch()
+
+
+def cmd(key: str, timeout_s: float | None = None, **spec: str) -> CatalogResource:
+    return CatalogResource("cmd", key, {"key": key, **spec}, timeout_s=timeout_s)
+
+
+HANG = 'echo "started $$"; sleep 30'
+
+
+def run_commands(
+    tmp_path: Path, catalog: list[CatalogResource]
+) -> tuple[list[engine.ResourceResult], Commands, float]:
+    kind = Commands(tmp_path)
+    memory = fake().memory
+    ctx = Context(log=logging.getLogger("test.engine"), executor=Executor(grace_s=GRACE_S))
+    began = time.monotonic()
+    results = engine.run(catalog, ctx, kinds=lambda name: kind if name == "cmd" else memory)
+    return results, kind, time.monotonic() - began
+
+
+def test_a_hung_apply_times_out_with_its_output_and_the_run_goes_on(tmp_path: Path) -> None:
+    catalog = [cmd("hangs", apply=HANG), mem("after", require=("cmd/hangs",)), mem("other")]
+    results, _, took = run_commands(tmp_path, catalog)
+
+    hung, after, other = results
+    assert hung.status is S.FAILED
+    assert re.fullmatch(r"sh -c .* timed out after 0\.6 s: started \d+", hung.error), hung.error
+    assert hung.changes == (Change("state", "absent", "done"),)
+    assert not hung.transient
+    assert (after.status, other.status) == (S.SKIPPED, S.REPAIRED)
+    assert took < 0.6 + GRACE_S + 1.0
+    # The command's process group went with it.
+    pid = int(hung.error.rsplit(" ", 1)[1])
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=2, what="the hung command to go")
+
+
+def test_a_resource_timeout_overrides_its_kinds(tmp_path: Path) -> None:
+    catalog = [cmd("short", 0.3, apply=HANG), cmd("default", read=HANG)]
+    results, kind, _ = run_commands(tmp_path, catalog)
+
+    assert ["timed out after 0.3 s" in r.error for r in results] == [True, False]
+    assert ["timed out after 0.6 s" in r.error for r in results] == [False, True]
+    assert 0.3 <= results[0].duration_s < 0.3 + GRACE_S + 1.0
+    assert kind.applied == ["short"]  # a timed-out read applies nothing
+
+
+def test_one_deadline_covers_the_read_the_apply_and_the_verify(tmp_path: Path) -> None:
+    """The read spends 0.4 s of the 0.6: the apply gets what is left, not 0.6 of its own."""
+    [result], _, _ = run_commands(tmp_path, [cmd("slow", read="sleep 0.4", apply=HANG)])
+    assert "timed out after 0.6 s" in result.error
+    assert 0.6 <= result.duration_s < 0.6 + GRACE_S + 1.0
+
+
+def test_a_batch_gets_the_largest_timeout_of_its_members(tmp_path: Path) -> None:
+    """0.8 s of work in one batch: the member allowed 0.3 s alone is not cut short."""
+    catalog = [cmd("a", 0.3, apply="sleep 0.4"), cmd("b", 1.5, apply="sleep 0.4")]
+    results, kind, _ = run_commands(tmp_path, catalog)
+    assert [r.status for r in results] == [S.REPAIRED, S.REPAIRED]
+    assert kind.applied == ["a+b"]
+
+
+def test_a_timed_out_batch_is_not_retried_one_by_one(tmp_path: Path) -> None:
+    """Killed mid-transaction: each alone would most likely hang again, timeout after timeout."""
+    catalog = [cmd("a", apply="true"), cmd("b", apply=HANG), cmd("c", apply="true")]
+    results, kind, took = run_commands(tmp_path, catalog)
+
+    assert kind.applied == ["a+b+c"]
+    assert [r.status for r in results] == [S.FAILED] * 3
+    assert all("timed out after 0.6 s" in r.error for r in results)
+    assert results[0].error.endswith("(in a batch with cmd/a, cmd/b, cmd/c)")
+    assert took < 0.6 + GRACE_S + 1.0
+
+
+def test_a_revert_has_a_deadline_of_its_own() -> None:
+    """A change that used up the resource's time still leaves its restore time to run."""
+
+    class Slow(Risky):
+        def apply(
+            self, ctx: Context, spec: MemSpec, state: str | None, changes: list[Change]
+        ) -> None:
+            clock[0] += 100  # the whole timeout, and more
+            super().apply(ctx, spec, state, changes)
+
+        def restore(self, ctx: Context, spec: MemSpec, snapshot: str | None) -> None:
+            left.append(ctx.remaining_s())
+            super().restore(ctx, spec, snapshot)
+
+    clock = [0.0]
+    left: list[float | None] = []
+    system = fake({"fw": "0"}, confirms=[True, False])
+    kind = Slow(system.memory)
+    ctx = Context(log=logging.getLogger("test.engine"), clock=lambda: clock[0])
+    [result] = engine.run([net("fw")], ctx, kinds=lambda name: kind, confirm=system.confirm)
+
+    assert result.reverted and result.error == engine.REVERTED
+    assert left == [Risky.timeout_s]
+    assert system.memory.system == {"fw": "0"}
+
+
+# --- a busy package manager: retried with back-off, within the deadline ---------------
+
+
+class Contended(Batched):
+    """The batchable fake kind, its "package manager" busy for the first ``refusals``
+    reads or applies (of any resource)."""
+
+    timeout_s = 10.0
+
+    def __init__(self, memory: Memory, refusals: int, where: str = "apply") -> None:
+        super().__init__(memory)
+        self.refusals = refusals
+        self.where = where
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def _busy(self, step: str) -> None:
+        if step == self.where and self.refusals > 0:
+            self.refusals -= 1
+            raise Busy(
+                f"{step}: the package manager is busy (its lock is held)",
+                "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812",
+            )
+
+    def read(self, ctx: Context, spec: MemSpec) -> str | None:
+        self._busy("read")
+        return super().read(ctx, spec)
+
+    def apply_batch(
+        self, ctx: Context, items: Sequence[tuple[MemSpec, str | None, list[Change]]]
+    ) -> None:
+        self.applied.append("+".join(spec.key for spec, _, _ in items))
+        self._busy("apply")
+        for spec, _, _ in items:
+            self.system[spec.key] = spec.value
+
+    def apply(self, ctx: Context, spec: MemSpec, state: str | None, changes: list[Change]) -> None:
+        self.apply_batch(ctx, [(spec, state, changes)])
+
+    def run(
+        self, catalog: list[CatalogResource], noop: bool = False
+    ) -> list[engine.ResourceResult]:
+        ctx = Context(log=logging.getLogger("test.engine"), clock=lambda: self.now)
+        return engine.run(catalog, ctx, noop=noop, kinds=lambda name: self, sleep=self.sleep)
+
+
+def test_a_busy_package_manager_is_waited_for_and_the_resource_read_again() -> None:
+    kind = Contended(Memory({}), refusals=3)
+    [result] = kind.run([pkg("a")])
+
+    assert (result.status, result.error) == (S.REPAIRED, "")
+    assert kind.slept == [0.5, 1.0, 2.0]  # back-off, doubling
+    assert kind.reads == ["a"] * 5  # read before each of the 4 applies, and the verify
+    assert kind.applied == ["a"] * 4
+
+
+def test_a_package_manager_busy_until_the_deadline_fails_the_resource_as_transient(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kind = Contended(Memory({}), refusals=100)
+    with caplog.at_level(logging.INFO, logger="test.engine"):
+        [result] = kind.run([pkg("a")])
+
+    # 10 s: waits of 0.5 + 1 + 2 + 4 leave 2.5 s, too little to wait 8 s and try again.
+    assert kind.slept == [0.5, 1.0, 2.0, 4.0]
+    assert result.status is S.FAILED
+    assert result.transient
+    assert result.error == (
+        "apply: the package manager is busy (its lock is held): E: Could not get lock "
+        "/var/lib/dpkg/lock-frontend. It is held by process 812 (still busy after 5 tries in 7.5 s)"
+    )
+    waits = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(waits) == 4 and waits[0].startswith("pkg/a: apply: the package manager is busy")
+
+
+def test_the_resource_timeout_bounds_the_wait_for_a_busy_package_manager() -> None:
+    kind = Contended(Memory({}), refusals=100)
+    [result] = kind.run([CatalogResource("pkg", "a", {"key": "a", "value": "1"}, timeout_s=2)])
+    assert kind.slept == [0.5, 1.0]
+    assert result.error.endswith("(still busy after 3 tries in 1.5 s)")
+
+
+def test_a_busy_batch_goes_one_by_one_and_the_first_waits() -> None:
+    kind = Contended(Memory({}), refusals=2)
+    results = kind.run([pkg("a"), pkg("b"), pkg("c")])
+
+    assert [r.status for r in results] == [S.REPAIRED] * 3
+    # The batch is refused; a alone is refused once more, then applied; b and c alone.
+    assert kind.applied == ["a+b+c", "a", "a", "b", "c"]
+    assert kind.slept == [0.5]
+
+
+def test_a_busy_read_is_retried_also_in_a_dry_run() -> None:
+    kind = Contended(Memory({"a": "0"}), refusals=2, where="read")
+    [result] = kind.run([pkg("a")], noop=True)
+    assert (result.status, kind.slept) == (S.DRIFTED, [0.5, 1.0])
+
+
+def test_a_busy_read_of_a_batch_member_is_retried_before_the_batch() -> None:
+    kind = Contended(Memory({}), refusals=1, where="read")
+    results = kind.run([pkg("a"), pkg("b")])
+    assert [r.status for r in results] == [S.REPAIRED] * 2
+    assert (kind.applied, kind.slept) == (["a+b"], [0.5])

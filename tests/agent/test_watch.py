@@ -21,10 +21,11 @@ from agent.report import RunReport, Trigger
 from agent.watch import Watchers, expected_after, targets
 from modules.base import Change, Context, Identity, Kind, Status, Watchable
 from modules.catalog import Catalog, CatalogResource
-from modules.errors import SpecError
+from modules.errors import ReadError, SpecError
 
 QUIET_S = 0.05
 MAX_DELAY_S = 0.3
+RESTART_S = (0.05, 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,35 @@ class Broken(Probe):
         raise OSError("no inotify here")
 
 
+class Flaky(Probe):
+    """Watchable, but its first two watches fail at once (nft monitor killed, D-Bus gone)."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 2
+
+    def watch(
+        self, ctx: Context, specs: Any, on_change: Callable[[], None], stop: threading.Event
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("nft monitor stopped (exit status -9)")
+        super().watch(ctx, specs, on_change, stop)
+
+
+class Hanging(Probe):
+    """Watchable, and its read runs a real command that hangs."""
+
+    name = "hanging"
+    timeout_s = 0.3
+
+    def read(self, ctx: Context, spec: ProbeSpec) -> str | None:
+        ctx.run(["sleep", "30"], failure=ReadError)
+        return None
+
+
 class Requests:
     """The daemon's side: counts the runs the watchers ask for."""
 
@@ -178,10 +208,11 @@ def catalog(revision: int = 1, **extra: Mapping[str, Any]) -> Catalog:
 
 
 @pytest.fixture
-def setup(caplog: pytest.LogCaptureFixture) -> Iterator[Setup]:
+def setup(caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> Iterator[Setup]:
     caplog.set_level(logging.DEBUG, logger="plumb.agent.watch")
-    probe = Probe()
-    kinds = {"probe": probe, "plain": Plain(), "broken": Broken()}
+    # parametrize("setup", ["flaky"], indirect=True): a probe whose first watches fail.
+    probe = Flaky() if getattr(request, "param", "") == "flaky" else Probe()
+    kinds = {"probe": probe, "plain": Plain(), "broken": Broken(), "hanging": Hanging()}
     requests = Requests()
     watchers = Watchers(
         Path("/nonexistent"),
@@ -189,6 +220,7 @@ def setup(caplog: pytest.LogCaptureFixture) -> Iterator[Setup]:
         kinds=lambda name: kinds[name],
         quiet_s=QUIET_S,
         max_delay_s=MAX_DELAY_S,
+        restart_s=RESTART_S,
     )
     yield Setup(probe, watchers, requests, caplog)
     watchers.stop()
@@ -250,6 +282,62 @@ def test_a_watcher_that_fails_is_logged_and_the_rest_keep_watching(setup: Setup)
     while "watcher of kind 'broken' stopped" not in setup.caplog.text:
         assert time.monotonic() < deadline, "the failure was not logged"
         time.sleep(0.01)
+
+
+def logged(setup: Setup, text: str, times: int = 1) -> bool:
+    deadline = time.monotonic() + 5
+    while setup.caplog.text.count(text) < times:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("setup", ["flaky"], indirect=True)
+def test_a_watcher_that_fails_is_started_again_and_checks_what_it_missed(setup: Setup) -> None:
+    started(setup)  # the watch failed twice before it held; the check after each restart
+    assert logged(setup, "watcher of kind 'probe' stopped (OSError: nft monitor stopped", 2)
+    assert "watching again in 0.05 s" in setup.caplog.text
+    assert "watching again in 0.1 s" in setup.caplog.text  # backing off
+    setup.probe.system["a"] = "tampered"
+    setup.probe.fire()
+    assert setup.requests.wait(1)
+
+
+def test_a_watcher_that_keeps_failing_keeps_being_started_again(setup: Setup) -> None:
+    setup.watchers.start(catalog(k={"kind": "broken", "spec": {"key": "k", "value": "1"}}))
+    assert logged(setup, "watcher of kind 'broken' stopped", 4)
+    assert "watching again in 0.2 s" in setup.caplog.text  # at the cap
+
+
+def test_a_check_that_hangs_is_cut_short_and_asks_for_a_run(setup: Setup) -> None:
+    setup.watchers.start(catalog(h={"kind": "hanging", "spec": {"key": "h", "value": "1"}}))
+    assert setup.probe.wait_active([("a", "b")])
+    setup.run()
+    fired = time.monotonic()
+    setup.watchers.on_change()
+    assert setup.requests.wait(1)
+    assert time.monotonic() - fired < Hanging.timeout_s + 2.0
+    assert logged(setup, "checking probe/a failed") or logged(setup, "checking hanging/h failed")
+    assert "timed out after 0.3 s" in setup.caplog.text
+
+
+def test_the_debouncer_survives_a_failed_request_for_a_run(setup: Setup) -> None:
+    started(setup)
+    calls: list[int] = []
+
+    def refuse() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("scheduler is shut down")
+        setup.requests()
+
+    setup.watchers._request_run = refuse
+    setup.probe.system["a"] = "tampered"
+    setup.probe.fire()
+    assert logged(setup, "checking after events failed; carrying on")
+    setup.probe.fire()
+    assert setup.requests.wait(1)
 
 
 # --- debounce ---------------------------------------------------------------------
@@ -334,6 +422,39 @@ def test_a_failure_is_retried_on_the_next_event_once(setup: Setup) -> None:
     assert len(setup.requests.times) == 1
 
 
+def test_a_failure_in_a_run_events_caused_does_not_make_the_watcher_deaf(setup: Setup) -> None:
+    """The package watcher once missed every later removal of a package whose repair
+    failed in a run its events caused, even after a manual run repaired it."""
+    setup.watchers.start(catalog())
+    assert setup.probe.wait_active([("a", "b")])
+    setup.run(trigger=Trigger.WATCH, a="failed")  # "dpkg frontend lock was locked"
+    assert setup.checked()  # the echo of b's apply: a differs exactly as the run found
+    assert setup.requests.times == []
+
+    setup.probe.system["a"] = "1"  # repaired by a run the daemon did not make
+    setup.probe.fire()
+    assert setup.requests.wait(1)
+    setup.run(trigger=Trigger.WATCH)
+    assert setup.checked(2)
+
+    setup.probe.system["a"] = "removed again"
+    setup.probe.fire()
+    assert setup.requests.wait(2)
+
+
+def test_a_transient_failure_in_a_run_events_caused_is_retried_on_the_next_event(
+    setup: Setup,
+) -> None:
+    setup.watchers.start(catalog())
+    assert setup.probe.wait_active([("a", "b")])
+    setup.probe.system["b"] = "2"
+    setup.watchers.run_started()
+    busy = dataclasses.replace(result("probe/a", Status.FAILED, setup.change("a")), transient=True)
+    setup.watchers.run_finished(report(Trigger.WATCH, [busy, result("probe/b", Status.IN_SYNC)]))
+    setup.probe.fire()  # the package manager's database, as the lock holder finishes
+    assert setup.requests.wait(1)
+
+
 def test_expected_after_a_report() -> None:
     results = [
         result("k/sync", Status.IN_SYNC),
@@ -349,4 +470,11 @@ def test_expected_after_a_report() -> None:
         "k/failed": "retry",
         "k/skipped": "ignore",
     }
-    assert expected_after(report(Trigger.WATCH, results))["k/failed"] == "ignore"
+    # In a run events caused: the differences it found, as for a drifted one.
+    failed = result("k/failed", Status.FAILED, Change("state", "absent", "present"))
+    assert expected_after(report(Trigger.WATCH, [failed])) == {
+        "k/failed": (Change("state", "absent", "present"),)
+    }
+    # Unless the kind called the failure transient: then the next event retries it.
+    busy = dataclasses.replace(failed, transient=True)
+    assert expected_after(report(Trigger.WATCH, [busy])) == {"k/failed": "retry"}

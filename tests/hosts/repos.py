@@ -55,10 +55,13 @@ def build_deb(
     depends: Sequence[str] = (),
     files: Mapping[str, str] | None = None,
     postinst: str | None = None,
+    triggers: Sequence[str] = (),
     description: str = "Plumb test package",
 ) -> Path:
     """Build ``workdir/<name>_<version>_all.deb``; ``depends`` entries are Debian
-    relations such as ``"plumb-lib (>= 1.0)"``; ``postinst`` is a shell script body."""
+    relations such as ``"plumb-lib (>= 1.0)"``; ``postinst`` is a shell script body;
+    ``triggers`` are lines of DEBIAN/triggers (``"interest-noawait /usr/share/x"``):
+    dpkg then runs the postinst with ``triggered`` when another package changes them."""
     tree = workdir / "deb-build" / f"{name}_{version}"
     shutil.rmtree(tree, ignore_errors=True)
     (tree / "DEBIAN").mkdir(parents=True)
@@ -78,6 +81,8 @@ def build_deb(
         script = tree / "DEBIAN/postinst"
         script.write_text(f"#!/bin/sh\nset -e\n{postinst}\n")
         script.chmod(0o755)
+    if triggers:
+        (tree / "DEBIAN/triggers").write_text("".join(f"{line}\n" for line in triggers))
     _populate(tree, files or {})
     # Debian spells an epoch's ':' as %3a in file names.
     deb = workdir / f"{name}_{version.replace(':', '%3a')}_all.deb"

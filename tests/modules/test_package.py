@@ -6,6 +6,7 @@ The providers themselves run for real: apt inside a booted systemd host
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import pytest
 
 from modules import registry
 from modules.base import Change, Context
-from modules.errors import Unavailable
+from modules.errors import ApplyError, Busy, Unavailable
 from modules.package import (
     PackageSpec,
     PackageState,
+    _refusal,
     os_family,
     os_release,
     provider_for,
@@ -145,3 +147,32 @@ def test_apt_refuses_a_sandbox_root(tmp_path: Path) -> None:
     (tmp_path / "etc/os-release").write_text("ID=debian\n")
     with pytest.raises(Unavailable, match="apt manages the host's own packages only"):
         provider_for(Context(root=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("stderr", "busy"),
+    [
+        # apt-get while another apt holds the frontend lock (recorded in a booted host)
+        (
+            "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 94 "
+            "(apt-get)\nE: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-"
+            "frontend), is another process using it?\n",
+            True,
+        ),
+        # apt-get update while another holds the lists
+        ("E: Could not get lock /var/lib/apt/lists/lock. It is held by process 7 (apt)\n", True),
+        # dpkg --configure -a by hand while apt runs dpkg, or dpkg itself runs
+        ("dpkg: error: dpkg frontend lock was locked by another process with pid 94\n", True),
+        ("dpkg: error: dpkg database lock was locked by another process with pid 165\n", True),
+        # rpm / dnf while another rpm transaction runs
+        ("error: can't create transaction lock on /var/lib/rpm/.rpm.lock (Resource busy)\n", True),
+        ("E: Unable to locate package nosuch\n", False),
+        ("dpkg: error processing package x (--configure):\n installed x script failed\n", False),
+    ],
+)
+def test_a_held_lock_is_busy_and_anything_else_the_kinds_error(stderr: str, busy: bool) -> None:
+    result = subprocess.CompletedProcess(["apt-get"], 100, "", stderr)
+    error = _refusal(result, ApplyError, "apt-get install failed (exit 100)", stderr)
+    assert type(error) is (Busy if busy else ApplyError)
+    assert str(error).startswith("apt-get install failed (exit 100)")
+    assert ("the package manager is busy (its lock is held)" in str(error)) is busy

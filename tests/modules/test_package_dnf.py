@@ -9,6 +9,7 @@ HOME (``DnfRoot.env``) tells it ``/var/lib/rpm``, so the kind runs with that HOM
 
 from __future__ import annotations
 
+import fcntl
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import pytest
 
 from modules import registry
 from modules.base import Change, Context
-from modules.errors import ApplyError, ReadError
+from modules.errors import ApplyError, Busy, ReadError
 from modules.package import (
     PackageState,
     _dnf_error,
@@ -258,6 +259,27 @@ def test_an_unreadable_database_is_a_read_error_not_absent(host: Host) -> None:
     (host.root.root / "var/lib/rpm").write_text("not a database\n")
     with pytest.raises(ReadError, match="rpm -q plumb-hello failed: error: cannot open"):
         read(host.ctx, package="plumb-hello")
+
+
+def test_an_rpm_transaction_in_progress_is_busy_not_a_failure(host: Host) -> None:
+    """Another rpm holding the transaction lock (rpm takes it with fcntl, as here):
+    the kind says Busy, which the engine waits out; once it is released, the same
+    change goes through."""
+    lock = host.root.root / "var/lib/rpm/.rpm.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    spec = KIND.parse({"package": "plumb-other"})
+    state = KIND.read(host.ctx, spec)
+    changes = KIND.diff(spec, state)
+    with open(lock, "a") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        with pytest.raises(
+            Busy, match=r"^dnf install failed \(exit 1\): the package manager is busy"
+        ):
+            KIND.apply(host.ctx, spec, state, changes)
+        assert host.installed() == {}
+        fcntl.lockf(held, fcntl.LOCK_UN)
+    KIND.apply(host.ctx, spec, state, changes)
+    assert host.installed() == {"plumb-other": "1.0-1"}
 
 
 # --- watch: the root's rpm database ------------------------------------------------

@@ -351,3 +351,28 @@ def test_catalog_json_names_the_relation_subscribe_and_defaults_it_when_absent()
     older = {k: v for k, v in web.to_dict().items() if k != "subscribe"}
     assert CatalogResource.from_dict(older) == CatalogResource("testsvc", "web", {})
     assert CatalogResource.from_dict(web.to_dict()) == web
+
+
+def test_a_resources_timeout_is_carried_and_absent_from_the_json_when_not_set() -> None:
+    (app,) = manifests(
+        (
+            "app.yaml",
+            """\
+            name: app
+            target: {all: true}
+            resources:
+              - {kind: testfile, name: slow, spec: {path: /slow}, timeout: 900}
+              - {kind: testfile, name: usual, spec: {path: /usual}}
+            """,
+        )
+    )
+    catalog = compile_catalog([app], "web-1", {}, revision=1)
+    slow, usual = catalog.resources
+    assert (slow.timeout_s, usual.timeout_s) == (900, None)
+    assert slow.to_dict()["timeout"] == 900
+    assert b'"timeout":900}' in catalog.to_json()  # as written: 900, not 900.0
+    # A catalog without timeouts is byte for byte what it was before the field.
+    assert "timeout" not in usual.to_dict()
+    assert Catalog.from_json(catalog.to_json()) == catalog
+    with pytest.raises(ValueError, match="timeout: expected a positive number of seconds"):
+        CatalogResource.from_dict({**slow.to_dict(), "timeout": -1})

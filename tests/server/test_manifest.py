@@ -299,6 +299,28 @@ BAD = [
         (7, "resources[0].controls[2]", "expected a non-empty string"),
     ),
     bad(
+        "timeout-not-a-number",
+        HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: {path: /a}\n"
+        "    timeout: 2m\n",
+        (7, "resources[0].timeout", "expected a number of seconds, more than 0 and at most"),
+    ),
+    bad(
+        "timeout-out-of-range",
+        HEAD + "resources:\n"
+        "  - {kind: testfile, name: a, spec: {path: /a}, timeout: 0}\n"
+        "  - {kind: testfile, name: b, spec: {path: /b}, timeout: -5}\n"
+        "  - {kind: testfile, name: c, spec: {path: /c}, timeout: 100000}\n"
+        "  - {kind: testfile, name: d, spec: {path: /d}, timeout: true}\n"
+        "  - {kind: testfile, name: e, spec: {path: /e}, timeout: .nan}\n"
+        "  - {kind: testfile, name: f, spec: {path: /f}, timeout: null}\n",
+        (4, "resources[0].timeout", "at most 86400, got an integer (0)"),
+        (5, "resources[1].timeout", "got an integer (-5)"),
+        (6, "resources[2].timeout", "got an integer (100000)"),
+        (7, "resources[3].timeout", "got a boolean (True)"),
+        (8, "resources[4].timeout", "got a number (nan)"),
+        (9, "resources[5].timeout", "got null"),
+    ),
+    bad(
         "spec-not-a-mapping",
         HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: [path, /a]\n",
         (6, "resources[0].spec", "expected a mapping, got a list"),
@@ -787,6 +809,19 @@ def test_refusing_a_notify_lists_the_kinds_that_can_be_refreshed() -> None:
     kinds = error.message.rsplit(": ", 1)[1].split(", ")
     assert "testsvc" in kinds
     assert "testfile" not in kinds and "file" not in kinds
+
+
+def test_a_timeout_is_seconds_as_written_and_absent_means_the_kinds() -> None:
+    text = manifest_text(
+        "web",
+        "{all: true}",
+        "{kind: testfile, name: a, spec: {path: /a}, timeout: 120}",
+        "{kind: testfile, name: b, spec: {path: /b}, timeout: 2.5}",
+        "{kind: testfile, name: c, spec: {path: /c}}",
+    )
+    a, b, c = load("web.yaml", text).resources
+    assert (a.timeout_s, b.timeout_s, c.timeout_s) == (120, 2.5, None)
+    assert isinstance(a.timeout_s, int)  # 120 stays 120 in the catalog's JSON
 
 
 def test_defaults() -> None:
