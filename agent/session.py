@@ -7,6 +7,11 @@ and deletes them from the spool when acked. The daemon opens a new one
 whenever the previous one broke; ``run --once`` opens one for the length of a
 run.
 
+The hello carries every loss of local state the server has not recorded yet
+(agent/losses.py); the Welcome lists those it recorded. A spooled report
+that does not parse is dropped (and counted as lost) rather than sent, so
+one damaged row cannot break every session.
+
 The agent sends a heartbeat every interval the server's Welcome names, so
 the server can tell a frozen agent from an idle one; the agent notices a dead
 server through HTTP/2 keepalive (agent.tls), and the daemon reconnects.
@@ -20,9 +25,11 @@ import threading
 from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from agent.cache import CatalogCache
 from agent.errors import CatalogRejected
+from agent.losses import SPOOLED_REPORTS
 from agent.spool import Spool
 from agent.state import Enrollment, StateDir
 from agent.tls import secure_channel
@@ -61,6 +68,8 @@ class SessionClient:
         self.error: str = ""
         self._call: grpc.Call | None = None
         self._closed = threading.Event()
+        #: cache.losses.generation when the hello was made; None before.
+        self.hello_generation: int | None = None
 
     def start(self) -> None:
         stub = pb_grpc.AgentStub(self._channel)
@@ -89,12 +98,17 @@ class SessionClient:
         self._channel.close()
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
+        # First the revision: a cached catalog that does not verify is set
+        # aside right here, and that loss goes in this very hello.
+        revision = self.cache.revision()
+        self.hello_generation = self.cache.losses.generation
         yield pb.AgentMessage(
             hello=pb.Hello(
                 node_name=self.enrollment.node,
                 facts=self.facts,
-                applied_revision=self.cache.revision(),
+                applied_revision=revision,
                 agent_version=self.facts.get("agent_version", ""),
+                losses=[loss.to_wire() for loss in self.cache.losses.pending()],
             )
         )
         yield from self._reports()
@@ -108,7 +122,19 @@ class SessionClient:
         for report_id, body in self.spool.pending():
             if report_id not in self._sent:
                 self._sent.add(report_id)
-                yield pb.AgentMessage(report=pb.Report.FromString(body))
+                try:
+                    report = pb.Report.FromString(body)
+                except DecodeError as exc:
+                    self._unreadable(report_id, exc)
+                    continue
+                yield pb.AgentMessage(report=report)
+
+    def _unreadable(self, report_id: str, exc: DecodeError) -> None:
+        """Drop a spooled report that does not parse: sent, it would end every session."""
+        log.error("spooled report %s does not parse (%s): dropped as lost", report_id, exc)
+        self.spool.ack(report_id)
+        detail = f"report {report_id} in the spool did not parse ({exc}); dropped"
+        self.cache.losses.record(SPOOLED_REPORTS, 1, detail)
 
     def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
         try:
@@ -125,6 +151,7 @@ class SessionClient:
     def _handle(self, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "welcome":
+            self.cache.losses.recorded(message.welcome.recorded_losses)
             if message.welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(message.welcome.heartbeat_interval_s)
             if message.welcome.latest_revision == self.cache.revision():
