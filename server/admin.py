@@ -15,7 +15,7 @@ from server.compliance import Tally
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
 from server.store import DriftRow, Store
-from server.wire import STATUS_TO_PB, report_from_body
+from server.wire import STATUS_TO_PB, report_from_body, state_loss_to_pb
 
 DEFAULT_TOKEN_TTL_S = 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
@@ -130,6 +130,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     ) -> pb.ListNodesResponse:
         compliance = await asyncio.to_thread(self.fleet.compliance)
         latest, problems = compliance.revision, compliance.problems
+        losses = await asyncio.to_thread(self.store.state_losses)
         return pb.ListNodesResponse(
             nodes=[
                 pb.Node(
@@ -144,6 +145,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     catalog_problem="\n".join(problems.get(n.name, [])),
                     reported_revision=n.status_revision,
                     summary=_compliance(compliance.by_node[n.name]),
+                    losses=[state_loss_to_pb(x) for x in losses.get(n.name, [])],
                 )
                 for n in compliance.nodes
             ]

@@ -14,6 +14,8 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0002  catalog_problems (why a node has no catalog at a revision) and
           nodes.status_revision (the revision its current status was reported
           at), filled in from each node's current report
+    0003  state_losses (what agents reported losing of their own state: a
+          damaged report spool set aside, a cached catalog that did not verify)
 
 Adding a migration (say 0002, new columns on ``nodes``):
 
