@@ -3,6 +3,7 @@ set aside, the agent carries on, and what was lost shows on the server."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +154,21 @@ def test_a_damaged_spool_is_replaced_and_the_loss_reaches_the_server(
     wait_for(lambda: has(agent, "two"), what="the next push run")
     wait_for(lambda: agent.status()["spooled_reports"] == 0, what="its reports delivered")
     assert len(losses(server, "edge-1")) == 1  # sent with every hello, recorded once
+
+
+def test_a_spooled_report_that_does_not_parse_is_dropped_not_sent_for_ever(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("edge-1")
+    push(server, tmp_path, "one")
+    assert agent.run_once().returncode == 0
+    with sqlite3.connect(agent.state_dir / "spool.db") as db:  # a row damaged in place
+        db.execute("INSERT INTO reports VALUES ('damaged', 0, x'ffffffff0a')")
+    db.close()
+    agent.path("/app.conf").write_text("drift\n")
+    assert agent.run_once().returncode == 0
+    assert agent.status()["spooled_reports"] == 0  # its own report delivered, the bad one gone
+    assert agent.run_once().returncode == 0  # the next hello reports the loss
+    [loss] = losses(server, "edge-1")
+    assert (loss["what"], loss["count"]) == ("spooled_reports", 1)
+    assert "report damaged in the spool did not parse" in loss["detail"]
