@@ -36,8 +36,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import AGENT_VERSION, facts
 from agent.cache import CatalogCache
-from agent.errors import CatalogRejected
 from agent.flapping import FlapPolicy
+from agent.losses import LossLog
 from agent.report import Trigger
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
@@ -86,8 +86,11 @@ class Daemon:
     ) -> None:
         self.state = state
         self.enrollment = state.enrollment()
-        self.cache = CatalogCache(state, self.enrollment.node)
-        self.spool = Spool(state.spool)
+        # One log of losses for the cache and the spool: a loss found while
+        # connected makes the daemon reconnect, so the next hello reports it.
+        self.losses = LossLog(state)
+        self.cache = CatalogCache(state, self.enrollment.node, self.losses)
+        self.spool = Spool(state.spool, self.losses)
         self.runner = Runner(
             state,
             self.cache,
@@ -153,12 +156,22 @@ class Daemon:
             self._session = session
             session.start()
             self._await_established(session)
-            while not (session.ended.wait(0.5) or self.stop.is_set()):
+            while not (session.ended.wait(0.5) or self.stop.is_set() or self._lost_since(session)):
                 pass
+            lost = self._lost_since(session) and not session.ended.is_set()
             session.close()
+            if lost and not self.stop.is_set():
+                # Local state was lost (a cached catalog rejected: the server
+                # must send a fresh one): a new hello says so, at once.
+                log.info("local state lost since the hello: reconnecting to report it")
+                continue
             attempt = 0 if session.made_progress(STABLE_SESSION_S) else attempt + 1
             if not self.stop.is_set():
                 self._backoff(attempt, session.error)
+
+    def _lost_since(self, session: SessionClient) -> bool:
+        sent = session.hello_generation
+        return sent is not None and sent != self.losses.generation
 
     def _await_established(self, session: SessionClient) -> None:
         """Log once the server has answered (bench/agent.py times start-up by this line)."""
@@ -184,10 +197,7 @@ class Daemon:
         self._scheduler.add_job(self._run, args=[Trigger.PUSH])
 
     def _cached_catalog(self) -> Catalog | None:
-        try:
-            return self.cache.load()
-        except CatalogRejected:
-            return None  # the first run says so, loudly
+        return self.cache.load()  # one that does not verify is set aside, and None
 
     def _watch(self, catalog: Catalog | None) -> None:
         """Watch ``catalog``; call just before queuing a run of it."""

@@ -4,7 +4,10 @@
     ├── CatalogError            a catalog cannot be run as a whole
     │                           (a require naming a missing id, a require
     │                           cycle, one id declared twice)
-    ├── CatalogRejected         a catalog's signature or signer does not verify
+    ├── CatalogRejected         a catalog does not parse, or its signature or signer
+    │   │                       does not verify, or it is another node's
+    │   └── CatalogNotValidNow  its signer's certificate is expired or not yet
+    │                           valid: a matter of the clock, not of the file
     ├── NoCatalog               nothing to run: no catalog received or cached yet
     ├── NotEnrolled             the state dir holds no enrollment
     ├── EnrollError             enrollment failed (unreachable, CA pin, token refused)
@@ -34,6 +37,15 @@ class CatalogError(PlumbAgentError):
 
 class CatalogRejected(PlumbAgentError):
     """A catalog failed verification; it is never cached or applied."""
+
+
+class CatalogNotValidNow(CatalogRejected):
+    """The catalog's signer certificate is not valid at this moment (expired, or not yet).
+
+    Unlike the other rejections this depends on the clock, which may be wrong
+    for a while (a host booting with a stale clock), so a cached catalog
+    rejected for this is not used but kept.
+    """
 
 
 class NoCatalog(PlumbAgentError):

@@ -286,49 +286,79 @@ def _exit_code(report: Any) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """What this agent has, read without changing anything: damaged state is shown, not repaired."""
+    from agent import spool
     from agent.cache import CatalogCache
-    from agent.spool import Spool
+    from agent.losses import LossLog, describe
 
     state = StateDir(args.state_dir)
     enrollment = state.enrollment()
-    spool = Spool(state.spool)
+    losses = LossLog(state)
+    cache = CatalogCache(state, enrollment.node, losses).status()
+    spooled, spool_problem, set_aside = spool.inspect(state.spool)
+    last = state.read_json(state.last_run)
     info = {
         "node": enrollment.node,
         "server": enrollment.server,
         "labels": enrollment.labels,
-        "catalog_revision": CatalogCache(state, enrollment.node).revision(),
-        "spooled_reports": spool.count(),
-        "rejected_reports": spool.rejected(),
+        "catalog_revision": cache.revision,
+        "catalog_problem": cache.problem,
+        "spooled_reports": spooled,
+        "spool_problem": spool_problem,
+        "rejected_reports": set_aside,
         "clock": state.read_json(state.clock),
-        "last_run": state.read_json(state.last_run),
+        "last_run": last if isinstance(last, dict) else None,
+        "losses": [
+            {
+                "what": x.what,
+                "count": None if x.count < 0 else x.count,
+                "at": x.at,
+                "detail": x.detail,
+                "reported": x.recorded,
+            }
+            for x in losses.recent()
+        ],
     }
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
-    last = info["last_run"]
+    catalog = str(cache.revision) if cache.revision else "none yet"
+    if not cache.revision and cache.problem:
+        catalog = f"none ({cache.problem})"
     print(
         f"node:              {info['node']}\nserver:            {info['server']}\n"
-        f"catalog revision:  {info['catalog_revision'] or 'none yet'}\n"
-        f"spooled reports:   {info['spooled_reports']}"
+        f"catalog revision:  {catalog}\n"
+        f"spooled reports:   {spooled if spool_problem is None else spool_problem}"
     )
-    if info["rejected_reports"]:
+    if set_aside:
         print(
-            f"set aside:         {info['rejected_reports']} report(s) the server refused "
+            f"set aside:         {set_aside} report(s) no server takes "
             f"(kept in {state.spool}, table rejected)"
         )
     clock = info["clock"]
-    if clock:
+    if isinstance(clock, dict) and isinstance(clock.get("offset_s"), (int, float)):
         offset = clock["offset_s"]
         note = "" if abs(offset) <= 60 else "  (check NTP: reports are ordered by sequence)"
         print(f"clock:             {offset:+.1f} s from the server's{note}")
-    if last:
+    print(f"last run:          {_last_run(info['last_run'])}")
+    for x in losses.recent():
+        told = "reported to the server" if x.recorded else "not reported to the server yet"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.at))
+        print(f"lost:              {describe(x.what, x.count)} at {when} ({x.detail}; {told})")
+    return 0
+
+
+def _last_run(last: Any) -> str:
+    """The last run in one line; "never", or what is wrong with last_run.json."""
+    if not last:
+        return "never"
+    try:
         counts = ", ".join(f"{k} {v}" for k, v in last["summary"].items() if v)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished_at"]))
         noop = ", noop" if last["noop"] else ""
-        print(f"last run:          {when} ({last['trigger']}{noop}): {counts or 'no resources'}")
-    else:
-        print("last run:          never")
-    return 0
+        return f"{when} ({last['trigger']}{noop}): {counts or 'no resources'}"
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "unknown (last_run.json is not a run summary)"
 
 
 if __name__ == "__main__":

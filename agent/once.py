@@ -13,6 +13,7 @@ from agent import AGENT_VERSION, facts
 from agent.cache import CatalogCache
 from agent.errors import NoCatalog
 from agent.flapping import FlapPolicy
+from agent.losses import LossLog
 from agent.report import RunReport, Trigger, run_summary
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
@@ -31,7 +32,8 @@ def run_once(
     flap_policy: FlapPolicy | None = None,
 ) -> RunReport:
     enrollment = state.enrollment()
-    cache, spool = CatalogCache(state, enrollment.node), Spool(state.spool)
+    losses = LossLog(state)
+    cache, spool = CatalogCache(state, enrollment.node, losses), Spool(state.spool, losses)
     runner = Runner(state, cache, spool, root, enrollment.server, confirm_timeout_s, flap_policy)
     session = SessionClient(
         state, enrollment, cache, spool, facts.gather(AGENT_VERSION), on_catalog=lambda _: None

@@ -19,6 +19,11 @@ or INVALID_ARGUMENT while it was the largest one in flight) is counted by the
 spool, which sends it last from then on and sets it aside after a few
 refusals, so it can never block the reports behind it.
 
+The hello carries every loss of local state the server has not recorded yet
+(agent/losses.py); the Welcome lists those it recorded. A spooled report
+that does not parse is dropped (and counted as lost) rather than sent, so
+one damaged row cannot break every session.
+
 The agent sends a heartbeat every interval the server's Welcome names, so
 the server can tell a frozen agent from an idle one; the agent notices a dead
 server through HTTP/2 keepalive (agent.tls), and the daemon reconnects.
@@ -34,9 +39,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from agent.cache import CatalogCache
 from agent.errors import CatalogRejected
+from agent.losses import SPOOLED_REPORTS
 from agent.spool import Spool
 from agent.state import Enrollment, StateDir, write_atomic
 from agent.tls import secure_channel
@@ -89,6 +96,8 @@ class SessionClient:
         self._state = state
         self._in_flight: dict[str, int] = {}  # sent on this stream, not acked yet: id -> size
         self._lock = threading.Lock()
+        #: cache.losses.generation when the hello was made; None before.
+        self.hello_generation: int | None = None
 
     def start(self) -> None:
         self.started_at = time.monotonic()
@@ -118,13 +127,18 @@ class SessionClient:
         self._channel.close()
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
+        # First the revision: a cached catalog that does not verify is set
+        # aside right here, and that loss goes in this very hello.
+        revision = self.cache.revision()
+        self.hello_generation = self.cache.losses.generation
         yield pb.AgentMessage(
             hello=pb.Hello(
                 node_name=self.enrollment.node,
                 facts=self.facts,
-                applied_revision=self.cache.revision(),
+                applied_revision=revision,
                 agent_version=self.facts.get("agent_version", ""),
                 sent_at=time.time(),
+                losses=[loss.to_wire() for loss in self.cache.losses.pending()],
             )
         )
         yield from self._reports()
@@ -144,9 +158,21 @@ class SessionClient:
                 self.spool.set_aside(report_id, why)
                 log.error("report %s set aside: %s", report_id, why)
                 continue
+            try:
+                report = pb.Report.FromString(body)
+            except DecodeError as exc:
+                self._unreadable(report_id, exc)
+                continue
             with self._lock:
                 self._in_flight[report_id] = len(body)
-            yield pb.AgentMessage(report=pb.Report.FromString(body))
+            yield pb.AgentMessage(report=report)
+
+    def _unreadable(self, report_id: str, exc: DecodeError) -> None:
+        """Drop a spooled report that does not parse: sent, it would end every session."""
+        log.error("spooled report %s does not parse (%s): dropped as lost", report_id, exc)
+        self.spool.ack(report_id)
+        detail = f"report {report_id} in the spool did not parse ({exc}); dropped"
+        self.cache.losses.record(SPOOLED_REPORTS, 1, detail)
 
     def _read(self, responses: Iterator[pb.ServerMessage]) -> None:
         try:
@@ -167,6 +193,7 @@ class SessionClient:
         kind = message.WhichOneof("kind")
         if kind == "welcome":
             welcome = message.welcome
+            self.cache.losses.recorded(welcome.recorded_losses)
             self.spool.at_least(welcome.last_sequence)
             if welcome.server_time:
                 self._check_clock(welcome.server_time)

@@ -18,94 +18,132 @@ ends with RESOURCE_EXHAUSTED or INVALID_ARGUMENT while it was the largest one
 in flight) is counted; it is sent after every other one from then on, and
 after ``REFUSALS_BEFORE_ASIDE`` refusals it is set aside too, so it can never
 block the reports behind it.
+
+A damaged spool never stops the agent. When ``spool.db`` is not a sound
+database — not SQLite at all, failing ``PRAGMA quick_check``, without the
+reports table an agent creates in it, not a regular file, or empty (0 bytes:
+SQLite would take that for a new database, but the agent creates its spool
+with the table in it, so an empty file means what it held is gone) — it is
+set aside as ``spool.db.damaged-<UTC time>`` (with its ``-wal`` and ``-shm``),
+a fresh spool takes its place, one ERROR line says so, and the loss goes to
+the server (agent/losses.py): how many reports were in it when that can still
+be read, "unknown" otherwise. This is checked when the spool is opened (the
+daemon's and ``run --once``'s start) and whenever an operation finds the
+database corrupt. Other errors (a full disk, a read-only file system, a
+lock held too long) are :class:`SpoolError`: setting a sound database aside
+would lose reports for nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import secrets
 import sqlite3
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from agent.errors import SpoolError
+from agent.losses import SPOOLED_REPORTS, UNKNOWN, LossLog
+from agent.state import set_aside
+
+log = logging.getLogger("plumb.agent")
+
+_T = TypeVar("_T")
 
 #: After this many refusals by the server a report is set aside.
 REFUSALS_BEFORE_ASIDE = 3
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS reports "
-    "(id TEXT PRIMARY KEY, created REAL NOT NULL, body BLOB NOT NULL)",
+    "(id TEXT PRIMARY KEY, created REAL NOT NULL, body BLOB NOT NULL, "
+    "sequence INTEGER, refusals INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rejected "
     "(id TEXT PRIMARY KEY, set_aside REAL NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)",
 )
 # Columns added since the first spools, which had only id, created and body.
 _COLUMNS = {"sequence": "INTEGER", "refusals": "INTEGER NOT NULL DEFAULT 0"}
+#: SQLite's own files beside a database, set aside with it.
+_SIDECARS = ("-wal", "-shm", "-journal")
+#: sqlite3 error codes that mean the file itself is damaged, not its surroundings.
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class Damaged(Exception):
+    """The spool file is not a sound database; the message says what is wrong."""
 
 
 class Spool:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with self._db() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            have = {row[1] for row in db.execute("PRAGMA table_info(reports)")}
-            for column, declaration in _COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE reports ADD COLUMN {column} {declaration}")
+    def __init__(self, path: Path, losses: LossLog | None = None) -> None:
+        """Open the spool at ``path``, setting a damaged one aside (see the module docstring).
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: the daemon's runner and session threads
-        # both use the spool, and sqlite3 connections must not cross threads.
-        try:
-            with closing(sqlite3.connect(self.path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")  # a report must survive a power cut
-                with db:
-                    yield db
-        except sqlite3.Error as exc:
-            raise SpoolError(f"report spool {self.path}: {exc}") from exc
+        ``losses`` is where a loss is recorded; None: the state dir holding ``path``.
+        """
+        self.path = path
+        self._losses = losses
+        self._recovering = threading.Lock()
+        with self._recovering:
+            problem = _problem(path)
+            if problem is not None:
+                self._replace(problem)
+            elif not path.exists():
+                _create(path)
+        self._do(_upgrade)
 
     def add(self, report_id: str, build: Callable[[int], bytes]) -> int:
         """Spool the report ``build(sequence)`` makes with the next sequence number; that number.
 
         One transaction: a number is never given twice nor skipped by a crash.
         """
-        with self._db() as db:
+
+        def add(db: sqlite3.Connection) -> int:
             sequence = _next_sequence(db)
             db.execute(
                 "INSERT OR IGNORE INTO reports (id, created, body, sequence) VALUES (?, ?, ?, ?)",
                 (report_id, time.time(), build(sequence), sequence),
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (sequence + 1,))
-        return sequence
+            return sequence
+
+        return self._do(add)
 
     def at_least(self, last_sequence: int) -> None:
         """The server has stored reports up to ``last_sequence``: number new ones above it."""
-        with self._db() as db:
+
+        def raise_to(db: sqlite3.Connection) -> None:
             if _next_sequence(db) <= last_sequence:
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (last_sequence + 1,)
                 )
 
+        self._do(raise_to)
+
     def pending(self) -> list[tuple[str, bytes]]:
         """What to send, oldest first; reports the server refused come last."""
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT id, body FROM reports ORDER BY refusals > 0, COALESCE(sequence, 0), "
-                "created, id"
-            )
-            return [(str(i), bytes(b)) for i, b in rows]
+        return self._do(
+            lambda db: [
+                (str(i), bytes(b))
+                for i, b in db.execute(
+                    "SELECT id, body FROM reports "
+                    "ORDER BY refusals > 0, COALESCE(sequence, 0), created, id"
+                )
+            ]
+        )
 
     def ack(self, report_id: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
+        self._do(lambda db: db.execute("DELETE FROM reports WHERE id = ?", (report_id,)))
 
     def refused(self, report_id: str, reason: str) -> bool:
         """The server refused ``report_id``; True if it has now been set aside."""
-        with self._db() as db:
+
+        def refuse(db: sqlite3.Connection) -> bool:
             db.execute("UPDATE reports SET refusals = refusals + 1 WHERE id = ?", (report_id,))
             row = db.execute("SELECT refusals FROM reports WHERE id = ?", (report_id,)).fetchone()
             if row is None or row[0] < REFUSALS_BEFORE_ASIDE:
@@ -113,19 +151,207 @@ class Spool:
             _set_aside(db, report_id, reason)
             return True
 
+        return self._do(refuse)
+
     def set_aside(self, report_id: str, reason: str) -> None:
         """Keep ``report_id`` for inspection, never to be sent: no server could take it."""
-        with self._db() as db:
-            _set_aside(db, report_id, reason)
+        self._do(lambda db: _set_aside(db, report_id, reason))
 
     def count(self) -> int:
-        with self._db() as db:
-            return int(db.execute("SELECT count(*) FROM reports").fetchone()[0])
+        return self._do(lambda db: int(db.execute("SELECT count(*) FROM reports").fetchone()[0]))
 
     def rejected(self) -> int:
-        """How many reports were set aside because the server kept refusing them."""
-        with self._db() as db:
-            return int(db.execute("SELECT count(*) FROM rejected").fetchone()[0])
+        """How many reports were set aside because no server takes them."""
+        return self._do(lambda db: int(db.execute("SELECT count(*) FROM rejected").fetchone()[0]))
+
+    def _do(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``operation`` in a transaction; once more on a fresh spool if this one is damaged."""
+        try:
+            with self._db() as db:
+                return operation(db)
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            vanished = code == sqlite3.SQLITE_CANTOPEN and not self.path.exists()
+            if code not in _DAMAGED and not vanished:
+                raise SpoolError(f"report spool {self.path}: {exc}") from exc
+            with self._recovering:
+                # Another thread may have set it aside already: look again.
+                if not self.path.exists():
+                    _create(self.path)
+                    self._lost(UNKNOWN, "it disappeared while the agent was using it", None)
+                elif (problem := _problem(self.path)) is not None:
+                    self._replace(problem)
+        try:
+            with self._db() as db:
+                return operation(db)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"report spool {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: the daemon's runner and session threads
+        # both use the spool, and sqlite3 connections must not cross threads.
+        # mode=rw: a spool that vanished is not silently made anew here.
+        uri = f"file:{_quoted(self.path)}?mode=rw"
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a report must survive a power cut
+            with db:
+                yield db
+
+    def _replace(self, problem: str) -> None:
+        """Set the damaged spool aside and start a fresh one; say so and note the loss."""
+        lost = _count_readonly(self.path)
+        try:
+            aside = set_aside(self.path, "damaged", _SIDECARS)
+        except FileNotFoundError:
+            aside = None  # another process set it aside first, and says so itself
+        except OSError as exc:
+            raise SpoolError(
+                f"report spool {self.path} is damaged ({problem}) and cannot be set aside: {exc}"
+            ) from exc
+        _create(self.path)
+        if aside is not None:
+            self._lost(lost, problem, aside)
+
+    def _lost(self, count: int, problem: str, aside: Path | None) -> None:
+        how_many = "an unknown number of" if count == UNKNOWN else str(count)
+        kept = f"; kept as {aside.name}" if aside is not None else ""
+        log.error(
+            "report spool %s is damaged (%s)%s: %s report(s) in it will never be delivered; "
+            "started a fresh spool",
+            self.path,
+            problem,
+            f", set aside as {aside}" if aside is not None else "",
+            how_many,
+        )
+        losses = self._losses if self._losses is not None else _state_losses(self.path)
+        losses.record(SPOOLED_REPORTS, count, f"{self.path.name} was damaged ({problem}){kept}")
+
+
+def inspect(path: Path) -> tuple[int | None, str | None, int]:
+    """How many reports the spool holds (or what is wrong with it), and how many are set
+    aside; reads only.
+
+    For ``plumb-agent status``: setting a damaged spool aside is for the
+    agent that uses it, at its start.
+    """
+    try:
+        problem = _problem(path)
+    except SpoolError as exc:
+        return None, str(exc), 0
+    if problem is not None:
+        damaged = f"report spool {path} is damaged ({problem}); the agent sets it aside at start"
+        return None, damaged, 0
+    if not path.exists():
+        return 0, None, 0
+    try:
+        uri = f"file:{_quoted(path)}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+            count = int(db.execute("SELECT count(*) FROM reports").fetchone()[0])
+            has_rejected = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rejected'"
+            ).fetchone()
+            rejected = (
+                int(db.execute("SELECT count(*) FROM rejected").fetchone()[0])
+                if has_rejected
+                else 0
+            )
+            return count, None, rejected
+    except sqlite3.Error as exc:
+        return None, f"report spool {path}: {exc}", 0
+
+
+def _problem(path: Path) -> str | None:
+    """What is wrong with the spool file at ``path``; None if it is sound or absent.
+
+    Looked at read-only: opened read-write, SQLite would delete the ``-wal``
+    of a file that is not a database, and with it reports that may be
+    recoverable from the set-aside copy.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty: 0 bytes, where the agent always leaves its reports table"
+    try:
+        _check(path)
+    except Damaged as exc:
+        return str(exc)
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) in _DAMAGED:
+            return str(exc)
+        raise SpoolError(f"report spool {path}: {exc}") from exc
+    return None
+
+
+def _check(path: Path) -> None:
+    """Damaged unless ``path`` passes quick_check and holds the reports table."""
+    uri = f"file:{_quoted(path)}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+        verdict = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
+        if verdict != ["ok"]:
+            raise Damaged(f"quick_check: {'; '.join(verdict[:3])}")
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reports'")
+        if tables.fetchone() is None:
+            raise Damaged("it holds no reports table")
+
+
+def _count_readonly(path: Path) -> int:
+    """How many reports a damaged spool still shows, read-only; UNKNOWN if it cannot tell."""
+    try:
+        uri = f"file:{_quoted(path)}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            # The table itself, not the smallest index (which may be what is damaged).
+            query = "SELECT count(*) FROM reports NOT INDEXED"
+            return int(db.execute(query).fetchone()[0])
+    except (sqlite3.Error, OSError):
+        return UNKNOWN
+
+
+def _create(path: Path) -> None:
+    """A new spool with its table, made under a temporary name and linked into place.
+
+    So ``spool.db`` is never an empty file an agent left: one found empty has
+    lost what it held. Linked, not renamed: if another process (the daemon and
+    ``run --once``) made one meanwhile, theirs stays and may already hold a report.
+    """
+    fresh = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            with closing(sqlite3.connect(fresh)) as db, db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+            descriptor = os.open(fresh, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            with contextlib.suppress(FileExistsError):
+                os.link(fresh, path)
+        finally:
+            fresh.unlink()
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except (sqlite3.Error, OSError) as exc:
+        raise SpoolError(f"report spool {path}: cannot create it: {exc}") from exc
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a spool made by an older agent to this one's tables, keeping its reports."""
+    for statement in _SCHEMA:
+        db.execute(statement)
+    have = {row[1] for row in db.execute("PRAGMA table_info(reports)")}
+    for column, declaration in _COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE reports ADD COLUMN {column} {declaration}")
 
 
 def _set_aside(db: sqlite3.Connection, report_id: str, reason: str) -> None:
@@ -143,3 +369,14 @@ def _next_sequence(db: sqlite3.Connection) -> int:
     # A spool from before sequence numbers: above anything it may hold.
     highest = db.execute("SELECT MAX(sequence) FROM reports").fetchone()[0]
     return int(highest or 0) + 1
+
+
+def _state_losses(path: Path) -> LossLog:
+    from agent.state import StateDir
+
+    return LossLog(StateDir(path.parent))
+
+
+def _quoted(path: Path) -> str:
+    """``path`` for a ``file:`` URI: '?' and '#' would end the path, '%' start an escape."""
+    return str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")

@@ -4,6 +4,11 @@ node.key node.crt ca.crt   identity (0600); the key is made here and never leave
 enrollment.json            node name, server address, labels
 catalog.pb                 the last verified SignedCatalog, re-verified on every load
 spool.db                   reports not yet acknowledged by the server
+losses.json                state the agent found damaged and set aside (agent/losses.py):
+                           sent with every hello until the server has recorded it
+catalog.pb.rejected-<UTC>  a cached catalog that did not parse or verify, kept for inspection
+spool.db.damaged-<UTC>     a spool that was not a sound database (with its -wal, -shm),
+                           kept for inspection; a fresh spool.db took its place
 last_run.json              summary of the last run, for `plumb-agent status`
 clock.json                 this host's clock minus the server's, seen at the last welcome
 flapping.json              drift repairs per resource, and holds (agent/flapping.py)
@@ -15,13 +20,23 @@ restart-requested          left by the agent's own package upgrade: restart afte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.errors import NotEnrolled
+
+log = logging.getLogger("plumb.agent")
+
+#: Set-aside copies of one file kept for inspection; older ones are deleted, so
+#: a file that keeps being damaged cannot fill the disk.
+KEEP_SET_ASIDE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +91,10 @@ class StateDir:
     def lock(self) -> Path:
         return self.path / "run.lock"
 
+    @property
+    def losses(self) -> Path:
+        return self.path / "losses.json"
+
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path, 0o700)
@@ -97,9 +116,10 @@ class StateDir:
         )
 
     def read_json(self, path: Path) -> Any:
+        """The JSON in ``path``; None if it is missing or damaged (not UTF-8, not JSON)."""
         try:
             return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, ValueError):  # JSONDecodeError, UnicodeDecodeError
             return None
 
 
@@ -117,3 +137,54 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def set_aside(path: Path, label: str, sidecars: tuple[str, ...] = ()) -> Path:
+    """Rename ``path`` to ``<name>.<label>-<UTC time>`` beside it, 0600, and return the new path.
+
+    ``sidecars`` are suffixes of files that belong with it (SQLite's ``-wal``
+    and ``-shm``): each is renamed to the new name plus that suffix, so the
+    copy opens as it was. Only the newest :data:`KEEP_SET_ASIDE` copies of a
+    file are kept. Raises OSError if ``path`` cannot be renamed.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # Within one second: .1, .2, ... after the last one, so the names keep the order.
+    same = [_aside_order(p.name)[1] for p in path.parent.glob(f"{path.name}.{label}-{stamp}*")]
+    suffix = f".{max(same) + 1}" if same else ""
+    aside = path.with_name(f"{path.name}.{label}-{stamp}{suffix}")
+    os.rename(path, aside)
+    for suffix in sidecars:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    for copy in (aside, *(aside.with_name(aside.name + s) for s in sidecars)):
+        # Never through a symlink; a link itself has no mode to set (Linux refuses).
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.chmod(copy, 0o600, follow_symlinks=False)
+    _prune(path, label, sidecars)
+    return aside
+
+
+def _prune(path: Path, label: str, sidecars: tuple[str, ...]) -> None:
+    """Delete all but the newest KEEP_SET_ASIDE copies of ``path`` set aside as ``label``."""
+    prefix = f"{path.name}.{label}-"
+    copies = sorted(
+        (_aside_order(p.name), p)
+        for p in path.parent.glob(f"{prefix}*")
+        if not any(p.name.endswith(s) for s in sidecars)
+    )
+    for _, old in copies[:-KEEP_SET_ASIDE]:
+        for stale in (old, *(old.with_name(old.name + s) for s in sidecars)):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        log.info("deleted %s: only the newest %d set-aside copies are kept", old, KEEP_SET_ASIDE)
+
+
+def _aside_order(name: str) -> tuple[str, int]:
+    """``...-20261201T221000Z.2...`` → ("20261201T221000Z", 2): the order they were set aside."""
+    found = _STAMP.search(name)
+    if found is None:
+        return "", 0
+    return found[1], int(found[2] or 0)
+
+
+_STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.(\d+))?")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.errors import CatalogRejected, EnrollError
+from agent.errors import CatalogNotValidNow, CatalogRejected, EnrollError
 from agent.state import StateDir
 from modules.catalog import Catalog
 from protos import plumb_pb2 as pb
@@ -118,7 +118,10 @@ def verify_catalog(
         key.verify(signed.signature, signed.payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise CatalogRejected("catalog signature does not verify") from None
-    catalog = Catalog.from_json(signed.payload)
+    try:
+        catalog = Catalog.from_json(signed.payload)
+    except (ValueError, KeyError, TypeError) as exc:  # signed, yet not a catalog we can read
+        raise CatalogRejected(f"catalog payload is not a catalog: {exc!r}") from exc
     if catalog.node != node or catalog.revision != signed.revision:
         raise CatalogRejected(
             f"catalog is for node {catalog.node!r} revision "
@@ -155,7 +158,11 @@ def _valid_now(signer: x509.Certificate) -> bool:
 
 def _check_validity(signer: x509.Certificate) -> None:
     if not _valid_now(signer):
-        raise CatalogRejected("catalog signer certificate is expired or not yet valid")
+        raise CatalogNotValidNow(
+            f"catalog signer certificate is not valid now (valid from "
+            f"{signer.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{signer.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+        )
 
 
 @functools.cache

@@ -52,9 +52,13 @@ Spec fields:
 
 What is replaced or removed, and how. Nothing at ``path`` is ever followed
 if it is a symlink, and nothing is written in place: a new file, directory
-or link is made complete (content, mode, owners) under a temporary
-``.plumb-*`` name in the same directory, then renamed to ``path``, so
-readers see the old or the new one, never half of one. Mode and owners of
+or link is made complete (content, mode, owners) inside a private staging
+directory ``.plumb-tmp-<16 hex digits>`` (0700, the agent's, locked while in
+use) in the same directory, then renamed to ``path``, so readers see the old
+or the new one, never half of one, and nobody else can read it before.
+What a killed run leaves is only such a directory; the next change in that
+directory removes it (and Plumb 0.1.0's ``.plumb-<16 hex digits>``
+temporaries of the agent's), never anything else. Mode and owners of
 something of the right type are changed in place; a link is always renamed
 anew. What is in the way, of another type, is treated by what it risks:
 
@@ -110,9 +114,11 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import fcntl
 import grp
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import pwd
@@ -121,6 +127,7 @@ import secrets
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar
 
@@ -138,7 +145,14 @@ _T = TypeVar("_T")
 CONTENT_KEPT_LIMIT = 64 * 1024
 # Content is shown quoted in a change only when both sides are this short.
 _INLINE_LIMIT = 60
+#: What every temporary name of the file kind starts with (see "temporaries" below).
 TEMP_PREFIX = ".plumb-"
+#: A staging directory: ``.plumb-tmp-<16 hex digits>``.
+STAGING_PREFIX = f"{TEMP_PREFIX}tmp-"
+_STAGING_NAME = re.compile(r"\.plumb-tmp-([0-9a-f]{16})")
+_LEGACY_NAME = re.compile(r"\.plumb-[0-9a-f]{16}")  # Plumb 0.1.0's temporaries
+# When this process started, near enough: a 0.1.0 temporary changed since is no leftover.
+_STARTED = time.time()
 _NUMERIC_ID = re.compile(r"[0-9]+")
 # Names may not contain whitespace or ':' (the passwd separator) or start
 # with '-' (it would read as an option to every tool the operator uses).
@@ -300,6 +314,7 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
             parent = _open_parent(stack, ctx, spec, state)
             if parent is None:
                 return  # to be removed, and its directory is gone: so is it
+            _remove_leftovers(parent, ctx.log)
             if spec.state is Presence.ABSENT:
                 _remove(parent, spec, state)
             elif state.type is spec.wanted_type and not _recreates(spec, changes):
@@ -732,16 +747,17 @@ def _set_attributes(descriptor: int, attributes: _Attributes) -> None:
 
 def _put(parent: Parent, spec: FileSpec, state: FileState, attributes: _Attributes) -> None:
     """Make the new entry complete beside ``parent.name``, clear the way, and rename it over."""
-    temporary = _PREPARE[spec.type](parent, spec, attributes)
-    try:
-        _clear_the_way(parent, spec, state)
-        with _translated(ApplyError, f"replace {spec.path}"):
-            os.replace(temporary, parent.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
-    except BaseException:
-        # The original error matters more than a failure to clean up after it.
-        with contextlib.suppress(OSError):
-            _discard(parent, temporary, spec.type)
-        raise
+    with _staging(parent, spec.path) as staging:
+        _PREPARE[spec.type](staging, spec, attributes)
+        try:
+            _clear_the_way(parent, spec, state)
+            with _translated(ApplyError, f"replace {spec.path}"):
+                os.replace(staging.name, parent.name, src_dir_fd=staging.fd, dst_dir_fd=parent.fd)
+        except BaseException:
+            # The original error matters more than a failure to clean up after it.
+            with contextlib.suppress(OSError):
+                _discard(staging, spec.type)
+            raise
     _sync_directory(parent, spec.path)
 
 
@@ -758,15 +774,81 @@ def _clear_the_way(parent: Parent, spec: FileSpec, state: FileState) -> None:
         _unlink(parent, spec.path, "replace")
 
 
+# --- temporaries -------------------------------------------------------------
+#
+# A new entry is made in a staging directory of its own, ``.plumb-tmp-<token>``
+# (16 hex digits), beside the path: made 0700 by the agent and flock-ed for as
+# long as it exists. The entry is made in it under the name ``<token>``, with
+# its final mode and owners (others cannot reach it through the 0700
+# directory, whatever its own mode), then renamed out over the path, and the
+# staging directory removed. So whatever a kill -9 or a power cut interrupts
+# leaves one shape only: a private directory of the agent's, named for what it
+# holds, that no live process has locked — recognised and removed
+# (_remove_leftovers) before the kind next changes anything in that directory.
+# An flock dies with its process, so a live writer's (another agent's on the
+# same host, a concurrent run) is never taken for a leftover, however old.
+
+
+def _staging_name(token: str) -> str:
+    return f"{STAGING_PREFIX}{token}"
+
+
+@contextlib.contextmanager
+def _staging(parent: Parent, path: str) -> Iterator[Parent]:
+    """A private, locked directory beside ``parent.name`` to make the new entry in.
+
+    Yields it as a Parent whose ``name`` is what to create there; removed on
+    leaving (the entry must have been renamed out or discarded by then).
+    """
+    with _creating(path):
+        descriptor, name = _unused_name(lambda n: _locked_directory(parent.fd, n))
+    token = name[len(STAGING_PREFIX) :]
+    try:
+        yield Parent(descriptor, token, posixpath.join(parent.where, name))
+    finally:
+        # Removed while still locked, so no cleaner can see it half-done. If
+        # this fails, it is a leftover like any other: removed next time.
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=parent.fd)
+        os.close(descriptor)
+
+
+def _locked_directory(dir_fd: int, name: str) -> int:
+    """mkdir ``name`` 0700 in ``dir_fd``, open and flock it; its descriptor.
+
+    FileExistsError (so another name is tried) when the name is taken, when a
+    cleaner got the directory first (locked, or removed before we locked it),
+    or when what the name opens is not the empty private directory just made
+    (someone swapped it).
+    """
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(descriptor)
+        ours = st.st_uid == os.geteuid() and not stat.S_IMODE(st.st_mode) & 0o077
+        if st.st_nlink == 0 or not ours or os.listdir(descriptor):
+            raise FileExistsError(errno.EEXIST, f"{name} is not the directory just made")
+        os.fchmod(descriptor, 0o700)  # whatever the umask took away from the owner
+    except BlockingIOError:
+        os.close(descriptor)
+        raise FileExistsError(errno.EEXIST, f"{name} is locked by another process") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def _unused_name(create: Callable[[str], _T]) -> tuple[_T, str]:
-    """``create(name)`` with a fresh ``.plumb-*`` name, trying others while one exists.
+    """``create(name)`` with a fresh ``.plumb-tmp-*`` name, trying others while one exists.
 
     ``create`` must fail with FileExistsError rather than reuse what is there
     (O_EXCL, mkdir, symlink): the directory may be a user's, who could plant
     a symlink or a file under a name we are about to use.
     """
     for _ in range(_TEMP_ATTEMPTS):
-        name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        name = _staging_name(secrets.token_hex(8))
         try:
             return create(name), name
         except FileExistsError:
@@ -774,17 +856,96 @@ def _unused_name(create: Callable[[str], _T]) -> tuple[_T, str]:
     raise FileExistsError(errno.EEXIST, f"no unused temporary name after {_TEMP_ATTEMPTS} tries")
 
 
-def _prepare_file(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
-    """A complete temporary file: content, owners and mode set, and on disk (fsync).
+def _remove_leftovers(parent: Parent, log: logging.Logger) -> None:
+    """Remove what interrupted runs left in the directory holding ``parent.name``.
 
-    Created 0600 with O_EXCL|O_NOFOLLOW, so nobody can read it before its
-    mode is set, nor make us write through a name they planted.
+    Only the agent's own: a staging directory (see above) that is the agent's,
+    0700, unlocked and holding nothing but its one entry; or a temporary of
+    Plumb 0.1.0 (``.plumb-<16 hex>``: a file, link or empty directory of the
+    agent's, made before this process started). Anything else of those names
+    is left alone. Never fails the resource: a leftover that cannot be
+    removed is logged and left for next time.
+    """
+    try:
+        listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent.fd)
+        try:
+            names = [n for n in os.listdir(listing) if n.startswith(TEMP_PREFIX)]
+        finally:
+            os.close(listing)
+    except OSError:
+        return
+    for name in names:
+        try:
+            removed = _remove_leftover(parent.fd, name)
+        except OSError as exc:
+            log.warning("cannot remove %s in %s: %s", name, parent.where, exc.strerror or exc)
+            continue
+        if removed:
+            log.info("removed %s in %s, left by an interrupted run", name, parent.where)
+
+
+def _remove_leftover(dir_fd: int, name: str) -> bool:
+    """Remove ``name`` in ``dir_fd`` if it is a leftover of the agent's; whether it was."""
+    staging = _STAGING_NAME.fullmatch(name)
+    if staging is None and not _LEGACY_NAME.fullmatch(name):
+        return False
+    st = os.lstat(name, dir_fd=dir_fd)
+    if st.st_uid != os.geteuid():
+        return False
+    if staging is not None:
+        return _remove_staging(dir_fd, name, staging[1], st)
+    if st.st_ctime >= _STARTED:  # made or changed since this process started: not 0.1.0's
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        os.rmdir(name, dir_fd=dir_fd)  # its temporary directories were always empty
+    elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+    else:
+        return False
+    return True
+
+
+def _remove_staging(dir_fd: int, name: str, token: str, st: os.stat_result) -> bool:
+    if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o700:
+        return False
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        seen = os.fstat(descriptor)
+        if (seen.st_dev, seen.st_ino, seen.st_uid) != (st.st_dev, st.st_ino, st.st_uid):
+            return False  # swapped since lstat
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer's
+        entries = os.listdir(descriptor)
+        if entries not in ([], [token]):
+            return False  # not what the agent leaves: not ours to empty
+        if entries:
+            # Through the locked directory's descriptor: what is in it is ours,
+            # as nobody else can reach into a 0700 directory of the agent's.
+            inner = os.lstat(token, dir_fd=descriptor)
+            if stat.S_ISDIR(inner.st_mode):
+                os.rmdir(token, dir_fd=descriptor)  # a new directory is empty until renamed
+            else:
+                os.unlink(token, dir_fd=descriptor)
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def _prepare_file(staging: Parent, spec: FileSpec, attributes: _Attributes) -> None:
+    """The complete new file, in the staging directory: content, owners, mode, on disk (fsync).
+
+    O_EXCL|O_NOFOLLOW although the staging directory is private: nothing is
+    ever written through a name that was already there.
     """
     # Unmanaged content only gets here for a new file: it starts empty.
     content = (spec.content or "").encode()
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     with _creating(spec.path):
-        descriptor, temporary = _unused_name(lambda n: os.open(n, flags, 0o600, dir_fd=parent.fd))
+        descriptor = os.open(staging.name, flags, 0o600, dir_fd=staging.fd)
     try:
         with _translated(ApplyError, f"write {spec.path}"), open(descriptor, "wb") as stream:
             stream.write(content)
@@ -793,63 +954,64 @@ def _prepare_file(parent: Parent, spec: FileSpec, attributes: _Attributes) -> st
             os.fsync(stream.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=parent.fd)
+            os.unlink(staging.name, dir_fd=staging.fd)
         raise
-    return temporary
 
 
-def _prepare_directory(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
-    """A new empty temporary directory with owners and mode set (made 0700, so private)."""
+def _prepare_directory(staging: Parent, spec: FileSpec, attributes: _Attributes) -> None:
+    """A new empty directory in the staging directory, owners and mode set."""
     with _creating(spec.path):
-        _, temporary = _unused_name(lambda n: os.mkdir(n, 0o700, dir_fd=parent.fd))
+        os.mkdir(staging.name, 0o700, dir_fd=staging.fd)
     try:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         with _translated(ApplyError, f"create {spec.path}"):
-            descriptor = os.open(temporary, flags, dir_fd=parent.fd)
+            descriptor = os.open(staging.name, flags, dir_fd=staging.fd)
             try:
                 _set_attributes(descriptor, attributes)
             finally:
                 os.close(descriptor)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.rmdir(temporary, dir_fd=parent.fd)
+            os.rmdir(staging.name, dir_fd=staging.fd)
         raise
-    return temporary
 
 
-def _prepare_link(parent: Parent, spec: FileSpec, attributes: _Attributes) -> str:
-    """A temporary symlink to the spec's target, owned as wanted (lchown)."""
+def _prepare_link(staging: Parent, spec: FileSpec, attributes: _Attributes) -> None:
+    """A symlink to the spec's target in the staging directory, owned as wanted (lchown)."""
     target = spec.target
     if target is None:  # parse() makes this impossible
         raise ValueError(f"{spec.path}: a link spec without a target")
     with _creating(spec.path):
-        _, temporary = _unused_name(lambda n: os.symlink(target, n, dir_fd=parent.fd))
+        os.symlink(target, staging.name, dir_fd=staging.fd)
     if (attributes.uid, attributes.gid) == (-1, -1):
-        return temporary
+        return
     try:
         with _translated(ApplyError, f"change the owner of {spec.path}"):
             os.chown(
-                temporary, attributes.uid, attributes.gid, dir_fd=parent.fd, follow_symlinks=False
+                staging.name,
+                attributes.uid,
+                attributes.gid,
+                dir_fd=staging.fd,
+                follow_symlinks=False,
             )
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=parent.fd)
+            os.unlink(staging.name, dir_fd=staging.fd)
         raise
-    return temporary
 
 
-_PREPARE: dict[EntryType, Callable[[Parent, FileSpec, _Attributes], str]] = {
+_PREPARE: dict[EntryType, Callable[[Parent, FileSpec, _Attributes], None]] = {
     EntryType.FILE: _prepare_file,
     EntryType.DIRECTORY: _prepare_directory,
     EntryType.LINK: _prepare_link,
 }
 
 
-def _discard(parent: Parent, temporary: str, entry_type: EntryType) -> None:
+def _discard(staging: Parent, entry_type: EntryType) -> None:
     if entry_type is EntryType.DIRECTORY:
-        os.rmdir(temporary, dir_fd=parent.fd)
+        os.rmdir(staging.name, dir_fd=staging.fd)
     else:
-        os.unlink(temporary, dir_fd=parent.fd)
+        os.unlink(staging.name, dir_fd=staging.fd)
 
 
 @contextlib.contextmanager

@@ -107,19 +107,21 @@ class CatalogAck(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("latest_revision", "heartbeat_interval_s", "last_sequence", "server_time")
+    __slots__ = ("latest_revision", "heartbeat_interval_s", "last_sequence", "server_time", "recorded_losses")
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_LOSSES_FIELD_NUMBER: _ClassVar[int]
     latest_revision: int
     heartbeat_interval_s: float
     last_sequence: int
     server_time: float
-    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ...) -> None: ...
+    recorded_losses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at")
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,12 +134,30 @@ class Hello(_message.Message):
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     facts: _containers.ScalarMap[str, str]
     applied_revision: int
     agent_version: str
     sent_at: float
-    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ...) -> None: ...
+    losses: _containers.RepeatedCompositeFieldContainer[StateLoss]
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ...) -> None: ...
+
+class StateLoss(_message.Message):
+    __slots__ = ("id", "what", "count", "at", "detail", "received_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    what: str
+    count: int
+    at: float
+    detail: str
+    received_at: float
+    def __init__(self, id: _Optional[str] = ..., what: _Optional[str] = ..., count: _Optional[int] = ..., at: _Optional[float] = ..., detail: _Optional[str] = ..., received_at: _Optional[float] = ...) -> None: ...
 
 class SignedCatalog(_message.Message):
     __slots__ = ("revision", "payload", "signature", "signer_pem")
@@ -313,7 +333,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +353,7 @@ class Node(_message.Message):
     CATALOG_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     REPORTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -345,7 +366,8 @@ class Node(_message.Message):
     catalog_problem: str
     reported_revision: int
     summary: ComplianceRow
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ...) -> None: ...
+    losses: _containers.RepeatedCompositeFieldContainer[StateLoss]
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

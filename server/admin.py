@@ -17,7 +17,7 @@ from server.compliance import Tally
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
 from server.store import DriftRow, Store
-from server.wire import STATUS_TO_PB, report_from_body
+from server.wire import STATUS_TO_PB, report_from_body, state_loss_to_pb
 
 DEFAULT_TOKEN_TTL_S = 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
@@ -131,6 +131,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     ) -> pb.ListNodesResponse:
         compliance = await asyncio.to_thread(self.fleet.compliance)
         latest, problems = compliance.revision, compliance.problems
+        losses = await asyncio.to_thread(self.store.state_losses)
         return pb.ListNodesResponse(
             nodes=[
                 pb.Node(
@@ -146,6 +147,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     reported_revision=n.status_revision,
                     clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
                     summary=_compliance(compliance.by_node[n.name]),
+                    losses=[state_loss_to_pb(x) for x in losses.get(n.name, [])],
                 )
                 for n in compliance.nodes
             ]

@@ -408,7 +408,21 @@ def _nodes(args: argparse.Namespace) -> int:
                 "(reports are ordered by its sequence numbers, not by its clock; check NTP)",
                 file=sys.stderr,
             )
+    losses = [(n.name, x) for n in reply.nodes for x in n.losses]
+    if losses:
+        print(file=sys.stderr)
+    for name, x in losses:
+        print(f"{name} lost {_lost(x)}", file=sys.stderr)
     return 0
+
+
+def _lost(x: pb.StateLoss) -> str:
+    """``12 spooled reports at 2026-12-01 22:10:03 (spool.db was damaged ...)``."""
+    reported = ""
+    if x.received_at - x.at > 60:  # found while the server was away, or the clocks differ
+        reported = f", reported {_when(x.received_at)}"
+    phrase = cliviews.loss_phrase(x.what, None if x.count < 0 else x.count)
+    return f"{phrase} at {_when(x.at)}{reported} ({x.detail})"
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -22,7 +22,16 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "last_seen": 1764620000.5 | null, "enrolled_at": 1764610000.0,
                 "applied_revision": 5 | null, "reported_revision": 5 | null,
                 "latest_revision": 5 | null, "catalog_problem": "..." | null,
-                "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE}]}
+                "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE,
+                "losses": [LOSS, ...]}]}
+
+where ``LOSS`` is what the node reported losing of its own state (a damaged
+report spool it set aside, a cached catalog that did not verify), newest
+first, ``[]`` when nothing: ``{"what": "spooled_reports" | "cached_catalog",
+"count": 12 | null, "at": 1764620000.5, "received_at": 1764620001.0,
+"detail": "spool.db was damaged (...); kept as spool.db.damaged-..."}``;
+``at`` is when the agent found it (its clock), ``received_at`` when the
+server recorded it (the server's).
 
 ``report NODE``::
 
@@ -121,7 +130,28 @@ def node(n: pb.Node) -> dict[str, Any]:
         "catalog_problem": n.catalog_problem or None,
         "clock_offset_s": None if math.isnan(n.clock_offset_s) else round(n.clock_offset_s, 3),
         "compliance": compliance_row(n.summary),
+        "losses": [loss(x) for x in n.losses],
     }
+
+
+def loss(x: pb.StateLoss) -> dict[str, Any]:
+    return {
+        "what": x.what,
+        "count": None if x.count < 0 else x.count,
+        "at": x.at,
+        "received_at": x.received_at or None,
+        "detail": x.detail,
+    }
+
+
+def loss_phrase(what: str, count: int | None) -> str:
+    """``12 spooled reports``, ``an unknown number of spooled reports``, ``its cached catalog``."""
+    if what == "cached_catalog":
+        return "its cached catalog"
+    noun = what.replace("_", " ")
+    if count is None or count < 0:
+        return f"an unknown number of {noun}"
+    return f"{count} {noun[:-1] if count == 1 and noun.endswith('s') else noun}"
 
 
 def report(reply: pb.GetReportResponse, node_name: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The Agent service: one long-lived Session stream per connected agent.
 
     agent                                   server
-    Hello(name, facts, applied revision) ->
-                                         <- Welcome(latest revision)
+    Hello(name, facts, applied revision,
+          losses not yet recorded)       ->  (losses stored, each id once)
+                                         <- Welcome(latest revision, losses recorded)
                                          <- SignedCatalog (if the agent is behind)
     CatalogAck(revision, accepted)       ->  (for every catalog: verified and cached, or not)
     Report(id, results)                  ->
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -36,13 +37,14 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server.auth import caller
+from server.cliviews import loss_phrase
 from server.errors import IngestFailed
 from server.fleet import Fleet
 from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
 from server.presence import PresenceLog
 from server.store import Store
-from server.wire import report_record
+from server.wire import report_record, state_loss_record
 
 log = logging.getLogger("plumb.server.session")
 
@@ -54,6 +56,8 @@ SILENT_LIMIT_S = HEARTBEAT_INTERVAL_S + 5.0
 SWEEP_S = 5.0
 #: The documented bound: a silent agent is seen as gone within this many seconds.
 DEAD_AFTER_S = SILENT_LIMIT_S + SWEEP_S
+#: Losses recorded from one hello; an agent with more sends the rest next time.
+MAX_LOSSES_PER_HELLO = 100
 
 
 class _Refused(Exception):
@@ -132,6 +136,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         # clock worth warning about (a minute off, an hour off) is hidden by it.
         offset = hello.sent_at - now if hello.sent_at else None
         self.presence.seen(name, hello.applied_revision, hello.facts, offset)
+        recorded = await self._record_losses(name, hello.losses) if hello.losses else []
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)
         last_sequence = await asyncio.to_thread(self.store.last_sequence, name)
         latest = catalog.revision if catalog is not None else 0
@@ -140,10 +145,22 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             heartbeat_interval_s=self.heartbeat_interval_s,
             last_sequence=last_sequence,
             server_time=time.time(),
+            recorded_losses=recorded,
         )
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:
             outbox.put_nowait(pb.ServerMessage(catalog=catalog))
+
+    async def _record_losses(self, name: str, losses: Sequence[pb.StateLoss]) -> list[str]:
+        """Store what the agent lost of its own state (each id once); the ids stored.
+
+        Before the welcome, which tells the agent which it may stop sending.
+        """
+        rows = [state_loss_record(name, loss) for loss in losses[:MAX_LOSSES_PER_HELLO] if loss.id]
+        recorded = await asyncio.to_thread(self.store.record_state_losses, rows, time.time())
+        for row in rows:
+            log.warning("node %s lost %s: %s", name, loss_phrase(row.what, row.count), row.detail)
+        return recorded
 
     async def _read(
         self,

@@ -167,6 +167,22 @@ drift_events = sa.Table(
     sa.UniqueConstraint("report_id", "resource_id"),
 )
 
+# What agents reported losing of their own state (a damaged report spool set
+# aside, a cached catalog that did not verify), so an operator can see "web-1
+# lost 12 spooled reports at T". The id is the agent's: a hello sent twice is
+# recorded once.
+state_losses = sa.Table(
+    "state_losses",
+    metadata,
+    sa.Column("node", sa.String(253), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("what", sa.String(32), nullable=False),  # "spooled_reports", "cached_catalog"
+    sa.Column("count", sa.BigInteger, nullable=True),  # NULL: nobody can tell how many
+    sa.Column("found_at", sa.Float, nullable=False),  # the agent's clock
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),  # the server's clock
+)
+
 #: Statuses of a drift event: the resource differed from a spec it had converged to,
 #: and was repaired, left as it was (audit, noop) or could not be repaired.
 DRIFT = (Status.REPAIRED, Status.DRIFTED, Status.FAILED)
@@ -240,6 +256,19 @@ class DriftRow:
     status: Status
     changes: list[dict[str, str]]
     detected_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLossRow:
+    """Something a node lost of its own state, as it reported it."""
+
+    node: str
+    id: str
+    what: str
+    count: int | None  # None: unknown
+    found_at: float  # the agent's clock
+    detail: str
+    received_at: float = 0.0  # the server's clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -876,6 +905,53 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(*columns)).all()
         return [StatusRow(r.node, r.resource_id, Status(r.status)) for r in rows]
+
+    # ------------------------------------------------------------ state losses
+
+    def record_state_losses(self, losses: Sequence[StateLossRow], now: float) -> list[str]:
+        """Record what nodes lost, each id once; the ids now recorded (new or already known)."""
+        if not losses:
+            return []
+        with self._tx() as conn:
+            known = {
+                (row.node, row.id)
+                for row in conn.execute(
+                    sa.select(state_losses.c.node, state_losses.c.id).where(
+                        state_losses.c.id.in_([x.id for x in losses])
+                    )
+                )
+            }
+            fresh = {(x.node, x.id): x for x in losses if (x.node, x.id) not in known}
+            if fresh:
+                conn.execute(
+                    state_losses.insert(),
+                    [{**dataclasses.asdict(x), "received_at": now} for x in fresh.values()],
+                )
+        return [x.id for x in losses]
+
+    def state_losses(self, node: str | None = None) -> dict[str, list[StateLossRow]]:
+        """Node → what it reported losing, newest first; nodes that lost nothing are absent."""
+        query = sa.select(state_losses).order_by(
+            state_losses.c.found_at.desc(), state_losses.c.received_at.desc()
+        )
+        if node is not None:
+            query = query.where(state_losses.c.node == node)
+        found: dict[str, list[StateLossRow]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                r = row._mapping  # a Row's .count is tuple.count, not the column
+                found.setdefault(r["node"], []).append(
+                    StateLossRow(
+                        node=r["node"],
+                        id=r["id"],
+                        what=r["what"],
+                        count=None if r["count"] is None else int(r["count"]),
+                        found_at=r["found_at"],
+                        detail=r["detail"],
+                        received_at=r["received_at"],
+                    )
+                )
+        return found
 
     # ------------------------------------------------------------ catalog problems
 

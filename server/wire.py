@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modules.base import Status
 from protos import plumb_pb2 as pb
-from server.store import ReportRecord, ResultRecord
+from server.store import ReportRecord, ResultRecord, StateLossRow
 
 # Enum fields accept the value name; received messages carry the number.
 STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}
@@ -43,3 +43,30 @@ def changes_dict(change: pb.Change) -> dict[str, str]:
 
 def report_from_body(body: bytes) -> pb.Report:
     return pb.Report.FromString(body)
+
+
+#: The most a node may say about one loss; the rest of a longer detail is cut.
+MAX_LOSS_DETAIL = 2000
+
+
+def state_loss_record(node: str, loss: pb.StateLoss) -> StateLossRow:
+    """A loss as the store keeps it: ``count`` -1 (unknown) becomes None."""
+    return StateLossRow(
+        node=node,
+        id=loss.id[:64],
+        what=loss.what[:32],
+        count=None if loss.count < 0 else loss.count,
+        found_at=loss.at,
+        detail=loss.detail[:MAX_LOSS_DETAIL],
+    )
+
+
+def state_loss_to_pb(row: StateLossRow) -> pb.StateLoss:
+    return pb.StateLoss(
+        id=row.id,
+        what=row.what,
+        count=-1 if row.count is None else row.count,
+        at=row.found_at,
+        detail=row.detail,
+        received_at=row.received_at,
+    )

@@ -14,7 +14,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0002  catalog_problems (why a node has no catalog at a revision) and
           nodes.status_revision (the revision its current status was reported
           at), filled in from each node's current report
-    0003  reports.sequence (the agent's numbering) with an index, and
+    0003  state_losses (what agents reported losing of their own state: a
+          damaged report spool set aside, a cached catalog that did not verify)
+    0004  reports.sequence (the agent's numbering) with an index, and
           nodes.status_sequence and nodes.clock_offset_s (0 / unknown for the
           old rows, which then order by time as before)
 

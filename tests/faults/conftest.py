@@ -1,4 +1,4 @@
-"""The integration fixtures (a real server, enrolled agents) for the fault tests too."""
+"""Fault tests run real Plumb processes, as the integration tests do: the same fixtures."""
 
 from tests.integration.conftest import enrolled, make_agent, server
 

@@ -115,3 +115,23 @@ def swapping(directory: Path, target: str, refill: str = "") -> Iterator[subproc
         for stream in (swapper.stdout, swapper.stderr):
             if stream is not None:
                 stream.close()
+
+
+_READER = r"""
+import os, sys
+
+for path in sys.argv[1:]:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
+    except OSError:
+        continue
+    print(path)
+"""
+
+
+def readable_by_nobody(paths: list[Path]) -> list[str]:
+    """Those of ``paths`` that nobody can open for reading."""
+    reader = as_nobody(_READER, *map(str, paths), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, errors = reader.communicate(timeout=30)
+    assert reader.returncode == 0, errors
+    return out.splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from typing import Any
 
 import pytest
@@ -205,6 +206,18 @@ class ShapesAdmin(FakeAdmin):
                     reported_revision=4,
                     summary=summary,
                     clock_offset_s=0.25,
+                    losses=[
+                        pb.StateLoss(
+                            what="spooled_reports",
+                            count=12,
+                            at=90.0,
+                            received_at=95.0,
+                            detail="spool.db was damaged (quick_check: ...)",
+                        ),
+                        pb.StateLoss(
+                            what="spooled_reports", count=-1, at=80.0, detail="spool.db was empty"
+                        ),
+                    ],
                 ),
                 pb.Node(
                     name="web-2",
@@ -277,7 +290,24 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
             "percent": 50.0,
             "counts": {"in_sync": 1, "pending": 1},
         },
+        "losses": [
+            {
+                "what": "spooled_reports",
+                "count": 12,
+                "at": 90.0,
+                "received_at": 95.0,
+                "detail": "spool.db was damaged (quick_check: ...)",
+            },
+            {
+                "what": "spooled_reports",
+                "count": None,  # unknown
+                "at": 80.0,
+                "received_at": None,
+                "detail": "spool.db was empty",
+            },
+        ],
     }
+    assert web2["losses"] == []
     # Nothing known is null, never 0 or -1.
     assert (web2["last_seen"], web2["applied_revision"], web2["reported_revision"]) == (
         None,
@@ -327,3 +357,19 @@ def test_global_options_go_before_or_after_the_command(tmp_path: Any) -> None:
     for argv in (["--state-dir", "/s", "status"], ["status", "--state-dir", "/s"]):
         assert str(agent_main._parser().parse_args(argv).state_dir) == "/s"
     assert agent_main._parser().parse_args(["status"]).state_dir is None
+
+
+def test_nodes_says_what_a_node_lost_below_the_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_stub", lambda args: ShapesAdmin())
+    monkeypatch.setattr(cli.time, "localtime", time.gmtime)
+    assert cli.main(["nodes"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("NODE")
+    assert err.splitlines()[-2:] == [
+        "web-1 lost 12 spooled reports at 1970-01-01 00:01:30 "
+        "(spool.db was damaged (quick_check: ...))",
+        "web-1 lost an unknown number of spooled reports at 1970-01-01 00:01:20 "
+        "(spool.db was empty)",
+    ]

@@ -8,6 +8,7 @@ store is a dump of the real thing with rows in every table
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -26,7 +27,7 @@ from protos import plumb_pb2 as pb
 from server import main as server_main
 from server import migrations, wire
 from server.errors import StoreError
-from server.store import Store, metadata, migrate
+from server.store import StateLossRow, Store, metadata, migrate
 from tests.integration.harness import command
 from tests.server.data import TABLES_0_1_0, columns, load_store_0_1_0, rows
 
@@ -211,6 +212,11 @@ def check_0_1_0_data(store: Store) -> None:
     # 0002: each node's status knows the revision it was reported at.
     assert {n.name: n.status_revision for n in store.list_nodes()} == STATUS_REVISIONS
     assert store.catalog_problems(2) == {}
+    # 0003: no node has reported a loss yet; the table takes them.
+    assert store.state_losses() == {}
+    loss = StateLossRow("web-1", "l1", "spooled_reports", None, T0 + 400, "spool.db was damaged")
+    assert store.record_state_losses([loss], now=T0 + 401) == ["l1"]
+    assert store.state_losses() == {"web-1": [dataclasses.replace(loss, received_at=T0 + 401)]}
     # The token of the fixture has one use left: the store takes new rows too.
     assert store.enroll("0a1b2c3d", "5" * 64, "web-3", "0b0b0b", now=T0 + 500) == {"role": "web"}
     fresh = pb.Report(id="web-3-0001", node_name="web-3", revision=2, finished_at=T0 + 501)

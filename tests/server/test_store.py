@@ -9,7 +9,7 @@ import pytest
 
 from modules.base import Status
 from server.errors import NodeExists, TokenRefused
-from server.store import ReportRecord, ResultRecord, Store
+from server.store import ReportRecord, ResultRecord, StateLossRow, Store
 
 
 @pytest.fixture
@@ -132,3 +132,23 @@ def test_the_observed_state_is_kept_with_the_report_body(store: Store) -> None:
     assert body is not None
     [result] = report_from_body(body).results
     assert dict(result.observed) == observed
+
+
+def test_state_losses_are_recorded_once_per_id_newest_first(store: Store) -> None:
+    first = StateLossRow("web-1", "a", "spooled_reports", 12, 10.0, "spool.db was damaged")
+    second = StateLossRow("web-1", "b", "cached_catalog", 1, 20.0, "catalog.pb rejected")
+    assert store.record_state_losses([first], now=11.0) == ["a"]
+    # The hello is sent again (the welcome was lost): recorded once, acknowledged again.
+    assert store.record_state_losses([first, second], now=21.0) == ["a", "b"]
+    unknown = StateLossRow("web-2", "a", "spooled_reports", None, 5.0, "spool.db was empty")
+    store.record_state_losses([unknown], now=6.0)  # another node's id may be the same
+    assert store.state_losses() == {
+        "web-1": [
+            StateLossRow("web-1", "b", "cached_catalog", 1, 20.0, "catalog.pb rejected", 21.0),
+            StateLossRow("web-1", "a", "spooled_reports", 12, 10.0, "spool.db was damaged", 11.0),
+        ],
+        "web-2": [
+            StateLossRow("web-2", "a", "spooled_reports", None, 5.0, "spool.db was empty", 6.0)
+        ],
+    }
+    assert list(store.state_losses("web-2")) == ["web-2"]
