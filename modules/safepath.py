@@ -58,6 +58,10 @@ __all__ = ["MAX_SYMLINKS", "Parent", "UnsafePath", "distrust", "parent_of"]
 
 #: Symlinks followed while resolving one path before giving up with ELOOP (the kernel's limit).
 MAX_SYMLINKS = 40
+#: Times a component may change between a symlink and a directory under the walk
+#: before it is refused as being raced. High: a swapping user loses many races
+#: in a row far more often than chance says, and losing is harmless (a retry).
+MAX_RACES = 1000
 
 _WHY = "Plumb never follows a symlink in a parent directory that a non-root user could have planted"
 _STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -128,6 +132,7 @@ class _Walk:
     def __init__(self, root_fd: int) -> None:
         self._stack: list[tuple[int, str]] = [(root_fd, "/")]
         self._links = 0
+        self._races = 0
 
     def follow(self, text: str, resolving: str) -> None:
         """Walk the components of ``text`` (a spec path or a trusted symlink's target)."""
@@ -159,6 +164,10 @@ class _Walk:
             raise NotADirectoryError(
                 errno.ENOTDIR, f"Not a directory: parent {here} is a {_kind(st.st_mode)}"
             )
+        if stat.S_ISDIR(st.st_mode):
+            # A symlink a moment ago, a directory now: look again (counted, so
+            # a racing swapper cannot keep the walk going for ever).
+            return self._raced(here, name)
         self._links += 1
         if self._links > MAX_SYMLINKS:
             raise OSError(
@@ -166,10 +175,6 @@ class _Walk:
                 f"Too many levels of symbolic links resolving {resolving} "
                 f"(more than {MAX_SYMLINKS})",
             )
-        if stat.S_ISDIR(st.st_mode):
-            # A symlink a moment ago, a directory now: look again (it counts
-            # as a link, so a racing swapper cannot keep the walk going).
-            return name
         reason = distrust(st, os.fstat(fd), where)
         try:
             # In a root-only directory, the very link lstat saw; elsewhere
@@ -178,10 +183,20 @@ class _Walk:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            return name  # no longer a symlink: look again, as above
+            return self._raced(here, name)  # no longer a symlink: look again, as above
         if reason is not None:
             raise UnsafePath(f"parent {here} is a symlink (to {_shown(target)}) {reason}; {_WHY}")
         return target
+
+    def _raced(self, here: str, name: str) -> str:
+        """``name`` changed under the walk: look at it again, unless that keeps happening."""
+        self._races += 1
+        if self._races > MAX_RACES:
+            raise UnsafePath(
+                f"parent {here} keeps changing between a symlink and a directory while it is "
+                f"resolved (more than {MAX_RACES} times); {_WHY}"
+            )
+        return name
 
     def _up_to(self, depth: int) -> None:
         while len(self._stack) > depth:

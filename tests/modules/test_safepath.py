@@ -290,3 +290,19 @@ def test_no_descriptor_is_left_open(tmp_path: Path) -> None:
         except OSError:
             pass
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_component_that_keeps_changing_is_refused_not_followed(tmp_path: Path) -> None:
+    """A walk that loses the race to a swapper again and again gives up safely, and says so."""
+    import modules.safepath as safepath
+
+    root = tmp_path / "root"
+    (root / "home/alice/.ssh").mkdir(parents=True)
+    walk = safepath._Walk(os.open(root, os.O_PATH | os.O_DIRECTORY))
+    try:
+        for _ in range(safepath.MAX_RACES):
+            assert walk._raced("/home/alice/.ssh", ".ssh") == ".ssh"
+        with pytest.raises(UnsafePath, match="keeps changing between a symlink and a directory"):
+            walk._raced("/home/alice/.ssh", ".ssh")
+    finally:
+        walk.close()
