@@ -188,6 +188,8 @@ class ResourceResult:
 
 #: Says whether the server can be reached over a fresh connection right now.
 Confirm = Callable[[], bool]
+#: Told of every change just before it is applied (see run).
+Intend = Callable[[CatalogResource, Sequence[Change]], None]
 
 REVERTED = "reverted: lost connection to the server"
 
@@ -202,6 +204,7 @@ def run(
     confirm: Confirm | None = None,
     hold: Mapping[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    intend: Intend | None = None,
 ) -> list[ResourceResult]:
     """Run ``resources`` in require order; one result per resource, in catalog order.
 
@@ -210,7 +213,9 @@ def run(
     earlier at this revision, flapping): an enforce run reports each failed
     with that reason, without reading or applying it. ``clock`` times results
     (default: the context's, which deadlines are on too); ``sleep`` waits out a
-    busy package manager.
+    busy package manager. ``intend(res, changes)`` is told, just before, of
+    every change about to be applied, so that a run killed half-way can be
+    accounted for afterwards (the runner's intent journal).
     Never raises for anything a kind does: every failure becomes a result.
     """
     try:
@@ -218,7 +223,9 @@ def run(
     except CatalogError as exc:
         return [_log(ctx, _unusable(res, exc)) for res in resources]
     guard = _Guard(ctx.log, confirm)
-    evaluator = _Evaluator(ctx, noop, kinds, clock or ctx.clock, guard, dict(hold or {}), sleep)
+    evaluator = _Evaluator(
+        ctx, noop, kinds, clock or ctx.clock, guard, dict(hold or {}), sleep, intend
+    )
     done: dict[str, ResourceResult] = {}
     for position, res in enumerate(order):
         if res.id in done:
@@ -388,6 +395,7 @@ class _Evaluator:
     guard: _Guard
     hold: Mapping[str, str]  # id -> why it is held back
     sleep: Callable[[float], None]
+    intend: Intend | None = None
 
     def evaluate(self, res: CatalogResource, done: dict[str, ResourceResult]) -> ResourceResult:
         """The result of ``res``, given the results of everything it requires."""
@@ -585,6 +593,8 @@ class _Evaluator:
         state: Any,
         changes: tuple[Change, ...],
     ) -> _Outcome:
+        if self.intend is not None:
+            self.intend(res, changes)
         try:
             kind.apply(self.ctx, spec, state, list(changes))
         except Exception as exc:
@@ -751,6 +761,9 @@ class _Evaluator:
         failure: Exception | None = None
         assert isinstance(kind, Batchable)  # batch() gathers batchable kinds only
         together = self._within(max(_limit(item.res, kind) for item in pending))
+        if self.intend is not None:
+            for item in pending:
+                self.intend(item.res, item.changes)
         with self._charged(*pending):
             try:
                 kind.apply_batch(together.ctx, batch)

@@ -28,11 +28,12 @@ from agent import engine
 from agent.cache import CatalogCache
 from agent.confirm import server_reachable
 from agent.flapping import FlapGuard, FlapPolicy
+from agent.intents import IntentJournal, RunMeta
 from agent.report import RunReport, Trigger, run_summary
 from agent.spool import Spool
 from agent.state import StateDir, write_atomic
 from modules.base import Context, Status
-from modules.catalog import CatalogResource
+from modules.catalog import Catalog, CatalogResource
 
 log = logging.getLogger("plumb.agent")
 
@@ -58,6 +59,7 @@ class Runner:
         self.root = root
         self.spool = spool
         self.flapping = FlapGuard(state, flap_policy or FlapPolicy())
+        self.intents = IntentJournal(spool)
         self._lock = threading.Lock()
         self._confirm: Callable[[], bool] | None = None
         if server is not None:
@@ -89,19 +91,24 @@ class Runner:
                 return None
             started = time.time()
             specs = {r.id: _spec_hash(r) for r in catalog.resources}
+            ctx = Context(root=self.root, log=log)
+            self._report_interrupted(catalog, ctx, specs)
+            run_id = str(uuid.uuid4())
+            meta = RunMeta(catalog.revision, str(trigger), started)
             results = engine.run(
                 catalog.resources,
-                Context(root=self.root, log=log),
+                ctx,
                 noop=noop,
                 confirm=self._confirm,
                 hold=self._holds(catalog.revision, specs),
+                intend=None if noop else self.intents.recorder(run_id, meta),
             )
             self._remember_reverted(catalog.revision, self.held(catalog.revision), results)
             drift = self._drift(results, specs)
             for flapping in self.flapping.record(results, drift, specs):
                 log.warning("%s: %s", flapping, self.flapping.held(specs)[flapping])
             unnumbered = RunReport(
-                id=str(uuid.uuid4()),
+                id=run_id,
                 node=self.node,
                 revision=catalog.revision,
                 noop=noop,
@@ -111,15 +118,30 @@ class Runner:
                 results=tuple(results),
                 drift=frozenset(drift),
             )
-            sequence = self.spool.add(
-                unnumbered.id,
-                lambda n: dataclasses.replace(unnumbered, sequence=n).to_wire().SerializeToString(),
-            )
-            report = dataclasses.replace(unnumbered, sequence=sequence)
+            report = self._spool(unnumbered)
             log.info("%s", run_summary(report))
             self._record(report)
             self._remember_converged(results, specs)
             return report
+
+    def _spool(self, unnumbered: RunReport) -> RunReport:
+        """Spool ``unnumbered`` with the next sequence number (ending its intents); numbered."""
+        sequence = self.spool.add(
+            unnumbered.id,
+            lambda n: dataclasses.replace(unnumbered, sequence=n).to_wire().SerializeToString(),
+        )
+        return dataclasses.replace(unnumbered, sequence=sequence)
+
+    def _report_interrupted(self, catalog: Catalog, ctx: Context, specs: dict[str, str]) -> None:
+        """Spool a report for every run that journalled changes and was killed before its own."""
+        converged = self.state.read_json(self.state.converged) or {}
+        # converged.json is written after a run's report: it still says what
+        # had converged before the interrupted run, as drift is judged by.
+        interrupted = self.intents.recover(
+            catalog, ctx, self.node, lambda rid: converged.get(rid) == specs.get(rid)
+        )
+        for report in interrupted:
+            self._spool(report)
 
     def _remember_reverted(
         self, revision: int, hold: frozenset[str], results: list[engine.ResourceResult]

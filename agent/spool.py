@@ -67,6 +67,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rejected "
     "(id TEXT PRIMARY KEY, set_aside REAL NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)",
+    # The intent journal: a change about to be applied, by which run (agent/runner.py).
+    "CREATE TABLE IF NOT EXISTS intents "
+    "(run TEXT NOT NULL, resource TEXT NOT NULL, at REAL NOT NULL, run_meta TEXT NOT NULL, "
+    "changes TEXT NOT NULL, PRIMARY KEY (run, resource))",
 )
 # Columns added since the first spools, which had only id, created and body.
 _COLUMNS = {"sequence": "INTEGER", "refusals": "INTEGER NOT NULL DEFAULT 0"}
@@ -100,7 +104,9 @@ class Spool:
     def add(self, report_id: str, build: Callable[[int], bytes]) -> int:
         """Spool the report ``build(sequence)`` makes with the next sequence number; that number.
 
-        One transaction: a number is never given twice nor skipped by a crash.
+        One transaction, which also ends the run's intents (the report says
+        what became of them): a number is never given twice nor skipped by a
+        crash, and an intent is never both journalled and reported.
         """
 
         def add(db: sqlite3.Connection) -> int:
@@ -110,9 +116,30 @@ class Spool:
                 (report_id, time.time(), build(sequence), sequence),
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (sequence + 1,))
+            db.execute("DELETE FROM intents WHERE run = ?", (report_id,))
             return sequence
 
         return self._do(add)
+
+    def intend(self, run: str, resource: str, run_meta: str, changes: str) -> None:
+        """Journal that ``run`` is about to apply ``changes`` (JSON) to ``resource``; fsynced."""
+        self._do(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO intents VALUES (?, ?, ?, ?, ?)",
+                (run, resource, time.time(), run_meta, changes),
+            )
+        )
+
+    def intents(self) -> list[tuple[str, str, str, str]]:
+        """Journalled changes whose run never spooled its report: (run, resource, meta, changes)."""
+        return self._do(
+            lambda db: [
+                (str(r), str(res), str(m), str(c))
+                for r, res, m, c in db.execute(
+                    "SELECT run, resource, run_meta, changes FROM intents ORDER BY at"
+                )
+            ]
+        )
 
     def at_least(self, last_sequence: int) -> None:
         """The server has stored reports up to ``last_sequence``: number new ones above it."""
