@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.errors import PlumbAgentError
 from agent.state import StateDir
@@ -361,5 +361,23 @@ def _last_run(last: Any) -> str:
         return "unknown (last_run.json is not a run summary)"
 
 
+def run() -> NoReturn:
+    """The command as a program: main(), then out without the interpreter's teardown.
+
+    gRPC leaves daemon threads behind (a stream's request consumer, the
+    channel's poller). The interpreter stops them wherever they are at exit;
+    one stopped while holding a call's lock makes finalising that call wait
+    for ever, and the process never ends (seen: about one `run --once` in a
+    hundred under load). Everything worth keeping is on disk already (the
+    spool commits, state files are written atomically); stdio and logs are
+    flushed here.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -124,8 +124,8 @@ def build_tree(component: str, stage: Path) -> None:
             f'"""{command}: Plumb, self-contained in /{prefix} (see {module})."""\n'
             "import sys\n\n"
             f'sys.path.insert(0, "/{prefix}/lib")\n'
-            f"from {module} import main  # noqa: E402\n\n"
-            "sys.exit(main())\n"
+            f"from {module} import run  # noqa: E402\n\n"
+            "run()\n"
         )
         launcher.chmod(0o755)
         link = stage / "usr/bin" / command

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -558,5 +559,21 @@ def _ago(timestamp: float, now: Callable[[], float] = time.time) -> str:
     return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
 
 
+def run() -> NoReturn:
+    """The command as a program: main(), then out without the interpreter's teardown.
+
+    gRPC leaves daemon threads behind (a stream's request consumer, the
+    channel's poller). The interpreter stops them wherever they are at exit;
+    one stopped while holding a call's lock makes finalising that call wait
+    for ever, and the process never ends (seen with the agent's run --once).
+    The CLI keeps nothing of its own; stdio is flushed here.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

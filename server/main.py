@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from server import store as store_
 from server.config import ServerConfig
@@ -210,5 +211,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> NoReturn:
+    """The command as a program (the packages' launchers and the console script call it)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

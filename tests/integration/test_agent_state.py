@@ -163,7 +163,7 @@ def test_a_spooled_report_that_does_not_parse_is_dropped_not_sent_for_ever(
     push(server, tmp_path, "one")
     assert agent.run_once().returncode == 0
     with sqlite3.connect(agent.state_dir / "spool.db") as db:  # a row damaged in place
-        db.execute("INSERT INTO reports VALUES ('damaged', 0, x'ffffffff0a')")
+        db.execute("INSERT INTO reports (id, created, body) VALUES ('damaged', 0, x'ffffffff0a')")
     db.close()
     agent.path("/app.conf").write_text("drift\n")
     assert agent.run_once().returncode == 0
