@@ -53,6 +53,11 @@ def test_a_frozen_agent_is_no_longer_connected_and_a_push_says_so(
     wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
     pushed = json.loads(server.cli("push", "--json", str(write(tmp_path / "w.yaml", WEB))).stdout)
     assert (pushed["targeted"], pushed["delivered"]) == (["web-1"], ["web-1"])
+    motd = agent.path("/etc/motd")
+    # Delivered is not applied: freeze only once the first catalog is on disk.
+    wait_for(
+        lambda: motd.is_file() and motd.read_text() == "managed by plumb\n", what="the first apply"
+    )
 
     assert agent.process is not None
     agent.process.send_signal(signal.SIGSTOP)
@@ -77,7 +82,6 @@ def test_a_frozen_agent_is_no_longer_connected_and_a_push_says_so(
 
     agent.process.send_signal(signal.SIGCONT)
     frozen.remove(agent)
-    motd = agent.path("/etc/motd")
     wait_for(lambda: motd.read_text() == "changed\n", what="the thawed agent to catch up")
     wait_for(lambda: server.nodes()["web-1"]["connected"], what="the agent back")
 
