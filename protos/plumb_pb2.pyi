@@ -93,8 +93,20 @@ class ServerMessage(_message.Message):
     def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("conditions",)
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[NodeCondition]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ...) -> None: ...
+
+class NodeCondition(_message.Message):
+    __slots__ = ("name", "detail", "since")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    detail: str
+    since: float
+    def __init__(self, name: _Optional[str] = ..., detail: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
 
 class CatalogAck(_message.Message):
     __slots__ = ("revision", "accepted", "error")
@@ -121,7 +133,7 @@ class Welcome(_message.Message):
     def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses")
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,13 +147,15 @@ class Hello(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     facts: _containers.ScalarMap[str, str]
     applied_revision: int
     agent_version: str
     sent_at: float
     losses: _containers.RepeatedCompositeFieldContainer[StateLoss]
-    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ...) -> None: ...
+    conditions: _containers.RepeatedCompositeFieldContainer[NodeCondition]
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ...) -> None: ...
 
 class StateLoss(_message.Message):
     __slots__ = ("id", "what", "count", "at", "detail", "received_at")
