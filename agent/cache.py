@@ -18,6 +18,10 @@ The signer certificate's validity period is checked when a catalog arrives
 catalog that verified must not depend on this host's clock being right (a
 clock a day behind would otherwise stop every repair); the log says when the
 clock looks wrong (agent.tls).
+
+A catalog that verified but cannot be written (the state dir takes no
+writes, agent/state.py) is kept in memory and used from there — it is
+enforced, and acknowledged as accepted — and written once it can be.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import CatalogRejected
 from agent.losses import CACHED_CATALOG, LossLog
-from agent.state import StateDir, set_aside, write_atomic
+from agent.state import StateDir, set_aside
 from agent.tls import verify_catalog
 from modules.catalog import Catalog
 from protos import plumb_pb2 as pb
@@ -57,10 +61,14 @@ class CatalogCache:
         # both use the cache: a catalog is set aside only by the one that read
         # it, never after another thread cached a good one in its place.
         self._lock = threading.Lock()
+        self._unsaved: pb.SignedCatalog | None = None  # verified, not written yet
 
     def load(self) -> Catalog | None:
         """The cached catalog, verified again; None if there is none that can be used."""
         with self._lock:
+            if not self._save():
+                assert self._unsaved is not None
+                return self._verified(self._unsaved.SerializeToString())
             try:
                 raw, identity = _read(self.state.catalog)
             except FileNotFoundError:
@@ -80,8 +88,23 @@ class CatalogCache:
         """Verify a catalog from the server and cache it; CatalogRejected if it does not verify."""
         catalog = verify_catalog(signed, self.state.ca.read_bytes(), self.node)
         with self._lock:
-            write_atomic(self.state.catalog, signed.SerializeToString())
+            self._unsaved = signed
+            self._save()
         return catalog
+
+    def catch_up(self) -> bool:
+        """Write a catalog that waits in memory; whether none waits now."""
+        with self._lock:
+            return self._save()
+
+    def _save(self) -> bool:
+        """Write the catalog waiting in memory, if any (under _lock); whether none waits now."""
+        if self._unsaved is None:
+            return True
+        if not self.state.keep(self.state.catalog, self._unsaved.SerializeToString()):
+            return False
+        self._unsaved = None
+        return True
 
     def status(self) -> CacheStatus:
         """The cached revision, or why there is none; reads only (``plumb-agent status``).

@@ -57,6 +57,8 @@ BACKOFF_BASE_S = 0.5
 REFUSED_WINDOW_S = 2.0
 #: A session up this long counts as progress even if it acked nothing (idle).
 STABLE_SESSION_S = 60.0
+#: While the state dir takes no writes, how often it is tried again.
+STATE_RETRY_S = 5.0
 
 
 def backoff_window(attempt: int, error: str, cap_s: float) -> float:
@@ -90,7 +92,7 @@ class Daemon:
         # connected makes the daemon reconnect, so the next hello reports it.
         self.losses = LossLog(state)
         self.cache = CatalogCache(state, self.enrollment.node, self.losses)
-        self.spool = Spool(state.spool, self.losses)
+        self.spool = Spool(state.spool, self.losses, state.unwritable)
         self.runner = Runner(
             state,
             self.cache,
@@ -129,6 +131,9 @@ class Daemon:
             args=[Trigger.SCHEDULE],
             id="schedule",
             max_instances=1,
+        )
+        self._scheduler.add_job(
+            self._catch_up, IntervalTrigger(seconds=STATE_RETRY_S), id="catch-up", max_instances=1
         )
         self._scheduler.start()
         try:
@@ -203,6 +208,13 @@ class Daemon:
         """Watch ``catalog``; call just before queuing a run of it."""
         if self._watchers is not None and catalog is not None:
             self._watchers.start(catalog)
+
+    def _catch_up(self) -> None:
+        """While the state dir took no writes: once it takes one, write what waited in memory."""
+        if not self.state.is_unwritable or not self.state.takes_writes():
+            return
+        if self.spool.catch_up() and self.cache.catch_up() and self.losses.catch_up():
+            self.state.writable()  # the next heartbeat says so
 
     def _request_watch_run(self) -> None:
         self._scheduler.add_job(self._run, args=[Trigger.WATCH])

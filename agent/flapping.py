@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.state import StateDir, write_atomic
+from agent.state import StateDir
 from modules.base import Status
 
 if TYPE_CHECKING:  # the settings import this module: keep the engine out of their way
@@ -134,4 +134,4 @@ class FlapGuard:
             self.path.unlink(missing_ok=True)
             return
         body = {rid: dataclasses.asdict(h) for rid, h in histories.items()}
-        write_atomic(self.path, json.dumps(body).encode())
+        self._state.keep(self.path, json.dumps(body).encode())

@@ -51,7 +51,8 @@ class RunMeta:
 class IntentJournal:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._warned = False
+        self._warned = False  # that changes go ahead unjournalled
+        self._unread = False  # that the journal cannot be read
 
     def recorder(self, run: str, meta: RunMeta) -> engine.Intend:
         """What the engine calls before each change of run ``run``."""
@@ -83,7 +84,15 @@ class IntentJournal:
         converged to its current spec before).
         """
         by_run: dict[str, list[tuple[str, RunMeta, tuple[Change, ...]]]] = defaultdict(list)
-        for run, resource, meta_json, changes in self.spool.intents():
+        try:
+            journalled = self.spool.intents()
+        except SpoolError as exc:  # a spool that cannot be read now: they keep till it can
+            if not self._unread:
+                log.warning("cannot read the intent journal (%s): interrupted runs wait", exc)
+            self._unread = True
+            return []
+        self._unread = False
+        for run, resource, meta_json, changes in journalled:
             by_run[run].append((resource, RunMeta(**json.loads(meta_json)), _changes(changes)))
         reports = []
         for run, items in by_run.items():

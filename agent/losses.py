@@ -14,7 +14,9 @@ Recorded losses are kept a while (the newest :data:`KEEP_RECORDED`), for
 ``plumb-agent status``; unrecorded ones are never dropped.
 
 The daemon and ``run --once`` may both write the file: every change is one
-read-modify-write under an flock of the state dir.
+read-modify-write under an flock of the state dir. A loss found while the
+state dir takes no writes (agent/state.py) waits in memory, is sent all the
+same, and is written with the next change that goes through.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agent.state import StateDir, write_atomic
+from agent.state import UNWRITABLE, StateDir, write_atomic
 from protos import plumb_pb2 as pb
 
 log = logging.getLogger("plumb.agent")
@@ -85,33 +87,60 @@ class LossLog:
         #: it (and, for a catalog, sends a fresh one) without waiting.
         self.generation = 0
         self._lock = threading.Lock()
+        self._unsaved: list[StateLoss] = []  # found while the file could not be written
 
     def record(self, what: str, count: int, detail: str) -> StateLoss:
         loss = StateLoss(str(uuid.uuid4()), what, count, time.time(), detail)
-        with self._changing() as losses:
-            losses.append(loss)
+        with self._lock:
+            self._unsaved.append(loss)
+        self.catch_up()
         self.generation += 1
         return loss
+
+    def catch_up(self) -> bool:
+        """Write the losses that wait in memory; whether none waits now."""
+        if not self._unsaved:
+            return True
+        return self._change(lambda losses: None)
 
     def pending(self) -> list[StateLoss]:
         """Losses the server has not recorded yet, oldest first."""
         return [loss for loss in self.recent() if not loss.recorded]
 
     def recent(self) -> list[StateLoss]:
-        """Every loss the file keeps, oldest first."""
-        return _parse(self.state.read_json(self.state.losses))
+        """Every loss the file keeps, and those waiting in memory, oldest first."""
+        with self._lock:
+            unsaved = list(self._unsaved)
+        return _parse(self.state.read_json(self.state.losses)) + unsaved
 
     def recorded(self, ids: Iterable[str]) -> None:
         """The server has recorded these: stop sending them."""
         done = set(ids)
         if not done:
             return
-        with self._changing() as losses:
+
+        def mark(losses: list[StateLoss]) -> None:
             losses[:] = [
                 dataclasses.replace(x, recorded=x.recorded or x.id in done) for x in losses
             ]
             kept = [x for x in losses if x.recorded][-KEEP_RECORDED:]
             losses[:] = [x for x in losses if not x.recorded or x in kept]
+
+        if not self._change(mark):  # those in memory at least need not be sent again
+            with self._lock:
+                self._unsaved = [x for x in self._unsaved if x.id not in done]
+
+    def _change(self, change: Callable[[list[StateLoss]], None]) -> bool:
+        """Apply ``change`` to the file's losses (and memory's); False if it cannot be written."""
+        try:
+            with self._changing() as losses:
+                change(losses)
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            self.state.unwritable(f"{self.state.losses.name}: {exc.strerror}")
+            return False
+        return True
 
     @contextmanager
     def _changing(self) -> Iterator[list[StateLoss]]:
@@ -119,10 +148,11 @@ class LossLog:
             directory = os.open(self.state.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 fcntl.flock(directory, fcntl.LOCK_EX)
-                losses = self.recent()
+                losses = _parse(self.state.read_json(self.state.losses)) + self._unsaved
                 yield losses
                 body = {"losses": [dataclasses.asdict(x) for x in losses]}
                 write_atomic(self.state.losses, json.dumps(body, indent=2).encode())
+                self._unsaved = []
             finally:
                 os.close(directory)  # and with it the flock
 

@@ -33,7 +33,8 @@ def run_once(
 ) -> RunReport:
     enrollment = state.enrollment()
     losses = LossLog(state)
-    cache, spool = CatalogCache(state, enrollment.node, losses), Spool(state.spool, losses)
+    cache = CatalogCache(state, enrollment.node, losses)
+    spool = Spool(state.spool, losses, state.unwritable)
     runner = Runner(state, cache, spool, root, enrollment.server, confirm_timeout_s, flap_policy)
     session = SessionClient(
         state, enrollment, cache, spool, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
@@ -67,6 +68,14 @@ def run_once(
         if not session.wait_acked(timeout):
             log.warning(
                 "%d report(s) stay spooled until the server acknowledges them", spool.count()
+            )
+        spool.catch_up()
+        if spool.in_memory():
+            log.error(
+                "%d report(s) could not be spooled (state dir %s takes no writes) nor "
+                "delivered: they are lost when this run ends",
+                spool.in_memory(),
+                state.path,
             )
         return report
     finally:

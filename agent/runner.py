@@ -31,7 +31,7 @@ from agent.flapping import FlapGuard, FlapPolicy
 from agent.intents import IntentJournal, RunMeta
 from agent.report import RunReport, Trigger, run_summary
 from agent.spool import Spool
-from agent.state import StateDir, write_atomic
+from agent.state import StateDir
 from modules.base import Context, Status
 from modules.catalog import Catalog, CatalogResource
 
@@ -150,7 +150,7 @@ class Runner:
         if ids:
             if ids != hold:
                 body = {"revision": revision, "ids": sorted(ids)}
-                write_atomic(self.reverted_path, json.dumps(body).encode())
+                self.state.keep(self.reverted_path, json.dumps(body).encode())
         else:
             self.reverted_path.unlink(missing_ok=True)
 
@@ -172,7 +172,7 @@ class Runner:
         }
         # A dry run converges nothing, but must not forget what had converged.
         kept = {i: h for i, h in previous.items() if i in specs and specs[i] == h}
-        write_atomic(self.state.converged, json.dumps({**kept, **converged}).encode())
+        self.state.keep(self.state.converged, json.dumps({**kept, **converged}).encode())
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -191,7 +191,7 @@ class Runner:
             "finished_at": report.finished_at,
             "summary": report.summary(),
         }
-        write_atomic(self.state.last_run, json.dumps(last, indent=2).encode())
+        self.state.keep(self.state.last_run, json.dumps(last, indent=2).encode())
 
 
 def _spec_hash(resource: CatalogResource) -> str:

@@ -26,7 +26,9 @@ one damaged row cannot break every session.
 
 The agent sends a heartbeat every interval the server's Welcome names, so
 the server can tell a frozen agent from an idle one; the agent notices a dead
-server through HTTP/2 keepalive (agent.tls), and the daemon reconnects.
+server through HTTP/2 keepalive (agent.tls), and the daemon reconnects. The
+hello and every heartbeat carry the node's conditions (agent/conditions.py);
+when they change, a heartbeat goes at once.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from agent.cache import CatalogCache
+from agent.conditions import Condition
 from agent.errors import CatalogRejected
 from agent.losses import SPOOLED_REPORTS
 from agent.spool import Spool
-from agent.state import Enrollment, StateDir, write_atomic
+from agent.state import Enrollment, StateDir
 from agent.tls import secure_channel
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
@@ -55,7 +58,8 @@ log = logging.getLogger("plumb.agent.session")
 
 _FLUSH = object()  # send whatever the spool holds that this stream has not sent
 _END = object()  # close our side of the stream
-_HEARTBEAT = pb.AgentMessage(heartbeat=pb.Heartbeat())
+#: How often the heartbeat thread looks whether the conditions changed.
+CONDITIONS_CHECK_S = 1.0
 #: A clock further off the server's than this is worth telling the operator.
 CLOCK_WARN_S = 60.0
 # Stream endings that mean the server will not take a message sent to it.
@@ -71,7 +75,10 @@ class SessionClient:
         spool: Spool,
         facts: dict[str, str],
         on_catalog: Callable[[pb.SignedCatalog], None],
+        conditions: Callable[[], list[Condition]] | None = None,
     ) -> None:
+        """``conditions()``: what is wrong with the node now (the state dir's, by default)."""
+        self.conditions = conditions or state.conditions.current
         self.cache = cache
         self.spool = spool
         self.enrollment = enrollment
@@ -139,6 +146,7 @@ class SessionClient:
                 agent_version=self.facts.get("agent_version", ""),
                 sent_at=time.time(),
                 losses=[loss.to_wire() for loss in self.cache.losses.pending()],
+                conditions=[c.to_wire() for c in self.conditions()],
             )
         )
         yield from self._reports()
@@ -199,6 +207,8 @@ class SessionClient:
                 self._check_clock(welcome.server_time)
             if welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(welcome.heartbeat_interval_s)
+            # Reports that waited in memory for a sequence number have one now.
+            self.flush()
             if message.welcome.latest_revision == self.cache.revision():
                 self._caught_up()
         elif kind == "catalog":
@@ -260,7 +270,7 @@ class SessionClient:
                 abs(offset),
                 way,
             )
-        write_atomic(self._state.clock, json.dumps(clock).encode())
+        self._state.keep(self._state.clock, json.dumps(clock).encode())
 
     def _start_heartbeat(self, interval_s: float) -> None:
         threading.Thread(
@@ -268,9 +278,22 @@ class SessionClient:
         ).start()
 
     def _heartbeat(self, interval_s: float) -> None:
-        """Tell the server this agent is alive, every interval, until the session ends."""
-        while not self._closed.wait(interval_s) and not self.ended.is_set():
-            self._outbox.put(_HEARTBEAT)
+        """Tell the server this agent is alive every interval, and its conditions when they change.
+
+        A heartbeat also flushes: reports a full state dir kept in memory, or
+        that it could not read, go out even when no run comes to say so.
+        """
+        said = self.conditions()
+        due = time.monotonic() + interval_s
+        while not self._closed.wait(min(CONDITIONS_CHECK_S, interval_s)):
+            if self.ended.is_set():
+                return
+            now, conditions = time.monotonic(), self.conditions()
+            if now >= due or conditions != said:
+                beat = pb.Heartbeat(conditions=[c.to_wire() for c in conditions])
+                self._outbox.put(pb.AgentMessage(heartbeat=beat))
+                self.flush()
+                said, due = conditions, now + interval_s
 
 
 def _describe(exc: grpc.RpcError) -> str:

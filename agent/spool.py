@@ -32,11 +32,24 @@ daemon's and ``run --once``'s start) and whenever an operation finds the
 database corrupt. Other errors (a full disk, a read-only file system, a
 lock held too long) are :class:`SpoolError`: setting a sound database aside
 would lose reports for nothing.
+
+A spool that cannot be written (nor, on a full disk, even opened: SQLite
+must create its ``-wal`` and ``-shm`` first) never loses a report either.
+What it cannot take waits in memory — the report, numbered on from the last
+sequence known (the spool's, or the server's Welcome), or an ack it could not
+delete — is sent from there like any other, and written into the spool by
+:meth:`Spool.catch_up` once it can be (the daemon retries every few seconds;
+every operation tries first). The state dir holds the condition
+``state_dir_unwritable`` meanwhile (agent/state.py). At most
+:data:`BACKLOG_REPORTS` reports (:data:`BACKLOG_BYTES`) wait so: beyond that
+the oldest is dropped and counted as lost. A restart loses what waited in
+memory and was not acknowledged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -59,6 +72,9 @@ _T = TypeVar("_T")
 
 #: After this many refusals by the server a report is set aside.
 REFUSALS_BEFORE_ASIDE = 3
+#: Reports kept in memory while the spool cannot be written, and their bytes.
+BACKLOG_REPORTS = 500
+BACKLOG_BYTES = 32 * 2**20
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS reports "
@@ -84,46 +100,142 @@ class Damaged(Exception):
     """The spool file is not a sound database; the message says what is wrong."""
 
 
+@dataclasses.dataclass
+class _Held:
+    """A report the spool could not take, waiting in memory."""
+
+    id: str
+    build: Callable[[int], bytes]
+    sequence: int | None = None  # None until a sequence is known to number it
+    body: bytes = b""  # build(sequence), once numbered
+    refusals: int = 0
+
+
 class Spool:
-    def __init__(self, path: Path, losses: LossLog | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        losses: LossLog | None = None,
+        unwritable: Callable[[str], None] | None = None,
+    ) -> None:
         """Open the spool at ``path``, setting a damaged one aside (see the module docstring).
 
-        ``losses`` is where a loss is recorded; None: the state dir holding ``path``.
+        ``losses`` is where a loss is recorded; None: the state dir holding
+        ``path``. ``unwritable(why)`` is told whenever the spool cannot be
+        written (the state dir's condition).
         """
         self.path = path
         self._losses = losses
+        self._unwritable = unwritable or (lambda why: None)
         self._recovering = threading.Lock()
-        with self._recovering:
-            problem = _problem(path)
-            if problem is not None:
-                self._replace(problem)
-            elif not path.exists():
-                _create(path)
-        self._do(_upgrade)
+        self._memory = threading.Lock()  # guards the four below
+        self._held: list[_Held] = []
+        self._deleted: set[str] = set()  # acked, but not yet deleted from the spool
+        self._next: int | None = None  # the next sequence, as last known
+        self._catching_up = threading.Lock()
+        try:
+            with self._recovering:
+                problem = _problem(path)
+                if problem is not None:
+                    self._replace(problem)
+                elif not path.exists():
+                    _create(path)
+            self._next = self._do(_upgrade)
+        except SpoolError as exc:  # reports wait in memory until it can be opened
+            self._cannot_write(exc)
 
     def add(self, report_id: str, build: Callable[[int], bytes]) -> int:
         """Spool the report ``build(sequence)`` makes with the next sequence number; that number.
 
         One transaction, which also ends the run's intents (the report says
         what became of them): a number is never given twice nor skipped by a
-        crash, and an intent is never both journalled and reported.
+        crash, and an intent is never both journalled and reported. A spool
+        that cannot be written keeps it in memory (0: no number known yet).
         """
 
         def add(db: sqlite3.Connection) -> int:
             sequence = _next_sequence(db)
-            db.execute(
-                "INSERT OR IGNORE INTO reports (id, created, body, sequence) VALUES (?, ?, ?, ?)",
-                (report_id, time.time(), build(sequence), sequence),
-            )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (sequence + 1,))
-            db.execute("DELETE FROM intents WHERE run = ?", (report_id,))
+            _insert(db, report_id, build(sequence), sequence)
             return sequence
 
-        return self._do(add)
+        if self.catch_up():  # never past reports that wait in memory
+            try:
+                sequence = self._do(add)
+            except SpoolError as exc:
+                self._cannot_write(exc)
+            else:
+                with self._memory:
+                    self._next = sequence + 1
+                return sequence
+        return self._hold(report_id, build)
+
+    def catch_up(self) -> bool:
+        """Write what waits in memory into the spool if it can be; whether nothing waits now."""
+        with self._catching_up:
+            with self._memory:
+                held, deleted, known = list(self._held), set(self._deleted), self._next
+            if not held and not deleted:
+                return True
+
+            def write(db: sqlite3.Connection) -> int:
+                following = max(_next_sequence(db), known or 0)
+                for report in held:
+                    sequence, body = report.sequence, report.body
+                    if sequence is None:  # numbered from the spool's count, now it can be read
+                        sequence, body = following, report.build(following)
+                    following = max(following, sequence + 1)
+                    _insert(db, report.id, body, sequence)
+                db.executemany("DELETE FROM reports WHERE id = ?", [(i,) for i in deleted])
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (following,))
+                return following
+
+            try:
+                if not self.path.exists():  # never made: the disk was full from the start
+                    _create(self.path)
+                following = self._do(write)
+            except SpoolError as exc:
+                self._cannot_write(exc)
+                return False
+            with self._memory:
+                written = {report.id for report in held}
+                self._held = [r for r in self._held if r.id not in written]
+                self._deleted -= deleted
+                self._next = max(following, self._next or 0)
+                return not self._held and not self._deleted
+
+    def _hold(self, report_id: str, build: Callable[[int], bytes]) -> int:
+        with self._memory:
+            report = _Held(report_id, build)
+            self._held.append(report)
+            self._number()
+            dropped = self._bound()
+        for old in dropped:
+            self._dropped(old.id, "the oldest beyond the bound of reports waiting in memory")
+        return report.sequence or 0
+
+    def _number(self) -> None:
+        """Number the reports waiting in memory that have no sequence yet (under _memory)."""
+        for report in self._held:
+            if report.sequence is None and self._next is not None:
+                report.sequence, report.body = self._next, report.build(self._next)
+                self._next += 1
+
+    def _bound(self) -> list[_Held]:
+        """Drop the oldest reports beyond the backlog's bounds (under _memory); those dropped."""
+        dropped = []
+        while len(self._held) > 1 and (
+            len(self._held) > BACKLOG_REPORTS
+            or sum(len(r.body) for r in self._held) > BACKLOG_BYTES
+        ):
+            dropped.append(self._held.pop(0))
+        return dropped
+
+    def _cannot_write(self, exc: SpoolError) -> None:
+        self._unwritable(f"{self.path.name}: {_cause(exc)}")
 
     def intend(self, run: str, resource: str, run_meta: str, changes: str) -> None:
         """Journal that ``run`` is about to apply ``changes`` (JSON) to ``resource``; fsynced."""
-        self._do(
+        self._write(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO intents VALUES (?, ?, ?, ?, ?)",
                 (run, resource, time.time(), run_meta, changes),
@@ -131,7 +243,11 @@ class Spool:
         )
 
     def intents(self) -> list[tuple[str, str, str, str]]:
-        """Journalled changes whose run never spooled its report: (run, resource, meta, changes)."""
+        """Journalled changes whose run never spooled its report: (run, resource, meta, changes).
+
+        Reports waiting in memory are written first: their runs' intents are then ended.
+        """
+        self.catch_up()
         return self._do(
             lambda db: [
                 (str(r), str(res), str(m), str(c))
@@ -143,6 +259,10 @@ class Spool:
 
     def at_least(self, last_sequence: int) -> None:
         """The server has stored reports up to ``last_sequence``: number new ones above it."""
+        with self._memory:
+            if self._next is None or self._next <= last_sequence:
+                self._next = last_sequence + 1
+            self._number()
 
         def raise_to(db: sqlite3.Connection) -> None:
             if _next_sequence(db) <= last_sequence:
@@ -150,25 +270,56 @@ class Spool:
                     "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (last_sequence + 1,)
                 )
 
-        self._do(raise_to)
+        with contextlib.suppress(SpoolError):  # said by _write; the memory's count goes on
+            self._write(raise_to)
 
     def pending(self) -> list[tuple[str, bytes]]:
-        """What to send, oldest first; reports the server refused come last."""
-        return self._do(
-            lambda db: [
-                (str(i), bytes(b))
-                for i, b in db.execute(
-                    "SELECT id, body FROM reports "
-                    "ORDER BY refusals > 0, COALESCE(sequence, 0), created, id"
-                )
+        """What to send, oldest first; reports the server refused come last.
+
+        What waits in memory too (after what the spool holds: it is newer),
+        and only what the spool holds when it cannot be read.
+        """
+        self.catch_up()
+        try:
+            stored = self._do(
+                lambda db: [
+                    (str(i), bytes(b), int(n))
+                    for i, b, n in db.execute(
+                        "SELECT id, body, refusals FROM reports "
+                        "ORDER BY refusals > 0, COALESCE(sequence, 0), created, id"
+                    )
+                ]
+            )
+        except SpoolError as exc:
+            self._cannot_write(exc)
+            stored = []
+        with self._memory:
+            both = [r for r in stored if r[0] not in self._deleted] + [
+                (r.id, r.body, r.refusals) for r in self._held if r.sequence is not None
             ]
-        )
+        return [(i, body) for i, body, refusals in sorted(both, key=lambda r: r[2] > 0)]
 
     def ack(self, report_id: str) -> None:
-        self._do(lambda db: db.execute("DELETE FROM reports WHERE id = ?", (report_id,)))
+        """The server stored ``report_id``: forget it (in memory until the spool can be written)."""
+        with self._memory:
+            held = len(self._held)
+            self._held = [r for r in self._held if r.id != report_id]
+            if len(self._held) < held:
+                return
+        try:
+            self._write(lambda db: db.execute("DELETE FROM reports WHERE id = ?", (report_id,)))
+        except SpoolError:  # said by _write: deleted once it can be
+            with self._memory:
+                self._deleted.add(report_id)
 
     def refused(self, report_id: str, reason: str) -> bool:
         """The server refused ``report_id``; True if it has now been set aside."""
+        if (held := self._held_report(report_id)) is not None:
+            held.refusals += 1
+            if held.refusals < REFUSALS_BEFORE_ASIDE:
+                return False
+            self._drop_held(report_id, reason)
+            return True
 
         def refuse(db: sqlite3.Connection) -> bool:
             db.execute("UPDATE reports SET refusals = refusals + 1 WHERE id = ?", (report_id,))
@@ -178,18 +329,55 @@ class Spool:
             _set_aside(db, report_id, reason)
             return True
 
-        return self._do(refuse)
+        try:
+            return self._write(refuse)
+        except SpoolError:  # said by _write: refused again on a later session
+            return False
 
     def set_aside(self, report_id: str, reason: str) -> None:
         """Keep ``report_id`` for inspection, never to be sent: no server could take it."""
-        self._do(lambda db: _set_aside(db, report_id, reason))
+        if self._held_report(report_id) is not None:
+            self._drop_held(report_id, reason)
+            return
+        with contextlib.suppress(SpoolError):  # said by _write: tried again on a later session
+            self._write(lambda db: _set_aside(db, report_id, reason))
 
     def count(self) -> int:
-        return self._do(lambda db: int(db.execute("SELECT count(*) FROM reports").fetchone()[0]))
+        """Reports not acknowledged yet: in the spool (as far as it can be read) and in memory."""
+        try:
+            stored = self._do(lambda db: {str(i) for (i,) in db.execute("SELECT id FROM reports")})
+        except SpoolError as exc:
+            self._cannot_write(exc)
+            stored = set()
+        with self._memory:
+            return len(stored - self._deleted) + len(self._held)
+
+    def in_memory(self) -> int:
+        """Reports waiting in memory for the spool (lost if the process ends now)."""
+        with self._memory:
+            return len(self._held)
 
     def rejected(self) -> int:
         """How many reports were set aside because no server takes them."""
         return self._do(lambda db: int(db.execute("SELECT count(*) FROM rejected").fetchone()[0]))
+
+    def _held_report(self, report_id: str) -> _Held | None:
+        with self._memory:
+            return next((r for r in self._held if r.id == report_id), None)
+
+    def _drop_held(self, report_id: str, reason: str) -> None:
+        """A report waiting in memory that no server takes: it cannot even be kept aside."""
+        with self._memory:
+            self._held = [r for r in self._held if r.id != report_id]
+        self._dropped(report_id, f"refused ({reason}) while the spool could not keep it aside")
+
+    def _write(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """:meth:`_do` for a write: a spool that cannot be written is said (the condition)."""
+        try:
+            return self._do(operation)
+        except SpoolError as exc:
+            self._cannot_write(exc)
+            raise
 
     def _do(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
         """``operation`` in a transaction; once more on a fresh spool if this one is damaged."""
@@ -252,8 +440,16 @@ class Spool:
             f", set aside as {aside}" if aside is not None else "",
             how_many,
         )
+        self._loss(count, f"{self.path.name} was damaged ({problem}){kept}")
+
+    def _dropped(self, report_id: str, why: str) -> None:
+        """A report waiting in memory is given up: never delivered, so lost."""
+        log.error("report %s dropped, never to be delivered: %s", report_id, why)
+        self._loss(1, f"report {report_id} dropped: {why}")
+
+    def _loss(self, count: int, detail: str) -> None:
         losses = self._losses if self._losses is not None else _state_losses(self.path)
-        losses.record(SPOOLED_REPORTS, count, f"{self.path.name} was damaged ({problem}){kept}")
+        losses.record(SPOOLED_REPORTS, count, detail)
 
 
 def inspect(path: Path) -> tuple[int | None, str | None, int]:
@@ -371,14 +567,34 @@ def _create(path: Path) -> None:
         raise SpoolError(f"report spool {path}: cannot create it: {exc}") from exc
 
 
-def _upgrade(db: sqlite3.Connection) -> None:
-    """Bring a spool made by an older agent to this one's tables, keeping its reports."""
+def _upgrade(db: sqlite3.Connection) -> int:
+    """Bring a spool made by an older agent to this one's tables, keeping its reports.
+
+    The next sequence number it gives.
+    """
     for statement in _SCHEMA:
         db.execute(statement)
     have = {row[1] for row in db.execute("PRAGMA table_info(reports)")}
     for column, declaration in _COLUMNS.items():
         if column not in have:
             db.execute(f"ALTER TABLE reports ADD COLUMN {column} {declaration}")
+    return _next_sequence(db)
+
+
+def _insert(db: sqlite3.Connection, report_id: str, body: bytes, sequence: int) -> None:
+    """Spool one report numbered ``sequence``, ending its run's intents (one transaction)."""
+    db.execute(
+        "INSERT OR IGNORE INTO reports (id, created, body, sequence) VALUES (?, ?, ?, ?)",
+        (report_id, time.time(), body, sequence),
+    )
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (sequence + 1,))
+    db.execute("DELETE FROM intents WHERE run = ?", (report_id,))
+
+
+def _cause(exc: SpoolError) -> str:
+    """What SQLite said, without the spool's path the state dir's condition already names."""
+    cause = exc.__cause__
+    return str(cause) if cause is not None else str(exc)
 
 
 def _set_aside(db: sqlite3.Connection, report_id: str, reason: str) -> None:

@@ -16,12 +16,22 @@ converged.json             resource id -> spec hash it last converged to (drift 
 reverted.json              risky resources reverted at a revision: held until a new one
 run.lock                   one run at a time across daemon and `run --once`
 restart-requested          left by the agent's own package upgrade: restart after the run
+
+A state dir that takes no writes (its file system full, over quota,
+read-only, failing) must not stop the agent: repairs go on and are reported.
+Whatever cannot be written waits in memory (the spool's reports, a catalog
+just received, a loss) and the bookkeeping files are simply not updated
+(:meth:`StateDir.keep`); the node holds the condition
+``state_dir_unwritable`` (agent/conditions.py), which the server shows. The
+daemon probes the directory every few seconds meanwhile, and once it takes a
+write again writes what waited and clears the condition.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -30,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.conditions import STATE_DIR_UNWRITABLE, Conditions
 from agent.errors import NotEnrolled
 
 log = logging.getLogger("plumb.agent")
@@ -37,6 +48,9 @@ log = logging.getLogger("plumb.agent")
 #: Set-aside copies of one file kept for inspection; older ones are deleted, so
 #: a file that keeps being damaged cannot fill the disk.
 KEEP_SET_ASIDE = 5
+#: errno values meaning the storage takes no writes now (full, over quota,
+#: read-only, failing), not that the agent asked for something wrong.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +64,8 @@ class Enrollment:
 class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: What is wrong with the state dir now (this process's view, in memory).
+        self.conditions = Conditions()
 
     @property
     def key(self) -> Path:
@@ -115,6 +131,49 @@ class StateDir:
             json.dumps(dataclasses.asdict(enrollment), indent=2).encode(),
         )
 
+    def keep(self, path: Path, data: bytes) -> bool:
+        """:func:`write_atomic` for what the agent can do without for a while; whether written.
+
+        A state dir that takes no writes makes this a condition, not a crash.
+        """
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            self.unwritable(f"{path.name}: {exc.strerror}")
+            return False
+        return True
+
+    def unwritable(self, why: str) -> None:
+        """A write into the state dir failed for ``why``: the node holds the condition."""
+        # SQLite says "disk I/O error" when a full disk keeps it from making its -shm.
+        detail = (
+            f"state dir {self.path} cannot be written ({why}{_space(self.path)}); "
+            "reports wait in memory"
+        )
+        if self.conditions.hold(STATE_DIR_UNWRITABLE, detail):
+            log.error("%s until it can be; repairs go on", detail)
+
+    @property
+    def is_unwritable(self) -> bool:
+        return any(c.name == STATE_DIR_UNWRITABLE for c in self.conditions.current())
+
+    def takes_writes(self) -> bool:
+        """Whether a page written into the state dir (and fsynced, then removed) goes through."""
+        probe = self.path / ".probe"
+        try:
+            write_atomic(probe, bytes(4096))
+            probe.unlink()
+        except OSError:
+            return False
+        return True
+
+    def writable(self) -> None:
+        """What waited in memory is written: the condition no longer holds."""
+        if self.conditions.clear(STATE_DIR_UNWRITABLE):
+            log.info("state dir %s can be written again; what waited in memory is in it", self.path)
+
     def read_json(self, path: Path) -> Any:
         """The JSON in ``path``; None if it is missing or damaged (not UTF-8, not JSON)."""
         try:
@@ -123,15 +182,33 @@ class StateDir:
             return None
 
 
+def _space(path: Path) -> str:
+    """``; its file system is full``, ``; 12 KiB free``: what the cause may be."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free < 64 * 1024:
+        return f"; its file system is full ({free} bytes free)"
+    return f"; {free // 1024} KiB free"
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write via a temp file and rename, so a crash leaves the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A half-written temporary must not keep the space a full disk lacks.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

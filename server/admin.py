@@ -17,7 +17,7 @@ from server.compliance import Tally
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
 from server.store import DriftRow, Store
-from server.wire import STATUS_TO_PB, report_from_body, state_loss_to_pb
+from server.wire import STATUS_TO_PB, conditions_to_pb, report_from_body, state_loss_to_pb
 
 DEFAULT_TOKEN_TTL_S = 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
@@ -148,6 +148,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
                     summary=_compliance(compliance.by_node[n.name]),
                     losses=[state_loss_to_pb(x) for x in losses.get(n.name, [])],
+                    conditions=conditions_to_pb(n.conditions),
                 )
                 for n in compliance.nodes
             ]

@@ -409,6 +409,10 @@ def _nodes(args: argparse.Namespace) -> int:
                 "(reports are ordered by its sequence numbers, not by its clock; check NTP)",
                 file=sys.stderr,
             )
+    for n in reply.nodes:
+        for c in n.conditions:
+            as_of = "" if n.connected else " (as it last said)"
+            print(f"{n.name}: {c.detail} (since {_when(c.since)}){as_of}", file=sys.stderr)
     losses = [(n.name, x) for n in reply.nodes for x in n.losses]
     if losses:
         print(file=sys.stderr)

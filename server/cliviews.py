@@ -23,7 +23,7 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "applied_revision": 5 | null, "reported_revision": 5 | null,
                 "latest_revision": 5 | null, "catalog_problem": "..." | null,
                 "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE,
-                "losses": [LOSS, ...]}]}
+                "losses": [LOSS, ...], "conditions": [CONDITION, ...]}]}
 
 where ``LOSS`` is what the node reported losing of its own state (a damaged
 report spool it set aside, a cached catalog that did not verify), newest
@@ -31,7 +31,11 @@ first, ``[]`` when nothing: ``{"what": "spooled_reports" | "cached_catalog",
 "count": 12 | null, "at": 1764620000.5, "received_at": 1764620001.0,
 "detail": "spool.db was damaged (...); kept as spool.db.damaged-..."}``;
 ``at`` is when the agent found it (its clock), ``received_at`` when the
-server recorded it (the server's).
+server recorded it (the server's). ``CONDITION`` is what the node's agent
+last said is wrong with it now (agent/conditions.py), ``[]`` when nothing:
+``{"name": "state_dir_unwritable" | "watch_polling", "detail": "...",
+"since": 1764620000.5 | null}`` (``since``: the agent's clock); for a node
+not connected, as it last said.
 
 ``report NODE``::
 
@@ -131,6 +135,9 @@ def node(n: pb.Node) -> dict[str, Any]:
         "clock_offset_s": None if math.isnan(n.clock_offset_s) else round(n.clock_offset_s, 3),
         "compliance": compliance_row(n.summary),
         "losses": [loss(x) for x in n.losses],
+        "conditions": [
+            {"name": c.name, "detail": c.detail, "since": c.since or None} for c in n.conditions
+        ],
     }
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from server.store import NodeSeen, Store
 
@@ -35,8 +36,13 @@ class PresenceLog:
         applied_revision: int | None = None,
         facts: Mapping[str, str] | None = None,
         clock_offset_s: float | None = None,
+        conditions: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Note that ``node`` was heard from now (and, from a hello, what it said)."""
+        """Note that ``node`` was heard from now (and, from a hello, what it said).
+
+        ``conditions``: what it now says is wrong with it (a hello, or a
+        heartbeat that changed them); None: as before.
+        """
         before = self._pending.get(node, NodeSeen(0.0))
         self._pending[node] = NodeSeen(
             last_seen=self.clock(),
@@ -46,6 +52,7 @@ class PresenceLog:
             else applied_revision,
             facts=before.facts if facts is None else dict(facts),
             clock_offset_s=before.clock_offset_s if clock_offset_s is None else clock_offset_s,
+            conditions=before.conditions if conditions is None else conditions,
         )
 
     async def flush(self) -> None:

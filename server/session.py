@@ -44,7 +44,7 @@ from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
 from server.presence import PresenceLog
 from server.store import Store
-from server.wire import report_record, state_loss_record
+from server.wire import conditions_record, report_record, state_loss_record
 
 log = logging.getLogger("plumb.server.session")
 
@@ -80,7 +80,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.ingestor = ingestor
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
-        self._live: dict[asyncio.Queue[Any], tuple[str, _Heard]] = {}
+        self._live: dict[asyncio.Queue[Any], tuple[str, _Stream]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -111,13 +111,13 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         if await asyncio.to_thread(self.store.node, name) is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {name!r} is not enrolled")
         outbox = self.hub.attach(name)
-        heard = _Heard()
+        heard = _Stream(conditions_record(hello.conditions))
         self._live[outbox] = (name, heard)
         reader: asyncio.Task[None] | None = None
         try:
             # Greet before reading on: if the agent half-closes right after its
             # hello, the welcome must still be queued ahead of the end of stream.
-            await self._greet(hello, name, outbox)
+            await self._greet(hello, name, outbox, heard)
             reader = asyncio.create_task(self._read(requests, name, outbox, heard))
             async for message in _drain(outbox):
                 if isinstance(message, _Refused):
@@ -130,12 +130,14 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             self.hub.detach(name, outbox)
             self.presence.seen(name)
 
-    async def _greet(self, hello: pb.Hello, name: str, outbox: asyncio.Queue[Any]) -> None:
+    async def _greet(
+        self, hello: pb.Hello, name: str, outbox: asyncio.Queue[Any], stream: _Stream
+    ) -> None:
         now = time.time()
         # Latency makes the agent look behind by a few milliseconds: nothing a
         # clock worth warning about (a minute off, an hour off) is hidden by it.
         offset = hello.sent_at - now if hello.sent_at else None
-        self.presence.seen(name, hello.applied_revision, hello.facts, offset)
+        self.presence.seen(name, hello.applied_revision, hello.facts, offset, stream.conditions)
         recorded = await self._record_losses(name, hello.losses) if hello.losses else []
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)
         last_sequence = await asyncio.to_thread(self.store.last_sequence, name)
@@ -167,12 +169,12 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         requests: AsyncIterator[pb.AgentMessage],
         name: str,
         outbox: asyncio.Queue[Any],
-        heard: _Heard,
+        heard: _Stream,
     ) -> None:
         try:
             async for message in requests:
                 heard.now()
-                await self._handle(message, name, outbox)
+                await self._handle(message, name, outbox, heard)
         except _Refused as exc:
             outbox.put_nowait(exc)
             return
@@ -183,10 +185,15 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         outbox.put_nowait(CLOSE)
 
     async def _handle(
-        self, message: pb.AgentMessage, name: str, outbox: asyncio.Queue[Any]
+        self, message: pb.AgentMessage, name: str, outbox: asyncio.Queue[Any], stream: _Stream
     ) -> None:
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
+            # Written only when they changed: most heartbeats of a fleet say "alive" and no more.
+            said = conditions_record(message.heartbeat.conditions)
+            if said != stream.conditions:
+                stream.conditions = said
+                self.presence.seen(name, conditions=said)
             return
         if kind == "catalog_ack":
             self.hub.catalog_acked(name, message.catalog_ack)
@@ -219,11 +226,13 @@ async def _first_hello(
     return first.hello
 
 
-class _Heard:
-    """When anything last arrived on a stream (event-loop time)."""
+class _Stream:
+    """What the server keeps of one agent's stream: when anything last arrived
+    on it (event-loop time), and the conditions the agent last said."""
 
-    def __init__(self) -> None:
+    def __init__(self, conditions: list[dict[str, Any]]) -> None:
         self.at = asyncio.get_running_loop().time()
+        self.conditions = conditions
 
     def now(self) -> None:
         self.at = asyncio.get_running_loop().time()

@@ -72,6 +72,9 @@ nodes = sa.Table(
     sa.Column("status_sequence", sa.BigInteger, nullable=False, server_default="0"),
     # The agent's clock minus the server's at its last hello; NULL: not known.
     sa.Column("clock_offset_s", sa.Float, nullable=True),
+    # What its agent last said is wrong with it now: [{"name", "detail", "since"}];
+    # NULL: it never said (an agent older than conditions).
+    sa.Column("conditions", sa.JSON, nullable=True),
 )
 
 tokens = sa.Table(
@@ -201,6 +204,8 @@ class NodeRow:
     facts: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Its clock minus the server's at its last hello; None: not known yet.
     clock_offset_s: float | None = None
+    #: What its agent last said is wrong with it: {"name", "detail", "since"} each.
+    conditions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +216,8 @@ class NodeSeen:
     applied_revision: int | None = None
     facts: dict[str, str] | None = None
     clock_offset_s: float | None = None  # the agent's clock minus ours, from its hello
+    #: Its conditions, from a hello or a heartbeat that changed them; None: unchanged.
+    conditions: list[dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,6 +766,16 @@ class Store:
                     .values(facts=sa.bindparam("f", type_=sa.JSON)),
                     facts,
                 )
+            conditions = [
+                {"n": n, "c": s.conditions} for n, s in seen.items() if s.conditions is not None
+            ]
+            if conditions:
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.name == sa.bindparam("n"))
+                    .values(conditions=sa.bindparam("c", type_=sa.JSON)),
+                    conditions,
+                )
 
     # ------------------------------------------------------------ revisions, catalogs
 
@@ -1004,6 +1021,7 @@ def _node_row(row: Any) -> NodeRow:
         status_revision=int(row.status_revision),
         facts=dict(row.facts),
         clock_offset_s=row.clock_offset_s,
+        conditions=list(row.conditions or []),
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from modules.base import Status
 from protos import plumb_pb2 as pb
 from server.store import ReportRecord, ResultRecord, StateLossRow
@@ -47,6 +50,8 @@ def report_from_body(body: bytes) -> pb.Report:
 
 #: The most a node may say about one loss; the rest of a longer detail is cut.
 MAX_LOSS_DETAIL = 2000
+#: Conditions kept per node: an agent has a handful; more is not an agent's.
+MAX_CONDITIONS = 16
 
 
 def state_loss_record(node: str, loss: pb.StateLoss) -> StateLossRow:
@@ -59,6 +64,21 @@ def state_loss_record(node: str, loss: pb.StateLoss) -> StateLossRow:
         found_at=loss.at,
         detail=loss.detail[:MAX_LOSS_DETAIL],
     )
+
+
+def conditions_record(said: Sequence[pb.NodeCondition]) -> list[dict[str, Any]]:
+    """An agent's conditions as the store keeps them (bounded: an agent's word, not ours)."""
+    return [
+        {"name": c.name[:64], "detail": c.detail[:MAX_LOSS_DETAIL], "since": c.since}
+        for c in said[:MAX_CONDITIONS]
+    ]
+
+
+def conditions_to_pb(kept: Sequence[Mapping[str, Any]]) -> list[pb.NodeCondition]:
+    return [
+        pb.NodeCondition(name=str(c["name"]), detail=str(c["detail"]), since=float(c["since"]))
+        for c in kept
+    ]
 
 
 def state_loss_to_pb(row: StateLossRow) -> pb.StateLoss:

@@ -218,6 +218,11 @@ class ShapesAdmin(FakeAdmin):
                             what="spooled_reports", count=-1, at=80.0, detail="spool.db was empty"
                         ),
                     ],
+                    conditions=[
+                        pb.NodeCondition(
+                            name="state_dir_unwritable", detail="state dir ...", since=70.0
+                        )
+                    ],
                 ),
                 pb.Node(
                     name="web-2",
@@ -306,8 +311,9 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
                 "detail": "spool.db was empty",
             },
         ],
+        "conditions": [{"name": "state_dir_unwritable", "detail": "state dir ...", "since": 70.0}],
     }
-    assert web2["losses"] == []
+    assert web2["losses"] == web2["conditions"] == []
     # Nothing known is null, never 0 or -1.
     assert (web2["last_seen"], web2["applied_revision"], web2["reported_revision"]) == (
         None,
