@@ -344,13 +344,19 @@ class Spool:
 
     def count(self) -> int:
         """Reports not acknowledged yet: in the spool (as far as it can be read) and in memory."""
+        with self._memory:
+            deleted, held = list(self._deleted), len(self._held)
+
+        def stored(db: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(deleted))
+            query = f"SELECT count(*) FROM reports WHERE id NOT IN ({marks})"
+            return int(db.execute(query, deleted).fetchone()[0])
+
         try:
-            stored = self._do(lambda db: {str(i) for (i,) in db.execute("SELECT id FROM reports")})
+            return self._do(stored) + held
         except SpoolError as exc:
             self._cannot_write(exc)
-            stored = set()
-        with self._memory:
-            return len(stored - self._deleted) + len(self._held)
+            return held
 
     def in_memory(self) -> int:
         """Reports waiting in memory for the spool (lost if the process ends now)."""

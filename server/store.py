@@ -746,36 +746,10 @@ class Store:
                     ),
                     revisions_seen,
                 )
-            offsets = [
-                {"n": n, "o": s.clock_offset_s}
-                for n, s in seen.items()
-                if s.clock_offset_s is not None
-            ]
-            if offsets:
-                conn.execute(
-                    nodes.update()
-                    .where(nodes.c.name == sa.bindparam("n"))
-                    .values(clock_offset_s=sa.bindparam("o")),
-                    offsets,
-                )
-            facts = [{"n": n, "f": s.facts} for n, s in seen.items() if s.facts is not None]
-            if facts:
-                conn.execute(
-                    nodes.update()
-                    .where(nodes.c.name == sa.bindparam("n"))
-                    .values(facts=sa.bindparam("f", type_=sa.JSON)),
-                    facts,
-                )
-            conditions = [
-                {"n": n, "c": s.conditions} for n, s in seen.items() if s.conditions is not None
-            ]
-            if conditions:
-                conn.execute(
-                    nodes.update()
-                    .where(nodes.c.name == sa.bindparam("n"))
-                    .values(conditions=sa.bindparam("c", type_=sa.JSON)),
-                    conditions,
-                )
+            given = seen.items()
+            _set_each(conn, "clock_offset_s", {n: s.clock_offset_s for n, s in given})
+            _set_each(conn, "facts", {n: s.facts for n, s in given})
+            _set_each(conn, "conditions", {n: s.conditions for n, s in given})
 
     # ------------------------------------------------------------ revisions, catalogs
 
@@ -1009,6 +983,18 @@ def _check_token(token: Any, secret_sha256: str, now: float) -> None:
 def _greatest(column: Any, value: Any) -> Any:
     # Portable GREATEST(column, value): SQLite has no GREATEST, PostgreSQL no 2-arg max.
     return sa.case((column < value, value), else_=column)
+
+
+def _set_each(conn: sa.Connection, column: str, values: Mapping[str, Any]) -> None:
+    """Set ``column`` of every node in ``values`` that has a value (not None), in one statement."""
+    given = [{"n": n, "v": v} for n, v in values.items() if v is not None]
+    if given:
+        conn.execute(
+            nodes.update()
+            .where(nodes.c.name == sa.bindparam("n"))
+            .values({column: sa.bindparam("v", type_=nodes.c[column].type)}),
+            given,
+        )
 
 
 def _node_row(row: Any) -> NodeRow:

@@ -47,9 +47,13 @@ def repairs(server: Server) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def full(enrolled: Callable[..., Agent]) -> Iterator[tuple[Agent, Path]]:
+def full(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> Iterator[tuple[Agent, Path]]:
+    """Agent edge-1, its state dir on a tmpfs of its own, MOTD pushed (not started yet)."""
     agent = enrolled("edge-1")
     (agent.root / "etc").mkdir()
+    server.push(write(tmp_path / "motd.yaml", MOTD))
     with on_its_own_tmpfs(agent.state_dir) as filler:
         try:
             yield agent, filler
@@ -57,15 +61,20 @@ def full(enrolled: Callable[..., Agent]) -> Iterator[tuple[Agent, Path]]:
             agent.stop()
 
 
+def start(agent: Agent, server: Server, interval: float = 3600) -> Path:
+    """Start the daemon and wait for its first apply, reported; /etc/motd's path."""
+    agent.start(interval)
+    motd = agent.path("/etc/motd")
+    wait_for(lambda: motd.is_file() and motd.read_text() == "hi\n", what="the first apply")
+    wait_for(lambda: stored(server), what="the first report")
+    return motd
+
+
 def test_a_full_state_dir_still_repairs_and_reports_and_recovers(
     server: Server, full: tuple[Agent, Path], tmp_path: Path
 ) -> None:
     agent, filler = full
-    server.push(write(tmp_path / "motd.yaml", MOTD))
-    agent.start()
-    motd = agent.path("/etc/motd")
-    wait_for(lambda: motd.is_file() and motd.read_text() == "hi\n", what="the first apply")
-    wait_for(lambda: stored(server), what="the first report")
+    motd = start(agent, server)
     assert conditions(server) == []
 
     fill(filler)
@@ -102,13 +111,10 @@ def test_a_full_state_dir_still_repairs_and_reports_and_recovers(
 
 
 def test_while_the_server_is_away_repairs_wait_in_memory(
-    server: Server, full: tuple[Agent, Path], tmp_path: Path
+    server: Server, full: tuple[Agent, Path]
 ) -> None:
     agent, filler = full
-    server.push(write(tmp_path / "motd.yaml", MOTD))
-    agent.start()
-    motd = agent.path("/etc/motd")
-    wait_for(lambda: stored(server), what="the first report")
+    motd = start(agent, server)
 
     server.stop()
     fill(filler)
@@ -124,14 +130,9 @@ def test_while_the_server_is_away_repairs_wait_in_memory(
     wait_for(lambda: conditions(server) == [], timeout=30, what="the condition to clear")
 
 
-def test_figures_for_a_state_dir_full_for_a_while(
-    server: Server, full: tuple[Agent, Path], tmp_path: Path
-) -> None:
+def test_figures_for_a_state_dir_full_for_a_while(server: Server, full: tuple[Agent, Path]) -> None:
     agent, filler = full
-    (agent.root / "etc").mkdir(exist_ok=True)
-    server.push(write(tmp_path / "motd.yaml", MOTD))
-    agent.start(1.0)
-    wait_for(lambda: stored(server), what="the first report")
+    start(agent, server, interval=1.0)
 
     fill(filler)
     before = len(stored(server))
