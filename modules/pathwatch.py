@@ -62,7 +62,7 @@ import math
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,8 @@ def _watch_plan(targets: Iterable[_Target], root: Path) -> _Plan:
     ancestor that can is watched for the first component that cannot
     instead, so a change there is noticed (and the plan made again) rather
     than left to the next periodic run. A path with no such ancestor under
-    ``root`` is not watched at all. The caller closes every ``fd``.
+    ``root`` is in no directory's ``serves``, so it is polled. The caller
+    closes every ``fd``.
     """
     plan: _Plan = {}
     try:
@@ -248,7 +249,7 @@ def _lstat(root: Path, inside: str) -> object:
     try:
         with parent_of(root, inside) as parent:
             return _stat_key(os.lstat(parent.name, dir_fd=parent.fd))
-    except OSError as exc:  # missing, or behind a symlink not to follow: so far, no change
+    except OSError as exc:  # missing, or behind a symlink not to follow: compare the error
         return exc.errno
 
 
@@ -352,8 +353,13 @@ class _Watcher:
             self._arm()
             while not stop.is_set():
                 changed, rearm = self._interpret(self._events(stop))
-                # A poll is an arm: it tries inotify again for what it polls.
-                if rearm or (self._polled and self._ctx.clock() >= self._next_poll):
+                if self._polled and self._ctx.clock() >= self._next_poll:
+                    # Arming walks to every target: only when it may now do
+                    # better, or a polled path changed (its plan may have too).
+                    polled_changed = self._look(list(self._polled))
+                    changed = changed or polled_changed
+                    rearm = rearm or polled_changed or self._takes_more()
+                if rearm:
                     changed = self._arm() or changed
                 # After re-arming, so a change the new watches missed is still
                 # seen by whatever the agent reads in answer to this call.
@@ -382,12 +388,41 @@ class _Watcher:
         between the last poll and its watch.
         """
         polled = self._arm_inotify()
-        now = {target: _signature(self._ctx.root, target) for target in self._polled | polled}
+        changed = self._look(polled)
+        self._say(_polling({target.host: why for target, why in polled.items()}, self._poll_s))
+        return changed
+
+    def _look(self, polled: Collection[_Target]) -> bool:
+        """Poll ``polled`` from now on; whether a target polled until now changed."""
+        root = self._ctx.root
+        now = {target: _signature(root, target) for target in {*self._polled, *polled}}
         changed = any(now[target] != seen for target, seen in self._polled.items())
         self._polled = {target: now[target] for target in polled}
         self._next_poll = self._ctx.clock() + self._poll_s
-        self._say(_polling({target.host: why for target, why in polled.items()}, self._poll_s))
         return changed
+
+    def _takes_more(self) -> bool:
+        """Whether inotify would now take a watch it would not take for a polled target
+        (a limit raised, watches freed elsewhere): then arming does better."""
+        if self._inotify is None:
+            with contextlib.suppress(OSError):
+                self._inotify = self._new_inotify()
+            return self._inotify is not None
+        plan = _watch_plan(self._polled, self._ctx.root)
+        try:
+            return any(self._takes(watched) for watched in plan.values())
+        finally:
+            _close(plan)
+
+    def _takes(self, watched: _Watched) -> bool:
+        try:
+            wd = self._inotify.add_watch(f"/proc/self/fd/{watched.fd}", self._mask)
+        except OSError:
+            return False
+        if wd in self._watches:
+            return False  # watched already, for another target
+        self._inotify.rm_watch(wd)  # only a probe: the arm that follows places it for good
+        return True
 
     def _say(self, sentence: str | None) -> None:
         if sentence != self._said:
