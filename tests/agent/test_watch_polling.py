@@ -10,6 +10,7 @@ The file kind polls at its default, every 2 s.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,17 @@ def logged(child: Child, level: str) -> list[str]:
     return [message for said, message in child.said("log") if said == level]
 
 
+def primed(child: Child, path: Path) -> None:
+    """Touch ``path`` until a check answers: the watch is in place (before an edit)."""
+    checked = "watcher: checked after events; nothing changed"
+
+    def touched_and_checked() -> bool:
+        os.utime(path)
+        return child.wait_for(lambda: checked in logged(child, "DEBUG"), timeout=0.1)
+
+    wait_for(touched_and_checked, 10, "the watcher to listen")
+
+
 def test_a_polled_file_is_a_condition_and_its_drift_is_repaired(tmp_path: Path) -> None:
     motd = tmp_path / "etc/motd"
     polling = f"polling {motd} every 2 s: {NO_WATCH}"
@@ -56,7 +68,8 @@ def test_a_polled_file_is_a_condition_and_its_drift_is_repaired(tmp_path: Path) 
         assert child.wait_for(lambda: len(runs(child)) == 1), child.stderr()
         assert runs(child)[0]["results"] == {"file/motd": "repaired"}
         wait_for(lambda: conditions(child) == [["watch_polling", f"file: {polling}"]], 10)
-        assert f"watcher of kind 'file' is {polling}" in logged(child, "WARNING")
+        warning = f"watcher of kind 'file' is {polling}"
+        assert child.wait_for(lambda: warning in logged(child, "WARNING"))
 
         motd.write_text("edited by hand\n")  # drift, which only polling can notice
         assert child.wait_for(lambda: len(runs(child)) == 2, timeout=15), child.stderr()
@@ -73,13 +86,15 @@ def test_the_condition_ends_once_inotify_takes_the_watch(tmp_path: Path) -> None
         child.send(watches=100)  # the operator raises fs.inotify.max_user_watches
         wait_for(lambda: conditions(child) == [], 10)
         info = "watcher of kind 'file' watches everything again, no longer polling"
-        assert info in logged(child, "INFO")
+        assert child.wait_for(lambda: info in logged(child, "INFO"))
 
 
 def test_a_watched_file_is_no_condition(tmp_path: Path) -> None:
+    motd = tmp_path / "etc/motd"
     with watching(tmp_path, watches=100) as child:
         assert child.wait_for(lambda: len(runs(child)) == 1), child.stderr()
-        (tmp_path / "etc/motd").write_text("edited by hand\n")
+        primed(child, motd)
+        motd.write_text("edited by hand\n")
         assert child.wait_for(lambda: len(runs(child)) == 2), child.stderr()  # through inotify
         assert conditions(child) == []
         assert not [message for message in logged(child, "WARNING") if "polling" in message]
