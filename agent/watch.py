@@ -37,12 +37,20 @@ cannot read a resource asks for a run (which says what is wrong); reads in a
 check run under the kind's timeout like a run's, so a hung command cannot
 stall the watchers either.
 
+Watchers say when they make do with less. A kind's watch that polls what
+inotify would not watch says so through its context
+(:attr:`~modules.base.Context.watch_degraded`); while any does, the node has
+the condition ``watch_polling`` (:meth:`Watchers.conditions`), naming the
+kinds, paths and reasons, and a warning is logged when it starts. What a
+watcher said ends with it: with a new catalog, a stop, or the watch failing.
+
 Usage, from the daemon::
 
     watchers = Watchers(root, request_run=lambda: queue_a_run(Trigger.WATCH))
     watchers.start(catalog)          # a run of it is queued; again for every new catalog
     watchers.run_started()           # around every run, whatever its trigger
     watchers.run_finished(report)
+    watchers.conditions()            # for the hello and every heartbeat
     watchers.stop()
 """
 
@@ -56,6 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.conditions import WATCH_POLLING, Condition, Conditions
 from agent.report import RunReport, Trigger
 from modules import registry
 from modules.base import DEFAULT_TIMEOUT_S, Change, Context, Kind, Status, Watchable
@@ -156,6 +165,9 @@ class Watchers:
         self._queued = False  # a run is on its way (ours, or the one start() announces)
         self._closed = False
         self._stops: list[threading.Event] = []  # one per watcher thread of the catalog
+        # What each running watcher (by its stop) said it polls: its kind, its sentence.
+        self._polling: dict[threading.Event, tuple[str, str]] = {}
+        self._conditions = Conditions()
         self._threads: list[threading.Thread] = []
         self._debouncer: threading.Thread | None = None
 
@@ -222,6 +234,10 @@ class Watchers:
         for thread in threads:
             thread.join(timeout)
 
+    def conditions(self) -> list[Condition]:
+        """What is wrong with watching now: ``watch_polling`` while a watcher polls."""
+        return self._conditions.current()
+
     # --- what watchers call ------------------------------------------------
 
     def on_change(self) -> None:
@@ -236,12 +252,37 @@ class Watchers:
 
     # --- inside ----------------------------------------------------------
 
+    def _degraded(self, stop: threading.Event, kind: str, sentence: str | None) -> None:
+        """The watcher of ``kind`` that ``stop`` ends polls (``sentence``), or no longer does."""
+        with self._cond:
+            if stop.is_set():
+                return  # on its way out: what it says is no longer true of the node
+            before = self._polling.pop(stop, None)
+            if sentence is not None:
+                self._polling[stop] = (kind, sentence)
+            self._hold_polling()
+        if sentence is not None:
+            log.warning("watcher of kind %r is %s", kind, sentence)
+        elif before is not None:
+            log.info("watcher of kind %r watches everything again, no longer polling", kind)
+
+    def _hold_polling(self) -> None:
+        """The ``watch_polling`` condition, as the watchers' last words say (holding _cond)."""
+        said = sorted(self._polling.values())
+        if said:
+            self._conditions.hold(WATCH_POLLING, "; ".join(f"{k}: {s}" for k, s in said))
+        else:
+            self._conditions.clear(WATCH_POLLING)
+
     def _spawn(self, kind: Kind[Any, Any], specs: list[Any], name: str) -> None:
         stop = threading.Event()
         self._stops.append(stop)
         self._threads = [t for t in self._threads if t.is_alive()]
+        ctx = dataclasses.replace(
+            self._ctx, watch_degraded=lambda sentence: self._degraded(stop, name, sentence)
+        )
         self._threads.append(
-            self._thread(lambda: self._watch(kind, specs, stop), f"plumb-watch-{name}")
+            self._thread(lambda: self._watch(kind, ctx, specs, stop), f"plumb-watch-{name}")
         )
 
     def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
@@ -253,8 +294,12 @@ class Watchers:
         for stop in self._stops:
             stop.set()
         self._stops = []
+        self._polling.clear()  # what they said ends with them
+        self._hold_polling()
 
-    def _watch(self, kind: Kind[Any, Any], specs: list[Any], stop: threading.Event) -> None:
+    def _watch(
+        self, kind: Kind[Any, Any], ctx: Context, specs: list[Any], stop: threading.Event
+    ) -> None:
         """``kind.watch`` until ``stop``; started again, after a back-off, whenever it fails."""
         assert isinstance(kind, Watchable)  # targets() only gives watchable ones
         first, most = self._restart_s
@@ -263,12 +308,16 @@ class Watchers:
             began = self._clock()
             failure: Exception | None = None
             try:
-                kind.watch(self._ctx, specs, self.on_change, stop)
+                kind.watch(ctx, specs, self.on_change, stop)
                 problem = "returned before it was stopped"
             except Exception as exc:
                 failure, problem = exc, f"{type(exc).__name__}: {exc}"
-            if stop.is_set():
-                return
+            with self._cond:
+                if stop.is_set():
+                    return
+                # It polls no more; started again, it says so again if need be.
+                self._polling.pop(stop, None)
+                self._hold_polling()
             if self._clock() - began >= most:
                 delay = first  # it had been watching well: not a failure in a row
             # Periodic runs cover what happens meanwhile; the check after the

@@ -132,6 +132,13 @@ class Context:
     #: resource (:meth:`with_timeout`). None: no limit.
     deadline: Deadline | None = None
     executor: Executor = dataclasses.field(default_factory=Executor)
+    #: How a :meth:`Watchable.watch` says it cannot watch everything the way it
+    #: should and makes do with less (it polls paths inotify would not take):
+    #: a sentence naming what, how and why, each time that changes, and None
+    #: once it watches everything properly again. Never called means never
+    #: degraded. The agent shows it as the node condition ``watch_polling``
+    #: (``agent/watch.py``) and forgets it when the watch ends.
+    watch_degraded: Callable[[str | None], None] = lambda sentence: None
 
     def host_path(self, path: str) -> Path:
         """Where the absolute spec path ``path`` lives on this host (under ``root``).
@@ -346,7 +353,9 @@ class Watchable(abc.ABC, Generic[SpecT]):
 
         The agent runs it in a thread of its own, debounces the calls
         and runs the catalog; a kind only says *that* something changed. Events
-        caused by the agent's own applies are the agent's to ignore.
+        caused by the agent's own applies are the agent's to ignore. A watch
+        that can only watch some of it, or only less promptly, says so through
+        :attr:`Context.watch_degraded` rather than going quietly deaf.
         """
 
 

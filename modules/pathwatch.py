@@ -36,6 +36,19 @@ watched for it, so a user who swaps ``~/.ssh`` for a link to ``/root/.ssh``
 never gets root's directory watched, and her real one is watched again once
 it is back.
 
+What inotify will not watch is polled instead, never left unwatched. When
+inotify cannot be started (``fs.inotify.max_user_instances`` reached) or will
+not take a directory's watch (``fs.inotify.max_user_watches`` reached, no
+memory), every path that directory serves is looked at every
+:data:`POLL_S` seconds: its ``lstat`` (inode, device, mode, owners, size,
+times) and, for ``contents_of``, every entry's, through the same safe walk,
+so polling follows no more symlinks than watching does. At each poll
+inotify is tried again for them (a limit raised, watches freed elsewhere),
+and a path it takes is watched again. Polling is never silent: it is said,
+naming the paths and why, through :attr:`Context.watch_degraded
+<modules.base.Context.watch_degraded>`, and None is said once everything is
+watched through inotify again.
+
 The kind only learns *that* something may have changed; the agent debounces,
 reads and compares (``agent/watch.py``), so a spurious call costs one check.
 """
@@ -44,18 +57,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import math
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from modules.base import Context
-from modules.errors import Unavailable
-from modules.safepath import resolve_directory
+from modules.safepath import parent_of, resolve_directory
 
-__all__ = ["watch_paths"]
+__all__ = ["POLL_S", "watch_paths"]
+
+#: Seconds between two looks at a path that inotify would not watch (and two
+#: attempts to watch it through inotify again). A drift there is noticed this
+#: much later than a watched one; each look is an ``lstat`` per path.
+POLL_S = 2.0
 
 # How long the watcher blocks on the inotify descriptor before it looks at
 # ``stop`` again: the longest a stop can take. Waking five times a second
@@ -65,6 +84,11 @@ _STOP_POLL_MS = 200
 # Plans armed in a row while directories on the way keep changing, before the
 # watcher makes do with the last one (someone renaming them as fast as it arms).
 _ARM_ATTEMPTS = 8
+# Polled paths a sentence names before it counts the rest.
+_NAMED = 5
+# What an inotify error most likely means, for the operator who has to fix it.
+_INIT_HINTS = {errno.EMFILE: "fs.inotify.max_user_instances or the open-file limit reached"}
+_WATCH_HINTS = {errno.ENOSPC: "fs.inotify.max_user_watches reached"}
 
 
 def watch_paths(
@@ -74,16 +98,28 @@ def watch_paths(
     stop: threading.Event,
     *,
     contents_of: Iterable[Path] = (),
+    poll_s: float = POLL_S,
 ) -> None:
     """Call ``on_change`` whenever one of ``paths`` may have changed, until ``stop`` is set.
 
     ``paths`` and ``contents_of`` are host paths under ``ctx.root`` (from
     :meth:`Context.host_path`); ``contents_of`` are directories whose entries
-    matter too. A directory that cannot be watched (``fs.inotify.max_user_watches``
-    reached) is logged on ``ctx.log`` and left to the periodic run. Raises
-    :class:`~modules.errors.Unavailable` when inotify itself cannot be used.
+    matter too. What inotify will not watch is polled every ``poll_s``
+    seconds, and said through ``ctx.watch_degraded``.
     """
-    _Watcher(ctx, list(paths), list(contents_of), on_change).serve(stop)
+    targets = [_Target(path, _under(path, ctx.root)) for path in paths]
+    targets += [_Target(path, _under(path, ctx.root), contents=True) for path in contents_of]
+    _Watcher(ctx, targets, on_change, poll_s).serve(stop)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """A path to watch: ``host`` as given, ``inside`` as under the root; with
+    ``contents``, a directory whose entries matter too."""
+
+    host: Path
+    inside: str
+    contents: bool = False
 
 
 @dataclasses.dataclass
@@ -95,13 +131,15 @@ class _Watched:
     a directory whose contents are watched was replaced. With ``any_name``,
     every entry matters (a directory of ``contents_of``). ``directory`` is
     where it is, for messages; ``fd`` is the directory itself, opened by the
-    safe walk, until its watch is added.
+    safe walk, until its watch is added. ``serves`` are the targets that are
+    not watched unless it is.
     """
 
     directory: Path
     fd: int = -1
     names: dict[str, bool] = dataclasses.field(default_factory=dict)
     any_name: bool = False
+    serves: set[_Target] = dataclasses.field(default_factory=set)
 
     def add(self, name: str, rearm: bool) -> None:
         self.names[name] = self.names.get(name, False) or rearm
@@ -110,6 +148,7 @@ class _Watched:
         for name, rearm in other.names.items():
             self.add(name, rearm)
         self.any_name = self.any_name or other.any_name
+        self.serves |= other.serves
 
     def concerns(self, name: str) -> tuple[bool, bool]:
         """Whether an event on ``name`` is a change, and whether it calls for re-arming."""
@@ -119,8 +158,8 @@ class _Watched:
 _Plan = dict[tuple[int, int], _Watched]  # by the directory's (st_dev, st_ino)
 
 
-def _watch_plan(paths: Iterable[Path], contents_of: Iterable[Path], root: Path) -> _Plan:
-    """The directories to watch for ``paths`` and ``contents_of`` (host paths under ``root``).
+def _watch_plan(targets: Iterable[_Target], root: Path) -> _Plan:
+    """The directories to watch for ``targets`` (host paths under ``root``).
 
     A path is watched through its parent directory. When that is missing, or
     cannot be reached without following a symlink the trust rule of
@@ -128,32 +167,38 @@ def _watch_plan(paths: Iterable[Path], contents_of: Iterable[Path], root: Path) 
     ancestor that can is watched for the first component that cannot
     instead, so a change there is noticed (and the plan made again) rather
     than left to the next periodic run. A path with no such ancestor under
-    ``root`` is not watched at all. The caller closes every ``fd``.
+    ``root`` is in no directory's ``serves``, so it is polled. The caller
+    closes every ``fd``.
     """
     plan: _Plan = {}
     try:
-        for path in paths:
-            _plan_path(plan, _under(path, root), root, rearm=False)
-        for directory in contents_of:
-            # A new directory at this path is a new inode to watch: re-arm.
-            inside = _under(directory, root)
-            _plan_path(plan, inside, root, rearm=True)
-            _planned(plan, root, inside, "", rearm=False, any_name=True)
+        for target in targets:
+            # A new directory at a contents_of path is a new inode to watch: re-arm.
+            _plan_path(plan, target, root, rearm=target.contents)
+            if target.contents:
+                _planned(plan, root, target, target.inside, "", rearm=False, any_name=True)
     except BaseException:
         _close(plan)
         raise
     return plan
 
 
-def _plan_path(plan: _Plan, path: str, root: Path, *, rearm: bool) -> None:
-    directory, name = posixpath.split(path)
-    while not _planned(plan, root, directory, name, rearm=rearm) and directory != "/":
+def _plan_path(plan: _Plan, target: _Target, root: Path, *, rearm: bool) -> None:
+    directory, name = posixpath.split(target.inside)
+    while not _planned(plan, root, target, directory, name, rearm=rearm) and directory != "/":
         directory, name = posixpath.split(directory)
         rearm = True
 
 
 def _planned(
-    plan: _Plan, root: Path, directory: str, name: str, *, rearm: bool, any_name: bool = False
+    plan: _Plan,
+    root: Path,
+    target: _Target,
+    directory: str,
+    name: str,
+    *,
+    rearm: bool,
+    any_name: bool = False,
 ) -> bool:
     """Add ``name`` in ``directory`` to the plan; False if the directory cannot be reached."""
     try:
@@ -169,6 +214,7 @@ def _planned(
     if name:
         watched.add(name, rearm)
     watched.any_name = watched.any_name or any_name
+    watched.serves.add(target)
     return True
 
 
@@ -190,23 +236,107 @@ def _close(plan: _Plan) -> None:
             watched.fd = -1
 
 
+# --- polling what inotify will not watch ------------------------------------------
+
+
+def _signature(root: Path, target: _Target) -> object:
+    """What a poll compares for ``target``: its own lstat, and for contents its entries'."""
+    own = _lstat(root, target.inside)
+    return (own, _entries(root, target.inside)) if target.contents else own
+
+
+def _lstat(root: Path, inside: str) -> object:
+    try:
+        with parent_of(root, inside) as parent:
+            return _stat_key(os.lstat(parent.name, dir_fd=parent.fd))
+    except OSError as exc:  # missing, or behind a symlink not to follow: compare the error
+        return exc.errno
+
+
+def _entries(root: Path, directory: str) -> object:
+    """The lstat of every entry directly in ``directory``, reached by the safe walk."""
+    try:
+        fd, _ = resolve_directory(root, directory)
+        try:
+            # O_PATH cannot list: open the very directory the walk reached, for reading.
+            listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc.errno
+    try:
+        return frozenset((name, _entry(listing, name)) for name in os.listdir(listing))
+    finally:
+        os.close(listing)
+
+
+def _entry(directory_fd: int, name: str) -> object:
+    try:
+        return _stat_key(os.lstat(name, dir_fd=directory_fd))
+    except OSError as exc:  # removed since the listing: the next poll sees it gone
+        return exc.errno
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    # ctime moves with every change of content, mode, owner or link count,
+    # even one that puts mtime back; the inode tells of a replace.
+    return (
+        *(st.st_ino, st.st_dev, st.st_mode, st.st_uid, st.st_gid),
+        *(st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+    )
+
+
+def _polling(polled: Mapping[Path, str], poll_s: float) -> str | None:
+    """What is polled and why, as one sentence for the operator; None when nothing is."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in sorted(polled.items()):
+        by_reason.setdefault(why, []).append(str(path))
+    said = [
+        f"polling {_listed(paths)} every {poll_s:g} s: {why}" for why, paths in by_reason.items()
+    ]
+    return "; ".join(said) or None
+
+
+def _listed(paths: list[str]) -> str:
+    if len(paths) <= _NAMED:
+        return ", ".join(paths)
+    return f"{', '.join(paths[:_NAMED])} and {len(paths) - _NAMED} more"
+
+
+def _because(exc: OSError, hints: Mapping[int, str]) -> str:
+    hint = hints.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text}: {hint}" if hint else text
+
+
+# --- the watcher ----------------------------------------------------------------
+
+
 class _Watcher:
-    """inotify on the directories that :func:`_watch_plan` names; see :func:`watch_paths`."""
+    """inotify on the directories that :func:`_watch_plan` names, and polling for
+    the targets it will not take; see :func:`watch_paths`."""
 
     def __init__(
         self,
         ctx: Context,
-        paths: list[Path],
-        contents_of: list[Path],
+        targets: list[_Target],
         on_change: Callable[[], None],
+        poll_s: float,
     ) -> None:
-        from inotify_simple import flags  # type: ignore[import-untyped]
+        from inotify_simple import INotify, flags  # type: ignore[import-untyped]
 
         self._ctx = ctx
-        self._paths = paths
-        self._contents_of = contents_of
+        self._targets = targets
         self._on_change = on_change
+        self._poll_s = poll_s
+        self._new_inotify: Callable[[], Any] = INotify
+        self._inotify: Any = None  # None until inotify_init succeeds
         self._watches: dict[int, _Watched] = {}
+        # The targets inotify does not cover, each with what it looked like
+        # when it was last polled; and when the next poll is due.
+        self._polled: dict[_Target, object] = {}
+        self._next_poll = 0.0
+        self._said: str | None = None  # what watch_degraded was last told
         # What can change a path's presence, content, mode or owners, as seen
         # from its directory. MODIFY is left out: CLOSE_WRITE tells of a
         # finished write once, instead of once per write(2).
@@ -219,25 +349,103 @@ class _Watcher:
         self._overflow = int(flags.Q_OVERFLOW)
 
     def serve(self, stop: threading.Event) -> None:
-        from inotify_simple import INotify
-
         try:
-            inotify = INotify()
-        except OSError as exc:
-            raise Unavailable(f"inotify: {exc.strerror or exc}") from exc
-        with inotify:
-            self._arm(inotify)
+            self._arm()
             while not stop.is_set():
-                changed, rearm = self._interpret(inotify.read(timeout=_STOP_POLL_MS))
+                changed, rearm = self._interpret(self._events(stop))
+                if self._polled and self._ctx.clock() >= self._next_poll:
+                    # Arming walks to every target: only when it may now do
+                    # better, or a polled path changed (its plan may have too).
+                    polled_changed = self._look(list(self._polled))
+                    changed = changed or polled_changed
+                    rearm = rearm or polled_changed or self._takes_more()
                 if rearm:
-                    self._arm(inotify)
+                    changed = self._arm() or changed
                 # After re-arming, so a change the new watches missed is still
                 # seen by whatever the agent reads in answer to this call.
                 if changed:
                     self._on_change()
+        finally:
+            if self._inotify is not None:
+                self._inotify.close()
 
-    def _arm(self, inotify: Any) -> None:
-        """Watch what :func:`_watch_plan` says now, instead of what it said before.
+    def _events(self, stop: threading.Event) -> Iterable[Any]:
+        """What inotify says until the next poll is due, or ``stop`` may have been set."""
+        wait_ms = math.ceil(max(0.0, self._next_poll - self._ctx.clock()) * 1000)
+        if not self._polled:
+            wait_ms = _STOP_POLL_MS
+        if self._inotify is None:  # everything is polled: nothing to hear but stop
+            stop.wait(wait_ms / 1000)
+            return ()
+        events: Iterable[Any] = self._inotify.read(timeout=min(wait_ms, _STOP_POLL_MS))
+        return events
+
+    def _arm(self) -> bool:
+        """Watch what the plan says now, poll the rest; whether a polled target changed.
+
+        Targets that were polled are looked at once more after the watches
+        are placed, so a change just before inotify took one is not lost
+        between the last poll and its watch.
+        """
+        polled = self._arm_inotify()
+        changed = self._look(polled)
+        self._say(_polling({target.host: why for target, why in polled.items()}, self._poll_s))
+        return changed
+
+    def _look(self, polled: Collection[_Target]) -> bool:
+        """Poll ``polled`` from now on; whether a target polled until now changed."""
+        root = self._ctx.root
+        now = {target: _signature(root, target) for target in {*self._polled, *polled}}
+        changed = any(now[target] != seen for target, seen in self._polled.items())
+        self._polled = {target: now[target] for target in polled}
+        self._next_poll = self._ctx.clock() + self._poll_s
+        return changed
+
+    def _takes_more(self) -> bool:
+        """Whether inotify would now take a watch it would not take for a polled target
+        (a limit raised, watches freed elsewhere): then arming does better."""
+        if self._inotify is None:
+            with contextlib.suppress(OSError):
+                self._inotify = self._new_inotify()
+            return self._inotify is not None
+        plan = _watch_plan(self._polled, self._ctx.root)
+        try:
+            return any(self._takes(watched) for watched in plan.values())
+        finally:
+            _close(plan)
+
+    def _takes(self, watched: _Watched) -> bool:
+        try:
+            wd = self._inotify.add_watch(f"/proc/self/fd/{watched.fd}", self._mask)
+        except OSError:
+            return False
+        if wd in self._watches:
+            return False  # watched already, for another target
+        self._inotify.rm_watch(wd)  # only a probe: the arm that follows places it for good
+        return True
+
+    def _say(self, sentence: str | None) -> None:
+        if sentence != self._said:
+            self._said = sentence
+            self._ctx.watch_degraded(sentence)
+
+    def _arm_inotify(self) -> dict[_Target, str]:
+        """Place the watches (starting inotify if need be); the targets left out, with why."""
+        if self._inotify is None:
+            try:
+                self._inotify = self._new_inotify()
+            except OSError as exc:
+                why = f"inotify could not be started ({_because(exc, _INIT_HINTS)})"
+                return dict.fromkeys(self._targets, why)
+        failed = self._place(self._inotify)
+        covered = set().union(*(watched.serves for watched in self._watches.values()))
+        unplanned = "no directory on its way could be opened"
+        left = {target: unplanned for target in self._targets if target not in covered}
+        return left | failed
+
+    def _place(self, inotify: Any) -> dict[_Target, str]:
+        """Watch what :func:`_watch_plan` says now, instead of what it said before;
+        the targets of the directories inotify would not take, with why.
 
         New watches are added before the old ones go (a directory in both
         keeps its watch, and no event on it is lost), and once they are in
@@ -249,14 +457,17 @@ class _Watcher:
         added: set[int] = set()
         for _ in range(_ARM_ATTEMPTS):
             watches: dict[int, _Watched] = {}
-            plan = _watch_plan(self._paths, self._contents_of, self._ctx.root)
+            failed: dict[_Target, str] = {}
+            plan = _watch_plan(self._targets, self._ctx.root)
             try:
                 for watched in plan.values():
-                    self._add_watch(inotify, watched, watches)
+                    why = self._add_watch(inotify, watched, watches)
+                    if why is not None:
+                        failed.update(dict.fromkeys(watched.serves, why))
             finally:
                 _close(plan)
             added |= watches.keys()
-            again = _watch_plan(self._paths, self._contents_of, self._ctx.root)
+            again = _watch_plan(self._targets, self._ctx.root)
             _close(again)
             if _shape(again) == _shape(plan):
                 break
@@ -264,23 +475,21 @@ class _Watcher:
             with contextlib.suppress(OSError):  # already gone with its directory
                 inotify.rm_watch(wd)
         self._watches = watches
+        return failed
 
-    def _add_watch(self, inotify: Any, watched: _Watched, watches: dict[int, _Watched]) -> None:
+    def _add_watch(
+        self, inotify: Any, watched: _Watched, watches: dict[int, _Watched]
+    ) -> str | None:
+        """Watch ``watched`` (into ``watches``); None, or why inotify would not take it."""
         # Through the descriptor the safe walk opened, so the watch is on that
         # very directory, whatever is at its path by now.
         try:
             wd = inotify.add_watch(f"/proc/self/fd/{watched.fd}", self._mask)
         except OSError as exc:
-            # ENOSPC means fs.inotify.max_user_watches is reached. Either
-            # way the periodic run still covers this directory.
-            self._ctx.log.warning(
-                "cannot watch %s: %s; its paths are checked by periodic runs only",
-                watched.directory,
-                exc.strerror or exc,
-            )
-            return
+            return f"inotify would not take a watch ({_because(exc, _WATCH_HINTS)})"
         # Two paths to one directory (a symlink) share one watch.
         watches.setdefault(wd, _Watched(watched.directory)).merge(watched)
+        return None
 
     def _interpret(self, events: Iterable[Any]) -> tuple[bool, bool]:
         """Whether ``events`` concern a watched path, and whether to re-arm."""

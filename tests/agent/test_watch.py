@@ -44,6 +44,7 @@ class Plain(Kind[ProbeSpec, "str | None"]):
         self.active: list[tuple[str, ...]] = []  # the keys of each running watch
         self._cond = threading.Condition()
         self._on_change: Callable[[], None] | None = None
+        self.ctx: Context | None = None  # the running watch's
 
     def parse(self, raw: Mapping[str, Any]) -> ProbeSpec:
         if "value" not in raw:
@@ -81,6 +82,7 @@ class Probe(Plain, Watchable[ProbeSpec]):
         with self._cond:
             self.active.append(keys)
             self._on_change = on_change
+            self.ctx = ctx
             self._cond.notify_all()
         try:
             stop.wait()
@@ -92,6 +94,15 @@ class Probe(Plain, Watchable[ProbeSpec]):
     def fire(self) -> None:
         assert self._on_change is not None, "no watch is running"
         self._on_change()
+
+    def degrade(self, sentence: str | None) -> None:
+        """Say what the running watch polls, as watch_paths would."""
+        assert self.ctx is not None, "no watch is running"
+        self.ctx.watch_degraded(sentence)
+
+    def wait_another_watch(self, than: Context) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.ctx is not than, 5)
 
     def wait_active(self, expected: list[tuple[str, ...]]) -> bool:
         with self._cond:
@@ -338,6 +349,46 @@ def test_the_debouncer_survives_a_failed_request_for_a_run(setup: Setup) -> None
     assert logged(setup, "checking after events failed; carrying on")
     setup.probe.fire()
     assert setup.requests.wait(1)
+
+
+# --- saying what watchers poll -------------------------------------------------------
+
+POLLING = "polling /etc/a every 2 s: inotify would not take a watch (No space left on device)"
+
+
+def polling(setup: Setup) -> list[tuple[str, str]]:
+    return [(c.name, c.detail) for c in setup.watchers.conditions()]
+
+
+def test_a_watcher_that_polls_is_a_condition_until_it_says_otherwise(setup: Setup) -> None:
+    started(setup)
+    assert polling(setup) == []
+    setup.probe.degrade(POLLING)
+    assert polling(setup) == [("watch_polling", f"probe: {POLLING}")]
+    assert f"watcher of kind 'probe' is {POLLING}" in setup.caplog.text
+    assert [r.levelname for r in setup.caplog.records if POLLING in r.getMessage()] == ["WARNING"]
+
+    setup.probe.degrade(None)
+    assert polling(setup) == []
+    assert "watcher of kind 'probe' watches everything again" in setup.caplog.text
+
+
+def test_what_a_watcher_said_ends_with_it(setup: Setup) -> None:
+    started(setup)
+    setup.probe.degrade(POLLING)
+    old = setup.probe.ctx
+    assert old is not None
+
+    setup.watchers.start(catalog(revision=2))  # a new catalog: new watchers
+    assert polling(setup) == []
+    old.watch_degraded("polling /etc/b every 2 s: said on its way out")
+    assert polling(setup) == []  # a stopped watcher no longer speaks for the node
+    assert setup.probe.wait_another_watch(than=old)
+    setup.probe.degrade(POLLING)  # the new watcher speaks for itself
+    assert polling(setup) == [("watch_polling", f"probe: {POLLING}")]
+
+    setup.watchers.stop()
+    assert polling(setup) == []
 
 
 # --- debounce ---------------------------------------------------------------------

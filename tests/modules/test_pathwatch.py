@@ -8,7 +8,6 @@ and service kinds will watch, through the same shared harness.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import stat
@@ -17,11 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import inotify_simple
 import pytest
 
 from modules.base import Context
-from modules.errors import Unavailable
 from modules.pathwatch import watch_paths
 from tests.modules.watching import Watching
 
@@ -182,46 +179,6 @@ def test_contents_of_a_symlinked_directory(
 
     assert watcher.changed_by(repoint)
     assert watcher.changed_by(lambda: (sysimage / "rpm-next/rpmdb.sqlite").write_bytes(b"v2"))
-
-
-def test_unavailable_without_inotify(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_inotify() -> None:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(inotify_simple, "INotify", no_inotify)
-    with pytest.raises(Unavailable, match="inotify: Too many open files"):
-        watch_paths(ctx, [ctx.host_path("/etc/motd")], lambda: None, threading.Event())
-
-
-def test_a_directory_that_cannot_be_watched_is_logged(
-    tmp_path: Path,
-    watching: Callable[..., Watching],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    (tmp_path / "full").mkdir()
-    (tmp_path / "etc").mkdir()
-    motd = tmp_path / "etc/motd"
-    motd.write_text("x")
-    add_watch = inotify_simple.INotify.add_watch
-
-    full = (tmp_path / "full").stat()
-
-    def limited(self: inotify_simple.INotify, path: Any, mask: int) -> int:
-        # The watcher names the directory by a descriptor of it: compare inodes.
-        if os.path.samestat(os.stat(path), full):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return add_watch(self, path, mask)
-
-    monkeypatch.setattr(inotify_simple.INotify, "add_watch", limited)
-    with caplog.at_level(logging.WARNING, logger="test.pathwatch"):
-        watcher = watching("/full/file", "/etc/motd", snapshot=lambda: describe(motd))
-        watcher.prime(lambda: os.utime(motd))  # the other directory is still watched
-    assert any(
-        f"cannot watch {tmp_path / 'full'}: No space left on device" in record.getMessage()
-        for record in caplog.records
-    )
-    assert watcher.changed_by(lambda: motd.write_text("y"))
 
 
 # --- symlinks a user planted among the parents ---------------------------------------
