@@ -9,7 +9,9 @@ Two threads of work:
 
 Watchers (``agent/watch.py``, unless ``watch=False``) add runs with trigger
 WATCH when something managed changes out of band; the periodic run remains
-the catch-all for whatever no watcher sees.
+the catch-all for whatever no watcher sees. What is wrong with the node now
+(the state dir's conditions and the watchers') goes with every hello and
+heartbeat (agent/conditions.py).
 
 The agent can upgrade itself through a ``package`` resource. Restarting then
 and there would kill the run (and the dpkg or rpm transaction under it, which
@@ -36,6 +38,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import AGENT_VERSION, facts
 from agent.cache import CatalogCache
+from agent.conditions import Condition
 from agent.flapping import FlapPolicy
 from agent.losses import LossLog
 from agent.report import Trigger
@@ -157,6 +160,7 @@ class Daemon:
                 self.spool,
                 host_facts,
                 on_catalog=self._on_catalog,
+                conditions=self._conditions,
             )
             self._session = session
             session.start()
@@ -173,6 +177,11 @@ class Daemon:
             attempt = 0 if session.made_progress(STABLE_SESSION_S) else attempt + 1
             if not self.stop.is_set():
                 self._backoff(attempt, session.error)
+
+    def _conditions(self) -> list[Condition]:
+        """What is wrong with this node now: its state dir's, and its watchers'."""
+        watching = self._watchers.conditions() if self._watchers is not None else []
+        return sorted([*self.state.conditions.current(), *watching], key=lambda c: c.name)
 
     def _lost_since(self, session: SessionClient) -> bool:
         sent = session.hello_generation

@@ -181,23 +181,55 @@ class Agent:
         )
 
     def start(
-        self, interval: float = 3600, splay: float = 0, *extra: str, clock: str | None = None
+        self,
+        interval: float = 3600,
+        splay: float = 0,
+        *extra: str,
+        clock: str | None = None,
+        inotify_watches: int | None = None,
     ) -> None:
+        """Start the daemon; ``inotify_watches``: in a user namespace of its own with that limit.
+
+        inotify limits are counted per user namespace: root in a new one sets
+        its own (:func:`set_inotify_watches` changes it later), never the machine's.
+        """
+        limited = (
+            [
+                *("unshare", "--user", "--map-root-user", "sh", "-c"),
+                f'echo {inotify_watches} > /proc/sys/user/max_inotify_watches && exec "$@"',
+                "plumb-agent",
+            ]
+            if inotify_watches is not None
+            else []
+        )
         self.log = open(self.state_dir.parent / "agent.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
-            self._cmd(
-                "daemon",
-                "--root",
-                str(self.root),
-                "--interval",
-                str(interval),
-                "--splay",
-                str(splay),
-                *extra,
-                clock=clock,
-            ),
+            [
+                *limited,
+                *self._cmd(
+                    "daemon",
+                    "--root",
+                    str(self.root),
+                    "--interval",
+                    str(interval),
+                    "--splay",
+                    str(splay),
+                    *extra,
+                    clock=clock,
+                ),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+        )
+
+    def set_inotify_watches(self, limit: int) -> None:
+        """Change the inotify watch limit of a daemon started with ``inotify_watches``."""
+        assert self.process is not None
+        setting = f"echo {limit} > /proc/sys/user/max_inotify_watches"
+        subprocess.run(
+            ["nsenter", "--user", "-t", str(self.process.pid), "sh", "-c", setting],
+            check=True,
+            timeout=10,
         )
 
     def stop(self) -> None:
