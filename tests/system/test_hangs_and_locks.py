@@ -119,12 +119,17 @@ def test_hung_commands_time_out_are_killed_and_later_runs_go_on(host: Host, tmp_
     # Each stopped at its timeout, plus the kill's grace and a margin.
     assert package["duration_s"] < 5 + 2 + 3
     assert service["duration_s"] < 5 + 2 + 3
+
     # Nothing the agent started is left: no apt-get, dpkg, postinst or its sleep,
     # no systemctl; once it is idle, only the agent is in its cgroup. (A watcher
     # may have retried the failures once meanwhile, timing out the same way.)
     # The unit's own sleep is systemd's, in the unit's cgroup, and goes on.
-    wait_for(lambda: len(agent_processes(host)) == 1, 30, "the agent alone in its cgroup")
-    [agent] = agent_processes(host)
+    def alone() -> list[str] | None:
+        found = agent_processes(host)
+        return found if len(found) == 1 else None
+
+    # What was seen alone, not a second look: a watcher's retry may start anew.
+    [agent] = wait_for(alone, 30, "the agent alone in its cgroup")
     assert "plumb-agent" in agent and "daemon" in agent
     assert host.is_active("plumb-hang-start") == "activating"
 
