@@ -19,6 +19,10 @@ catalog that verified must not depend on this host's clock being right (a
 clock a day behind would otherwise stop every repair); the log says when the
 clock looks wrong (agent.tls).
 
+A catalog older than the one cached is refused, however well it verifies:
+desired state is never rolled back by replaying an old signed catalog (a
+rollback is pushed as a new, higher revision).
+
 A catalog that verified but cannot be written (the state dir takes no
 writes, agent/state.py) is kept in memory and used from there — it is
 enforced, and acknowledged as accepted — and written once it can be.
@@ -88,6 +92,12 @@ class CatalogCache:
         """Verify a catalog from the server and cache it; CatalogRejected if it does not verify."""
         catalog = verify_catalog(signed, self.state.ca.read_bytes(), self.node)
         with self._lock:
+            applied = self._cached_revision()
+            if catalog.revision < applied:
+                raise CatalogRejected(
+                    f"revision {catalog.revision} is older than revision {applied}, which this "
+                    "node has applied: refused as a replay (a rollback is pushed as a new revision)"
+                )
             self._unsaved = signed
             self._save()
         return catalog
@@ -96,6 +106,14 @@ class CatalogCache:
         """Write a catalog that waits in memory; whether none waits now."""
         with self._lock:
             return self._save()
+
+    def _cached_revision(self) -> int:
+        """The revision cached, in memory or on disk (under _lock); 0 if none verifies."""
+        raw = self._unsaved.SerializeToString() if self._unsaved is not None else None
+        try:
+            return self._verified(raw if raw is not None else _read(self.state.catalog)[0]).revision
+        except (OSError, CatalogRejected):  # none, or one load() sets aside
+            return 0
 
     def _save(self) -> bool:
         """Write the catalog waiting in memory, if any (under _lock); whether none waits now."""

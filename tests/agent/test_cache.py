@@ -186,3 +186,13 @@ def test_only_the_newest_rejected_copies_are_kept(state: StateDir) -> None:
     assert len(copies) == KEEP_SET_ASIDE
     kept = sorted(p.read_bytes() for p in copies)
     assert kept == sorted(b"garbage %d" % i for i in range(3, KEEP_SET_ASIDE + 3))
+
+
+def test_an_older_catalog_is_refused_as_a_replay_and_the_newer_kept(state: StateDir) -> None:
+    cache = CatalogCache(state, "web-1")
+    cache.accept(signed(catalog(revision=7)))
+    with pytest.raises(CatalogRejected, match="revision 3 is older than revision 7"):
+        cache.accept(signed(catalog(revision=3)))  # signed by our own signer: a replay
+    assert cache.load() == catalog(revision=7)
+    assert cache.accept(signed(catalog(revision=7))) == catalog(revision=7)  # sent again: fine
+    assert cache.accept(signed(catalog(revision=8))) == catalog(revision=8)
