@@ -594,7 +594,7 @@ class _Evaluator:
         changes: tuple[Change, ...],
     ) -> _Outcome:
         if self.intend is not None:
-            self.intend(res, changes)
+            self.intend(res, _sealed(res, changes))
         try:
             kind.apply(self.ctx, spec, state, list(changes))
         except Exception as exc:
@@ -763,7 +763,7 @@ class _Evaluator:
         together = self._within(max(_limit(item.res, kind) for item in pending))
         if self.intend is not None:
             for item in pending:
-                self.intend(item.res, item.changes)
+                self.intend(item.res, _sealed(item.res, item.changes))
         with self._charged(*pending):
             try:
                 kind.apply_batch(together.ctx, batch)
@@ -880,19 +880,35 @@ def _skip_reason(res: CatalogResource, blocked: list[ResourceResult]) -> str:
 # --- results ----------------------------------------------------------------
 
 
+#: What a sensitive resource shows for every value: not even a hash (a short
+#: secret's hash is soon guessed).
+SENSITIVE = "(sensitive)"
+
+
+def _sealed(res: CatalogResource, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    """``changes`` as they may be shown: without values for a sensitive resource."""
+    if not res.sensitive:
+        return changes
+    return tuple(Change(c.field, SENSITIVE, SENSITIVE) for c in changes)
+
+
 def _result(res: CatalogResource, outcome: _Outcome, duration_s: float = 0.0) -> ResourceResult:
+    """The one way out of the engine: a sensitive resource's values stay inside."""
+    observed = outcome.observed
+    if res.sensitive:
+        observed = dict.fromkeys(observed, SENSITIVE)
     return ResourceResult(
         id=res.id,
         kind=res.kind,
         name=res.name,
         manifest=res.manifest,
         status=outcome.status,
-        changes=outcome.changes,
+        changes=_sealed(res, outcome.changes),
         error=outcome.error,
         duration_s=duration_s,
         controls=res.controls,
         reverted=outcome.reverted,
-        observed=outcome.observed,
+        observed=observed,
         transient=outcome.transient,
     )
 
@@ -904,7 +920,7 @@ def _unusable(res: CatalogResource, exc: CatalogError) -> ResourceResult:
 def _log(ctx: Context, result: ResourceResult) -> ResourceResult:
     """One line for every resource that is not in sync; returns ``result`` for chaining."""
     if result.status is not Status.IN_SYNC:
-        changes = "; ".join(str(change) for change in result.changes)
+        changes = "; ".join(change.for_log() for change in result.changes)
         detail = " | ".join(part for part in (changes, result.error) if part)
         ctx.log.info("%s: %s%s", result.id, result.status, f" ({detail})" if detail else "")
     return result

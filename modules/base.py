@@ -86,14 +86,21 @@ class Change:
 
     Values are short human-readable renderings (``"0644"``, ``"absent"``,
     ``"sha256:1f2e… (12 bytes)"``) because they go straight into reports.
+    ``logged`` is what the agent's log says instead, when a kind will not
+    have the values there (a file's content, shown in a report, is only its
+    hash in the log); None: the change as it is.
     """
 
     field: str
     observed: str
     desired: str
+    logged: str | None = dataclasses.field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.field}: {self.observed} → {self.desired}"
+
+    def for_log(self) -> str:
+        return self.logged if self.logged is not None else str(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,9 @@ class CatalogResource:
     #: its kind's ``timeout_s``. None, and absent from the JSON, in older
     #: catalogs and whenever the manifest sets none: the kind's default.
     timeout_s: float | None = None
+    #: Its values are secrets (JSON ``"sensitive": true``): the engine shows
+    #: "(sensitive)" for every value in its changes, log lines and reports.
+    sensitive: bool = False
 
     @property
     def id(self) -> str:
@@ -58,6 +61,8 @@ class CatalogResource:
             # Only when set: a catalog without timeouts is byte for byte what
             # it was before the field existed, signature included.
             body["timeout"] = self.timeout_s
+        if self.sensitive:
+            body["sensitive"] = True
         return body
 
     @classmethod
@@ -72,6 +77,7 @@ class CatalogResource:
             controls=tuple(raw.get("controls", ())),
             subscribe=tuple(raw.get("subscribe", ())),
             timeout_s=_timeout(raw.get("timeout")),
+            sensitive=raw.get("sensitive", False) is True,
         )
 
 

@@ -546,12 +546,15 @@ def _content_change(spec: FileSpec, state: FileState) -> Change | None:
         return None
     desired_inline = _inline(wanted)
     if state.type is not FileType.FILE:
-        return Change("content", str(state.type), desired_inline or _fingerprint(wanted))
+        logged = f"content: {state.type} → {_fingerprint(wanted)}"
+        return Change("content", str(state.type), desired_inline or _fingerprint(wanted), logged)
     observed_inline = _inline(state.content) if state.content is not None else None
-    if observed_inline and desired_inline:
-        return Change("content", observed_inline, desired_inline)
     observed = f"sha256:{(state.sha256 or '?')[:12]} ({state.size} bytes)"
-    return Change("content", observed, _fingerprint(wanted))
+    # Content is in a report (short text, quoted) but never in the log: a hash there.
+    logged = f"content: {observed} → {_fingerprint(wanted)}"
+    if observed_inline and desired_inline:
+        return Change("content", observed_inline, desired_inline, logged)
+    return Change("content", observed, _fingerprint(wanted), logged)
 
 
 def _inline(data: bytes) -> str | None:

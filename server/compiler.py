@@ -106,6 +106,7 @@ def _resource(
         controls=decl.controls,
         subscribe=tuple(dict.fromkeys([*decl.subscribe, *notifiers.get(decl.id, ())])),
         timeout_s=decl.timeout_s,
+        sensitive=decl.sensitive,
     )
 
 

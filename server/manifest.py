@@ -18,6 +18,10 @@ One manifest per file (``web.yaml``)::
         spec: {unit: web.service}
         subscribe: [file/motd]  # the same relation, written on the receiver
         timeout: 300            # seconds for its read, apply, refresh; default: its kind's
+      - kind: file
+        name: token
+        spec: {path: /etc/app/token, content: "s3cr3t\\n", mode: "0600"}
+        sensitive: true         # its values never in logs, reports or the store: "(sensitive)"
 
 ``require``, ``notify`` and ``subscribe`` are lists of resource ids
 (``kind/name``). All three order resources: a resource runs after what it
@@ -83,7 +87,10 @@ REQUIRE_RE = re.compile(r"[^/\s]+/\S.*\Z")
 
 TOP_KEYS = ("name", "target", "mode", "resources")
 TARGET_KEYS = ("labels", "names", "all")
-RESOURCE_KEYS = ("kind", "name", "spec", "require", "notify", "subscribe", "controls", "timeout")
+RESOURCE_KEYS = (
+    *("kind", "name", "spec", "require", "notify", "subscribe", "controls", "timeout"),
+    "sensitive",
+)
 # The fields that name other resources, and how an error phrases each.
 RELATIONS = ("require", "notify", "subscribe")
 VERBS = {"require": "requires", "notify": "notifies", "subscribe": "subscribes to"}
@@ -137,6 +144,8 @@ class ResourceDecl:
     identities: tuple[Identity, ...] = ()
     #: Seconds the agent gives it (``timeout``); None: its kind's ``timeout_s``.
     timeout_s: float | None = None
+    #: Its values (desired and found) are secrets: never shown (``sensitive``).
+    sensitive: bool = False
 
     @property
     def id(self) -> str:
@@ -482,6 +491,10 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
     ids = {field: _check_ids(report, path, field, item.get(field, [])) for field in RELATIONS}
     controls = _strings(report, (*path, "controls"), item.get("controls", []))
     timeout = _check_timeout(report, (*path, "timeout"), item)
+    sensitive = item.get("sensitive", False)
+    if not isinstance(sensitive, bool):
+        report.error((*path, "sensitive"), f"expected true or false, got {_describe(sensitive)}")
+        sensitive = True  # refused anyway; never shown meanwhile
     _check_refreshable(report, path, kind, ids["notify"], ids["subscribe"])
     if not kind or not name:
         return None
@@ -504,6 +517,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
         subscribe_lines=lines["subscribe"],
         identities=identities,
         timeout_s=timeout,
+        sensitive=sensitive,
     )
 
 

@@ -321,6 +321,12 @@ BAD = [
         (9, "resources[5].timeout", "got null"),
     ),
     bad(
+        "sensitive-not-a-boolean",
+        HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: {path: /a}\n"
+        "    sensitive: yes please\n",
+        (7, "resources[0].sensitive", "expected true or false, got a string ('yes please')"),
+    ),
+    bad(
         "spec-not-a-mapping",
         HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: [path, /a]\n",
         (6, "resources[0].spec", "expected a mapping, got a list"),
