@@ -5,8 +5,9 @@ repaired after an out-of-band edit. Neither value (the desired secret nor
 the one found on the node) is in the agent's log, in ``plumb report`` or
 ``plumb drift``, nor in what the server stores of reports; the changes say
 "(sensitive)". (The desired value is in the manifest, which the server
-stores and signs into the node's catalog: that is the desired state.) A plain file's short content is in its report (that is
-what reports are for) but only as a hash in the agent's log.
+stores and signs into the node's catalog: that is the desired state.) A
+plain file's short content is in its report (that is what reports are for)
+but only as a hash in the agent's log.
 """
 
 from __future__ import annotations
