@@ -59,9 +59,11 @@ def test_sensitive_values_are_in_no_log_report_or_store(
     motd.write_text("tampered\n")
     wait_for(lambda: token.read_text() == f"{SECRET}\n", what="the repair")
     events = wait_for(
-        lambda: {e["resource"]: e for e in server.cli_json("drift", "--node", "app-1")["events"]}
-        if len(server.cli_json("drift", "--node", "app-1")["events"]) >= 2
-        else None,
+        lambda: (
+            {e["resource"]: e for e in server.cli_json("drift", "--node", "app-1")["events"]}
+            if len(server.cli_json("drift", "--node", "app-1")["events"]) >= 2
+            else None
+        ),
         what="both drift events",
     )
     assert events["file/token"]["changes"] == [
