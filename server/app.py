@@ -47,6 +47,11 @@ log = logging.getLogger("plumb.server")
 #: frozen host) is noticed within 20 s even while no stream sends anything.
 #: Agents ping as often (agent.tls); allowing that keeps the server from
 #: answering their pings with GOAWAY "too many pings".
+#: Seconds a connection may carry no call before the server closes it.
+IDLE_CONNECTION_S = 15
+#: Seconds a new connection has to finish its TLS handshake.
+HANDSHAKE_S = 5
+
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -60,6 +65,13 @@ SERVER_OPTIONS = [
     # No SO_REUSEPORT: a second server on the same ports must fail to start,
     # not silently share the agents with the first.
     ("grpc.so_reuseport", 0),
+    # Connection hygiene: a connection with no call on it for IDLE_CONNECTION_S
+    # is closed (agents always have their session open; the CLI's calls are
+    # short), and one that has not finished its TLS handshake within
+    # HANDSHAKE_S too: nobody can hold the server's connections by opening
+    # them and doing nothing (gRPC's defaults: never, and 120 s).
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_S * 1000),
 ]
 
 
