@@ -62,6 +62,9 @@ REFUSED_WINDOW_S = 2.0
 STABLE_SESSION_S = 60.0
 #: While the state dir takes no writes, how often it is tried again.
 STATE_RETRY_S = 5.0
+#: A session another process of this node took over is taken back after this
+#: long at the earliest (see replaced_wait).
+REPLACED_WAIT_S = 5.0
 
 
 def backoff_window(attempt: int, error: str, cap_s: float) -> float:
@@ -75,6 +78,21 @@ def backoff_window(attempt: int, error: str, cap_s: float) -> float:
     """
     window: float = min(cap_s, BACKOFF_BASE_S * 2.0 ** min(attempt, 10))
     return min(window, REFUSED_WINDOW_S) if "Connection refused" in error else window
+
+
+def replaced_wait(times: int, cap_s: float) -> float:
+    """Seconds to wait before taking back a session replaced ``times`` times in a row.
+
+    The server keeps one session per node: a newer one ends the older. Who
+    opened it is another process with this node's identity, most often a
+    `plumb-agent run --once` beside the daemon, which needs its session for a
+    few seconds: REPLACED_WAIT_S, so its run is reported before the daemon
+    is back. Each time again in a row the window doubles (to ``cap_s``), so
+    two hosts with one identity (a cloned disk) take turns every minute or
+    so, saying so in their logs, instead of in a tight loop.
+    """
+    window = min(cap_s, REPLACED_WAIT_S * 2.0 ** min(times - 1, 10))
+    return random.uniform(REPLACED_WAIT_S, max(REPLACED_WAIT_S, window))
 
 
 class Daemon:
@@ -150,7 +168,7 @@ class Daemon:
             self._scheduler.shutdown(wait=True)
 
     def _keep_session(self) -> None:
-        attempt = 0
+        attempt = replaced = 0
         host_facts = facts.gather(AGENT_VERSION)
         while not self.stop.is_set():
             session = SessionClient(
@@ -174,6 +192,11 @@ class Daemon:
                 # must send a fresh one): a new hello says so, at once.
                 log.info("local state lost since the hello: reconnecting to report it")
                 continue
+            if session.replaced and not self.stop.is_set():
+                replaced += 1
+                self._taken_over(replaced)
+                continue
+            replaced = 0
             attempt = 0 if session.made_progress(STABLE_SESSION_S) else attempt + 1
             if not self.stop.is_set():
                 self._backoff(attempt, session.error)
@@ -200,6 +223,18 @@ class Daemon:
             "session with %s ended (%s); reconnecting in %.1fs",
             self.enrollment.server,
             error or "closed",
+            delay,
+        )
+        self.stop.wait(delay)
+
+    def _taken_over(self, times: int) -> None:
+        delay = replaced_wait(times, self.max_backoff_s)
+        log.warning(
+            "session with %s taken over by another process with this node's identity "
+            "(%d time(s) in a row: a plumb-agent run --once beside this daemon or, if it "
+            "goes on, another host with this node's key); taking it back in %.1fs",
+            self.enrollment.server,
+            times,
             delay,
         )
         self.stop.wait(delay)

@@ -98,6 +98,9 @@ class SessionClient:
         self.acked_any = False
         self._acked = threading.Condition()
         self.error: str = ""
+        #: The server ended the stream because a newer session of this node
+        #: started (ABORTED): another process with this identity, see agent/daemon.py.
+        self.replaced = False
         self._call: grpc.Call | None = None
         self._closed = threading.Event()
         self._state = state
@@ -191,6 +194,7 @@ class SessionClient:
             self.error = _describe(exc)
             if isinstance(exc, grpc.Call) and exc.code() in _REFUSALS:
                 self._refused(self.error)
+            self.replaced = isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.ABORTED
         finally:
             self.ended.set()
             self.settled.set()

@@ -225,6 +225,16 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.GetComplianceRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.GetComplianceResponse.FromString,
                 _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/plumb.v1.Admin/RevokeNode',
+                request_serializer=protos_dot_plumb__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/plumb.v1.Admin/RemoveNode',
+                request_serializer=protos_dot_plumb__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -268,6 +278,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeNode(self, request, context):
+        """Revoke a node's certificate: its live session ends at once and it can no
+        longer connect; it stays listed (as revoked) until it is enrolled again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Decommission a node: revoke it, end its session, and leave it out of
+        ListNodes (unless asked) and compliance; its reports and drift events stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +326,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCompliance,
                     request_deserializer=protos_dot_plumb__pb2.GetComplianceRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.GetComplianceResponse.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=protos_dot_plumb__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=protos_dot_plumb__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RemoveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +502,60 @@ class Admin:
             '/plumb.v1.Admin/GetCompliance',
             protos_dot_plumb__pb2.GetComplianceRequest.SerializeToString,
             protos_dot_plumb__pb2.GetComplianceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RevokeNode',
+            protos_dot_plumb__pb2.RevokeNodeRequest.SerializeToString,
+            protos_dot_plumb__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RemoveNode',
+            protos_dot_plumb__pb2.RemoveNodeRequest.SerializeToString,
+            protos_dot_plumb__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,9 +15,10 @@ from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import tokens
 from server.compliance import Tally
+from server.errors import UnknownNode
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
-from server.store import DriftRow, Store
+from server.store import DriftRow, NodeRow, Revocation, StateLossRow, Store
 from server.wire import STATUS_TO_PB, conditions_to_pb, report_from_body, state_loss_to_pb
 
 DEFAULT_TOKEN_TTL_S = 3600
@@ -132,27 +134,78 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         compliance = await asyncio.to_thread(self.fleet.compliance)
         latest, problems = compliance.revision, compliance.problems
         losses = await asyncio.to_thread(self.store.state_losses)
-        return pb.ListNodesResponse(
-            nodes=[
-                pb.Node(
-                    name=n.name,
-                    labels=n.labels,
-                    connected=self.hub.connected(n.name),
-                    last_seen=n.last_seen,
-                    applied_revision=n.applied_revision,
-                    latest_revision=latest,
-                    compliance=_percent(compliance.by_node[n.name]),
-                    enrolled_at=n.enrolled_at,
-                    catalog_problem="\n".join(problems.get(n.name, [])),
-                    reported_revision=n.status_revision,
-                    clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
-                    summary=_compliance(compliance.by_node[n.name]),
-                    losses=[state_loss_to_pb(x) for x in losses.get(n.name, [])],
-                    conditions=conditions_to_pb(n.conditions),
-                )
-                for n in compliance.nodes
-            ]
+        listed = [
+            pb.Node(
+                name=n.name,
+                labels=n.labels,
+                connected=self.hub.connected(n.name),
+                last_seen=n.last_seen,
+                applied_revision=n.applied_revision,
+                latest_revision=latest,
+                compliance=_percent(compliance.by_node[n.name]),
+                enrolled_at=n.enrolled_at,
+                catalog_problem="\n".join(problems.get(n.name, [])),
+                reported_revision=n.status_revision,
+                clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
+                summary=_compliance(compliance.by_node[n.name]),
+                losses=[state_loss_to_pb(x) for x in _losses_of(n, losses)],
+                conditions=conditions_to_pb(n.conditions),
+                **_identity_fields(n),
+            )
+            for n in compliance.nodes
+        ]
+        if request.removed:
+            everyone = await asyncio.to_thread(self.store.list_nodes, True)
+            listed += [_removed_node(n, latest) for n in everyone if n.decommissioned_at]
+            listed.sort(key=lambda n: n.name)
+        return pb.ListNodesResponse(nodes=listed)
+
+    async def RevokeNode(
+        self, request: pb.RevokeNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeNodeResponse:
+        done, ended = await self._revoking(self.store.revoke_node, request.node_name, context)
+        return pb.RevokeNodeResponse(
+            node_name=done.node,
+            cert_serial=done.serial,
+            revoked_at=done.at,
+            already_revoked=done.already,
+            sessions_ended=ended,
         )
+
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RemoveNodeResponse:
+        done, ended = await self._revoking(self.store.decommission_node, request.node_name, context)
+        return pb.RemoveNodeResponse(
+            node_name=done.node,
+            cert_serial=done.serial,
+            decommissioned_at=done.at,
+            already_removed=done.already,
+            sessions_ended=ended,
+        )
+
+    async def _revoking(
+        self,
+        change: Callable[[str, float], Revocation],
+        name: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[Revocation, int]:
+        """Make ``change`` to node ``name`` in the store, and end its live session.
+
+        NOT_FOUND for no such node. The store tells the hub, which ends the
+        session by itself; the recheck here makes sure it has before the
+        answer, which says whether there was one (0 or 1).
+        """
+        live = self.hub.live(name)
+        try:
+            done = await asyncio.to_thread(change, name, time.time())
+        except UnknownNode as exc:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"{exc} (plumb nodes --all lists every node)"
+            )
+            raise AssertionError("unreachable") from exc
+        await self.hub.recheck(name)
+        return done, int(live is not None and self.hub.live(name) is not live)
 
     async def GetReport(
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -188,6 +241,38 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             fleet=_compliance(result.fleet),
             revision=result.revision,
         )
+
+
+def _identity_fields(n: NodeRow) -> dict[str, Any]:
+    return {
+        "cert_serial": n.cert_serial,
+        "revoked_at": n.revoked_at or 0.0,
+        "decommissioned_at": n.decommissioned_at or 0.0,
+    }
+
+
+def _removed_node(n: NodeRow, latest: int) -> pb.Node:
+    """A removed node, for ListNodes(removed=True): expected nothing, counted nowhere."""
+    return pb.Node(
+        name=n.name,
+        labels=n.labels,
+        connected=False,
+        last_seen=n.last_seen,
+        applied_revision=n.applied_revision,
+        latest_revision=latest,
+        compliance=-1.0,
+        enrolled_at=n.enrolled_at,
+        reported_revision=n.status_revision,
+        clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
+        summary=pb.ComplianceRow(scope="node", name=n.name, percent=-1.0),
+        conditions=conditions_to_pb(n.conditions),
+        **_identity_fields(n),
+    )
+
+
+def _losses_of(n: NodeRow, losses: dict[str, list[StateLossRow]]) -> list[StateLossRow]:
+    """What the node lost: since it was enrolled (a removed node of its name lost the rest)."""
+    return [x for x in losses.get(n.name, []) if x.received_at >= n.enrolled_at]
 
 
 def _drift_event(row: DriftRow) -> pb.DriftEvent:

@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
 from server.admin import AdminServicer
-from server.auth import AuthInterceptor
+from server.auth import AuthInterceptor, NodeCredentials
 from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
 from server.errors import PlumbServerError
@@ -97,11 +97,15 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
     migration = migrate(config.store)
     store = Store(config.store)
-    hub = Hub()
+    credentials = NodeCredentials.of(store)
+    hub = Hub(credentials)
+    hub.watch()
     fleet = Fleet(store, signer)
     ingestor = Ingestor(store)
     presence = PresenceLog(store)
-    grpc_server = grpc.aio.server(interceptors=[AuthInterceptor()], options=SERVER_OPTIONS)
+    grpc_server = grpc.aio.server(
+        interceptors=[AuthInterceptor(credentials)], options=SERVER_OPTIONS
+    )
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
     agent_port = _listen(
         grpc_server,

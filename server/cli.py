@@ -25,6 +25,7 @@ from server import cliviews
 from server.errors import CLIError
 
 N = TypeVar("N", int, float)
+R = TypeVar("R")
 
 DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
 
@@ -40,6 +41,8 @@ examples:
   plumb token create --labels role=web --install-command   # one line to paste on the node
   plumb push manifests/web.yaml manifests/base.yaml
   plumb nodes
+  plumb node revoke web-1      # it can no longer connect; listed as revoked
+  plumb node rm web-1          # decommission: revoke, and drop it from nodes/compliance
   plumb report web-1
   plumb drift --node web-1
   plumb compliance --json
@@ -159,8 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser(
         "nodes", parents=[_common()], help="enrolled nodes, connection and compliance"
     )
+    nodes.add_argument(
+        "--all", action="store_true", help="also the nodes removed with 'plumb node rm'"
+    )
     _json_flag(nodes)
     nodes.set_defaults(func=_nodes)
+
+    _node_parser(sub)
 
     report = sub.add_parser(
         "report", parents=[_common()], help="a node's last run: status and diff per resource"
@@ -188,6 +196,46 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
     return parser
+
+
+def _node_parser(sub: Any) -> None:
+    """``plumb node ACTION NAME``: one node's identity (each action adds itself)."""
+    node = sub.add_parser(
+        "node", help="one node's identity: revoke it, remove it from the fleet"
+    ).add_subparsers(required=True, metavar="ACTION")
+    _node_revoke_parser(node)
+    _node_rm_parser(node)
+
+
+def _node_revoke_parser(node: Any) -> None:
+    revoke = node.add_parser(
+        "revoke",
+        parents=[_common()],
+        help="revoke a node's certificate: its session ends, it can no longer connect",
+        description="Revoke the node's certificate. Its live session ends at once and it is "
+        "refused from then on; it stays in 'plumb nodes' (as revoked) and in compliance "
+        "until it is enrolled again. Revoking a revoked node changes nothing. "
+        "Exit 1 if there is no such node.",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    _json_flag(revoke)
+    revoke.set_defaults(func=_node_revoke)
+
+
+def _node_rm_parser(node: Any) -> None:
+    rm = node.add_parser(
+        "rm",
+        parents=[_common()],
+        help="decommission a node: revoke it and drop it from nodes and compliance",
+        description="Decommission the node: revoke its certificate, end its session, and "
+        "leave it out of 'plumb nodes' (see --all), pushes and compliance. Its reports and "
+        "drift events stay ('plumb report', 'plumb drift --node'). The name can be enrolled "
+        "again, as a new node. Removing a removed node changes nothing. "
+        "Exit 1 if there is no such node.",
+    )
+    rm.add_argument("name", metavar="NAME")
+    _json_flag(rm)
+    rm.set_defaults(func=_node_rm)
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -380,7 +428,7 @@ def _print_push(reply: pb.PushResponse, wait: float) -> None:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListNodes(pb.ListNodesRequest(), timeout=TIMEOUT_S)
+    reply = _stub(args).ListNodes(pb.ListNodesRequest(removed=args.all), timeout=TIMEOUT_S)
     if args.json:
         return _print_json(cliviews.nodes(reply))
     _table(
@@ -389,7 +437,7 @@ def _nodes(args: argparse.Namespace) -> int:
             [
                 n.name,
                 _labels(n.labels),
-                "yes" if n.connected else "no",
+                _connected(n),
                 _ago(n.last_seen),
                 f"{n.applied_revision}/{n.latest_revision}",
                 f"{_percent(n.compliance)} ({_fraction(n.summary)})" if n.summary.expected else "-",
@@ -410,6 +458,12 @@ def _nodes(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     for n in reply.nodes:
+        if n.revoked_at and not n.decommissioned_at:
+            print(
+                f"{n.name}: its certificate was revoked at {_when(n.revoked_at)}: "
+                "it cannot connect until it is enrolled again",
+                file=sys.stderr,
+            )
         for c in n.conditions:
             as_of = "" if n.connected else " (as it last said)"
             print(f"{n.name}: {c.detail} (since {_when(c.since)}){as_of}", file=sys.stderr)
@@ -419,6 +473,63 @@ def _nodes(args: argparse.Namespace) -> int:
     for name, x in losses:
         print(f"{name} lost {_lost(x)}", file=sys.stderr)
     return 0
+
+
+def _connected(n: pb.Node) -> str:
+    if n.decommissioned_at:
+        return "removed"
+    if n.revoked_at:
+        return "revoked"
+    return "yes" if n.connected else "no"
+
+
+def _node_revoke(args: argparse.Namespace) -> int:
+    request = pb.RevokeNodeRequest(node_name=args.name)
+    reply = _on_node(lambda: _stub(args).RevokeNode(request, timeout=TIMEOUT_S))
+    if args.json:
+        return _print_json(cliviews.node_revoked(reply))
+    if reply.already_revoked:
+        print(
+            f"node {reply.node_name} was already revoked at {_when(reply.revoked_at)} "
+            f"(certificate serial {reply.cert_serial}): nothing changed"
+        )
+        return 0
+    ended = "; its session was ended" if reply.sessions_ended else ""
+    print(
+        f"revoked node {reply.node_name} (certificate serial {reply.cert_serial}){ended}: "
+        "it cannot connect until it is enrolled again"
+    )
+    return 0
+
+
+def _node_rm(args: argparse.Namespace) -> int:
+    request = pb.RemoveNodeRequest(node_name=args.name)
+    reply = _on_node(lambda: _stub(args).RemoveNode(request, timeout=TIMEOUT_S))
+    if args.json:
+        return _print_json(cliviews.node_removed(reply))
+    if reply.already_removed:
+        print(
+            f"node {reply.node_name} was already removed at "
+            f"{_when(reply.decommissioned_at)}: nothing changed"
+        )
+        return 0
+    ended = ", its session ended" if reply.sessions_ended else ""
+    print(
+        f"removed node {reply.node_name} (certificate serial {reply.cert_serial} revoked"
+        f"{ended}): no longer in 'plumb nodes' or compliance; its reports and drift events "
+        "stay ('plumb nodes --all' lists it)"
+    )
+    return 0
+
+
+def _on_node(call: Callable[[], R]) -> R:
+    """An Admin call about one node: no such node is the operator's to fix (exit 1, one line)."""
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise CLIError(str(exc.details())) from None
+        raise
 
 
 def _lost(x: pb.StateLoss) -> str:

@@ -23,7 +23,9 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "applied_revision": 5 | null, "reported_revision": 5 | null,
                 "latest_revision": 5 | null, "catalog_problem": "..." | null,
                 "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE,
-                "losses": [LOSS, ...], "conditions": [CONDITION, ...]}]}
+                "losses": [LOSS, ...], "conditions": [CONDITION, ...],
+                "cert_serial": "5f3a09...", "revoked_at": 1764620000.5 | null,
+                "decommissioned_at": 1764620000.5 | null}]}
 
 where ``LOSS`` is what the node reported losing of its own state (a damaged
 report spool it set aside, a cached catalog that did not verify), newest
@@ -35,7 +37,25 @@ server recorded it (the server's). ``CONDITION`` is what the node's agent
 last said is wrong with it now (agent/conditions.py), ``[]`` when nothing:
 ``{"name": "state_dir_unwritable" | "watch_polling", "detail": "...",
 "since": 1764620000.5 | null}`` (``since``: the agent's clock); for a node
-not connected, as it last said.
+not connected, as it last said. ``cert_serial`` is the one certificate the
+node may use (lower-case hex); ``revoked_at`` when it was revoked (``plumb node
+revoke``: the node cannot connect until enrolled again), ``decommissioned_at``
+when the node was removed (``plumb node rm``; only ``nodes --all`` lists
+those, with a compliance of nothing expected).
+
+``node revoke NAME``::
+
+    {"node": "web-1", "cert_serial": "5f3a09...", "revoked_at": 1764620000.5,
+     "already_revoked": false, "sessions_ended": 1}
+
+``node rm NAME``::
+
+    {"node": "web-1", "cert_serial": "5f3a09...", "decommissioned_at": 1764620000.5,
+     "already_removed": false, "sessions_ended": 1}
+
+``revoked_at`` / ``decommissioned_at`` are the first time, when it already was
+(``already_*`` true: nothing changed); ``sessions_ended`` is how many live
+sessions of the node were ended (0 or 1).
 
 ``report NODE``::
 
@@ -138,6 +158,29 @@ def node(n: pb.Node) -> dict[str, Any]:
         "conditions": [
             {"name": c.name, "detail": c.detail, "since": c.since or None} for c in n.conditions
         ],
+        "cert_serial": n.cert_serial or None,
+        "revoked_at": n.revoked_at or None,
+        "decommissioned_at": n.decommissioned_at or None,
+    }
+
+
+def node_revoked(reply: pb.RevokeNodeResponse) -> dict[str, Any]:
+    return {
+        "node": reply.node_name,
+        "cert_serial": reply.cert_serial,
+        "revoked_at": reply.revoked_at,
+        "already_revoked": reply.already_revoked,
+        "sessions_ended": reply.sessions_ended,
+    }
+
+
+def node_removed(reply: pb.RemoveNodeResponse) -> dict[str, Any]:
+    return {
+        "node": reply.node_name,
+        "cert_serial": reply.cert_serial,
+        "decommissioned_at": reply.decommissioned_at,
+        "already_removed": reply.already_removed,
+        "sessions_ended": reply.sessions_ended,
     }
 
 

@@ -9,6 +9,7 @@
     │                           (missing, empty, damaged, newer, not SQLite)
     ├── TokenRefused            an enrollment token is unknown, expired or used up
     ├── NodeExists              a node of that name is already enrolled
+    ├── UnknownNode             no node of that name is enrolled (plumb node revoke, rm)
     ├── IngestFailed            a report's batch could not be committed (server/ingest.py)
     └── CLIError                something the operator must fix (the plumb CLI)
 
@@ -90,6 +91,10 @@ class TokenRefused(PlumbServerError):
 
 class NodeExists(PlumbServerError):
     """A node of that name is already enrolled."""
+
+
+class UnknownNode(PlumbServerError):
+    """No node of that name is enrolled."""
 
 
 class IngestFailed(PlumbServerError):

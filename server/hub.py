@@ -1,9 +1,22 @@
 """Connected agents and their outboxes.
 
 Each live Session stream owns an asyncio queue; anything put there (a new
-catalog, an ack) is written to that stream. A node may hold more than one
-session at a time (its daemon and a `plumb-agent run --once` beside it), so
-a push goes to every live session of the node.
+catalog, an ack) is written to that stream, and a :class:`~server.auth.Refusal`
+put there ends the stream with its status and message.
+
+One live session per node. A second session of a node replaces the first,
+which is ended with ABORTED ("replaced by a newer session of this node"): an
+agent that reconnects after a connection broke without the server noticing
+simply takes the dead stream's place, and a node can never hold thousands of
+streams. (Two processes with one node's identity, a daemon and a `plumb-agent
+run --once` beside it, take turns: the daemon waits before it comes back, see
+agent/daemon.py.)
+
+A live session ends as soon as its certificate may no longer be used:
+:meth:`Hub.recheck` asks the node's credentials (server.auth) and ends it if
+they refuse. The hub does that by itself whenever the store changes a node
+(enrolled, revoked, removed: :meth:`Hub.watch`), and the session schedules
+its own end at its certificate's expiry (server/session.py).
 
 A catalog counts as delivered only when the agent says it verified and
 cached it (a ``CatalogAck``), never because it was queued:
@@ -14,45 +27,104 @@ acknowledgements.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import grpc
+
 from protos import plumb_pb2 as pb
+from server.auth import NodeCredentials, PeerCert, Refusal
 
 # Put on an outbox to end that session's stream.
 CLOSE = object()
 
+#: What ends a node's session when another session of the node starts.
+REPLACED = Refusal(grpc.StatusCode.ABORTED, "replaced by a newer session of this node")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Live:
+    outbox: asyncio.Queue[Any]
+    peer: PeerCert  # the certificate the session was let in with
+
 
 class Hub:
-    def __init__(self) -> None:
-        self._outboxes: dict[str, list[asyncio.Queue[Any]]] = {}
+    def __init__(self, credentials: NodeCredentials | None = None) -> None:
+        """``credentials``: what :meth:`recheck` asks; None: sessions are never rechecked."""
+        self.credentials = credentials
+        self._sessions: dict[str, _Live] = {}
         # (node, revision) -> futures of pushes waiting for that acknowledgement.
         self._awaiting: dict[tuple[str, int], list[asyncio.Future[pb.CatalogAck]]] = {}
+        self._rechecks: set[asyncio.Task[int]] = set()
 
-    def attach(self, node: str) -> asyncio.Queue[Any]:
+    def watch(self) -> None:
+        """Recheck a node's live session whenever the store changes the node (call on the loop)."""
+        if self.credentials is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def changed(node: str) -> None:  # in whichever thread committed the change
+            loop.call_soon_threadsafe(self._recheck_soon, node)
+
+        self.credentials.subscribe(changed)
+
+    def attach(self, node: str, peer: PeerCert) -> asyncio.Queue[Any]:
+        """A new session of ``node``: its outbox. The node's previous session is ended."""
         outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._outboxes.setdefault(node, []).append(outbox)
+        previous = self._sessions.get(node)
+        self._sessions[node] = _Live(outbox, peer)
+        if previous is not None:
+            previous.outbox.put_nowait(REPLACED)
         return outbox
 
     def detach(self, node: str, outbox: asyncio.Queue[Any]) -> None:
-        boxes = self._outboxes.get(node, [])
-        if outbox in boxes:
-            boxes.remove(outbox)
-        if not boxes:
-            self._outboxes.pop(node, None)
+        """The session of ``outbox`` ended; a newer session of the node stays."""
+        live = self._sessions.get(node)
+        if live is not None and live.outbox is outbox:
+            del self._sessions[node]
+
+    def end(self, node: str, outbox: asyncio.Queue[Any], refusal: Refusal) -> bool:
+        """End the session of ``outbox`` with ``refusal``; whether it was the node's live one.
+
+        It stops counting as connected at once, before its stream has ended.
+        """
+        outbox.put_nowait(refusal)
+        live = self._sessions.get(node)
+        self.detach(node, outbox)
+        return live is not None and live.outbox is outbox
+
+    async def recheck(self, node: str) -> int:
+        """End ``node``'s live session if its certificate may no longer be used; how many ended."""
+        live = self._sessions.get(node)
+        if live is None or self.credentials is None:
+            return 0
+        refusal = await self.credentials.refusal(live.peer)
+        if refusal is None:
+            return 0
+        return int(self.end(node, live.outbox, refusal))
+
+    def _recheck_soon(self, node: str) -> None:
+        task = asyncio.create_task(self.recheck(node), name=f"plumb-recheck-{node}")
+        self._rechecks.add(task)  # held, or the loop may drop it unfinished
+        task.add_done_callback(self._rechecks.discard)
+
+    def live(self, node: str) -> object | None:
+        """A token for the node's live session, to tell later whether it is still the one."""
+        return self._sessions.get(node)
 
     def connected(self, node: str) -> bool:
-        return node in self._outboxes
+        return node in self._sessions
 
     def connected_nodes(self) -> set[str]:
-        return set(self._outboxes)
+        return set(self._sessions)
 
     def send(self, node: str, message: Any) -> bool:
-        """Queue ``message`` for every session of ``node``; False if it has none."""
-        boxes = self._outboxes.get(node, [])
-        for outbox in boxes:
-            outbox.put_nowait(message)
-        return bool(boxes)
+        """Queue ``message`` for the session of ``node``; False if it has none."""
+        live = self._sessions.get(node)
+        if live is not None:
+            live.outbox.put_nowait(message)
+        return live is not None
 
     def catalog_acked(self, node: str, ack: pb.CatalogAck) -> None:
         """An agent's answer to a catalog: wakes whoever waits for it."""
@@ -74,7 +146,7 @@ class Hub:
         waiting: dict[str, asyncio.Future[pb.CatalogAck]] = {}
         loop = asyncio.get_running_loop()
         for node, catalog in catalogs.items():
-            if node in wait_for and node in self._outboxes:
+            if node in wait_for and node in self._sessions:
                 future: asyncio.Future[pb.CatalogAck] = loop.create_future()
                 self._awaiting.setdefault((node, catalog.revision), []).append(future)
                 waiting[node] = future

@@ -14,6 +14,12 @@
 The caller's name comes from its certificate (server.auth); a hello or report
 naming anyone else ends the stream with PERMISSION_DENIED.
 
+A node has one live session (server.hub): a newer one ends it with ABORTED.
+It also ends, with UNAUTHENTICATED and a message saying what to do, the
+moment its certificate may no longer be used: when the node is revoked,
+removed or enrolled anew (server.hub: ``Hub.recheck``), and at the
+certificate's notAfter, which the session schedules when it starts.
+
 Liveness: one sweeper looks at every live stream every SWEEP_S seconds and
 ends those from which nothing at all arrived for SILENT_LIMIT_S (a
 heartbeat interval and a grace), so a frozen agent (SIGSTOP, a hung host, a
@@ -36,7 +42,7 @@ import grpc
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
-from server.auth import caller
+from server.auth import Refusal, caller_certificate, expired
 from server.cliviews import loss_phrase
 from server.errors import IngestFailed
 from server.fleet import Fleet
@@ -106,24 +112,33 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
     async def Session(
         self, requests: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ServerMessage]:
-        name = caller().name
+        peer = caller_certificate()
+        name = peer.identity.name
         hello = await _first_hello(requests, name, context)
-        if await asyncio.to_thread(self.store.node, name) is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {name!r} is not enrolled")
-        outbox = self.hub.attach(name)
+        outbox = self.hub.attach(name, peer)
         heard = _Stream(conditions_record(hello.conditions))
         self._live[outbox] = (name, heard)
         reader: asyncio.Task[None] | None = None
+        # Ends the stream when the certificate does; the TLS layer looked only at the handshake.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, peer.not_after - time.time()), self.hub.end, name, outbox, expired(peer)
+        )
         try:
-            # Greet before reading on: if the agent half-closes right after its
-            # hello, the welcome must still be queued ahead of the end of stream.
-            await self._greet(hello, name, outbox, heard)
-            reader = asyncio.create_task(self._read(requests, name, outbox, heard))
+            # Again, now that the session is one the hub would end: the
+            # interceptor's check may be older than a revocation made while the
+            # hello was awaited, whose recheck found no session to end.
+            if not await self.hub.recheck(name):
+                # Greet before reading on: if the agent half-closes right after its
+                # hello, the welcome must still be queued ahead of the end of stream.
+                await self._greet(hello, name, outbox, heard)
+                reader = asyncio.create_task(self._read(requests, name, outbox, heard))
             async for message in _drain(outbox):
-                if isinstance(message, _Refused):
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(message))
+                if isinstance(message, Refusal):
+                    _log_end(name, message)
+                    await context.abort(message.code, message.message)
                 yield message
         finally:
+            expiry.cancel()
             if reader is not None:
                 reader.cancel()
             self._live.pop(outbox, None)
@@ -176,7 +191,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
                 heard.now()
                 await self._handle(message, name, outbox, heard)
         except _Refused as exc:
-            outbox.put_nowait(exc)
+            outbox.put_nowait(Refusal(grpc.StatusCode.PERMISSION_DENIED, str(exc)))
             return
         except IngestFailed as exc:  # not acked: the agent resends it on its next session
             log.info("session of %s ended: %s", name, exc)
@@ -224,6 +239,13 @@ async def _first_hello(
             f"node {name!r} may not open a session as {first.hello.node_name!r}",
         )
     return first.hello
+
+
+def _log_end(name: str, refusal: Refusal) -> None:
+    if refusal.code == grpc.StatusCode.ABORTED:
+        log.info("session of %s: %s", name, refusal.message)
+    else:
+        log.warning("session of %s ended: %s", name, refusal.message)
 
 
 class _Stream:

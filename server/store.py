@@ -24,7 +24,7 @@ import hmac
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
-from server.errors import NodeExists, StoreError, TokenRefused
+from server.errors import NodeExists, StoreError, TokenRefused, UnknownNode
 
 log = logging.getLogger("plumb.server.store")
 
@@ -75,6 +75,14 @@ nodes = sa.Table(
     # What its agent last said is wrong with it now: [{"name", "detail", "since"}];
     # NULL: it never said (an agent older than conditions).
     sa.Column("conditions", sa.JSON, nullable=True),
+    # When its certificate (cert_serial) was revoked (`plumb node revoke`, or
+    # `node rm`); NULL: it is not. A revoked node stays listed, and counted in
+    # compliance, until it is enrolled again under a new certificate.
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    # When it was removed (`plumb node rm`); NULL: it was not. A removed node is
+    # left out of `plumb nodes`, pushes and compliance; its reports and drift
+    # events stay. Enrolling its name again makes a new node of it.
+    sa.Column("decommissioned_at", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -206,6 +214,31 @@ class NodeRow:
     clock_offset_s: float | None = None
     #: What its agent last said is wrong with it: {"name", "detail", "since"} each.
     conditions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The serial of its current certificate, lower-case hex.
+    cert_serial: str = ""
+    #: When that certificate was revoked; None: it is not.
+    revoked_at: float | None = None
+    #: When the node was removed (`plumb node rm`); None: it was not.
+    decommissioned_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeCredential:
+    """What decides whether a node's certificate is still good: the store's word on it."""
+
+    serial: str  # of the one certificate the node may use, lower-case hex
+    revoked_at: float | None = None
+    decommissioned_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    """What revoking (or removing) a node did."""
+
+    node: str
+    serial: str  # the certificate revoked
+    at: float  # when it was revoked (or removed); the first time, if it already was
+    already: bool  # it already was: nothing changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -633,6 +666,7 @@ class Store:
         self._checkpointer = (
             _Checkpointer(self.engine) if self.engine.dialect.name == "sqlite" else None
         )
+        self._node_listeners: list[Callable[[str], None]] = []
 
     @classmethod
     def create(cls, url: str) -> Self:
@@ -687,12 +721,20 @@ class Store:
     def enroll(
         self, token_id: str, secret_sha256: str, node: str, cert_serial: str, now: float
     ) -> dict[str, str]:
-        """Spend one use of a token and register ``node``, atomically. Returns its labels."""
+        """Spend one use of a token and register ``node``, atomically. Returns its labels.
+
+        The name of a removed node (`plumb node rm`) may be enrolled again: that
+        makes a new node, with the new certificate as its only one; the removed
+        node's reports and drift events stay.
+        """
         with self._tx() as conn:
             token = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
             _check_token(token, secret_sha256, now)
             assert token is not None
-            if conn.execute(sa.select(nodes.c.name).where(nodes.c.name == node)).first():
+            existing = conn.execute(
+                sa.select(nodes.c.decommissioned_at).where(nodes.c.name == node)
+            ).first()
+            if existing is not None and existing.decommissioned_at is None:
                 raise NodeExists(f"a node named {node!r} is already enrolled")
             spent = conn.execute(
                 tokens.update()
@@ -701,23 +743,103 @@ class Store:
             )
             if spent.rowcount != 1:  # another enrollment spent the last use meanwhile
                 raise TokenRefused("the token has been used up")
+            if existing is not None:
+                _forget_removed_node(conn, node)
             labels = dict(token.labels)
             conn.execute(
                 nodes.insert().values(
                     name=node, labels=labels, cert_serial=cert_serial, enrolled_at=now, facts={}
                 )
             )
-            return labels
+        self._node_changed(node)
+        return labels
 
-    def node(self, name: str) -> NodeRow | None:
+    def node(self, name: str, removed: bool = False) -> NodeRow | None:
+        """The node named ``name``; a removed one only if ``removed``."""
+        query = sa.select(nodes).where(nodes.c.name == name)
+        if not removed:
+            query = query.where(nodes.c.decommissioned_at.is_(None))
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(nodes).where(nodes.c.name == name)).first()
+            row = conn.execute(query).first()
         return _node_row(row) if row else None
 
-    def list_nodes(self) -> list[NodeRow]:
+    def list_nodes(self, removed: bool = False) -> list[NodeRow]:
+        """The nodes of the fleet by name; with ``removed``, also the removed ones."""
+        query = sa.select(nodes).order_by(nodes.c.name)
+        if not removed:
+            query = query.where(nodes.c.decommissioned_at.is_(None))
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(nodes).order_by(nodes.c.name)).all()
+            rows = conn.execute(query).all()
         return [_node_row(r) for r in rows]
+
+    # ------------------------------------------------------------ node identities
+
+    def on_node_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after each commit that changes which certificate
+        node ``name`` may use (enrolled, revoked, removed), in the committing thread.
+
+        What caches that (server.auth.NodeCredentials) learns of changes this
+        way, whoever makes them. One process per store (app.py's lock), so
+        these are all the changes there are.
+        """
+        self._node_listeners.append(listener)
+
+    def _node_changed(self, name: str) -> None:
+        for listener in self._node_listeners:
+            try:
+                listener(name)
+            except Exception:  # committed already: the caller must hear that it was
+                log.exception("a listener to changes of node %s failed", name)
+
+    def credential(self, name: str) -> NodeCredential | None:
+        """Which certificate ``name`` may use, and whether it is revoked or removed."""
+        query = sa.select(nodes.c.cert_serial, nodes.c.revoked_at, nodes.c.decommissioned_at)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.where(nodes.c.name == name)).first()
+        if row is None:
+            return None
+        return NodeCredential(row.cert_serial, row.revoked_at, row.decommissioned_at)
+
+    def revoke_node(self, name: str, now: float) -> Revocation:
+        """Revoke ``name``'s certificate: it connects no more until the node is enrolled again.
+
+        Revoking a revoked (or removed) node changes nothing; UnknownNode if
+        there is no such node.
+        """
+        with self._tx() as conn:
+            # The write first: on SQLite it takes the write lock, so what is read
+            # next is what is committed (a read first could race an ingest).
+            changed = conn.execute(
+                nodes.update()
+                .where(nodes.c.name == name, nodes.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            ).rowcount
+            row = _identity_row(conn, name)
+        if changed:
+            self._node_changed(name)
+        return Revocation(name, row.cert_serial, row.revoked_at, already=not changed)
+
+    def decommission_node(self, name: str, now: float) -> Revocation:
+        """Remove ``name`` from the fleet (`plumb node rm`), revoking its certificate.
+
+        It is left out of list_nodes, node, pushes and compliance from now on;
+        its reports, drift events and losses stay. ``at`` is when it was
+        removed. Removing it again changes nothing; UnknownNode if there is no
+        such node.
+        """
+        with self._tx() as conn:
+            changed = conn.execute(
+                nodes.update()
+                .where(nodes.c.name == name, nodes.c.decommissioned_at.is_(None))
+                .values(
+                    decommissioned_at=now,
+                    revoked_at=sa.func.coalesce(nodes.c.revoked_at, now),
+                )
+            ).rowcount
+            row = _identity_row(conn, name)
+        if changed:
+            self._node_changed(name)
+        return Revocation(name, row.cert_serial, row.decommissioned_at, already=not changed)
 
     def nodes_seen(self, seen: Mapping[str, NodeSeen]) -> None:
         """Record presence of many nodes in one transaction.
@@ -980,6 +1102,26 @@ def _check_token(token: Any, secret_sha256: str, now: float) -> None:
         raise TokenRefused(f"the token has been used up (it allowed {token.uses} use(s))")
 
 
+def _identity_row(conn: Connection, name: str) -> Any:
+    query = sa.select(nodes.c.cert_serial, nodes.c.revoked_at, nodes.c.decommissioned_at)
+    row = conn.execute(query.where(nodes.c.name == name)).first()
+    if row is None:
+        raise UnknownNode(f"no node named {name!r} is enrolled")
+    return row
+
+
+def _forget_removed_node(conn: Connection, name: str) -> None:
+    """Before its name is enrolled again: what a removed node was, but not what it did.
+
+    Its row goes, and with it its current status and its catalogs (compiled
+    for its labels, which the new node need not have: they are compiled
+    again). Its reports, drift events and losses are its history: they stay.
+    """
+    conn.execute(nodes.delete().where(nodes.c.name == name))
+    for table in (resource_status, catalogs, catalog_problems):
+        conn.execute(table.delete().where(table.c.node == name))
+
+
 def _greatest(column: Any, value: Any) -> Any:
     # Portable GREATEST(column, value): SQLite has no GREATEST, PostgreSQL no 2-arg max.
     return sa.case((column < value, value), else_=column)
@@ -1008,6 +1150,9 @@ def _node_row(row: Any) -> NodeRow:
         facts=dict(row.facts),
         clock_offset_s=row.clock_offset_s,
         conditions=list(row.conditions or []),
+        cert_serial=row.cert_serial,
+        revoked_at=row.revoked_at,
+        decommissioned_at=row.decommissioned_at,
     )
 
 

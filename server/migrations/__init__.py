@@ -19,6 +19,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0004  reports.sequence (the agent's numbering) with an index, and
           nodes.status_sequence and nodes.clock_offset_s (0 / unknown for the
           old rows, which then order by time as before)
+    0005  nodes.conditions (what each node's agent last said is wrong with it)
+    0006  nodes.revoked_at and nodes.decommissioned_at (``plumb node revoke``,
+          ``plumb node rm``; NULL for the old rows: none was revoked or removed)
 
 Adding a migration (say 0002, new columns on ``nodes``):
 

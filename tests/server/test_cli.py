@@ -223,6 +223,7 @@ class ShapesAdmin(FakeAdmin):
                             name="state_dir_unwritable", detail="state dir ...", since=70.0
                         )
                     ],
+                    cert_serial="5f3a09",
                 ),
                 pb.Node(
                     name="web-2",
@@ -230,8 +231,23 @@ class ShapesAdmin(FakeAdmin):
                     compliance=-1,
                     summary=never,
                     clock_offset_s=math.nan,
+                    cert_serial="0b0b",
+                    revoked_at=60.0,
                 ),
             ]
+        )
+
+    def RevokeNode(self, request: pb.RevokeNodeRequest, timeout: float) -> pb.RevokeNodeResponse:
+        return pb.RevokeNodeResponse(
+            node_name=request.node_name, cert_serial="0b0b", revoked_at=60.0, sessions_ended=1
+        )
+
+    def RemoveNode(self, request: pb.RemoveNodeRequest, timeout: float) -> pb.RemoveNodeResponse:
+        return pb.RemoveNodeResponse(
+            node_name=request.node_name,
+            cert_serial="0b0b",
+            decommissioned_at=61.0,
+            already_removed=True,
         )
 
     def ListDrift(self, request: pb.ListDriftRequest, timeout: float) -> pb.ListDriftResponse:
@@ -312,8 +328,12 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
             },
         ],
         "conditions": [{"name": "state_dir_unwritable", "detail": "state dir ...", "since": 70.0}],
+        "cert_serial": "5f3a09",
+        "revoked_at": None,
+        "decommissioned_at": None,
     }
     assert web2["losses"] == web2["conditions"] == []
+    assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)
     # Nothing known is null, never 0 or -1.
     assert (web2["last_seen"], web2["applied_revision"], web2["reported_revision"]) == (
         None,
@@ -340,6 +360,20 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     assert compliance["revision"] == 5
     assert compliance["fleet"]["percent"] == 33.33
     assert compliance["fleet"]["counts"] == {"in_sync": 1, "failed": 1, "pending": 1}
+    assert shape("node", "revoke", "web-2") == {
+        "node": "web-2",
+        "cert_serial": "0b0b",
+        "revoked_at": 60.0,
+        "already_revoked": False,
+        "sessions_ended": 1,
+    }
+    assert shape("node", "rm", "web-2") == {
+        "node": "web-2",
+        "cert_serial": "0b0b",
+        "decommissioned_at": 61.0,
+        "already_removed": True,
+        "sessions_ended": 0,
+    }
     report = shape("report", "web-1")
     assert (report["node"], report["revision"], report["trigger"]) == ("web-1", 4, "schedule")
     assert report["duration_s"] == 1.5

@@ -221,6 +221,11 @@ def check_0_1_0_data(store: Store) -> None:
     assert store.enroll("0a1b2c3d", "5" * 64, "web-3", "0b0b0b", now=T0 + 500) == {"role": "web"}
     fresh = pb.Report(id="web-3-0001", node_name="web-3", revision=2, finished_at=T0 + 501)
     assert store.ingest_report(wire.report_record(fresh), now=T0 + 502)
+    # 0006: no node of 0.1.0 is revoked or removed; each can be, and keeps its history.
+    assert {(n.revoked_at, n.decommissioned_at) for n in store.list_nodes()} == {(None, None)}
+    assert not store.decommission_node("web-2", now=T0 + 600).already
+    assert [n.name for n in store.list_nodes()] == ["db-1", "web-1", "web-3"]
+    assert store.count_reports("web-2") > 0
 
 
 # ------------------------------------------------------------ a migration after head

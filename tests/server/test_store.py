@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from modules.base import Status
-from server.errors import NodeExists, TokenRefused
-from server.store import ReportRecord, ResultRecord, StateLossRow, Store
+from server.errors import NodeExists, TokenRefused, UnknownNode
+from server.store import NodeCredential, ReportRecord, ResultRecord, StateLossRow, Store
 
 
 @pytest.fixture
@@ -152,3 +152,72 @@ def test_state_losses_are_recorded_once_per_id_newest_first(store: Store) -> Non
         ],
     }
     assert list(store.state_losses("web-2")) == ["web-2"]
+
+
+# ------------------------------------------------------------ revoking, removing
+
+
+def test_revoking_keeps_the_node_listed_and_says_so_once(store: Store) -> None:
+    changed: list[str] = []
+    store.on_node_change(changed.append)
+    done = store.revoke_node("web-1", now=5)
+    assert (done.serial, done.at, done.already) == ("01", 5, False)
+    again = store.revoke_node("web-1", now=6)
+    assert (again.at, again.already) == (5, True)
+    assert changed == ["web-1"]
+    assert store.credential("web-1") == NodeCredential("01", revoked_at=5)
+    node = store.node("web-1")
+    assert node is not None and (node.revoked_at, node.decommissioned_at) == (5, None)
+    assert [n.name for n in store.list_nodes()] == ["web-1"]
+
+
+def test_an_unknown_node_is_neither_revoked_nor_removed(store: Store) -> None:
+    changed: list[str] = []
+    store.on_node_change(changed.append)
+    with pytest.raises(UnknownNode, match="no node named 'web-9' is enrolled"):
+        store.revoke_node("web-9", now=5)
+    with pytest.raises(UnknownNode):
+        store.decommission_node("web-9", now=5)
+    assert changed == []
+
+
+def test_a_removed_node_leaves_the_fleet_and_keeps_its_history(store: Store) -> None:
+    store.ingest_report(_report("r1", 10, Status.REPAIRED, Status.IN_SYNC), now=11)
+    changed: list[str] = []
+    store.on_node_change(changed.append)
+    done = store.decommission_node("web-1", now=20)
+    assert (done.serial, done.at, done.already) == ("01", 20, False)
+    assert store.decommission_node("web-1", now=21).already
+    assert changed == ["web-1"]
+    assert store.node("web-1") is None and store.list_nodes() == []
+    removed = store.node("web-1", removed=True)
+    assert removed is not None and (removed.revoked_at, removed.decommissioned_at) == (20, 20)
+    assert [n.name for n in store.list_nodes(removed=True)] == ["web-1"]
+    assert store.credential("web-1") == NodeCredential("01", revoked_at=20, decommissioned_at=20)
+    assert store.count_reports("web-1") == 1 and len(store.drift("web-1")) == 1
+    assert store.last_report("web-1") is not None
+
+
+def test_a_removed_nodes_name_enrolls_again_as_a_new_node(store: Store) -> None:
+    store.ingest_report(_report("r1", 10, Status.REPAIRED, Status.IN_SYNC), now=11)
+    store.save_catalogs(3, {"web-1": b"{}"})
+    store.decommission_node("web-1", now=20)
+    store.add_token("t2", "h2", {"role": "db"}, created_at=0, expires_at=100, uses=1)
+    changed: list[str] = []
+    store.on_node_change(changed.append)
+    assert store.enroll("t2", "h2", "web-1", "02", now=30) == {"role": "db"}
+    assert changed == ["web-1"]
+    assert store.credential("web-1") == NodeCredential("02")
+    node = store.node("web-1")
+    assert node is not None and (node.labels, node.enrolled_at) == ({"role": "db"}, 30)
+    assert (node.applied_revision, node.status_revision, node.revoked_at) == (0, 0, None)
+    # What it was goes (compiled for other labels); what it did stays.
+    assert store.statuses() == [] and store.catalog("web-1", 3) is None
+    assert store.count_reports("web-1") == 1 and len(store.drift("web-1")) == 1
+
+
+def test_a_revoked_nodes_name_is_not_taken_over_by_enrolling(store: Store) -> None:
+    store.revoke_node("web-1", now=5)
+    with pytest.raises(NodeExists):
+        store.enroll("t1", "h", "web-1", "04", now=6)
+    assert store.credential("web-1") == NodeCredential("01", revoked_at=5)
