@@ -19,6 +19,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0004  reports.sequence (the agent's numbering) with an index, and
           nodes.status_sequence and nodes.clock_offset_s (0 / unknown for the
           old rows, which then order by time as before)
+    0007  tokens.names, .name_pattern (the names a token allows), .reenroll
+          (`plumb node reenroll`'s tokens), .revoked_at; nodes.enrolled_by_token
+          (NULL for nodes enrolled before)
 
 Adding a migration (say 0002, new columns on ``nodes``):
 
