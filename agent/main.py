@@ -35,7 +35,7 @@ exit codes: 0 success; 1 error; 2 bad usage.
 
 examples:
   plumb-agent enroll --server plumb.example.com:8444 --token-file /root/plumb.token
-  printf '%s\n' plumb1.… | plumb-agent enroll --server plumb.example.com:8444 --token -
+  printf '%s\\n' plumb1.… | plumb-agent enroll --server plumb.example.com:8444 --token -
   plumb-agent daemon
   plumb-agent run --once --noop
   plumb-agent status --json
