@@ -1,9 +1,21 @@
-"""Enrollment: make a key here, pin the CA from the token, trade a CSR for a certificate."""
+"""Enrollment: make a key here, pin the CA from the token, trade a CSR for a certificate.
+
+The token is a credential: it is read from a file only its owner can read
+(``--token-file``) or from standard input (``--token -``), never best taken
+from the command line, where every user of the host can read it in
+/proc/PID/cmdline while enroll runs (``--token TOKEN`` still works, with a
+warning).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import sys
 import time
+from pathlib import Path
+from typing import TextIO
 
 import grpc
 from cryptography import x509
@@ -20,26 +32,40 @@ from protos import plumb_pb2_grpc as pb_grpc
 
 # plumb1.<id>.<secret>.<CA sha256>; the server's server/tokens.py makes them.
 # The agent never imports the server, so the format is read here too.
-_TOKEN = re.compile(r"^plumb1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{32}\.([0-9a-f]{64})$")
+_TOKEN = re.compile(r"plumb1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{32}\.([0-9a-f]{64})")
 
 TIMEOUT_S = 15
-# The server's rule (server/enrollment.py), checked before a CSR is made: the
-# name becomes the certificate's common name, at most 64 characters.
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_NODE_NAME = re.compile(rf"^(?=.{{1,64}}$){_LABEL}(\.{_LABEL})*$")
+# The server's rule (server/tokens.py), checked before a CSR is made: the
+# name becomes the certificate's common name, at most 64 characters. Always
+# with fullmatch: "$" would let a trailing newline through ("node-a\n").
+MAX_NAME = 64
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NODE_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+#: More than any token needs: a token file is read no further.
+_TOKEN_FILE_MAX = 4096
 
 
-def enroll(state: StateDir, server: str, token: str, node: str) -> Enrollment:
-    """Enroll this node; the result is saved in ``state``. Harmless if already enrolled."""
+def valid_node_name(name: str) -> bool:
+    return len(name) <= MAX_NAME and _NODE_NAME.fullmatch(name) is not None
+
+
+def enroll(
+    state: StateDir, server: str, token: str, node: str, replace: bool = False
+) -> Enrollment:
+    """Enroll this node; the result is saved in ``state``. Harmless if already enrolled.
+
+    With ``replace`` (a token from ``plumb node reenroll``), an enrolled node
+    enrolls again: a new key, and the new certificate replaces the old one.
+    """
     existing = _already_enrolled(state)
-    if existing is not None:
+    if existing is not None and not replace:
         return existing
-    match = _TOKEN.match(token.strip())
+    match = _TOKEN.fullmatch(token.strip())
     if match is None:
         raise EnrollError("the token is malformed (expected plumb1.<id>.<secret>.<sha256>)")
-    if not _NODE_NAME.match(node):
+    if not valid_node_name(node):
         raise EnrollError(
-            f"invalid node name {node!r}: use a lower-case host name of at most 64 "
+            f"invalid node name {node!r}: use a lower-case host name of at most {MAX_NAME} "
             "characters (letters, digits, '-' and '.'), with --name if this host's is not"
         )
     ca_pem = fetch_pinned_ca(server, match.group(1))
@@ -47,6 +73,55 @@ def enroll(state: StateDir, server: str, token: str, node: str) -> Enrollment:
     reply = _request_certificate(server, ca_pem, token.strip(), node, _csr(key, node))
     cert = _check_certificate(reply, ca_pem, key)
     return _save(state, key, cert, ca_pem, reply, server)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, a file no other user may read (as ssh treats a private key).
+
+    A regular file granting group or others any access is refused, before
+    it is read: the token in it may already be someone else's. Pipes and
+    terminals (``--token-file /dev/stdin``) are read as they are.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
+    except OSError as exc:
+        raise EnrollError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+            raise EnrollError(
+                f"the token file {path} can be read by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}): 'chmod 600 {path}', or pass the token "
+                "on standard input with --token -"
+            )
+        data = f.read(_TOKEN_FILE_MAX)
+    return _first_line(data.decode(errors="replace"), str(path))
+
+
+def read_token_stream(stream: TextIO) -> str:
+    """The token from the first line of ``stream`` (standard input: ``--token -``)."""
+    if stream.isatty():
+        import getpass
+
+        return getpass.getpass("enrollment token: ").strip()
+    return _first_line(stream.readline(_TOKEN_FILE_MAX), "standard input")
+
+
+def _first_line(text: str, where: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise EnrollError(f"no token in {where}")
+
+
+COMMAND_LINE_WARNING = (
+    "warning: a token given as --token TOKEN can be read by every user of this host "
+    "(in /proc/PID/cmdline) while enroll runs; use --token-file PATH or --token - (stdin)"
+)
+
+
+def warn_command_line_token() -> None:
+    print(f"plumb-agent: {COMMAND_LINE_WARNING}", file=sys.stderr)
 
 
 def _already_enrolled(state: StateDir) -> Enrollment | None:

@@ -34,7 +34,8 @@ exit codes: 0 success; 1 error; 2 bad usage.
 4 failures (failed/skipped), 6 both; 0 means every resource is in sync or repaired.
 
 examples:
-  plumb-agent enroll --server plumb.example.com:8444 --token plumb1.…
+  plumb-agent enroll --server plumb.example.com:8444 --token-file /root/plumb.token
+  printf '%s\\n' plumb1.… | plumb-agent enroll --server plumb.example.com:8444 --token -
   plumb-agent daemon
   plumb-agent run --once --noop
   plumb-agent status --json
@@ -104,10 +105,31 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="HOST:PORT of the server's enrollment listener (default port 8444)",
     )
-    enroll.add_argument("--token", required=True, help="from 'plumb token create'")
+    token = enroll.add_mutually_exclusive_group(required=True)
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the token (from 'plumb token create') from this file, which no other "
+        "user may read (chmod 600)",
+    )
+    token.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="'-': read the token from standard input; a token given here instead can be "
+        "read by every user of this host while enroll runs (a warning says so)",
+    )
     enroll.add_argument(
         "--name",
-        help="node name (default: this host's fully qualified name, lower-case)",
+        help="node name (default: this host's fully qualified name, lower-case; "
+        "with --replace, the enrolled name)",
+    )
+    enroll.add_argument(
+        "--replace",
+        action="store_true",
+        help="enroll again although this node is enrolled, with a token from "
+        "'plumb node reenroll': a new key, and a new certificate replacing the old one "
+        "(restart the agent afterwards)",
     )
     enroll.set_defaults(func=_enroll)
 
@@ -210,22 +232,40 @@ def _settle(args: argparse.Namespace) -> None:
 def _enroll(args: argparse.Namespace) -> int:
     from agent.enroll import enroll
 
+    if args.token is not None and args.token != "-":
+        from agent.enroll import warn_command_line_token
+
+        warn_command_line_token()
     state = StateDir(args.state_dir)
     try:
         known = state.enrollment()
     except PlumbAgentError:
         known = None
-    if known is not None and state.cert.exists():
+    enrolled = known is not None and state.cert.exists()
+    if enrolled and not args.replace:
+        assert known is not None
         print(f"already enrolled as {known.node} with {known.server}; nothing to do")
         return 0
+    token = _token(args)
     # Resolved only here: getfqdn() may wait on DNS, which no other command needs.
-    name = args.name or socket.getfqdn().lower()
-    result = enroll(state, args.server, args.token, name)
+    name = args.name or (known.node if enrolled and known else socket.getfqdn().lower())
+    result = enroll(state, args.server, token, name, replace=args.replace)
     print(
         f"enrolled as {result.node}; agent service at {result.server}; "
         f"labels: {', '.join(f'{k}={v}' for k, v in sorted(result.labels.items())) or '-'}"
     )
     return 0
+
+
+def _token(args: argparse.Namespace) -> str:
+    """The token, from --token-file, standard input (--token -) or --token itself."""
+    from agent.enroll import read_token_file, read_token_stream
+
+    if args.token_file is not None:
+        return read_token_file(args.token_file)
+    if args.token == "-":
+        return read_token_stream(sys.stdin)
+    return str(args.token)
 
 
 def _daemon(args: argparse.Namespace) -> int:

@@ -121,7 +121,7 @@ class StateDir:
         except FileNotFoundError:
             raise NotEnrolled(
                 f"this node is not enrolled (no {self.path}/enrollment.json): "
-                "run 'plumb-agent enroll --server HOST:PORT --token TOKEN'"
+                "run 'plumb-agent enroll --server HOST:PORT --token-file FILE'"
             ) from None
         return Enrollment(**raw)
 

@@ -47,16 +47,19 @@ agent_addr=$(sed -n 's/.*agents=localhost:\([0-9]*\).*/127.0.0.1:\1/p' "$work/se
 enroll_addr=$(sed -n 's/.*enroll=localhost:\([0-9]*\).*/127.0.0.1:\1/p' "$work/server.out")
 export PLUMB_CONFIG="$work/server/operator/cli.toml" PLUMB_SERVER="$agent_addr"
 
-step "Create an enrollment token for two web nodes"
-token=$("$bin/plumb" token create --labels role=web env=demo --uses 2 --ttl 600)
-echo "$token"
+step "Create an enrollment token for two web nodes, bound to their names"
+# The token goes to the agents in a file only its owner can read, never on a
+# command line (which every user of a host can read in /proc).
+(umask 077 && "$bin/plumb" token create --labels role=web env=demo --names web-1,web-2 \
+  --uses 2 --ttl 600 >"$work/token")
+show "$bin/plumb" token list
 
 step "Enroll two agents and start their daemons (watchers on; periodic run every 5s as a catch-all)"
 for node in web-1 web-2; do
   mkdir -p "$work/$node/root/etc"
   echo "old setting" >"$work/$node/root/etc/legacy.conf"
   show "$bin/plumb-agent" --state-dir "$work/$node/state" enroll \
-    --server "$enroll_addr" --token "$token" --name "$node"
+    --server "$enroll_addr" --token-file "$work/token" --name "$node"
   "$bin/plumb-agent" --state-dir "$work/$node/state" daemon --root "$work/$node/root" \
     --interval 5 --splay 1 >"$work/$node.log" 2>&1 &
   pids+=($!)

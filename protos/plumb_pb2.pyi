@@ -259,7 +259,7 @@ class Report(_message.Message):
     def __init__(self, id: _Optional[str] = ..., node_name: _Optional[str] = ..., revision: _Optional[int] = ..., noop: _Optional[bool] = ..., trigger: _Optional[_Union[Trigger, str]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., results: _Optional[_Iterable[_Union[ResourceResult, _Mapping]]] = ..., sequence: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("labels", "ttl_s", "uses")
+    __slots__ = ("labels", "ttl_s", "uses", "names", "name_pattern")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -270,22 +270,103 @@ class CreateTokenRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     USES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    NAME_PATTERN_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.ScalarMap[str, str]
     ttl_s: int
     uses: int
-    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., ttl_s: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    name_pattern: str
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., ttl_s: _Optional[int] = ..., uses: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., name_pattern: _Optional[str] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
-    __slots__ = ("token", "expires_at", "uses", "enroll_address")
+    __slots__ = ("token", "expires_at", "uses", "enroll_address", "id", "names", "name_pattern", "reenroll")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     USES_FIELD_NUMBER: _ClassVar[int]
     ENROLL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    NAME_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    REENROLL_FIELD_NUMBER: _ClassVar[int]
     token: str
     expires_at: float
     uses: int
     enroll_address: str
-    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[float] = ..., uses: _Optional[int] = ..., enroll_address: _Optional[str] = ...) -> None: ...
+    id: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    name_pattern: str
+    reenroll: bool
+    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[float] = ..., uses: _Optional[int] = ..., enroll_address: _Optional[str] = ..., id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., name_pattern: _Optional[str] = ..., reenroll: _Optional[bool] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "labels", "names", "name_pattern", "reenroll", "created_at", "expires_at", "uses", "uses_left", "revoked_at", "state", "nodes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    NAME_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    REENROLL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    USES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    labels: _containers.ScalarMap[str, str]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    name_pattern: str
+    reenroll: bool
+    created_at: float
+    expires_at: float
+    uses: int
+    uses_left: int
+    revoked_at: float
+    state: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., names: _Optional[_Iterable[str]] = ..., name_pattern: _Optional[str] = ..., reenroll: _Optional[bool] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., uses: _Optional[int] = ..., uses_left: _Optional[int] = ..., revoked_at: _Optional[float] = ..., state: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("token", "already_revoked")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    token: TokenInfo
+    already_revoked: bool
+    def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ..., already_revoked: _Optional[bool] = ...) -> None: ...
+
+class ReenrollNodeRequest(_message.Message):
+    __slots__ = ("node_name", "ttl_s")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    ttl_s: int
+    def __init__(self, node_name: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
 
 class ManifestFile(_message.Message):
     __slots__ = ("path", "content")
@@ -349,7 +430,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -374,6 +455,7 @@ class Node(_message.Message):
     CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     DECOMMISSIONED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_BY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -391,7 +473,8 @@ class Node(_message.Message):
     cert_serial: str
     revoked_at: float
     decommissioned_at: float
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ...) -> None: ...
+    enrolled_by_token: str
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

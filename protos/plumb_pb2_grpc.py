@@ -200,6 +200,21 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/plumb.v1.Admin/ListTokens',
+                request_serializer=protos_dot_plumb__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/plumb.v1.Admin/RevokeToken',
+                request_serializer=protos_dot_plumb__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ReenrollNode = channel.unary_unary(
+                '/plumb.v1.Admin/ReenrollNode',
+                request_serializer=protos_dot_plumb__pb2.ReenrollNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
         self.Push = channel.unary_unary(
                 '/plumb.v1.Admin/Push',
                 request_serializer=protos_dot_plumb__pb2.PushRequest.SerializeToString,
@@ -244,6 +259,28 @@ class AdminServicer:
 
     def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Tokens, without their secrets: the valid ones, or every one with all set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """A revoked token enrolls nothing more; nodes it enrolled stay enrolled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReenrollNode(self, request, context):
+        """A single-use, short-lived token bound to an enrolled node's name that may
+        replace that node's certificate (the only way an enrolled name is taken).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -300,6 +337,21 @@ def add_AdminServicer_to_server(servicer, server):
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
                     request_deserializer=protos_dot_plumb__pb2.CreateTokenRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=protos_dot_plumb__pb2.ListTokensRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=protos_dot_plumb__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ReenrollNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReenrollNode,
+                    request_deserializer=protos_dot_plumb__pb2.ReenrollNodeRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.CreateTokenResponse.SerializeToString,
             ),
             'Push': grpc.unary_unary_rpc_method_handler(
@@ -366,6 +418,87 @@ class Admin:
             target,
             '/plumb.v1.Admin/CreateToken',
             protos_dot_plumb__pb2.CreateTokenRequest.SerializeToString,
+            protos_dot_plumb__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListTokens',
+            protos_dot_plumb__pb2.ListTokensRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RevokeToken',
+            protos_dot_plumb__pb2.RevokeTokenRequest.SerializeToString,
+            protos_dot_plumb__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReenrollNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ReenrollNode',
+            protos_dot_plumb__pb2.ReenrollNodeRequest.SerializeToString,
             protos_dot_plumb__pb2.CreateTokenResponse.FromString,
             options,
             channel_credentials,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -15,15 +16,19 @@ from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import tokens
 from server.compliance import Tally
+from server.config import ServerConfig
 from server.errors import UnknownNode
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
-from server.store import DriftRow, NodeRow, Revocation, StateLossRow, Store
+from server.store import DriftRow, NodeRow, Revocation, StateLossRow, Store, TokenRow
 from server.wire import STATUS_TO_PB, conditions_to_pb, report_from_body, state_loss_to_pb
 
 DEFAULT_TOKEN_TTL_S = 3600
-MAX_TOKEN_TTL_S = 30 * 24 * 3600
-MAX_TOKEN_USES = 100_000
+#: A re-enroll token replaces a node's identity: it lives a quarter of an hour
+#: unless asked otherwise, and enrolls once.
+DEFAULT_REENROLL_TTL_S = 900
+#: How many names one token may be bound to.
+MAX_TOKEN_NAMES = 1000
 DEFAULT_DRIFT_LIMIT = 100
 MAX_DRIFT_LIMIT = 10_000
 
@@ -35,38 +40,120 @@ MAX_PUSH_WAIT_S = 60.0
 
 class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
-        self, store: Store, fleet: Fleet, hub: Hub, ca_fingerprint: str, enroll_address: str
+        self,
+        store: Store,
+        fleet: Fleet,
+        hub: Hub,
+        ca_fingerprint: str,
+        enroll_address: str,
+        token_caps: TokenCaps | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.hub = hub
         self.ca_fingerprint = ca_fingerprint
         self.enroll_address = enroll_address
+        self.token_caps = token_caps or TokenCaps()
+
+    # ------------------------------------------------------------ tokens
 
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateTokenResponse:
-        if request.ttl_s > MAX_TOKEN_TTL_S or request.uses > MAX_TOKEN_USES:
+        problem = self.token_caps.problem(request.ttl_s, request.uses) or _binding_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        names = list(dict.fromkeys(request.names)) or None
+        binding = tokens.binding(names, request.name_pattern or None)
+        return await self._new_token(
+            dict(request.labels),
+            request.ttl_s or min(DEFAULT_TOKEN_TTL_S, self.token_caps.max_ttl_s),
+            request.uses or 1,
+            binding,
+            reenroll=False,
+        )
+
+    async def ReenrollNode(
+        self, request: pb.ReenrollNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateTokenResponse:
+        name = request.node_name
+        problem = self.token_caps.problem(request.ttl_s, 1)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if not tokens.valid_node_name(name):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"a token lives at most {MAX_TOKEN_TTL_S} s and allows at most "
-                f"{MAX_TOKEN_USES} uses (asked: {request.ttl_s} s, {request.uses} uses)",
+                grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name!r}: {tokens.NAME_RULE}"
             )
+        if await asyncio.to_thread(self.store.node, name) is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no node named {name!r} is enrolled: a new node enrolls with a token "
+                f"from 'plumb token create' (--names {name} binds it to that name)",
+            )
+        # No labels of its own: the node keeps the labels it has.
+        binding = tokens.binding([name], None)
+        ttl = request.ttl_s or min(DEFAULT_REENROLL_TTL_S, self.token_caps.max_ttl_s)
+        return await self._new_token({}, ttl, 1, binding, reenroll=True)
+
+    async def _new_token(
+        self,
+        labels: dict[str, str],
+        ttl_s: int,
+        uses: int,
+        binding: tokens.Binding,
+        reenroll: bool,
+    ) -> pb.CreateTokenResponse:
         token = tokens.new(self.ca_fingerprint)
         now = time.time()
-        expires = now + (request.ttl_s or DEFAULT_TOKEN_TTL_S)
-        uses = request.uses or 1
+        expires = now + ttl_s
         await asyncio.to_thread(
             self.store.add_token,
             token.id,
             token.secret_sha256,
-            dict(request.labels),
+            labels,
             now,
             expires,
             uses,
+            binding,
+            reenroll,
         )
         return pb.CreateTokenResponse(
-            token=str(token), expires_at=expires, uses=uses, enroll_address=self.enroll_address
+            token=str(token),
+            expires_at=expires,
+            uses=uses,
+            enroll_address=self.enroll_address,
+            id=token.id,
+            names=binding.names or (),
+            name_pattern=binding.pattern or "",
+            reenroll=reenroll,
+        )
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListTokensResponse:
+        now = time.time()
+        rows = await asyncio.to_thread(self.store.list_tokens, now, request.all)
+        return pb.ListTokensResponse(tokens=[_token_info(t, now) for t in rows])
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeTokenResponse:
+        if not tokens.TOKEN_ID.fullmatch(request.id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{request.id!r} is not a token id (8 hex digits, as 'plumb token list' shows)",
+            )
+        now = time.time()
+        found = await asyncio.to_thread(self.store.revoke_token, request.id, now)
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no token has the id {request.id} ('plumb token list --all' shows them all)",
+            )
+        assert found is not None
+        token, revoked_now = found
+        return pb.RevokeTokenResponse(
+            token=_token_info(token, now), already_revoked=not revoked_now
         )
 
     async def Push(
@@ -150,6 +237,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                 summary=_compliance(compliance.by_node[n.name]),
                 losses=[state_loss_to_pb(x) for x in _losses_of(n, losses)],
                 conditions=conditions_to_pb(n.conditions),
+                enrolled_by_token=n.enrolled_by_token or "",
                 **_identity_fields(n),
             )
             for n in compliance.nodes
@@ -266,6 +354,7 @@ def _removed_node(n: NodeRow, latest: int) -> pb.Node:
         clock_offset_s=math.nan if n.clock_offset_s is None else n.clock_offset_s,
         summary=pb.ComplianceRow(scope="node", name=n.name, percent=-1.0),
         conditions=conditions_to_pb(n.conditions),
+        enrolled_by_token=n.enrolled_by_token or "",
         **_identity_fields(n),
     )
 
@@ -273,6 +362,66 @@ def _removed_node(n: NodeRow, latest: int) -> pb.Node:
 def _losses_of(n: NodeRow, losses: dict[str, list[StateLossRow]]) -> list[StateLossRow]:
     """What the node lost: since it was enrolled (a removed node of its name lost the rest)."""
     return [x for x in losses.get(n.name, []) if x.received_at >= n.enrolled_at]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCaps:
+    """What a token may be asked for at most (server.toml: token_max_ttl_s, token_max_uses)."""
+
+    max_ttl_s: int = ServerConfig.token_max_ttl_s
+    max_uses: int = ServerConfig.token_max_uses
+
+    def problem(self, ttl_s: int, uses: int) -> str | None:
+        """Why a token of ``ttl_s`` seconds and ``uses`` uses is refused; None if it is not."""
+        if ttl_s > self.max_ttl_s:
+            return (
+                f"a token lives at most {self.max_ttl_s} s ({_duration(self.max_ttl_s)}; "
+                f"the server's token_max_ttl_s), not {ttl_s} s"
+            )
+        if uses > self.max_uses:
+            return (
+                f"a token enrolls at most {self.max_uses} nodes (the server's "
+                f"token_max_uses), not {uses}"
+            )
+        return None
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def _binding_problem(request: pb.CreateTokenRequest) -> str | None:
+    if request.names and request.name_pattern:
+        return "a token is bound to names or to a name pattern, not both"
+    if len(request.names) > MAX_TOKEN_NAMES:
+        return f"a token is bound to at most {MAX_TOKEN_NAMES} names, not {len(request.names)}"
+    for name in request.names:
+        if not tokens.valid_node_name(name):
+            return f"invalid node name {name!r}: {tokens.NAME_RULE}"
+    if request.name_pattern:
+        return tokens.pattern_problem(request.name_pattern)
+    return None
+
+
+def _token_info(token: TokenRow, now: float) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=token.id,
+        labels=token.labels,
+        names=token.binding.names or (),
+        name_pattern=token.binding.pattern or "",
+        reenroll=token.reenroll,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        uses=token.uses,
+        uses_left=token.uses_left,
+        revoked_at=token.revoked_at or 0.0,
+        state=token.state(now),
+        nodes=token.nodes,
+    )
 
 
 def _drift_event(row: DriftRow) -> pb.DriftEvent:

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
-from server.admin import AdminServicer
+from server.admin import AdminServicer, TokenCaps
 from server.auth import AuthInterceptor, NodeCredentials
 from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
@@ -117,12 +117,16 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     enroll_port = _listen(grpc_server, config.enroll_listen, grpc.ssl_server_credentials(key_cert))
     enroll_address = f"{config.advertise}:{enroll_port}"
     pb_grpc.add_EnrollmentServicer_to_server(
-        EnrollmentServicer(store, ca, agent_port, on_enrolled=fleet.prepare), grpc_server
+        EnrollmentServicer(
+            store, ca, agent_port, on_enrolled=fleet.prepare, targeted_by=fleet.targeted_by_name
+        ),
+        grpc_server,
     )
     agents = AgentServicer(store, fleet, hub, ingestor, presence)
     pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
+    caps = TokenCaps(config.token_max_ttl_s, config.token_max_uses)
     pb_grpc.add_AdminServicer_to_server(
-        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address), grpc_server
+        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address, caps), grpc_server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -21,7 +21,7 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
-from server import cliviews
+from server import cliviews, tokens
 from server.errors import CLIError
 
 N = TypeVar("N", int, float)
@@ -39,6 +39,9 @@ exit codes: 0 success; 1 error or refused push; 2 bad usage;
 examples:
   plumb token create --labels role=web --ttl 3600 --uses 5
   plumb token create --labels role=web --install-command   # one line to paste on the node
+  plumb token create --names db-2 --install-command         # for that name only
+  plumb token list --all
+  plumb node reenroll db-2                                  # a new host for an old name
   plumb push manifests/web.yaml manifests/base.yaml
   plumb nodes
   plumb node revoke web-1      # it can no longer connect; listed as revoked
@@ -100,45 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(config=None, server=os.environ.get("PLUMB_SERVER"))
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    token = sub.add_parser("token", help="enrollment tokens").add_subparsers(
-        required=True, metavar="ACTION"
-    )
-    create = token.add_parser(
-        "create", parents=[_common()], help="make a token for enrolling nodes"
-    )
-    create.add_argument(
-        "--labels",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="labels every node enrolled with this token gets",
-    )
-    create.add_argument(
-        "--ttl",
-        type=_bounded(int, 1, MAX_TOKEN_TTL_S, "a number of seconds"),
-        default=3600,
-        help=f"seconds valid, at most {MAX_TOKEN_TTL_S} (30 days; default: 3600)",
-    )
-    create.add_argument(
-        "--uses",
-        type=_bounded(int, 1, MAX_TOKEN_USES, "a number of nodes"),
-        default=1,
-        help=f"how many nodes may enroll with it, at most {MAX_TOKEN_USES} (default: 1)",
-    )
-    create.add_argument(
-        "--install-command",
-        action="store_true",
-        help="print, instead of the bare token, one shell line that installs the agent, "
-        "enrolls it with the token and starts it: paste it as root on the new node",
-    )
-    create.add_argument(
-        "--package",
-        metavar="PATH",
-        help="the install command installs this .deb (or .rpm) file, as it is named on the "
-        "node, instead of plumb-agent from the node's repositories (implies --install-command)",
-    )
-    _json_flag(create)
-    create.set_defaults(func=_token_create)
+    _add_token_commands(sub)
 
     push = sub.add_parser(
         "push",
@@ -201,10 +166,11 @@ def _parser() -> argparse.ArgumentParser:
 def _node_parser(sub: Any) -> None:
     """``plumb node ACTION NAME``: one node's identity (each action adds itself)."""
     node = sub.add_parser(
-        "node", help="one node's identity: revoke it, remove it from the fleet"
+        "node", help="one node's identity: revoke it, remove it, re-enroll it"
     ).add_subparsers(required=True, metavar="ACTION")
     _node_revoke_parser(node)
     _node_rm_parser(node)
+    _node_reenroll_parser(node)
 
 
 def _node_revoke_parser(node: Any) -> None:
@@ -236,6 +202,129 @@ def _node_rm_parser(node: Any) -> None:
     rm.add_argument("name", metavar="NAME")
     _json_flag(rm)
     rm.set_defaults(func=_node_rm)
+
+
+def _add_token_commands(sub: Any) -> None:
+    token = sub.add_parser("token", help="enrollment tokens: create, list, revoke").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = token.add_parser(
+        "create",
+        parents=[_common()],
+        help="make a token for enrolling nodes",
+        description="Make an enrollment token. It lives --ttl seconds and enrolls --uses "
+        "nodes, at most what the server allows (its token_max_ttl_s and token_max_uses: "
+        "7 days and 1000 by default). Bound with --names or --name-pattern, it enrolls "
+        "only nodes of those names; unbound, any name but one that a manifest targets by "
+        "name, and never the name of an enrolled node ('plumb node reenroll' does that).",
+    )
+    create.add_argument(
+        "--labels",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="labels every node enrolled with this token gets",
+    )
+    create.add_argument(
+        "--ttl",
+        type=_bounded(int, 1, MAX_WIRE_UINT, "a number of seconds"),
+        default=0,
+        help="seconds valid (default: 3600, or the server's token_max_ttl_s if lower; "
+        "the server refuses more than that)",
+    )
+    create.add_argument(
+        "--uses",
+        type=_bounded(int, 1, MAX_WIRE_UINT, "a number of nodes"),
+        default=1,
+        help="how many nodes may enroll with it (default: 1; the server refuses more than "
+        "its token_max_uses)",
+    )
+    bind = create.add_mutually_exclusive_group()
+    bind.add_argument(
+        "--names",
+        type=_names,
+        metavar="NAME,...",
+        help="only nodes of these names may enroll with it",
+    )
+    bind.add_argument(
+        "--name-pattern",
+        type=_name_pattern,
+        metavar="PATTERN",
+        help="only nodes whose name matches this shell-style pattern may enroll with it "
+        "('web-*': * is any run of characters, dots included; ? one; [a-c] a set)",
+    )
+    create.add_argument(
+        "--install-command",
+        action="store_true",
+        help="print, instead of the bare token, one shell line that installs the agent, "
+        "enrolls it with the token (passed on stdin, never as an argument other users "
+        "could read) and starts it: paste it as root on the new node",
+    )
+    create.add_argument(
+        "--package",
+        metavar="PATH",
+        help="the install command installs this .deb (or .rpm) file, as it is named on the "
+        "node, instead of plumb-agent from the node's repositories (implies --install-command)",
+    )
+    _json_flag(create)
+    create.set_defaults(func=_token_create)
+
+    listing = token.add_parser(
+        "list",
+        parents=[_common()],
+        help="tokens (never their secrets): id, labels, names, uses, expiry, nodes",
+    )
+    listing.add_argument(
+        "--all", action="store_true", help="also expired, used-up and revoked tokens"
+    )
+    _json_flag(listing)
+    listing.set_defaults(func=_token_list)
+
+    revoke = token.add_parser(
+        "revoke",
+        parents=[_common()],
+        help="revoke a token: it enrolls nothing more (nodes it enrolled stay enrolled)",
+    )
+    revoke.add_argument("id", metavar="ID", help="the token's id, as 'plumb token list' shows")
+    _json_flag(revoke)
+    revoke.set_defaults(func=_token_revoke)
+
+
+def _node_reenroll_parser(node: Any) -> None:
+    reenroll = node.add_parser(
+        "reenroll",
+        parents=[_common()],
+        help="a single-use token that gives an enrolled node a new certificate",
+        description="Make a token that enrolls NAME once more, replacing its certificate "
+        "(a new host under the same name, a lost or leaked key): the only way an enrolled "
+        "name is ever enrolled again. The node keeps its labels and history; its old "
+        "certificate is no longer its current one once the new one is issued.",
+    )
+    reenroll.add_argument("name", metavar="NAME", help="the enrolled node")
+    reenroll.add_argument(
+        "--ttl",
+        type=_bounded(int, 1, MAX_WIRE_UINT, "a number of seconds"),
+        default=0,
+        help="seconds valid (default: 900, or the server's token_max_ttl_s if lower)",
+    )
+    _json_flag(reenroll)
+    reenroll.set_defaults(func=_node_reenroll)
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: ``db-2,db-3`` → ``["db-2", "db-3"]``, each a valid node name."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if not tokens.valid_node_name(name):
+            raise argparse.ArgumentTypeError(f"invalid node name {name!r}: {tokens.NAME_RULE}")
+    return names
+
+
+def _name_pattern(text: str) -> str:
+    problem = tokens.pattern_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -301,9 +390,10 @@ def _rpc_message(exc: grpc.RpcError) -> str:
 
 
 TIMEOUT_S = 30
+#: What the wire carries (uint32): token TTLs and uses are capped by the
+#: server (server.toml's token_max_ttl_s, token_max_uses), which says its limit.
+MAX_WIRE_UINT = 2**32 - 1
 #: Limits the server enforces too (server.admin); checked here to say so in one line.
-MAX_TOKEN_TTL_S = 30 * 24 * 3600
-MAX_TOKEN_USES = 100_000
 MAX_DRIFT_LIMIT = 10_000
 #: A node's clock further off the server's than this is worth a line.
 CLOCK_WARN_S = 60.0
@@ -314,12 +404,22 @@ CLOCK_WARN_S = 60.0
 
 def _token_create(args: argparse.Namespace) -> int:
     labels = _parse_labels(args.labels)
-    reply = _stub(args).CreateToken(
-        pb.CreateTokenRequest(labels=labels, ttl_s=args.ttl, uses=args.uses), timeout=TIMEOUT_S
+    request = pb.CreateTokenRequest(
+        labels=labels,
+        ttl_s=args.ttl,
+        uses=args.uses,
+        names=args.names or [],
+        name_pattern=args.name_pattern or "",
     )
-    valid = f"valid until {_when(reply.expires_at)} for {reply.uses} node(s)"
+    reply = _stub(args).CreateToken(request, timeout=TIMEOUT_S)
+    only = list(reply.names)
+    name = only[0] if len(only) == 1 else None
+    valid = (
+        f"token {reply.id}, valid until {_when(reply.expires_at)} for {reply.uses} node(s), "
+        f"{_binding(reply.names, reply.name_pattern)}"
+    )
     if args.install_command or args.package:
-        command = install_command(reply.enroll_address, reply.token, args.package)
+        command = install_command(reply.enroll_address, reply.token, args.package, name)
         if args.json:
             return _print_json(cliviews.token(reply, command))
         print(f"# {valid}; run this as root on the node:", file=sys.stderr)
@@ -329,23 +429,47 @@ def _token_create(args: argparse.Namespace) -> int:
         return _print_json(cliviews.token(reply, None))
     print(reply.token)
     print(
-        f"# {valid}; on the node run:\n"
-        f"#   plumb-agent enroll --server {reply.enroll_address} --token {reply.token}",
+        f"# {valid}; on the node run (as root):\n"
+        f"#   {enroll_command(reply.enroll_address, reply.token, name)}",
         file=sys.stderr,
     )
     return 0
 
 
-def install_command(enroll_address: str, token: str, package: str | None = None) -> str:
+def enroll_command(
+    enroll_address: str, token: str, name: str | None = None, replace: bool = False
+) -> str:
+    """``plumb-agent enroll`` with the token on its standard input, never in its arguments.
+
+    Arguments of a process are world-readable (/proc/PID/cmdline): a token
+    there is a token for every user of the host while enroll runs. ``printf``
+    is built into every shell (sh, bash, dash, zsh, busybox), so it runs as
+    no process of its own: the token appears in no process's arguments, only
+    in the pipe.
+    """
+    if not enroll_address:
+        raise CLIError("the server did not say where agents enroll (is it older than this CLI?)")
+    command = (
+        f"printf '%s\\n' {shlex.quote(token)} | "
+        f"plumb-agent enroll --server {shlex.quote(enroll_address)} --token -"
+    )
+    if name:
+        command += f" --name {shlex.quote(name)}"
+    return command + (" --replace" if replace else "")
+
+
+def install_command(
+    enroll_address: str, token: str, package: str | None = None, name: str | None = None
+) -> str:
     """One shell line for a fresh node: install the agent, enroll it, start it.
 
     Each step runs only if the one before succeeded, and running the line
     again is harmless: the package is installed already and an enrolled node
     keeps its identity. ``package`` is a local .deb or .rpm path on the node;
-    without it the node's own repositories provide plumb-agent.
+    without it the node's own repositories provide plumb-agent. ``name`` is
+    the node's name when the token allows one name only. The token goes to
+    the agent on its standard input (see :func:`enroll_command`).
     """
-    if not enroll_address:
-        raise CLIError("the server did not say where agents enroll (is it older than this CLI?)")
     if package is None:
         install = "apt-get install -y plumb-agent"
     else:
@@ -353,10 +477,74 @@ def install_command(enroll_address: str, token: str, package: str | None = None)
         path = package if "/" in package else f"./{package}"
         tool = "dnf" if package.endswith(".rpm") else "apt-get"
         install = f"{tool} install -y {shlex.quote(path)}"
-    enroll = (
-        f"plumb-agent enroll --server {shlex.quote(enroll_address)} --token {shlex.quote(token)}"
-    )
+    enroll = enroll_command(enroll_address, token, name)
     return f"{install} && {enroll} && systemctl start plumb-agent"
+
+
+def _binding(names: Sequence[str], pattern: str) -> str:
+    if names:
+        return f"only the name(s) {', '.join(names)}"
+    if pattern:
+        return f"only names matching {pattern!r}"
+    return "any name not targeted by name"
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListTokens(pb.ListTokensRequest(all=args.all), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.tokens(reply))
+    _table(
+        ["ID", "STATE", "LABELS", "NAMES", "USED", "CREATED", "EXPIRES", "NODES"],
+        [
+            [
+                t.id,
+                t.state + (f" {_when(t.revoked_at)}" if t.revoked_at else ""),
+                _labels(t.labels),
+                _token_names(t),
+                f"{t.uses - t.uses_left}/{t.uses}",
+                _when(t.created_at),
+                _when(t.expires_at),
+                ",".join(t.nodes) or "-",
+            ]
+            for t in reply.tokens
+        ],
+    )
+    if not reply.tokens:
+        what = "no tokens" if args.all else "no valid tokens ('plumb token list --all' shows all)"
+        print(what, file=sys.stderr)
+    return 0
+
+
+def _token_names(t: pb.TokenInfo) -> str:
+    names = ",".join(t.names) or t.name_pattern or "any"
+    return f"{names} (re-enroll)" if t.reenroll else names
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    reply = _stub(args).RevokeToken(pb.RevokeTokenRequest(id=args.id), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.revoked(reply))
+    t = reply.token
+    when = "already revoked" if reply.already_revoked else "revoked"
+    print(f"token {t.id} {when} at {_when(t.revoked_at)}: it enrolls nothing more")
+    if t.nodes:
+        print(f"nodes it enrolled stay enrolled: {', '.join(t.nodes)}", file=sys.stderr)
+    return 0
+
+
+def _node_reenroll(args: argparse.Namespace) -> int:
+    request = pb.ReenrollNodeRequest(node_name=args.name, ttl_s=args.ttl)
+    reply = _stub(args).ReenrollNode(request, timeout=TIMEOUT_S)
+    command = enroll_command(reply.enroll_address, reply.token, args.name, replace=True)
+    if args.json:
+        return _print_json(cliviews.reenroll(reply, args.name, command))
+    print(reply.token)
+    print(
+        f"# token {reply.id} re-enrolls {args.name} once, until {_when(reply.expires_at)}; "
+        f"on the node run (as root):\n#   {command} && systemctl restart plumb-agent",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _parse_labels(items: Sequence[str]) -> dict[str, str]:

@@ -25,7 +25,8 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "clock_offset_s": 0.004 | null, "compliance": COMPLIANCE,
                 "losses": [LOSS, ...], "conditions": [CONDITION, ...],
                 "cert_serial": "5f3a09...", "revoked_at": 1764620000.5 | null,
-                "decommissioned_at": 1764620000.5 | null}]}
+                "decommissioned_at": 1764620000.5 | null,
+                "enrolled_by_token": "0a1b2c3d" | null}]}
 
 where ``LOSS`` is what the node reported losing of its own state (a damaged
 report spool it set aside, a cached catalog that did not verify), newest
@@ -41,7 +42,9 @@ not connected, as it last said. ``cert_serial`` is the one certificate the
 node may use (lower-case hex); ``revoked_at`` when it was revoked (``plumb node
 revoke``: the node cannot connect until enrolled again), ``decommissioned_at``
 when the node was removed (``plumb node rm``; only ``nodes --all`` lists
-those, with a compliance of nothing expected).
+those, with a compliance of nothing expected). ``enrolled_by_token`` is the
+id of the token its current certificate was enrolled with (``null``: enrolled
+before Plumb recorded it).
 
 ``node revoke NAME``::
 
@@ -83,8 +86,35 @@ where ``COMPLIANCE`` is ``{"scope": "node" | "manifest" | "control" | "kind" |
 
 ``token create``::
 
-    {"token": "plumb1....", "expires_at": ..., "uses": 5, "enroll_address": "h:8444",
-     "install_command": "..." | null}
+    {"id": "0a1b2c3d", "token": "plumb1....", "expires_at": ..., "uses": 5,
+     "enroll_address": "h:8444", "names": ["db-2", "db-3"] | null,
+     "name_pattern": "web-*" | null, "reenroll": false, "install_command": "..." | null}
+
+``names`` and ``name_pattern`` are the token's binding (at most one is set;
+both ``null``: any name not targeted by name). ``install_command`` is the line
+to paste on a node (with ``--install-command``); it passes the token on the
+agent's standard input.
+
+``token list``::
+
+    {"tokens": [TOKEN, ...]}
+
+``token revoke ID``::
+
+    {"token": TOKEN, "already_revoked": false}
+
+where ``TOKEN`` is a token without its secret: ``{"id": "0a1b2c3d",
+"labels": {...}, "names": [...] | null, "name_pattern": "..." | null,
+"reenroll": false, "created_at": ..., "expires_at": ..., "uses": 5, "used": 2,
+"uses_left": 3, "revoked_at": 1764620000.5 | null, "state": "valid" |
+"expired" | "used_up" | "revoked", "nodes": ["web-1", ...]}`` (``nodes``:
+those whose current certificate it enrolled).
+
+``node reenroll NAME``::
+
+    {"node": "db-2", "id": "...", "token": "plumb1....", "expires_at": ..., "uses": 1,
+     "enroll_address": "h:8444", "names": ["db-2"], "name_pattern": null,
+     "reenroll": true, "enroll_command": "printf ... | plumb-agent enroll ... --replace"}
 """
 
 from __future__ import annotations
@@ -161,6 +191,7 @@ def node(n: pb.Node) -> dict[str, Any]:
         "cert_serial": n.cert_serial or None,
         "revoked_at": n.revoked_at or None,
         "decommissioned_at": n.decommissioned_at or None,
+        "enrolled_by_token": n.enrolled_by_token or None,
     }
 
 
@@ -268,12 +299,49 @@ def compliance(reply: pb.GetComplianceResponse, revision: int) -> dict[str, Any]
 
 
 def token(reply: pb.CreateTokenResponse, install_command: str | None) -> dict[str, Any]:
+    return {**_created(reply), "install_command": install_command}
+
+
+def reenroll(reply: pb.CreateTokenResponse, node_name: str, command: str) -> dict[str, Any]:
+    return {"node": node_name, **_created(reply), "enroll_command": command}
+
+
+def _created(reply: pb.CreateTokenResponse) -> dict[str, Any]:
     return {
+        "id": reply.id or None,
         "token": reply.token,
         "expires_at": reply.expires_at,
         "uses": reply.uses,
         "enroll_address": reply.enroll_address or None,
-        "install_command": install_command,
+        "names": list(reply.names) or None,
+        "name_pattern": reply.name_pattern or None,
+        "reenroll": reply.reenroll,
+    }
+
+
+def tokens(reply: pb.ListTokensResponse) -> dict[str, Any]:
+    return {"tokens": [token_info(t) for t in reply.tokens]}
+
+
+def revoked(reply: pb.RevokeTokenResponse) -> dict[str, Any]:
+    return {"token": token_info(reply.token), "already_revoked": reply.already_revoked}
+
+
+def token_info(t: pb.TokenInfo) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "labels": dict(sorted(t.labels.items())),
+        "names": list(t.names) or None,
+        "name_pattern": t.name_pattern or None,
+        "reenroll": t.reenroll,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "uses": t.uses,
+        "used": t.uses - t.uses_left,
+        "uses_left": t.uses_left,
+        "revoked_at": t.revoked_at or None,
+        "state": t.state,
+        "nodes": list(t.nodes),
     }
 
 

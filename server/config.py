@@ -6,6 +6,7 @@ import dataclasses
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from server.errors import ConfigError
 
@@ -24,6 +25,11 @@ class ServerConfig:
     # SQLAlchemy URL; empty means the embedded SQLite file in the data dir.
     # Only SQLite is supported yet: server/store.py (store_path) refuses others.
     store_url: str = ""
+    # Caps on what `plumb token create` may ask for: a token lives at most this
+    # many seconds (default 7 days) and enrolls at most this many nodes. A
+    # token is a credential; one that outlives its purpose is one to steal.
+    token_max_ttl_s: int = 7 * 24 * 3600
+    token_max_uses: int = 1000
 
     @property
     def store(self) -> str:
@@ -31,8 +37,10 @@ class ServerConfig:
 
     def save(self) -> None:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "data_dir"}
-        # Flat string values only, so JSON string quoting is valid TOML.
-        text = "".join(f"{k} = {json.dumps(str(v))}\n" for k, v in fields.items())
+        # Flat strings and integers only, so JSON's spelling is valid TOML.
+        text = "".join(
+            f"{k} = {json.dumps(v if isinstance(v, int) else str(v))}\n" for k, v in fields.items()
+        )
         (self.data_dir / CONFIG_NAME).write_text(
             "# Written by plumb-server init; edit and restart plumb-server.\n" + text
         )
@@ -46,8 +54,26 @@ class ServerConfig:
             raise ConfigError(f"{path} not found: run 'plumb-server init' first") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-        known = {f.name for f in dataclasses.fields(cls)} - {"data_dir"}
-        unknown = set(raw) - known
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        known.pop("data_dir")
+        unknown = set(raw) - set(known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
-        return cls(data_dir=data_dir, **{k: str(v) for k, v in raw.items()})
+        values: dict[str, Any] = {k: _value(path, known[k], v) for k, v in raw.items()}
+        return cls(data_dir=data_dir, **values)
+
+
+def _value(path: Path, field: dataclasses.Field[object], value: object) -> object:
+    """A setting as its field's type wants it: a string, or a positive integer."""
+    # Annotations are strings here (from __future__ import annotations).
+    if field.type not in ("int", int):
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{path}: {field.name} must be a whole number, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{path}: {field.name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{path}: {field.name} must be at least 1, got {number}")
+    return number

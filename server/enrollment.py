@@ -1,9 +1,19 @@
-"""The Enrollment service: a token and a CSR in, a node certificate out."""
+"""The Enrollment service: a token and a CSR in, a node certificate out.
+
+Everything about the token is checked before the CSR is even parsed: the
+enrollment listener takes calls from anyone, and parsing and signing cost
+far more than a store lookup. In order: the token's form, the node name's
+form, then (in the store, read only) the token itself — known, not revoked,
+not expired, uses left —, the name against the token's binding, the name not
+taken (unless the token is a re-enroll token for it), and for a token bound
+to no name, the name not one a manifest targets by name. Only then is the
+CSR parsed and signed; the store then spends the use and records the node
+in one transaction, checking the token and the name again.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,12 +27,6 @@ from server.errors import CSRRejected, NodeExists, TokenRefused
 from server.pki import KeyPair, cert_pem, sign_node_csr
 from server.store import Store
 
-# A DNS label or dotted host name: node names end up in certificates and paths.
-# At most 64 characters: the name is the certificate's common name, which
-# X.509 limits to 64 (the agent checks the same before it makes its CSR).
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-NODE_NAME = re.compile(rf"^(?=.{{1,64}}$){_LABEL}(\.{_LABEL})*$")
-
 
 class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
     def __init__(
@@ -31,12 +35,15 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         ca: KeyPair,
         agent_port: int,
         on_enrolled: Callable[[str], object] = lambda node: None,
+        targeted_by: Callable[[str], list[str]] = lambda node: [],
     ) -> None:
-        """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog)."""
+        """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog);
+        ``targeted_by(node)`` names the manifests that target ``node`` by name."""
         self.store = store
         self.ca = ca
         self.agent_port = agent_port
         self.on_enrolled = on_enrolled
+        self.targeted_by = targeted_by
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -45,11 +52,10 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         if token is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the token is malformed")
         assert token is not None
-        if not NODE_NAME.match(request.node_name):
+        if not tokens.valid_node_name(request.node_name):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"invalid node name {request.node_name!r}: use a lower-case host name of at "
-                "most 64 characters (letters, digits, '-' and '.')",
+                f"invalid node name {request.node_name!r}: {tokens.NAME_RULE}",
             )
         try:
             return await asyncio.to_thread(self._enroll, token, request)
@@ -62,21 +68,31 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         raise AssertionError("unreachable")
 
     def _enroll(self, token: tokens.Token, request: pb.EnrollRequest) -> pb.EnrollResponse:
-        cert = sign_node_csr(self.ca, request.csr_pem, request.node_name)
+        name = request.node_name
+        found = self.store.check_enrollment(token.id, token.secret_sha256, name, time.time())
+        if not found.binding.bound:
+            self._check_not_targeted(token, name)
+        cert = sign_node_csr(self.ca, request.csr_pem, name)
         labels = self.store.enroll(
-            token.id,
-            token.secret_sha256,
-            request.node_name,
-            format(cert.serial_number, "x"),
-            time.time(),
+            token.id, token.secret_sha256, name, format(cert.serial_number, "x"), time.time()
         )
         # Now, not at its first session: a catalog that cannot be compiled for
         # the new node (a collision only it makes) shows in `plumb nodes` at once.
-        self.on_enrolled(request.node_name)
+        self.on_enrolled(name)
         return pb.EnrollResponse(
             certificate_pem=cert_pem(cert),
             ca_pem=cert_pem(self.ca.cert),
-            node_name=request.node_name,
+            node_name=name,
             agent_port=self.agent_port,
             labels=labels,
         )
+
+    def _check_not_targeted(self, token: tokens.Token, name: str) -> None:
+        """A name a manifest targets by name is for a token that names it, not any token."""
+        manifests = self.targeted_by(name)
+        if manifests:
+            raise TokenRefused(
+                f"the name {name!r} is targeted by name by manifest(s) {', '.join(manifests)}, "
+                f"so only a token bound to it may enroll it, and token {token.id} is bound to "
+                f"no name: enroll with a token from 'plumb token create --names {name}'"
+            )

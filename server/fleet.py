@@ -133,6 +133,17 @@ class Fleet:
             cached = self._manifests = (revision, _load_sources(self.store.revision(revision)))
         return cached[1]
 
+    def targeted_by_name(self, node_name: str) -> list[str]:
+        """The manifests of the latest revision that name ``node_name`` in ``target.names``.
+
+        Enrollment keeps such a name for tokens that name it (server/tokens.py):
+        its catalog was written for one host, secrets and all.
+        """
+        revision = self.store.latest_revision_id()
+        if revision == 0:
+            return []
+        return sorted(m.name for m in self.manifests(revision) if node_name in m.target.names)
+
     def compliance(self) -> compliance_.Compliance:
         """Compliance at the latest revision (see server.compliance)."""
         revision = self.store.latest_revision_id()

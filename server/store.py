@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
+from server import tokens as tokens_
 from server.errors import NodeExists, StoreError, TokenRefused, UnknownNode
 
 log = logging.getLogger("plumb.server.store")
@@ -83,6 +84,9 @@ nodes = sa.Table(
     # left out of `plumb nodes`, pushes and compliance; its reports and drift
     # events stay. Enrolling its name again makes a new node of it.
     sa.Column("decommissioned_at", sa.Float, nullable=True),
+    # The token its current certificate was enrolled with (a re-enroll's, after
+    # one); NULL: enrolled before this was recorded.
+    sa.Column("enrolled_by_token", sa.String(32), nullable=True),
 )
 
 tokens = sa.Table(
@@ -95,6 +99,16 @@ tokens = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("uses_left", sa.Integer, nullable=False),
     sa.Column("uses", sa.Integer, nullable=False),
+    # The names it allows (server/tokens.py): a list of exact names, or one
+    # fnmatch pattern, or (both NULL) any name not targeted by name.
+    sa.Column("names", sa.JSON, nullable=True),
+    sa.Column("name_pattern", sa.String(253), nullable=True),
+    # Made by `plumb node reenroll`: it may replace the certificate of an
+    # existing node of its (one) name; no other token ever may.
+    sa.Column("reenroll", sa.Boolean, nullable=False, server_default="0"),
+    # When `plumb token revoke` revoked it; NULL: not revoked. Kept, not
+    # deleted: nodes record which token enrolled them.
+    sa.Column("revoked_at", sa.Float, nullable=True),
 )
 
 revisions = sa.Table(
@@ -220,6 +234,8 @@ class NodeRow:
     revoked_at: float | None = None
     #: When the node was removed (`plumb node rm`); None: it was not.
     decommissioned_at: float | None = None
+    #: The id of the token it was last enrolled with; None: not recorded (an older store).
+    enrolled_by_token: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +255,33 @@ class Revocation:
     serial: str  # the certificate revoked
     at: float  # when it was revoked (or removed); the first time, if it already was
     already: bool  # it already was: nothing changed
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRow:
+    """An enrollment token as the store keeps it: everything but its secret."""
+
+    id: str
+    labels: dict[str, str]
+    created_at: float
+    expires_at: float
+    uses: int  # how many enrollments it allows in all
+    uses_left: int
+    binding: tokens_.Binding = tokens_.UNBOUND
+    reenroll: bool = False
+    revoked_at: float | None = None
+    #: Nodes whose current certificate it enrolled.
+    nodes: tuple[str, ...] = ()
+
+    def state(self, now: float) -> str:
+        """``revoked``, ``expired``, ``used_up`` or ``valid`` (the first that holds)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        if self.uses_left <= 0:
+            return "used_up"
+        return "valid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -704,6 +747,8 @@ class Store:
         created_at: float,
         expires_at: float,
         uses: int,
+        binding: tokens_.Binding = tokens_.UNBOUND,
+        reenroll: bool = False,
     ) -> None:
         with self._tx() as conn:
             conn.execute(
@@ -715,44 +760,134 @@ class Store:
                     expires_at=expires_at,
                     uses_left=uses,
                     uses=uses,
+                    names=None if binding.names is None else list(binding.names),
+                    name_pattern=binding.pattern,
+                    reenroll=reenroll,
                 )
             )
+
+    def check_enrollment(
+        self, token_id: str, secret_sha256: str, node: str, now: float
+    ) -> TokenRow:
+        """What :meth:`enroll` would refuse, found by reading only: before any CSR work.
+
+        TokenRefused (unknown, revoked, expired, used up, or a name the token
+        does not allow) or NodeExists (the name is taken and this is no
+        re-enroll token); the token otherwise. Nothing is spent: the use is
+        spent by :meth:`enroll`, which checks all of it again, atomically.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+            token = _check_token(row, secret_sha256, now)
+            _check_name(token, node)
+            taken = conn.execute(
+                sa.select(nodes.c.name).where(
+                    nodes.c.name == node, nodes.c.decommissioned_at.is_(None)
+                )
+            ).first()
+        if taken and not token.reenroll:
+            raise NodeExists(_taken(node))
+        return token
 
     def enroll(
         self, token_id: str, secret_sha256: str, node: str, cert_serial: str, now: float
     ) -> dict[str, str]:
         """Spend one use of a token and register ``node``, atomically. Returns its labels.
 
-        The name of a removed node (`plumb node rm`) may be enrolled again: that
-        makes a new node, with the new certificate as its only one; the removed
-        node's reports and drift events stay.
+        A re-enroll token bound to an enrolled node's name replaces that
+        node's certificate serial (its old certificate is no longer its
+        current one; a revocation ends with it) and keeps its labels and
+        history; any other token is refused an enrolled name. The name of a
+        removed node (`plumb node rm`) may be enrolled again with any token
+        that allows it: that makes a new node, with the new certificate as its
+        only one; the removed node's reports and drift events stay.
         """
         with self._tx() as conn:
-            token = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
-            _check_token(token, secret_sha256, now)
-            assert token is not None
-            existing = conn.execute(
-                sa.select(nodes.c.decommissioned_at).where(nodes.c.name == node)
-            ).first()
-            if existing is not None and existing.decommissioned_at is None:
-                raise NodeExists(f"a node named {node!r} is already enrolled")
+            # The write first: it takes SQLite's write lock before anything is
+            # read, so no enrollment running beside this one can change what
+            # is read below before the commit. A refusal rolls the use back.
             spent = conn.execute(
                 tokens.update()
-                .where(tokens.c.id == token_id, tokens.c.uses_left > 0)
+                .where(
+                    tokens.c.id == token_id,
+                    tokens.c.uses_left > 0,
+                    tokens.c.revoked_at.is_(None),
+                    tokens.c.expires_at > now,
+                )
                 .values(uses_left=tokens.c.uses_left - 1)
             )
-            if spent.rowcount != 1:  # another enrollment spent the last use meanwhile
-                raise TokenRefused("the token has been used up")
-            if existing is not None:
+            row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+            if spent.rowcount != 1:
+                token = _check_token(row, secret_sha256, now)  # says why, if it can
+                raise TokenRefused(_used_up(token))
+            token = _known(row, secret_sha256)
+            _check_name(token, node)
+            existing = conn.execute(sa.select(nodes).where(nodes.c.name == node)).first()
+            if existing is not None and existing.decommissioned_at is not None:
                 _forget_removed_node(conn, node)
-            labels = dict(token.labels)
-            conn.execute(
-                nodes.insert().values(
-                    name=node, labels=labels, cert_serial=cert_serial, enrolled_at=now, facts={}
+                existing = None
+            if existing is None:
+                conn.execute(
+                    nodes.insert().values(
+                        name=node,
+                        labels=token.labels,
+                        cert_serial=cert_serial,
+                        enrolled_at=now,
+                        facts={},
+                        enrolled_by_token=token_id,
+                    )
                 )
-            )
+                labels = dict(token.labels)
+            elif not token.reenroll:
+                raise NodeExists(_taken(node))
+            else:
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.name == node)
+                    .values(
+                        cert_serial=cert_serial,
+                        enrolled_at=now,
+                        enrolled_by_token=token_id,
+                        revoked_at=None,
+                    )
+                )
+                labels = dict(existing.labels)
         self._node_changed(node)
         return labels
+
+    def list_tokens(self, now: float, include_all: bool = False) -> list[TokenRow]:
+        """Tokens, oldest first: those still valid at ``now``, or every one with ``include_all``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tokens).order_by(tokens.c.created_at, tokens.c.id))
+            found = [_token_row(r) for r in rows]
+            by_token: dict[str, list[str]] = {}
+            query = (
+                sa.select(nodes.c.enrolled_by_token, nodes.c.name)
+                .where(nodes.c.enrolled_by_token.is_not(None))
+                .order_by(nodes.c.name)
+            )
+            for token_id, name in conn.execute(query):
+                by_token.setdefault(token_id, []).append(name)
+        return [
+            dataclasses.replace(t, nodes=tuple(by_token.get(t.id, ())))
+            for t in found
+            if include_all or t.state(now) == "valid"
+        ]
+
+    def revoke_token(self, token_id: str, now: float) -> tuple[TokenRow, bool] | None:
+        """Revoke a token: it enrolls nothing more. None if there is no such token.
+
+        Returns the token and whether this call revoked it (False: it was
+        revoked before, and keeps that time). Nodes it enrolled stay enrolled.
+        """
+        with self._tx() as conn:
+            changed = conn.execute(
+                tokens.update()
+                .where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+        return None if row is None else (_token_row(row), changed.rowcount == 1)
 
     def node(self, name: str, removed: bool = False) -> NodeRow | None:
         """The node named ``name``; a removed one only if ``removed``."""
@@ -1093,13 +1228,51 @@ class Store:
             return {row.node: list(row.problems) for row in conn.execute(query)}
 
 
-def _check_token(token: Any, secret_sha256: str, now: float) -> None:
-    if token is None or not hmac.compare_digest(token.secret_sha256, secret_sha256):
+def _known(row: Any, secret_sha256: str) -> TokenRow:
+    if row is None or not hmac.compare_digest(row.secret_sha256, secret_sha256):
         raise TokenRefused("unknown token")
+    return _token_row(row)
+
+
+def _check_token(row: Any, secret_sha256: str, now: float) -> TokenRow:
+    token = _known(row, secret_sha256)
+    if token.revoked_at is not None:
+        raise TokenRefused(f"token {token.id} has been revoked")
     if token.expires_at <= now:
-        raise TokenRefused("the token has expired")
+        raise TokenRefused(f"token {token.id} has expired")
     if token.uses_left <= 0:
-        raise TokenRefused(f"the token has been used up (it allowed {token.uses} use(s))")
+        raise TokenRefused(_used_up(token))
+    return token
+
+
+def _used_up(token: TokenRow) -> str:
+    return f"token {token.id} has been used up (it allowed {token.uses} use(s))"
+
+
+def _check_name(token: TokenRow, node: str) -> None:
+    if not token.binding.allows(node):
+        raise TokenRefused(f"token {token.id} allows {token.binding}, not {node!r}")
+
+
+def _taken(node: str) -> str:
+    return (
+        f"a node named {node!r} is already enrolled; to give it a new certificate "
+        f"(a new host, a lost key), enroll with a token from 'plumb node reenroll {node}'"
+    )
+
+
+def _token_row(row: Any) -> TokenRow:
+    return TokenRow(
+        id=row.id,
+        labels=dict(row.labels),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        uses=int(row.uses),
+        uses_left=int(row.uses_left),
+        binding=tokens_.binding(row.names, row.name_pattern),
+        reenroll=bool(row.reenroll),
+        revoked_at=row.revoked_at,
+    )
 
 
 def _identity_row(conn: Connection, name: str) -> Any:
@@ -1153,6 +1326,7 @@ def _node_row(row: Any) -> NodeRow:
         cert_serial=row.cert_serial,
         revoked_at=row.revoked_at,
         decommissioned_at=row.decommissioned_at,
+        enrolled_by_token=row.enrolled_by_token,
     )
 
 

@@ -64,14 +64,15 @@ OPTIONAL = re.compile(r"\[[^\[\]]*\]")
 def commands() -> Iterator[tuple[int, list[str]]]:
     """Every plumb, plumb-server and plumb-agent command in the README.
 
-    From its shell blocks (also after ``runuser ... --`` or ``&&``), and from
+    From its shell blocks (also after ``runuser ... --``, ``&&`` or ``|``), and from
     inline code in its prose and tables, where ``[optional parts]`` are left
     out and metavariables (FILE, NODE, HOST) stand as they are.
     """
     for line, text in blocks("sh"):
         joined = text.replace("\\\n", " ")
         for offset, command_line in enumerate(joined.splitlines()):
-            for part in command_line.split("&&"):
+            # Each command of a line: after "&&", and after a pipe ("printf ... | plumb-agent").
+            for part in re.split(r"&&|\|", command_line):
                 words = shlex.split(part.split("#", 1)[0])
                 # A command, or one run through runuser/sudo after "--".
                 words = words[words.index("--") + 1 :] if "--" in words else words

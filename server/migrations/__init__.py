@@ -22,6 +22,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0005  nodes.conditions (what each node's agent last said is wrong with it)
     0006  nodes.revoked_at and nodes.decommissioned_at (``plumb node revoke``,
           ``plumb node rm``; NULL for the old rows: none was revoked or removed)
+    0007  tokens.names, .name_pattern (the names a token allows), .reenroll
+          (`plumb node reenroll`'s tokens), .revoked_at; nodes.enrolled_by_token
+          (NULL for nodes enrolled before)
 
 Adding a migration (say 0002, new columns on ``nodes``):
 

@@ -36,11 +36,15 @@ def make_agent(tmp_path: Path) -> Iterator[Callable[[str], Agent]]:
 
 @pytest.fixture
 def enrolled(server: Server, make_agent: Callable[[str], Agent]) -> Callable[..., Agent]:
-    """An enrolled agent named ``name`` with ``labels`` (not started)."""
+    """An enrolled agent named ``name`` with ``labels`` (not started).
+
+    Its token is bound to its name, as an operator would make it: a name a
+    manifest targets by name takes no other (server/tokens.py).
+    """
 
     def enroll(name: str, **labels: str) -> Agent:
         agent = make_agent(name)
-        result = agent.enroll(server, server.token(labels))
+        result = agent.enroll(server, server.token(labels, names=[name]))
         assert result.returncode == 0, result.stderr
         return agent
 

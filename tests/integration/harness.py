@@ -138,10 +138,27 @@ class Server:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def token(self, labels: dict[str, str] | None = None, uses: int = 1, ttl: int = 600) -> str:
+    def token(
+        self,
+        labels: dict[str, str] | None = None,
+        uses: int = 1,
+        ttl: int = 600,
+        names: list[str] | None = None,
+        pattern: str | None = None,
+    ) -> str:
         label_args = [f"{k}={v}" for k, v in (labels or {}).items()]
+        bind = ["--names", ",".join(names)] if names else []
+        bind += ["--name-pattern", pattern] if pattern else []
         reply = self.cli_json(
-            "token", "create", "--uses", str(uses), "--ttl", str(ttl), "--labels", *label_args
+            "token",
+            "create",
+            "--uses",
+            str(uses),
+            "--ttl",
+            str(ttl),
+            *bind,
+            "--labels",
+            *label_args,
         )
         return str(reply["token"])
 
@@ -170,11 +187,20 @@ class Agent:
         skew = ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", clock] if clock else []
         return [*skew, *base, "--state-dir", str(self.state_dir), *args]
 
-    def enroll(self, server: Server, token: str) -> subprocess.CompletedProcess[str]:
+    def enroll(self, server: Server, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``plumb-agent enroll`` as the install command runs it: the token on stdin."""
         return subprocess.run(
             self._cmd(
-                "enroll", "--server", server.enroll_address, "--token", token, "--name", self.name
+                "enroll",
+                "--server",
+                server.enroll_address,
+                "--token",
+                "-",
+                "--name",
+                self.name,
+                *extra,
             ),
+            input=f"{token}\n",
             capture_output=True,
             text=True,
             timeout=60,

@@ -84,7 +84,7 @@ def test_report_json_carries_the_observed_map(capsys: pytest.CaptureFixture[str]
     assert results["file/motd"]["observed"] == {}
 
 
-ENROLL = f"plumb-agent enroll --server plumb.example:8444 --token {TOKEN}"
+ENROLL = f"printf '%s\\n' {TOKEN} | plumb-agent enroll --server plumb.example:8444 --token -"
 
 
 @pytest.mark.parametrize(
@@ -224,6 +224,7 @@ class ShapesAdmin(FakeAdmin):
                         )
                     ],
                     cert_serial="5f3a09",
+                    enrolled_by_token="0a1b2c3d",
                 ),
                 pb.Node(
                     name="web-2",
@@ -331,9 +332,11 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "cert_serial": "5f3a09",
         "revoked_at": None,
         "decommissioned_at": None,
+        "enrolled_by_token": "0a1b2c3d",
     }
     assert web2["losses"] == web2["conditions"] == []
     assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)
+    assert web2["enrolled_by_token"] is None  # enrolled before Plumb recorded it
     # Nothing known is null, never 0 or -1.
     assert (web2["last_seen"], web2["applied_revision"], web2["reported_revision"]) == (
         None,
@@ -381,6 +384,211 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         ("service/web", "repaired", None),
         ("file/motd", "in_sync", None),
     ]
+
+
+# -- tokens: create (bound), list, revoke; node reenroll ------------------------------
+
+VALID = pb.TokenInfo(
+    id="0a1b2c3d",
+    labels={"role": "db"},
+    names=["db-2", "db-3"],
+    created_at=10.0,
+    expires_at=3610.0,
+    uses=5,
+    uses_left=3,
+    state="valid",
+    nodes=["db-2"],
+)
+REVOKED = pb.TokenInfo(
+    id="99aa99aa",
+    name_pattern="web-*",
+    created_at=20.0,
+    expires_at=3620.0,
+    uses=1,
+    uses_left=1,
+    revoked_at=30.0,
+    state="revoked",
+)
+
+
+class TokensAdmin(FakeAdmin):
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def CreateToken(self, request: pb.CreateTokenRequest, timeout: float) -> pb.CreateTokenResponse:
+        self.requests.append(request)
+        return pb.CreateTokenResponse(
+            token=TOKEN,
+            id="0123abcd",
+            expires_at=1e9,
+            uses=request.uses,
+            enroll_address="plumb.example:8444",
+            names=request.names,
+            name_pattern=request.name_pattern,
+        )
+
+    def ListTokens(self, request: pb.ListTokensRequest, timeout: float) -> pb.ListTokensResponse:
+        self.requests.append(request)
+        return pb.ListTokensResponse(tokens=[VALID, REVOKED] if request.all else [VALID])
+
+    def RevokeToken(self, request: pb.RevokeTokenRequest, timeout: float) -> pb.RevokeTokenResponse:
+        self.requests.append(request)
+        return pb.RevokeTokenResponse(token=REVOKED, already_revoked=True)
+
+    def ReenrollNode(
+        self, request: pb.ReenrollNodeRequest, timeout: float
+    ) -> pb.CreateTokenResponse:
+        self.requests.append(request)
+        return pb.CreateTokenResponse(
+            token=TOKEN,
+            id="0123abcd",
+            expires_at=1e9,
+            uses=1,
+            enroll_address="plumb.example:8444",
+            names=[request.node_name],
+            reenroll=True,
+        )
+
+
+@pytest.fixture
+def tokens_admin(monkeypatch: pytest.MonkeyPatch) -> TokensAdmin:
+    admin = TokensAdmin()
+    monkeypatch.setattr(cli, "_stub", lambda args: admin)
+    return admin
+
+
+def test_token_create_binds_names_and_the_install_command_names_the_node(
+    tokens_admin: TokensAdmin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token", "create", "--names", "db-2", "--install-command", "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert list(tokens_admin.requests[-1].names) == ["db-2"]
+    assert reply == {
+        "id": "0123abcd",
+        "token": TOKEN,
+        "expires_at": 1e9,
+        "uses": 1,
+        "enroll_address": "plumb.example:8444",
+        "names": ["db-2"],
+        "name_pattern": None,
+        "reenroll": False,
+        "install_command": f"apt-get install -y plumb-agent && {ENROLL} --name db-2 "
+        "&& systemctl start plumb-agent",
+    }
+    assert cli.main(["token", "create", "--name-pattern", "web-*", "--uses", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{TOKEN}\n"
+    assert tokens_admin.requests[-1].name_pattern == "web-*"
+    assert "only names matching 'web-*'" in err
+    assert f"#   {ENROLL}\n" in err  # the hint passes the token on stdin too
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--names", "db-2,Db_3"], "--names: invalid node name 'Db_3'"),
+        (["--names", "db-2,"], "--names: invalid node name ''"),
+        (["--names", "a" * 65], "at most 64 characters"),
+        (["--name-pattern", "web/*"], "--name-pattern: name pattern 'web/*' may hold only"),
+        (["--names", "db-2", "--name-pattern", "db-*"], "not allowed with argument --names"),
+    ],
+)
+def test_token_create_refuses_a_bad_binding_in_one_line(
+    tokens_admin: TokensAdmin, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["token", "create", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert tokens_admin.requests == []
+
+
+def test_token_list_and_revoke_json_shapes(
+    tokens_admin: TokensAdmin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def shape(*argv: str) -> Any:
+        assert cli.main([*argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    valid = {
+        "id": "0a1b2c3d",
+        "labels": {"role": "db"},
+        "names": ["db-2", "db-3"],
+        "name_pattern": None,
+        "reenroll": False,
+        "created_at": 10.0,
+        "expires_at": 3610.0,
+        "uses": 5,
+        "used": 2,
+        "uses_left": 3,
+        "revoked_at": None,
+        "state": "valid",
+        "nodes": ["db-2"],
+    }
+    revoked = {
+        **valid,
+        "id": "99aa99aa",
+        "labels": {},
+        "names": None,
+        "name_pattern": "web-*",
+        "created_at": 20.0,
+        "expires_at": 3620.0,
+        "uses": 1,
+        "used": 0,
+        "uses_left": 1,
+        "revoked_at": 30.0,
+        "state": "revoked",
+        "nodes": [],
+    }
+    assert shape("token", "list") == {"tokens": [valid]}
+    assert tokens_admin.requests[-1].all is False
+    assert shape("token", "list", "--all") == {"tokens": [valid, revoked]}
+    assert shape("token", "revoke", "99aa99aa") == {"token": revoked, "already_revoked": True}
+    assert tokens_admin.requests[-1].id == "99aa99aa"
+
+
+def test_token_list_shows_no_secret_and_what_each_token_allows(
+    tokens_admin: TokensAdmin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token", "list", "--all"]) == 0
+    out = capsys.readouterr().out
+    header, first, second = out.splitlines()
+    assert header.split() == [
+        "ID",
+        "STATE",
+        "LABELS",
+        "NAMES",
+        "USED",
+        "CREATED",
+        "EXPIRES",
+        "NODES",
+    ]
+    assert first.split()[:5] == ["0a1b2c3d", "valid", "role=db", "db-2,db-3", "2/5"]
+    assert first.split()[-1] == "db-2"
+    assert second.split()[:2] == ["99aa99aa", "revoked"]
+    assert "web-*" in second
+    assert "plumb1." not in out
+
+
+def test_node_reenroll_prints_the_token_and_a_replacing_enroll_line(
+    tokens_admin: TokensAdmin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["node", "reenroll", "db-2"]) == 0
+    out, err = capsys.readouterr()
+    request = tokens_admin.requests[-1]
+    assert (request.node_name, request.ttl_s) == ("db-2", 0)  # the server's default
+    assert out == f"{TOKEN}\n"
+    assert f"{ENROLL} --name db-2 --replace && systemctl restart plumb-agent" in err
+    assert cli.main(["node", "reenroll", "db-2", "--ttl", "60", "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert tokens_admin.requests[-1].ttl_s == 60
+    assert (reply["node"], reply["names"], reply["reenroll"], reply["uses"]) == (
+        "db-2",
+        ["db-2"],
+        True,
+        1,
+    )
+    assert reply["enroll_command"] == f"{ENROLL} --name db-2 --replace"
 
 
 def test_global_options_go_before_or_after_the_command(tmp_path: Any) -> None:

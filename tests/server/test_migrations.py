@@ -217,8 +217,21 @@ def check_0_1_0_data(store: Store) -> None:
     loss = StateLossRow("web-1", "l1", "spooled_reports", None, T0 + 400, "spool.db was damaged")
     assert store.record_state_losses([loss], now=T0 + 401) == ["l1"]
     assert store.state_losses() == {"web-1": [dataclasses.replace(loss, received_at=T0 + 401)]}
+    # 0007: the fixture's tokens are as they were (bound to no name, no
+    # re-enroll, not revoked), and its nodes have no token recorded: none was.
+    old_tokens = store.list_tokens(now=T0, include_all=True)
+    assert [(t.id, t.uses_left, t.state(T0 + 100)) for t in old_tokens] == [
+        ("0a1b2c3d", 1, "valid"),
+        ("4e5f6a7b", 0, "used_up"),
+        ("8c9d0e1f", 5, "expired"),
+    ]
+    assert {(t.binding.bound, t.reenroll, t.revoked_at) for t in old_tokens} == {
+        (False, False, None)
+    }
+    assert {n.enrolled_by_token for n in store.list_nodes()} == {None}
     # The token of the fixture has one use left: the store takes new rows too.
     assert store.enroll("0a1b2c3d", "5" * 64, "web-3", "0b0b0b", now=T0 + 500) == {"role": "web"}
+    assert getattr(store.node("web-3"), "enrolled_by_token", None) == "0a1b2c3d"
     fresh = pb.Report(id="web-3-0001", node_name="web-3", revision=2, finished_at=T0 + 501)
     assert store.ingest_report(wire.report_record(fresh), now=T0 + 502)
     # 0006: no node of 0.1.0 is revoked or removed; each can be, and keeps its history.

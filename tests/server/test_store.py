@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from modules.base import Status
+from server import tokens
 from server.errors import NodeExists, TokenRefused, UnknownNode
 from server.store import NodeCredential, ReportRecord, ResultRecord, StateLossRow, Store
 
@@ -66,6 +67,59 @@ def test_enroll_refusals(
 def test_enrolling_an_existing_name_is_refused(store: Store) -> None:
     with pytest.raises(NodeExists):
         store.enroll("t1", "h", "web-1", "04", now=2)
+
+
+def test_a_bound_token_enrolls_only_names_it_allows(store: Store) -> None:
+    store.add_token("t2", "h", {}, 0, 100, 5, tokens.binding(["db-2"], None))
+    store.add_token("t3", "h", {}, 0, 100, 5, tokens.binding(None, "web-*"))
+    for token_id, name in (("t2", "db-3"), ("t3", "db-2")):
+        with pytest.raises(TokenRefused, match=f"token {token_id} allows only"):
+            store.check_enrollment(token_id, "h", name, now=1)
+        with pytest.raises(TokenRefused, match=f"token {token_id} allows only"):
+            store.enroll(token_id, "h", name, "0a", now=1)
+    store.enroll("t2", "h", "db-2", "0b", now=1)
+    store.enroll("t3", "h", "web-7", "0c", now=1)
+    left = {t.id: t.uses_left for t in store.list_tokens(now=1)}
+    assert left == {"t1": 1, "t2": 4, "t3": 4}  # refusals spent nothing
+
+
+def test_only_a_reenroll_token_replaces_an_enrolled_node_and_its_serial(store: Store) -> None:
+    store.add_token("bound", "h", {"role": "other"}, 0, 100, 5, tokens.binding(["web-1"], None))
+    with pytest.raises(NodeExists, match="plumb node reenroll web-1"):
+        store.check_enrollment("bound", "h", "web-1", now=1)
+    with pytest.raises(NodeExists):
+        store.enroll("bound", "h", "web-1", "ff", now=1)
+    store.add_token("re", "h", {}, 0, 100, 1, tokens.binding(["web-1"], None), reenroll=True)
+    assert store.check_enrollment("re", "h", "web-1", now=1).reenroll
+    assert store.enroll("re", "h", "web-1", "ff", now=5) == {"role": "web"}  # its labels kept
+    node = store.node("web-1")
+    assert node is not None
+    assert (node.cert_serial, node.enrolled_by_token, node.enrolled_at) == ("ff", "re", 5)
+    with pytest.raises(TokenRefused, match="used up"):
+        store.enroll("re", "h", "web-1", "fe", now=6)
+    assert [n.name for n in store.list_nodes()] == ["web-1"]
+
+
+def test_revoked_tokens_enroll_nothing_and_stay_listed_with_all(store: Store) -> None:
+    revoked = store.revoke_token("t1", now=7)
+    assert revoked is not None
+    token, now = revoked
+    assert (token.revoked_at, token.state(8), now) == (7, "revoked", True)
+    again = store.revoke_token("t1", now=9)
+    assert again is not None and (again[0].revoked_at, again[1]) == (7, False)
+    assert store.revoke_token("nope", now=9) is None
+    with pytest.raises(TokenRefused, match="token t1 has been revoked"):
+        store.check_enrollment("t1", "h", "web-2", now=8)
+    with pytest.raises(TokenRefused, match="token t1 has been revoked"):
+        store.enroll("t1", "h", "web-2", "02", now=8)
+    assert store.list_tokens(now=8) == []
+    (listed,) = store.list_tokens(now=8, include_all=True)
+    assert (listed.id, listed.uses_left, listed.nodes) == ("t1", 1, ("web-1",))
+
+
+def test_the_token_of_each_enrollment_is_recorded(store: Store) -> None:
+    node = store.node("web-1")
+    assert node is not None and (node.enrolled_by_token, node.cert_serial) == ("t1", "01")
 
 
 def test_ingest_is_idempotent(store: Store) -> None:

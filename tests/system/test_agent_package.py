@@ -107,8 +107,10 @@ def test_install_layout_and_the_install_command_enroll_and_start_the_agent(
     host.run("hostname", host.name)
     host.run("sh", "-c", f"echo '127.0.1.1 {host.name}' >> /etc/hosts")
     line = install_line(host, deb)
-    assert line.startswith(f"apt-get install -y {deb} && plumb-agent enroll --server ")
-    assert line.endswith(" && systemctl start plumb-agent")
+    # The token goes to plumb-agent on its stdin, from the shell's own printf.
+    assert line.startswith(f"apt-get install -y {deb} && printf '%s\\n' plumb1.")
+    assert " | plumb-agent enroll --server " in line
+    assert line.endswith(" --token - && systemctl start plumb-agent")
     host.run("sh", "-c", line)
     wait_for(host.connected, timeout=30, what="the agent to connect")
     assert host.is_active(UNIT) == "active"
