@@ -35,6 +35,7 @@ from server.errors import PlumbServerError
 from server.fleet import Fleet
 from server.hub import Hub
 from server.ingest import Ingestor
+from server.internal import InternalErrors
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import PresenceLog
 from server.session import AgentServicer
@@ -104,7 +105,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ingestor = Ingestor(store)
     presence = PresenceLog(store)
     grpc_server = grpc.aio.server(
-        interceptors=[AuthInterceptor(credentials)], options=SERVER_OPTIONS
+        interceptors=[AuthInterceptor(credentials), InternalErrors()], options=SERVER_OPTIONS
     )
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
     agent_port = _listen(

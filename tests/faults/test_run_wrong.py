@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -118,3 +119,21 @@ def test_a_server_that_answers_but_cannot_store_is_not_hammered(
     # (Without back-off: one every 0.25 s on average, about 36 here.)
     assert during <= 12, f"{during} reconnects in 10 s to a server that cannot store reports"
     wait_for(lambda: Spool(agent.state_dir / "spool.db").count() == 0, timeout=90, what="delivery")
+
+
+def test_a_failure_nobody_translated_is_internal_with_a_reference_never_its_text(
+    server: Server,
+) -> None:
+    store = sorted(server.data_dir.glob("plumb.db*"))
+    with unwritable(*store):
+        result = server.cli("token", "create", check=False)
+    assert result.returncode == 1
+    found = re.search(r"internal error \(reference ([0-9a-f]{8}): the server's log", result.stderr)
+    assert found, result.stderr
+    assert "(INTERNAL)" in result.stderr
+    for leak in ("sqlite", "sqlalchemy", "readonly", "INSERT", "Unexpected"):
+        assert leak.lower() not in result.stderr.lower(), result.stderr
+    # The operator finds the details under that reference in the server's log.
+    log = server.logs()
+    assert f"internal error {found[1]} in /plumb.v1.Admin/CreateToken" in log, log
+    assert "attempt to write a readonly database" in log
