@@ -852,7 +852,12 @@ def _percent(value: float) -> str:
 
 
 def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+    if not timestamp:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    except (OverflowError, OSError, ValueError):  # not a time this host can show
+        return f"{timestamp!r} (not a time)"
 
 
 def _ago(timestamp: float, now: Callable[[], float] = time.time) -> str:

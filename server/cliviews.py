@@ -127,12 +127,17 @@ from protos import plumb_pb2 as pb
 
 
 def status_word(status: int) -> str:
-    """A wire status as everyone else says it: ``pb.IN_SYNC`` → ``in_sync``."""
-    return str(pb.Status.Name(status)).lower()
+    """A wire status as everyone else says it: ``pb.IN_SYNC`` → ``in_sync``.
+
+    ``unknown`` for a number no agent sends (a report from a newer or a broken one).
+    """
+    return str(pb.Status.Name(status)).lower() if status in pb.Status.values() else "unknown"
 
 
 def trigger_word(trigger: int) -> str:
-    return str(pb.Trigger.Name(trigger)).lower()
+    """``push``, ``watch``, ...; ``unspecified`` for a number no agent sends."""
+    known = trigger in pb.Trigger.values()
+    return str(pb.Trigger.Name(trigger)).lower() if known else "unspecified"
 
 
 def push(reply: pb.PushResponse) -> dict[str, Any]:

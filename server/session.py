@@ -50,7 +50,7 @@ from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
 from server.presence import PresenceLog
 from server.store import Store
-from server.wire import conditions_record, report_record, state_loss_record
+from server.wire import agent_time, conditions_record, report_record, state_loss_record
 
 log = logging.getLogger("plumb.server.session")
 
@@ -151,7 +151,8 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         now = time.time()
         # Latency makes the agent look behind by a few milliseconds: nothing a
         # clock worth warning about (a minute off, an hour off) is hidden by it.
-        offset = hello.sent_at - now if hello.sent_at else None
+        sent_at = agent_time(hello.sent_at)
+        offset = sent_at - now if sent_at else None
         self.presence.seen(name, hello.applied_revision, hello.facts, offset, stream.conditions)
         recorded = await self._record_losses(name, hello.losses) if hello.losses else []
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modules.base import Status
 from protos import plumb_pb2 as pb
+from server.cliviews import trigger_word
 from server.store import ReportRecord, ResultRecord, StateLossRow
 
 # Enum fields accept the value name; received messages carry the number.
 STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}
 STATUS_FROM_PB: dict[int, Status] = {pb.Status.Value(s.name): s for s in Status}
+
+
+#: The latest time an agent may say anything happened at (unix seconds: year
+#: 3000). Later, negative or not a number at all is a clock or a sender gone
+#: wrong, kept as 0: not known.
+LATEST_TIME = 32503680000.0
+
+
+def agent_time(timestamp: float) -> float:
+    """A time an agent sent, as the server keeps it: 0 (not known) unless it can be one."""
+    return timestamp if math.isfinite(timestamp) and 0 <= timestamp <= LATEST_TIME else 0.0
 
 
 def report_record(report: pb.Report) -> ReportRecord:
@@ -20,9 +33,9 @@ def report_record(report: pb.Report) -> ReportRecord:
         node=report.node_name,
         revision=report.revision,
         noop=report.noop,
-        trigger=pb.Trigger.Name(report.trigger).lower(),
-        started_at=report.started_at,
-        finished_at=report.finished_at,
+        trigger=trigger_word(report.trigger),
+        started_at=agent_time(report.started_at),
+        finished_at=agent_time(report.finished_at),
         results=[_result_record(r) for r in report.results],
         body=report.SerializeToString(),
         sequence=report.sequence,
@@ -61,7 +74,7 @@ def state_loss_record(node: str, loss: pb.StateLoss) -> StateLossRow:
         id=loss.id[:64],
         what=loss.what[:32],
         count=None if loss.count < 0 else loss.count,
-        found_at=loss.at,
+        found_at=agent_time(loss.at),
         detail=loss.detail[:MAX_LOSS_DETAIL],
     )
 
@@ -69,7 +82,7 @@ def state_loss_record(node: str, loss: pb.StateLoss) -> StateLossRow:
 def conditions_record(said: Sequence[pb.NodeCondition]) -> list[dict[str, Any]]:
     """An agent's conditions as the store keeps them (bounded: an agent's word, not ours)."""
     return [
-        {"name": c.name[:64], "detail": c.detail[:MAX_LOSS_DETAIL], "since": c.since}
+        {"name": c.name[:64], "detail": c.detail[:MAX_LOSS_DETAIL], "since": agent_time(c.since)}
         for c in said[:MAX_CONDITIONS]
     ]
 
