@@ -46,6 +46,7 @@ from server.auth import Refusal, caller_certificate, expired
 from server.cliviews import loss_phrase
 from server.errors import IngestFailed
 from server.fleet import Fleet
+from server.given import GivenCatalogs, believed
 from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
 from server.presence import PresenceLog
@@ -84,6 +85,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.fleet = fleet
         self.hub = hub
         self.ingestor = ingestor
+        self.given = GivenCatalogs(store)
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
         self._live: dict[asyncio.Queue[Any], tuple[str, _Stream]] = {}
@@ -219,6 +221,27 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         report = message.report
         if report.node_name != name:
             raise _Refused(f"node {name!r} may not report as {report.node_name!r}")
+        given = await self.given.of(name, report.revision)
+        if given is None:
+            log.warning(
+                "report %s of node %s is of revision %d, which it was never given: not stored",
+                report.id,
+                name,
+                report.revision,
+            )
+            outbox.put_nowait(pb.ServerMessage(ack=pb.Ack(report_id=report.id)))
+            return
+        report, dropped = believed(report, given)
+        if dropped:
+            log.warning(
+                "report %s of node %s names %d resource(s) not in its catalog at revision %d "
+                "(%s): dropped",
+                report.id,
+                name,
+                len(dropped),
+                report.revision,
+                ", ".join(dropped[:5]),
+            )
         # Inline on purpose: ~0.2 ms of Python that holds the GIL wherever it
         # runs, so a thread would only add the cost of handing it over.
         record = report_record(report)
