@@ -9,7 +9,9 @@ warning).
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import re
 import stat
 import sys
@@ -35,6 +37,11 @@ from protos import plumb_pb2_grpc as pb_grpc
 _TOKEN = re.compile(r"plumb1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{32}\.([0-9a-f]{64})")
 
 TIMEOUT_S = 15
+#: How long enrollment keeps trying while the server says it is busy (too
+#: many attempts from this address: a fleet enrolling through one NAT).
+BUSY_PATIENCE_S = 120.0
+
+log = logging.getLogger("plumb.agent")
 # The server's rule (server/tokens.py), checked before a CSR is made: the
 # name becomes the certificate's common name, at most 64 characters. Always
 # with fullmatch: "$" would let a trailing newline through ("node-a\n").
@@ -145,16 +152,33 @@ def _request_certificate(
     server: str, ca_pem: bytes, token: str, node: str, csr: bytes
 ) -> pb.EnrollResponse:
     channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(ca_pem))
+    request = pb.EnrollRequest(token=token, node_name=node, csr_pem=csr)
+    give_up = time.monotonic() + BUSY_PATIENCE_S
     try:
-        reply: pb.EnrollResponse = pb_grpc.EnrollmentStub(channel).Enroll(
-            pb.EnrollRequest(token=token, node_name=node, csr_pem=csr), timeout=TIMEOUT_S
-        )
-        return reply
-    except grpc.RpcError as exc:
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        raise EnrollError(f"{server}: {details}") from exc
+        while True:
+            try:
+                reply: pb.EnrollResponse = pb_grpc.EnrollmentStub(channel).Enroll(
+                    request, timeout=TIMEOUT_S
+                )
+                return reply
+            except grpc.RpcError as exc:
+                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                wait = _busy_for(exc)
+                if wait is None or time.monotonic() + wait > give_up:
+                    raise EnrollError(f"{server}: {details}") from exc
+                # Many nodes enrolling from one address at once: the server says when.
+                log.info("%s: %s; trying again", server, details)
+                time.sleep(wait)
     finally:
         channel.close()
+
+
+def _busy_for(exc: grpc.RpcError) -> float | None:
+    """Seconds the server asked us to wait (RESOURCE_EXHAUSTED "try again in N s"); None: no."""
+    if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    found = re.search(r"try again in ([0-9.]+) s", exc.details() or "")
+    return float(found[1]) + random.uniform(0, 0.5) if found else None
 
 
 def _check_certificate(

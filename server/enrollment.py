@@ -25,7 +25,21 @@ from protos import plumb_pb2_grpc as pb_grpc
 from server import tokens
 from server.errors import CSRRejected, NodeExists, TokenRefused
 from server.pki import KeyPair, cert_pem, sign_node_csr
+from server.ratelimit import Buckets
 from server.store import Store
+
+#: Enrollment attempts one source address may make: a burst, then so many a second.
+#: A fleet enrolling through one NAT gets ENROLL_BURST at once and the rest
+#: soon after (plumb-agent enroll waits and tries again when told to).
+ENROLL_BURST = 100
+ENROLL_RATE = 10.0
+
+
+def _source(peer: str) -> str:
+    """``ipv4:10.0.0.5:51234`` → ``10.0.0.5``; ``ipv6:[::1]:51234`` → ``::1``."""
+    address = peer.partition(":")[2]
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]")
 
 
 class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -44,10 +58,20 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         self.agent_port = agent_port
         self.on_enrolled = on_enrolled
         self.targeted_by = targeted_by
+        self.attempts = Buckets(ENROLL_RATE, ENROLL_BURST)
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EnrollResponse:
+        # Before anything else is looked at: the cheapest refusal there is.
+        source = _source(context.peer())
+        wait = self.attempts.take(source)
+        if wait:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many enrollment attempts from {source}: {ENROLL_RATE:g} a second "
+                f"after a burst of {ENROLL_BURST:g}; try again in {wait:.1f} s",
+            )
         token = tokens.parse(request.token)
         if token is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the token is malformed")
