@@ -19,7 +19,9 @@ Measured, one after another on the same database:
   E2E_S seconds: reports/s, the batch sizes it formed, and the latency of
   ``submit`` (from submission until durably committed).
 * ``wire``: what converting a received ``pb.Report`` into a record costs on
-  the server (``server.wire.report_record``), the step before ``submit``.
+  the server (``server.wire.report_record``), the step before ``submit``,
+  and (``check_ms_per_report``) checking it against the node's catalog
+  first (``server.given.believed``, an honest report).
 
 Each phase also reports ``cpu_steal_percent``: on a shared virtual machine,
 CPU time taken by other guests slows every phase (seen here: several-fold)
@@ -58,6 +60,7 @@ import sqlalchemy as sa
 from bench._common import BenchmarkFailed, emit, main_guard, percentiles, progress
 from modules.base import Status
 from protos import plumb_pb2 as pb
+from server.given import Given, believed
 from server.ingest import MAX_BATCH, Ingestor
 from server.store import DRIFT, ReportRecord, Store, drift_events, resource_status
 from server.wire import STATUS_TO_PB, report_record
@@ -351,10 +354,20 @@ def measure_wire(templates: dict[str, list[Template]]) -> dict[str, Any]:
     for message in messages:
         report_record(message)
     per = (time.perf_counter() - t0) / len(messages)
+    # The check against the node's catalog (server/given.py) that precedes it,
+    # for an honest report: every result is a resource the node was given.
+    given = [
+        (m, Given({r.id: (r.manifest, tuple(r.controls)) for r in m.results})) for m in messages
+    ]
+    t0 = time.perf_counter()
+    for message, catalog in given:
+        believed(message, catalog)
+    check = (time.perf_counter() - t0) / len(messages)
     return {
         "reports": len(messages),
         "ms_per_report": round(per * 1000, 3),
         "reports_per_s_one_core": round(1 / per),
+        "check_ms_per_report": round(check * 1000, 3),
         "cpu_steal_percent": steal.percent(),
     }
 
