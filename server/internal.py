@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 
+from server.handlers import wrapped
+
 log = logging.getLogger("plumb.server")
 
 
@@ -69,18 +71,8 @@ class InternalErrors(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         method = details.method
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(method, handler.unary_unary), **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(method, handler.unary_stream), **codec
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming(method, handler.stream_stream), **codec
-            )
-        return grpc.stream_unary_rpc_method_handler(_unary(method, handler.stream_unary), **codec)
+        return wrapped(
+            handler,
+            lambda behavior: _unary(method, behavior),
+            lambda behavior: _streaming(method, behavior),
+        )
