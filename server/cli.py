@@ -189,7 +189,7 @@ def _add_operator_commands(sub: Any) -> None:
         "(relative paths: the directory works wherever it is copied) into --out (0700, "
         "files 0600). Only the certificate request reaches the server. Admins only.",
     )
-    add.add_argument("name", type=_operator_name, metavar="NAME")
+    add.add_argument("name", metavar="NAME", help=operators.NAME_RULE)
     add.add_argument(
         "--role",
         required=True,
@@ -248,12 +248,6 @@ def _add_audit_command(sub: Any) -> None:
     )
     _json_flag(audit)
     audit.set_defaults(func=_audit)
-
-
-def _operator_name(text: str) -> str:
-    if not operators.valid_name(text):
-        raise argparse.ArgumentTypeError(f"invalid operator name {text!r}: {operators.NAME_RULE}")
-    return text
 
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -951,6 +945,8 @@ def _indented(text: str) -> str:
 
 
 def _operator_add(args: argparse.Namespace) -> int:
+    if not operators.valid_name(args.name):
+        raise CLIError(f"invalid operator name {args.name!r}: {operators.NAME_RULE}")
     out: Path = args.out or Path(f"plumb-operator-{args.name}")
     try:
         operators.check_out_dir(out)

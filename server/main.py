@@ -164,7 +164,7 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "works wherever it is copied), into --out (0700, files 0600). The key is written "
         "there only, never into the data dir: give the directory to the operator.",
     )
-    add.add_argument("name", type=_operator_name, metavar="NAME")
+    add.add_argument("name", metavar="NAME", help=operators.NAME_RULE)
     add.add_argument(
         "--role",
         required=True,
@@ -294,6 +294,8 @@ def _local_store(args: argparse.Namespace) -> tuple[ServerConfig, store_.Store]:
 
 
 def _operator_add(args: argparse.Namespace) -> int:
+    if not operators.valid_name(args.name):
+        raise PlumbServerError(f"invalid operator name {args.name!r}: {operators.NAME_RULE}")
     out: Path = args.out or Path(f"plumb-operator-{args.name}")
     config, store = _local_store(args)
     try:
