@@ -321,7 +321,13 @@ def _operator_list(args: argparse.Namespace) -> int:
         store.close()
     infos = [wire.operator_info(r) for r in rows]
     if args.json:
-        print(json.dumps(cliviews.operators(pb.ListOperatorsResponse(operators=infos)), indent=2))
+        print(
+            json.dumps(
+                cliviews.operators(pb.ListOperatorsResponse(operators=infos)),
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
     for line in cliviews.operator_table(infos):
         print(line)
@@ -342,7 +348,7 @@ def _operator_revoke(args: argparse.Namespace) -> int:
         operator=wire.operator_info(row), already_revoked=not revoked_now
     )
     if args.json:
-        print(json.dumps(cliviews.operator_revoked(reply), indent=2))
+        print(json.dumps(cliviews.operator_revoked(reply), indent=2, sort_keys=True))
     elif revoked_now:
         print(
             f"revoked operator {row.name!r} ({row.role}): its calls are refused, by a running "
