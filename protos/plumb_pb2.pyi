@@ -610,3 +610,129 @@ class GetComplianceResponse(_message.Message):
     fleet: ComplianceRow
     revision: int
     def __init__(self, rows: _Optional[_Iterable[_Union[ComplianceRow, _Mapping]]] = ..., fleet: _Optional[_Union[ComplianceRow, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class OperatorInfo(_message.Message):
+    __slots__ = ("name", "role", "cert_serial", "created_at", "revoked_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    cert_serial: str
+    created_at: float
+    revoked_at: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., cert_serial: _Optional[str] = ..., created_at: _Optional[float] = ..., revoked_at: _Optional[float] = ...) -> None: ...
+
+class AddOperatorRequest(_message.Message):
+    __slots__ = ("name", "role", "csr_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    csr_pem: bytes
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class AddOperatorResponse(_message.Message):
+    __slots__ = ("operator", "certificate_pem", "ca_pem")
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    operator: OperatorInfo
+    certificate_pem: bytes
+    ca_pem: bytes
+    def __init__(self, operator: _Optional[_Union[OperatorInfo, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
+
+class ListOperatorsRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListOperatorsResponse(_message.Message):
+    __slots__ = ("operators",)
+    OPERATORS_FIELD_NUMBER: _ClassVar[int]
+    operators: _containers.RepeatedCompositeFieldContainer[OperatorInfo]
+    def __init__(self, operators: _Optional[_Iterable[_Union[OperatorInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeOperatorRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeOperatorResponse(_message.Message):
+    __slots__ = ("operator", "already_revoked")
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    operator: OperatorInfo
+    already_revoked: bool
+    def __init__(self, operator: _Optional[_Union[OperatorInfo, _Mapping]] = ..., already_revoked: _Optional[bool] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at", "actor_kind", "actor", "role", "peer", "action", "details_json", "result", "reason", "revision", "prev_hash", "hash")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at: float
+    actor_kind: str
+    actor: str
+    role: str
+    peer: str
+    action: str
+    details_json: str
+    result: str
+    reason: str
+    revision: int
+    prev_hash: str
+    hash: str
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., actor_kind: _Optional[str] = ..., actor: _Optional[str] = ..., role: _Optional[str] = ..., peer: _Optional[str] = ..., action: _Optional[str] = ..., details_json: _Optional[str] = ..., result: _Optional[str] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    limit: int
+    def __init__(self, since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries", "more")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditResponse(_message.Message):
+    __slots__ = ("intact", "entries", "head_id", "head_hash", "broken_at", "problem")
+    INTACT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_AT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    intact: bool
+    entries: int
+    head_id: int
+    head_hash: str
+    broken_at: int
+    problem: str
+    def __init__(self, intact: _Optional[bool] = ..., entries: _Optional[int] = ..., head_id: _Optional[int] = ..., head_hash: _Optional[str] = ..., broken_at: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...

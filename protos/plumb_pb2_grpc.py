@@ -250,6 +250,31 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.AddOperator = channel.unary_unary(
+                '/plumb.v1.Admin/AddOperator',
+                request_serializer=protos_dot_plumb__pb2.AddOperatorRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.AddOperatorResponse.FromString,
+                _registered_method=True)
+        self.ListOperators = channel.unary_unary(
+                '/plumb.v1.Admin/ListOperators',
+                request_serializer=protos_dot_plumb__pb2.ListOperatorsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListOperatorsResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperator = channel.unary_unary(
+                '/plumb.v1.Admin/RevokeOperator',
+                request_serializer=protos_dot_plumb__pb2.RevokeOperatorRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RevokeOperatorResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/plumb.v1.Admin/ListAudit',
+                request_serializer=protos_dot_plumb__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/plumb.v1.Admin/VerifyAudit',
+                request_serializer=protos_dot_plumb__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -331,6 +356,42 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddOperator(self, request, context):
+        """A new operator with a role, certified from a CSR the caller made (so the
+        key never reaches the server); refused for a name an operator holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperators(self, request, context):
+        """Operators and their roles: the current ones, or every one with all set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperator(self, request, context):
+        """A revoked operator's calls are refused from the next one on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit log (who changed what, from where, with what result), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Check the audit log's hash chain: the first entry that breaks it, if any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +449,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=protos_dot_plumb__pb2.RemoveNodeRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'AddOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOperator,
+                    request_deserializer=protos_dot_plumb__pb2.AddOperatorRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.AddOperatorResponse.SerializeToString,
+            ),
+            'ListOperators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperators,
+                    request_deserializer=protos_dot_plumb__pb2.ListOperatorsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListOperatorsResponse.SerializeToString,
+            ),
+            'RevokeOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperator,
+                    request_deserializer=protos_dot_plumb__pb2.RevokeOperatorRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RevokeOperatorResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_plumb__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=protos_dot_plumb__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +775,141 @@ class Admin:
             '/plumb.v1.Admin/RemoveNode',
             protos_dot_plumb__pb2.RemoveNodeRequest.SerializeToString,
             protos_dot_plumb__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/AddOperator',
+            protos_dot_plumb__pb2.AddOperatorRequest.SerializeToString,
+            protos_dot_plumb__pb2.AddOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListOperators',
+            protos_dot_plumb__pb2.ListOperatorsRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListOperatorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RevokeOperator',
+            protos_dot_plumb__pb2.RevokeOperatorRequest.SerializeToString,
+            protos_dot_plumb__pb2.RevokeOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListAudit',
+            protos_dot_plumb__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/VerifyAudit',
+            protos_dot_plumb__pb2.VerifyAuditRequest.SerializeToString,
+            protos_dot_plumb__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,8 @@
-"""The Admin service: what the operator CLI calls (operator certificate only)."""
+"""The Admin service: what the operator CLI calls (operator certificates only).
+
+Who may call which method, and what the audit log records of it, is
+server/auth.py's (``ADMIN_RULES``): the servicer only does the work.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,29 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
-from server import tokens
+from server import operators, tokens
 from server.compliance import Tally
 from server.config import ServerConfig
-from server.errors import UnknownNode
+from server.errors import CSRRejected, LastAdmin, OperatorExists, UnknownNode, UnknownOperator
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
-from server.store import DriftRow, NodeRow, Revocation, StateLossRow, Store, TokenRow
-from server.wire import STATUS_TO_PB, conditions_to_pb, report_from_body, state_loss_to_pb
+from server.pki import KeyPair, cert_pem, sign_operator_csr
+from server.store import (
+    DriftRow,
+    NodeRow,
+    Revocation,
+    StateLossRow,
+    Store,
+    TokenRow,
+)
+from server.wire import (
+    STATUS_TO_PB,
+    audit_entry,
+    conditions_to_pb,
+    operator_info,
+    report_from_body,
+    state_loss_to_pb,
+)
 
 DEFAULT_TOKEN_TTL_S = 3600
 #: A re-enroll token replaces a node's identity: it lives a quarter of an hour
@@ -31,6 +50,8 @@ DEFAULT_REENROLL_TTL_S = 900
 MAX_TOKEN_NAMES = 1000
 DEFAULT_DRIFT_LIMIT = 100
 MAX_DRIFT_LIMIT = 10_000
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 10_000
 
 #: How long a push waits, by default and at most, for targeted connected nodes
 #: to acknowledge the new catalog before it answers.
@@ -47,13 +68,16 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         ca_fingerprint: str,
         enroll_address: str,
         token_caps: TokenCaps | None = None,
+        ca: KeyPair | None = None,
     ) -> None:
+        """``ca`` certifies operators (AddOperator); None: AddOperator is refused."""
         self.store = store
         self.fleet = fleet
         self.hub = hub
         self.ca_fingerprint = ca_fingerprint
         self.enroll_address = enroll_address
         self.token_caps = token_caps or TokenCaps()
+        self.ca = ca
 
     # ------------------------------------------------------------ tokens
 
@@ -328,6 +352,97 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             rows=[_compliance(r) for r in result.rows],
             fleet=_compliance(result.fleet),
             revision=result.revision,
+        )
+
+    # ------------------------------------------------------------ operators
+
+    async def AddOperator(
+        self, request: pb.AddOperatorRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AddOperatorResponse:
+        name, role = request.name, operators.Role.parse(request.role)
+        if not operators.valid_name(name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid operator name {name!r}: {operators.NAME_RULE}",
+            )
+        if role is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid role {request.role!r}: one of {operators.ROLES}",
+            )
+        assert role is not None
+        current = await asyncio.to_thread(self.store.operator, name)
+        if current is not None and current.revoked_at is None:
+            # Before any CSR work, as enrollment does: the store checks again.
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"an operator named {name!r} exists"
+            )
+        if self.ca is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server has no CA")
+        assert self.ca is not None
+        try:
+            cert = sign_operator_csr(self.ca, request.csr_pem, name)
+            row = await asyncio.to_thread(
+                self.store.add_operator, name, role, format(cert.serial_number, "x"), time.time()
+            )
+        except CSRRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        except OperatorExists as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            raise AssertionError("unreachable") from exc
+        return pb.AddOperatorResponse(
+            operator=operator_info(row),
+            certificate_pem=cert_pem(cert),
+            ca_pem=cert_pem(self.ca.cert),
+        )
+
+    async def ListOperators(
+        self, request: pb.ListOperatorsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListOperatorsResponse:
+        rows = await asyncio.to_thread(self.store.list_operators, request.all)
+        return pb.ListOperatorsResponse(operators=[operator_info(r) for r in rows])
+
+    async def RevokeOperator(
+        self, request: pb.RevokeOperatorRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeOperatorResponse:
+        try:
+            row, revoked_now = await asyncio.to_thread(
+                self.store.revoke_operator, request.name, time.time(), True
+            )
+        except UnknownOperator as exc:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"{exc} ('plumb operator list --all' lists them)"
+            )
+            raise AssertionError("unreachable") from exc
+        except LastAdmin as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from exc
+        return pb.RevokeOperatorResponse(
+            operator=operator_info(row), already_revoked=not revoked_now
+        )
+
+    # ------------------------------------------------------------ audit log
+
+    async def ListAudit(
+        self, request: pb.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListAuditResponse:
+        limit = min(request.limit or DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT)
+        since = request.since or None
+        records, more = await asyncio.to_thread(self.store.audit_entries, since, limit)
+        return pb.ListAuditResponse(entries=[audit_entry(r) for r in records], more=more)
+
+    async def VerifyAudit(
+        self, request: pb.VerifyAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.VerifyAuditResponse:
+        check = await asyncio.to_thread(self.store.verify_audit)
+        return pb.VerifyAuditResponse(
+            intact=check.intact,
+            entries=check.entries,
+            head_id=check.head_id,
+            head_hash=check.head_hash if check.head_id else "",
+            broken_at=check.broken_at or 0,
+            problem=check.problem or "",
         )
 
 

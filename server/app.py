@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
@@ -28,7 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
 from server.admin import AdminServicer, TokenCaps
-from server.auth import AuthInterceptor, NodeCredentials
+from server.audit import Auditor
+from server.auth import AuthInterceptor, NodeCredentials, OperatorCredentials
 from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
 from server.errors import PlumbServerError
@@ -36,6 +38,7 @@ from server.fleet import Fleet
 from server.hub import Hub
 from server.ingest import Ingestor
 from server.internal import InternalErrors
+from server.operators import adopt_bootstrap_operator
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import PresenceLog
 from server.session import AgentServicer
@@ -83,6 +86,9 @@ class Running:
     store: Store
     hub: Hub
     migration: Migration  # what was done to the store at start
+    auditor: Auditor  # the audit log's writer (server/audit.py)
+    #: What became of an older init's operator certificate (see adopt_bootstrap_operator).
+    adopted: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -98,14 +104,20 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
     migration = migrate(config.store)
     store = Store(config.store)
+    adopted = await asyncio.to_thread(adopt_bootstrap_operator, store, config.data_dir, time.time())
     credentials = NodeCredentials.of(store)
+    operators = OperatorCredentials.of(store)
+    auditor = Auditor(store)
     hub = Hub(credentials)
     hub.watch()
     fleet = Fleet(store, signer)
     ingestor = Ingestor(store)
     presence = PresenceLog(store)
     grpc_server = grpc.aio.server(
-        interceptors=[AuthInterceptor(credentials), InternalErrors()], options=SERVER_OPTIONS
+        # The internal-error guard outermost: a failure in the interceptors' own
+        # work (a store read while checking credentials) is hidden like any other.
+        interceptors=[InternalErrors(), AuthInterceptor(credentials, operators, auditor)],
+        options=SERVER_OPTIONS,
     )
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
     agent_port = _listen(
@@ -119,7 +131,12 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     enroll_address = f"{config.advertise}:{enroll_port}"
     pb_grpc.add_EnrollmentServicer_to_server(
         EnrollmentServicer(
-            store, ca, agent_port, on_enrolled=fleet.prepare, targeted_by=fleet.targeted_by_name
+            store,
+            ca,
+            agent_port,
+            on_enrolled=fleet.prepare,
+            targeted_by=fleet.targeted_by_name,
+            auditor=auditor,
         ),
         grpc_server,
     )
@@ -127,7 +144,8 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
     caps = TokenCaps(config.token_max_ttl_s, config.token_max_uses)
     pb_grpc.add_AdminServicer_to_server(
-        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address, caps), grpc_server
+        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address, caps, ca=ca),
+        grpc_server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -137,7 +155,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     presence.start()
     agents.start()
     try:
-        yield Running(agent_port, enroll_port, store, hub, migration)
+        yield Running(agent_port, enroll_port, store, hub, migration, auditor, adopted)
     finally:
         await health_servicer.enter_graceful_shutdown()
         await grpc_server.stop(grace=2)
@@ -220,6 +238,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         if server.migration.changed:
             # On stderr, so the journal has it; stdout's first line is "listening".
             print(f"plumb-server: {server.migration}", file=sys.stderr, flush=True)
+        if server.adopted:
+            print(f"plumb-server: {server.adopted}", file=sys.stderr, flush=True)
         host = config.advertise
         print(
             f"plumb-server: listening agents={host}:{server.agent_port} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
-from server import cliviews, tokens
-from server.errors import CLIError
+from server import cliviews, operators, tokens
+from server.errors import CLIError, PlumbServerError
+from server.pki import generate_key, key_pem
 
 N = TypeVar("N", int, float)
 R = TypeVar("R")
@@ -31,7 +33,12 @@ DEFAULT_CONFIG = Path("~/.config/plumb/cli.toml").expanduser()
 
 EPILOG = """\
 configuration: --config, else $PLUMB_CONFIG, else ~/.config/plumb/cli.toml
-(written by 'plumb-server init' under <data-dir>/operator/cli.toml).
+(written by 'plumb operator add' or 'plumb-server operator add' into the
+directory given with --out, and for the first admin by 'plumb-server init'
+under <data-dir>/operator/cli.toml; paths in it are relative to it).
+
+roles: viewer reads; operator also pushes; admin also manages tokens, nodes
+and operators. A command beyond the caller's role is refused, saying so.
 
 exit codes: 0 success; 1 error or refused push; 2 bad usage;
             3 (compliance) the fleet is not fully compliant.
@@ -49,6 +56,10 @@ examples:
   plumb report web-1
   plumb drift --node web-1
   plumb compliance --json
+  plumb operator add alice --role operator --out ./alice   # her key is made here
+  plumb operator revoke alice
+  plumb audit --since 1d
+  plumb audit --verify
 """
 
 
@@ -160,7 +171,102 @@ def _parser() -> argparse.ArgumentParser:
     )
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
+    _add_operator_commands(sub)
+    _add_audit_command(sub)
     return parser
+
+
+def _add_operator_commands(sub: Any) -> None:
+    operator = sub.add_parser(
+        "operator", help="operators and their roles: add, list, revoke (admins)"
+    ).add_subparsers(required=True, metavar="ACTION")
+    add = operator.add_parser(
+        "add",
+        parents=[_common()],
+        help="a new operator: its key (made here), certificate and portable CLI config",
+        description="Make a key here, have the server certify it for operator NAME with "
+        "ROLE, and write key, certificate, CA certificate and a cli.toml naming them "
+        "(relative paths: the directory works wherever it is copied) into --out (0700, "
+        "files 0600). Only the certificate request reaches the server. Admins only.",
+    )
+    add.add_argument("name", metavar="NAME", help=operators.NAME_RULE)
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in operators.Role],
+        help="viewer reads; operator also pushes; admin also manages tokens, nodes and operators",
+    )
+    add.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="a new (or empty) directory for its config (default: ./plumb-operator-NAME)",
+    )
+    _json_flag(add)
+    add.set_defaults(func=_operator_add)
+    listing = operator.add_parser(
+        "list", parents=[_common()], help="operators: name, role, current certificate"
+    )
+    listing.add_argument("--all", action="store_true", help="also the revoked ones")
+    _json_flag(listing)
+    listing.set_defaults(func=_operator_list)
+    revoke = operator.add_parser(
+        "revoke",
+        parents=[_common()],
+        help="revoke an operator: its next call is refused (admins; never the last admin)",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    _json_flag(revoke)
+    revoke.set_defaults(func=_operator_revoke)
+
+
+def _add_audit_command(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        parents=[_common()],
+        help="the audit log: who changed what, when, from where; --verify checks its chain",
+        description="List the audit log, oldest first: every change made through the "
+        "server (push, tokens, nodes, operators), every enrollment, every refused call, "
+        "with who, when, from where and the result. With --verify, check its hash chain "
+        "instead: exit 0 if it is intact, 1 naming the first entry that breaks it.",
+    )
+    audit.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only entries from T on: a time (2026-12-01, '2026-12-01 10:00', local) or an "
+        "age (90s, 15m, 2h, 7d)",
+    )
+    audit.add_argument(
+        "--limit",
+        type=_bounded(int, 1, MAX_AUDIT_LIMIT, "a number of entries"),
+        default=100,
+        help=f"the newest this many, up to {MAX_AUDIT_LIMIT} (default: 100)",
+    )
+    audit.add_argument(
+        "--verify", action="store_true", help="check the hash chain (exit 1 if broken)"
+    )
+    _json_flag(audit)
+    audit.set_defaults(func=_audit)
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str, now: Callable[[], float] = time.time) -> float:
+    """An argparse type: ``7d`` (an age) or ``2026-12-01 10:00`` (local time) as unix seconds."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        return now() - float(age.group(1)) * _SECONDS[age.group(2)]
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a time (2026-12-01, '2026-12-01 10:00') or an age (90s, 15m, 2h, 7d), "
+            f"got {text!r}"
+        ) from None
+    return moment.timestamp()  # naive: local time, as the tables print it
 
 
 def _node_parser(sub: Any) -> None:
@@ -357,16 +463,21 @@ def _bounded(number: Callable[[str], N], low: N, high: N, what: str) -> Callable
 
 
 def load_config(path: Path | None) -> CLIConfig:
+    """The CLI config; its relative paths are relative to its own directory (portable)."""
     path = path or Path(os.environ.get("PLUMB_CONFIG", DEFAULT_CONFIG))
     try:
         raw = tomllib.loads(path.read_text())
+        here = path.parent
         return CLIConfig(
-            server=raw["server"], ca=Path(raw["ca"]), cert=Path(raw["cert"]), key=Path(raw["key"])
+            server=raw["server"],
+            ca=here / raw["ca"],
+            cert=here / raw["cert"],
+            key=here / raw["key"],
         )
     except FileNotFoundError:
         raise CLIError(
             f"no CLI config at {path}: pass --config or set PLUMB_CONFIG "
-            "(plumb-server init writes one)"
+            "('plumb-server init' and 'operator add' write one)"
         ) from None
     except (tomllib.TOMLDecodeError, KeyError) as exc:
         raise CLIError(f"{path}: invalid CLI config ({exc})") from exc
@@ -395,6 +506,7 @@ TIMEOUT_S = 30
 MAX_WIRE_UINT = 2**32 - 1
 #: Limits the server enforces too (server.admin); checked here to say so in one line.
 MAX_DRIFT_LIMIT = 10_000
+MAX_AUDIT_LIMIT = 10_000
 #: A node's clock further off the server's than this is worth a line.
 CLOCK_WARN_S = 60.0
 
@@ -829,6 +941,131 @@ def _indented(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
 
 
+# ------------------------------------------------------------------ operators, audit
+
+
+def _operator_add(args: argparse.Namespace) -> int:
+    if not operators.valid_name(args.name):
+        raise CLIError(f"invalid operator name {args.name!r}: {operators.NAME_RULE}")
+    out: Path = args.out or Path(f"plumb-operator-{args.name}")
+    try:
+        operators.check_out_dir(out)
+    except PlumbServerError as exc:
+        raise CLIError(str(exc)) from None
+    config = load_config(args.config)
+    key = generate_key()  # here: only the certificate request goes to the server
+    request = pb.AddOperatorRequest(
+        name=args.name, role=args.role, csr_pem=operators.certificate_request(key, args.name)
+    )
+    reply = _stub(args).AddOperator(request, timeout=TIMEOUT_S)
+    path = operators.write_config(
+        out, args.server or config.server, key_pem(key), reply.certificate_pem, reply.ca_pem
+    )
+    if args.json:
+        return _print_json(cliviews.operator_added(reply, str(path)))
+    o = reply.operator
+    print(
+        f"operator {o.name!r} ({o.role}) added, certificate serial {o.cert_serial}: "
+        f"its CLI config is {path}"
+    )
+    print(
+        f"{out} holds its key: give the directory to {o.name} (keep it private), who uses it "
+        f"with: export PLUMB_CONFIG=<where it is>/{operators.CONFIG}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _operator_list(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListOperators(pb.ListOperatorsRequest(all=args.all), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.operators(reply))
+    for line in cliviews.operator_table(reply.operators):
+        print(line)
+    return 0
+
+
+def _operator_revoke(args: argparse.Namespace) -> int:
+    request = pb.RevokeOperatorRequest(name=args.name)
+    reply = _on_node(lambda: _stub(args).RevokeOperator(request, timeout=TIMEOUT_S))
+    if args.json:
+        return _print_json(cliviews.operator_revoked(reply))
+    o = reply.operator
+    if reply.already_revoked:
+        print(f"operator {o.name!r} was already revoked at {_when(o.revoked_at)}: nothing changed")
+    else:
+        print(f"revoked operator {o.name!r} ({o.role}): its next call is refused")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    stub = _stub(args)
+    if args.verify:
+        check = stub.VerifyAudit(pb.VerifyAuditRequest(), timeout=TIMEOUT_S * 4)
+        if args.json:
+            _print_json(cliviews.audit_check(check))
+        elif check.intact and check.head_id:
+            print(
+                f"audit log intact: {check.entries} entries; head: entry {check.head_id}, "
+                f"sha256 {check.head_hash} (note it: a log rewritten whole would not have it)"
+            )
+        elif check.intact:
+            print("audit log intact: no entries yet")
+        else:
+            print(
+                f"audit log BROKEN at entry {check.broken_at}: {check.problem} "
+                f"({check.entries} entries read)"
+            )
+        return 0 if check.intact else 1
+    request = pb.ListAuditRequest(since=args.since or 0.0, limit=args.limit)
+    reply = stub.ListAudit(request, timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.audit(reply))
+    _table(
+        ["ID", "WHEN", "WHO", "FROM", "ACTION", "RESULT", "DETAILS"],
+        [
+            [
+                str(e.id),
+                _when(e.at),
+                f"{e.actor_kind} {e.actor}" + (f" ({e.role})" if e.role else ""),
+                e.peer,
+                e.action,
+                e.result,
+                _audit_details(e),
+            ]
+            for e in reply.entries
+        ],
+    )
+    if reply.more:
+        print(f"(older entries left out: --limit {args.limit}; see --since)", file=sys.stderr)
+    elif not reply.entries:
+        print("no audit entries" + (" since then" if args.since else ""), file=sys.stderr)
+    return 0
+
+
+def _audit_details(e: pb.AuditEntry) -> str:
+    """``revision=5 files=web.yaml``, then the reason when not ok."""
+    details = json.loads(e.details_json or "{}")
+    if isinstance(details.get("files"), list):  # a push: its files by path
+        details["files"] = [str(f.get("path")) for f in details["files"]]
+    pairs = " ".join(
+        f"{key}={_detail_value(key, value)}"
+        for key, value in details.items()
+        if value not in (None, [], {})
+    )
+    return "; ".join(part for part in (pairs, e.reason) if part)
+
+
+def _detail_value(key: str, value: Any) -> str:
+    if key.endswith("_at") and isinstance(value, int | float):
+        return _word(_when(value))
+    if isinstance(value, list):
+        return _word(",".join(str(v) for v in value))
+    if isinstance(value, dict):
+        return _word(",".join(f"{k}={v}" for k, v in value.items()))
+    return _word(value if isinstance(value, str) else json.dumps(value))
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -838,9 +1075,8 @@ def _print_json(shape: Mapping[str, Any]) -> int:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
-    for row in [headers, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for line in cliviews.table(headers, rows):
+        print(line)
 
 
 def _labels(labels: Any) -> str:

@@ -115,11 +115,50 @@ those whose current certificate it enrolled).
     {"node": "db-2", "id": "...", "token": "plumb1....", "expires_at": ..., "uses": 1,
      "enroll_address": "h:8444", "names": ["db-2"], "name_pattern": null,
      "reenroll": true, "enroll_command": "printf ... | plumb-agent enroll ... --replace"}
+
+``operator add NAME`` (``plumb``), ``operator list``, ``operator revoke NAME``
+(``plumb`` and ``plumb-server``)::
+
+    {"operator": OPERATOR, "config": "/home/alice/plumb/cli.toml"}
+    {"operators": [OPERATOR, ...]}
+    {"operator": OPERATOR, "already_revoked": false}
+
+where ``OPERATOR`` is ``{"name": "alice", "role": "viewer" | "operator" |
+"admin", "cert_serial": "5f3a09...", "created_at": 1764620000.5,
+"revoked_at": 1764620000.5 | null, "state": "current" | "revoked"}``
+(``cert_serial``: the one certificate it may use; ``config``: the cli.toml
+written, with the key beside it).
+
+``audit``::
+
+    {"entries": [ENTRY, ...], "more": false}
+
+oldest first; ``more``: older entries matched but ``--limit`` left them out.
+``ENTRY`` is ``{"id": 12, "at": 1764620000.5, "actor_kind": "operator" |
+"node" | "token" | "local" | "server", "actor": "alice", "role": "admin" |
+null, "peer": "10.0.0.5:53211" | "local", "action": "Push", "details": {...},
+"result": "ok" | "refused" | "failed", "reason": "..." | null, "revision": 5 |
+null, "prev_hash": "...", "hash": "..."}``: ``actor`` is the operator's or
+node's name, the enrolling token's id (``token``), the local user
+(``local``: a ``plumb-server`` command on the server host); ``role`` the
+operator's role at the time; ``details`` a summary of the arguments (never a
+secret; a push's files by path, size and SHA-256); ``revision`` the revision a
+push stored.
+
+``audit --verify``::
+
+    {"intact": true, "entries": 42, "head": {"id": 42, "hash": "..."} | null,
+     "broken_at": 7 | null, "problem": "entry 7 was changed after ..." | null}
+
+``head`` is the log's last entry (``null``: empty): keep its hash elsewhere to
+tell later that the log was not rewritten whole.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -353,3 +392,92 @@ def token_info(t: pb.TokenInfo) -> dict[str, Any]:
 def counts_phrase(counts: Mapping[str, int], leave_out: Sequence[str] = ()) -> str:
     """``{"failed": 1, "pending": 2}`` → ``failed 1, pending 2``, for tables."""
     return ", ".join(f"{state} {n}" for state, n in counts.items() if n and state not in leave_out)
+
+
+def operator_info(o: pb.OperatorInfo) -> dict[str, Any]:
+    return {
+        "name": o.name,
+        "role": o.role,
+        "cert_serial": o.cert_serial,
+        "created_at": o.created_at,
+        "revoked_at": o.revoked_at or None,
+        "state": "revoked" if o.revoked_at else "current",
+    }
+
+
+def operators(reply: pb.ListOperatorsResponse) -> dict[str, Any]:
+    return {"operators": [operator_info(o) for o in reply.operators]}
+
+
+def operator_added(reply: pb.AddOperatorResponse, config: str) -> dict[str, Any]:
+    return {"operator": operator_info(reply.operator), "config": config}
+
+
+def operator_revoked(reply: pb.RevokeOperatorResponse) -> dict[str, Any]:
+    return {"operator": operator_info(reply.operator), "already_revoked": reply.already_revoked}
+
+
+def audit_entry(e: pb.AuditEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": e.at,
+        "actor_kind": e.actor_kind,
+        "actor": e.actor,
+        "role": e.role or None,
+        "peer": e.peer,
+        "action": e.action,
+        "details": json.loads(e.details_json or "{}"),
+        "result": e.result,
+        "reason": e.reason or None,
+        "revision": e.revision or None,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
+
+
+def audit(reply: pb.ListAuditResponse) -> dict[str, Any]:
+    return {"entries": [audit_entry(e) for e in reply.entries], "more": reply.more}
+
+
+def audit_check(reply: pb.VerifyAuditResponse) -> dict[str, Any]:
+    return {
+        "intact": reply.intact,
+        "entries": reply.entries,
+        "head": {"id": reply.head_id, "hash": reply.head_hash} if reply.head_id else None,
+        "broken_at": reply.broken_at or None,
+        "problem": reply.problem or None,
+    }
+
+
+# ------------------------------------------------------------ tables (plumb and plumb-server)
+
+
+def when(timestamp: float) -> str:
+    """A time in tables: local, to the second; ``-`` for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a table: columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    return [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+
+
+def operator_table(infos: Sequence[pb.OperatorInfo]) -> list[str]:
+    return table(
+        ["OPERATOR", "ROLE", "STATE", "CERT SERIAL", "CREATED", "REVOKED"],
+        [
+            [
+                o.name,
+                o.role,
+                "revoked" if o.revoked_at else "current",
+                o.cert_serial,
+                when(o.created_at),
+                when(o.revoked_at),
+            ]
+            for o in infos
+        ],
+    )

@@ -9,6 +9,13 @@ taken (unless the token is a re-enroll token for it), and for a token bound
 to no name, the name not one a manifest targets by name. Only then is the
 CSR parsed and signed; the store then spends the use and records the node
 in one transaction, checking the token and the name again.
+
+Each enrollment goes to the audit log (server/audit.py), as the token that
+made it, from the caller's address: the node, its new certificate's serial,
+and for a re-enrollment the serial it replaced. So does each refusal of a
+genuine token (a name it does not allow, used up, a name taken, a bad CSR);
+a refusal of a token nobody can show is genuine (malformed, unknown, a wrong
+secret) is not, since anyone may send those.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import grpc
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
-from server import tokens
-from server.errors import CSRRejected, NodeExists, TokenRefused
+from server import audit, tokens
+from server.audit import Actor, Auditor
+from server.errors import CSRRejected, NodeExists, TokenRefused, UnknownToken
 from server.pki import KeyPair, cert_pem, sign_node_csr
 from server.ratelimit import Buckets
 from server.store import Store
@@ -50,15 +58,18 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         agent_port: int,
         on_enrolled: Callable[[str], object] = lambda node: None,
         targeted_by: Callable[[str], list[str]] = lambda node: [],
+        auditor: Auditor | None = None,
     ) -> None:
         """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog);
-        ``targeted_by(node)`` names the manifests that target ``node`` by name."""
+        ``targeted_by(node)`` names the manifests that target ``node`` by name;
+        ``auditor`` records enrollments (None: nowhere)."""
         self.store = store
         self.ca = ca
         self.agent_port = agent_port
         self.on_enrolled = on_enrolled
         self.targeted_by = targeted_by
         self.attempts = Buckets(ENROLL_RATE, ENROLL_BURST)
+        self.auditor = auditor
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -82,7 +93,7 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
                 f"invalid node name {request.node_name!r}: {tokens.NAME_RULE}",
             )
         try:
-            return await asyncio.to_thread(self._enroll, token, request)
+            return await asyncio.to_thread(self._audited, token, request, context.peer())
         except TokenRefused as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"enrollment refused: {exc}")
         except CSRRejected as exc:
@@ -91,25 +102,59 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"enrollment refused: {exc}")
         raise AssertionError("unreachable")
 
-    def _enroll(self, token: tokens.Token, request: pb.EnrollRequest) -> pb.EnrollResponse:
+    def _audited(
+        self, token: tokens.Token, request: pb.EnrollRequest, peer: str
+    ) -> pb.EnrollResponse:
+        """:meth:`_enroll`, recorded in the audit log (in this thread: it commits)."""
+        try:
+            response, details = self._enroll(token, request)
+        except UnknownToken:
+            raise
+        except (TokenRefused, NodeExists, CSRRejected) as exc:
+            self._record(token, peer, {"node": request.node_name}, audit.REFUSED, str(exc))
+            raise
+        self._record(token, peer, details, audit.OK, "")
+        return response
+
+    def _record(
+        self, token: tokens.Token, peer: str, details: dict[str, Any], result: str, reason: str
+    ) -> None:
+        if self.auditor is not None:
+            self.auditor.record(Actor.token(token.id), peer, "Enroll", details, result, reason)
+
+    def _enroll(
+        self, token: tokens.Token, request: pb.EnrollRequest
+    ) -> tuple[pb.EnrollResponse, dict[str, Any]]:
         name = request.node_name
         found = self.store.check_enrollment(token.id, token.secret_sha256, name, time.time())
         if not found.binding.bound:
             self._check_not_targeted(token, name)
         cert = sign_node_csr(self.ca, request.csr_pem, name)
-        labels = self.store.enroll(
-            token.id, token.secret_sha256, name, format(cert.serial_number, "x"), time.time()
-        )
+        # What it replaces, for the audit log: a re-enrollment's old certificate.
+        before = self.store.credential(name) if found.reenroll else None
+        serial = format(cert.serial_number, "x")
+        labels = self.store.enroll(token.id, token.secret_sha256, name, serial, time.time())
         # Now, not at its first session: a catalog that cannot be compiled for
         # the new node (a collision only it makes) shows in `plumb nodes` at once.
         self.on_enrolled(name)
-        return pb.EnrollResponse(
+        response = pb.EnrollResponse(
             certificate_pem=cert_pem(cert),
             ca_pem=cert_pem(self.ca.cert),
             node_name=name,
             agent_port=self.agent_port,
             labels=labels,
         )
+        replaced = (
+            before.serial if before is not None and before.decommissioned_at is None else None
+        )
+        details = {
+            "node": name,
+            "cert_serial": serial,
+            "reenroll": replaced is not None,
+            "replaced_serial": replaced,
+            "labels": dict(sorted(labels.items())),
+        }
+        return response, details
 
     def _check_not_targeted(self, token: tokens.Token, name: str) -> None:
         """A name a manifest targets by name is for a token that names it, not any token."""

@@ -8,8 +8,12 @@
     ├── StoreError              the store cannot be created, opened, checked or migrated
     │                           (missing, empty, damaged, newer, not SQLite)
     ├── TokenRefused            an enrollment token is unknown, expired or used up
+    │   └── UnknownToken        no token has that id and secret (anyone can send one)
     ├── NodeExists              a node of that name is already enrolled
     ├── UnknownNode             no node of that name is enrolled (plumb node revoke, rm)
+    ├── OperatorExists          an operator of that name is current (operator add)
+    ├── UnknownOperator         no operator has that name (operator revoke)
+    ├── LastAdmin               revoking it would leave no admin who can call Admin
     ├── IngestFailed            a report's batch could not be committed (server/ingest.py)
     └── CLIError                something the operator must fix (the plumb CLI)
 
@@ -89,12 +93,28 @@ class TokenRefused(PlumbServerError):
     """An enrollment token is unknown, expired or used up; the message says which."""
 
 
+class UnknownToken(TokenRefused):
+    """No token has that id, or its secret is not that token's: nothing proves who sent it."""
+
+
 class NodeExists(PlumbServerError):
     """A node of that name is already enrolled."""
 
 
 class UnknownNode(PlumbServerError):
     """No node of that name is enrolled."""
+
+
+class OperatorExists(PlumbServerError):
+    """An operator of that name exists and is not revoked."""
+
+
+class UnknownOperator(PlumbServerError):
+    """No operator has that name."""
+
+
+class LastAdmin(PlumbServerError):
+    """Revoking this operator would leave no admin (plumb-server operator add makes one)."""
 
 
 class IngestFailed(PlumbServerError):

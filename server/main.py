@@ -1,4 +1,5 @@
-"""``plumb-server``: set up a server's data directory, migrate its store, and run it."""
+"""``plumb-server``: set up a server's data directory, migrate its store, run it, and
+manage operators on the server host (the break-glass way in: no certificate needed)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
+from protos import plumb_pb2 as pb
+from server import audit, cliviews, operators, wire
 from server import store as store_
 from server.config import ServerConfig
-from server.errors import PlumbServerError
-from server.pki import PKI, ROLE_OPERATOR, cert_pem, issue_keypair, key_pem, write_private
+from server.errors import OperatorExists, PlumbServerError
+from server.operators import Role
+from server.pki import PKI, ROLE_OPERATOR, cert_pem, issue_keypair, key_pem
 
 DEFAULT_DATA_DIR = Path(os.environ.get("PLUMB_DATA_DIR", "/var/lib/plumb-server"))
 
@@ -29,6 +35,9 @@ examples:
   plumb-server init --data-dir /var/lib/plumb-server --san plumb.example.com
   plumb-server run --data-dir /var/lib/plumb-server
   plumb-server migrate --data-dir /var/lib/plumb-server --json
+  plumb-server operator add alice --role operator --out /root/alice-plumb
+  plumb-server operator list --all
+  plumb-server operator revoke alice
 """
 
 
@@ -99,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--advertise", help="host agents connect to (default: the first --san)")
     init.add_argument(
+        "--admin",
+        type=_operator_name,
+        default="admin",
+        metavar="NAME",
+        help="the name of the first operator, an admin, whose CLI config init writes under "
+        "<data-dir>/operator (default: %(default)s)",
+    )
+    init.add_argument(
         "--store-url",
         default="",
         help="SQLAlchemy URL of the store (default: SQLite in the data dir); "
@@ -125,7 +142,71 @@ def _parser() -> argparse.ArgumentParser:
         help='print {"store", "from", "to", "migrated"}; "from" is null for a 0.1.0 store',
     )
     migrate.set_defaults(func=_migrate)
+    _operator_parser(sub)
     return parser
+
+
+def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``plumb-server operator ACTION``: operators, changed in the store on this host."""
+    operator = sub.add_parser(
+        "operator",
+        help="operators on this host: add (a certificate and CLI config), list, revoke",
+        description="Manage operators directly in the store, on the server host (no "
+        "certificate needed: the way back in when no admin's works). Admins do the same "
+        "from anywhere with 'plumb operator'. A running server sees a change within a second.",
+    ).add_subparsers(required=True, metavar="ACTION")
+    add = operator.add_parser(
+        "add",
+        parents=[_common()],
+        help="a new operator: its key, certificate and a portable CLI config in --out",
+        description="Make a key and a certificate for operator NAME with ROLE and write them, "
+        "with the CA certificate and a cli.toml naming them (relative paths: the directory "
+        "works wherever it is copied), into --out (0700, files 0600). The key is written "
+        "there only, never into the data dir: give the directory to the operator.",
+    )
+    add.add_argument("name", metavar="NAME", help=operators.NAME_RULE)
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in Role],
+        help="viewer reads; operator also pushes; admin also manages tokens, nodes and operators",
+    )
+    add.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="a new (or empty) directory outside the data dir (default: ./plumb-operator-NAME)",
+    )
+    add.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="the address the config names (default: server.toml's advertise and listen port)",
+    )
+    add.set_defaults(func=_operator_add)
+    listing = operator.add_parser("list", parents=[_common()], help="operators and their roles")
+    listing.add_argument("--all", action="store_true", help="also the revoked ones")
+    listing.add_argument(
+        "--json", action="store_true", help='print {"operators": [...]} (server/cliviews.py)'
+    )
+    listing.set_defaults(func=_operator_list)
+    revoke = operator.add_parser(
+        "revoke",
+        parents=[_common()],
+        help="revoke an operator: its calls are refused (a running server: within a second)",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"operator": ..., "already_revoked": ...} (server/cliviews.py)',
+    )
+    revoke.set_defaults(func=_operator_revoke)
+
+
+def _operator_name(text: str) -> str:
+    if not operators.valid_name(text):
+        raise argparse.ArgumentTypeError(f"invalid operator name {text!r}: {operators.NAME_RULE}")
+    return text
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -145,38 +226,149 @@ def _init(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)
     pki.create(sans)
-    store_.Store.create(config.store).close()
-    config.save()
-    cli_config = _write_operator(config, pki)
+    store = store_.Store.create(config.store)
+    try:
+        config.save()
+        cli_config = _add_operator(
+            config, store, args.admin, Role.ADMIN, data / "operator", _address(config)
+        )
+    finally:
+        store.close()
     print(
-        f"initialised {data}\n  operator CLI config: {cli_config}\n"
-        f"  use it with: export PLUMB_CONFIG={cli_config}"
+        f"initialised {data}\n  admin operator {args.admin!r}, CLI config: {cli_config}\n"
+        f"  use it with: export PLUMB_CONFIG={cli_config}\n"
+        "  (it holds the admin's key: copy the directory to the admin's machine, or add "
+        "named operators with 'plumb-server operator add' and revoke this one)"
     )
     return 0
 
 
-def _write_operator(config: ServerConfig, pki: PKI) -> Path:
-    """The operator's key, certificate and CLI config, under <data>/operator."""
-    directory = config.data_dir / "operator"
-    operator = issue_keypair(pki.load("ca"), "operator", ROLE_OPERATOR)
-    write_private(directory / "operator.key", key_pem(operator.key))
-    write_private(directory / "operator.crt", cert_pem(operator.cert))
-    write_private(directory / "ca.crt", pki.path("ca.crt").read_bytes())
-    port = config.listen.rsplit(":", 1)[1]
-    settings = {
-        "server": f"{config.advertise}:{port}",
-        "ca": str(directory / "ca.crt"),
-        "cert": str(directory / "operator.crt"),
-        "key": str(directory / "operator.key"),
-    }
-    path = directory / "cli.toml"
-    write_private(path, "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()).encode())
+def _address(config: ServerConfig) -> str:
+    """Where operators reach the server: the advertised host, the listen port."""
+    return f"{config.advertise}:{config.listen.rsplit(':', 1)[1]}"
+
+
+def _add_operator(
+    config: ServerConfig,
+    store: store_.Store,
+    name: str,
+    role: Role,
+    out: Path,
+    server: str,
+) -> Path:
+    """A key and certificate for operator ``name``, its CLI config in ``out``, its store row
+    and audit entry; the config's path. ``out`` must be new or empty (it is removed again
+    if the store refuses the name)."""
+    existing = store.operator(name)
+    if existing is not None and existing.revoked_at is None:
+        raise OperatorExists(
+            f"an operator named {name!r} exists ({existing.role}): revoke it first "
+            "('plumb-server operator revoke'), or choose another name"
+        )
+    operators.check_out_dir(out)
+    pki = PKI(config.data_dir / "pki")
+    pair = issue_keypair(pki.load("ca"), name, ROLE_OPERATOR)
+    serial = format(pair.cert.serial_number, "x")
+    made = not out.exists()
+    path = operators.write_config(
+        out, server, key_pem(pair.key), cert_pem(pair.cert), pki.path("ca.crt").read_bytes()
+    )
+    now = time.time()
+    try:
+        store.add_operator(name, role, serial, now)
+    except OperatorExists:
+        if made:
+            shutil.rmtree(out)
+        else:
+            for leftover in out.iterdir():
+                leftover.unlink()
+        raise
+    details = {"operator": name, "role": role.value, "cert_serial": serial}
+    store.audit(audit.Entry(audit.Actor.local(), audit.LOCAL, "AddOperator", details), now)
     return path
+
+
+def _local_store(args: argparse.Namespace) -> tuple[ServerConfig, store_.Store]:
+    config = ServerConfig.load(args.data_dir)
+    return config, store_.Store(config.store)
+
+
+def _operator_add(args: argparse.Namespace) -> int:
+    if not operators.valid_name(args.name):
+        raise PlumbServerError(f"invalid operator name {args.name!r}: {operators.NAME_RULE}")
+    out: Path = args.out or Path(f"plumb-operator-{args.name}")
+    config, store = _local_store(args)
+    try:
+        operators.check_out_dir(out, config.data_dir)
+        path = _add_operator(
+            config, store, args.name, Role(args.role), out, args.server or _address(config)
+        )
+    finally:
+        store.close()
+    print(
+        f"operator {args.name!r} ({args.role}) added: its CLI config is {path}\n"
+        f"  {out} holds its key: give the directory to {args.name} (keep it private), who "
+        f"uses it with: export PLUMB_CONFIG=<where it is>/{operators.CONFIG}"
+    )
+    return 0
+
+
+def _operator_list(args: argparse.Namespace) -> int:
+    _, store = _local_store(args)
+    try:
+        rows = store.list_operators(revoked=args.all)
+    finally:
+        store.close()
+    infos = [wire.operator_info(r) for r in rows]
+    if args.json:
+        print(
+            json.dumps(
+                cliviews.operators(pb.ListOperatorsResponse(operators=infos)),
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return 0
+    for line in cliviews.operator_table(infos):
+        print(line)
+    return 0
+
+
+def _operator_revoke(args: argparse.Namespace) -> int:
+    _, store = _local_store(args)
+    try:
+        row, revoked_now = store.revoke_operator(args.name, time.time())
+        if revoked_now:
+            details = {"operator": row.name, "role": row.role, "cert_serial": row.cert_serial}
+            entry = audit.Entry(audit.Actor.local(), audit.LOCAL, "RevokeOperator", details)
+            store.audit(entry, time.time())
+    finally:
+        store.close()
+    reply = pb.RevokeOperatorResponse(
+        operator=wire.operator_info(row), already_revoked=not revoked_now
+    )
+    if args.json:
+        print(json.dumps(cliviews.operator_revoked(reply), indent=2, sort_keys=True))
+    elif revoked_now:
+        print(
+            f"revoked operator {row.name!r} ({row.role}): its calls are refused, by a running "
+            "server within a second"
+        )
+    else:
+        print(f"operator {row.name!r} was already revoked: nothing changed")
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.data_dir)
     done = store_.migrate(config.store)
+    store = store_.Store(config.store)
+    try:
+        adopted = operators.adopt_bootstrap_operator(store, config.data_dir, time.time())
+    finally:
+        store.close()
+    if adopted:
+        print(f"plumb-server: {adopted}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(

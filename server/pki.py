@@ -207,6 +207,31 @@ def sign_node_csr(ca: KeyPair, csr_pem: bytes, node_name: str) -> x509.Certifica
     return issue_client(ca, public_key, node_name, ROLE_NODE)
 
 
+def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The key of a well-formed, self-signed EC P-256 CSR; CSRRejected for anything else."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CSRRejected(f"the certificate request is not valid PEM: {exc}") from exc
+    if not csr.is_signature_valid:
+        raise CSRRejected("the certificate request's signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CSRRejected("the certificate request must carry an EC P-256 key")
+    if public_key.curve.name != "secp256r1":
+        raise CSRRejected(f"the certificate request's key is on {public_key.curve.name}, not P-256")
+    return public_key
+
+
+def sign_operator_csr(ca: KeyPair, csr_pem: bytes, name: str) -> x509.Certificate:
+    """An operator certificate for ``name`` from a CSR its holder made (the key stays there).
+
+    ``OU=operator`` whatever the CSR asked: the role (viewer, operator,
+    admin) is the store's, not the certificate's (server/operators.py).
+    """
+    return issue_client(ca, csr_public_key(csr_pem), name, ROLE_OPERATOR)
+
+
 def sign_payload(key: ec.EllipticCurvePrivateKey, payload: bytes) -> bytes:
     return key.sign(payload, ec.ECDSA(hashes.SHA256()))
 

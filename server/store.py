@@ -34,8 +34,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
+from server import audit as audit_
 from server import tokens as tokens_
-from server.errors import NodeExists, StoreError, TokenRefused, UnknownNode
+from server.errors import (
+    LastAdmin,
+    NodeExists,
+    OperatorExists,
+    StoreError,
+    TokenRefused,
+    UnknownNode,
+    UnknownOperator,
+    UnknownToken,
+)
 
 log = logging.getLogger("plumb.server.store")
 
@@ -118,6 +128,9 @@ revisions = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # [{"name", "file", "source"}]: the complete manifest set of this revision.
     sa.Column("manifests", sa.JSON, nullable=False),
+    # The audit log's entry of the push that stored it (server/audit.py); NULL:
+    # pushed before the log existed (or the entry could not be written).
+    sa.Column("audit_id", sa.BigInteger, nullable=True),
 )
 
 catalogs = sa.Table(
@@ -208,6 +221,54 @@ state_losses = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),  # the server's clock
 )
 
+# Who may call the Admin service, and as what (server/operators.py): the store
+# is the source of truth for an operator's role, its one current certificate
+# and whether it is revoked. A revoked operator keeps its row; adding its name
+# again makes it current again, under a new certificate.
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),  # viewer, operator, admin
+    sa.Column("cert_serial", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+# The audit log (server/audit.py): appended to, never changed. Entries are
+# numbered 1, 2, 3, ... by the store (not by the database), each holding the
+# hash of the one before: an edited or deleted entry breaks the chain.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("actor_kind", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(253), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("peer", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # canonical JSON, as hashed
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# The last entry of the audit log: one row ("audit"), updated in the
+# transaction of each append. Its update is that transaction's first write,
+# so appends never race (SQLite's write lock, PostgreSQL's row lock), and an
+# entry cut off the end of the log leaves a head naming it.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("chain", sa.String(16), primary_key=True),
+    sa.Column("last_id", sa.BigInteger, nullable=False),
+    sa.Column("last_hash", sa.String(64), nullable=False),
+)
+AUDIT_CHAIN = "audit"
+
 #: Statuses of a drift event: the resource differed from a spec it had converged to,
 #: and was repaired, left as it was (audit, noop) or could not be repaired.
 DRIFT = (Status.REPAIRED, Status.DRIFTED, Status.FAILED)
@@ -245,6 +306,24 @@ class NodeCredential:
     serial: str  # of the one certificate the node may use, lower-case hex
     revoked_at: float | None = None
     decommissioned_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorCredential:
+    """What decides whether an operator's certificate is still good, and what it may do."""
+
+    role: str  # viewer, operator, admin (server/operators.py: Role)
+    serial: str  # of the one certificate the operator may use, lower-case hex
+    revoked_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorRow:
+    name: str
+    role: str
+    cert_serial: str
+    created_at: float
+    revoked_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -710,6 +789,7 @@ class Store:
             _Checkpointer(self.engine) if self.engine.dialect.name == "sqlite" else None
         )
         self._node_listeners: list[Callable[[str], None]] = []
+        self._operator_listeners: list[Callable[[str], None]] = []
 
     @classmethod
     def create(cls, url: str) -> Self:
@@ -920,11 +1000,7 @@ class Store:
         self._node_listeners.append(listener)
 
     def _node_changed(self, name: str) -> None:
-        for listener in self._node_listeners:
-            try:
-                listener(name)
-            except Exception:  # committed already: the caller must hear that it was
-                log.exception("a listener to changes of node %s failed", name)
+        _tell(self._node_listeners, "node", name)
 
     def credential(self, name: str) -> NodeCredential | None:
         """Which certificate ``name`` may use, and whether it is revoked or removed."""
@@ -1007,6 +1083,196 @@ class Store:
             _set_each(conn, "clock_offset_s", {n: s.clock_offset_s for n, s in given})
             _set_each(conn, "facts", {n: s.facts for n, s in given})
             _set_each(conn, "conditions", {n: s.conditions for n, s in given})
+
+    # ------------------------------------------------------------ operators
+
+    def on_operator_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after each commit that changes operator ``name``
+        (added, revoked, its certificate replaced), in the committing thread.
+
+        Only changes made through this Store object: ``plumb-server operator``
+        commands change the store from another process, which is why
+        server.auth's cache of operators also forgets what it holds after a
+        second.
+        """
+        self._operator_listeners.append(listener)
+
+    def add_operator(self, name: str, role: str, cert_serial: str, now: float) -> OperatorRow:
+        """Make ``name`` an operator with ``role``, whose one certificate is ``cert_serial``.
+
+        OperatorExists if an operator of that name is current; a revoked one's
+        name is taken again (a new certificate, the new role, not revoked).
+        """
+        with self._tx() as conn:
+            # The write first (it takes SQLite's write lock): a revoked row of
+            # the name becomes the new operator; none, a new row is inserted.
+            taken = conn.execute(
+                operators.update()
+                .where(operators.c.name == name, operators.c.revoked_at.is_not(None))
+                .values(role=role, cert_serial=cert_serial, created_at=now, revoked_at=None)
+            ).rowcount
+            if not taken:
+                exists = conn.execute(
+                    sa.select(operators.c.name).where(operators.c.name == name)
+                ).first()
+                if exists is not None:
+                    raise OperatorExists(
+                        f"an operator named {name!r} exists: revoke it first to give the "
+                        "name a new certificate, or choose another name"
+                    )
+                conn.execute(
+                    operators.insert().values(
+                        name=name, role=role, cert_serial=cert_serial, created_at=now
+                    )
+                )
+        self._operator_changed(name)
+        return OperatorRow(name, role, cert_serial, now)
+
+    def operator(self, name: str) -> OperatorRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(operators).where(operators.c.name == name)).first()
+        return _operator_row(row) if row else None
+
+    def list_operators(self, revoked: bool = False) -> list[OperatorRow]:
+        """Operators by name: the current ones, and with ``revoked`` the revoked ones too."""
+        query = sa.select(operators).order_by(operators.c.name)
+        if not revoked:
+            query = query.where(operators.c.revoked_at.is_(None))
+        with self.engine.connect() as conn:
+            return [_operator_row(r) for r in conn.execute(query)]
+
+    def operator_credential(self, name: str) -> OperatorCredential | None:
+        """What operator ``name`` may do, with which certificate; None: no such operator."""
+        query = sa.select(operators.c.role, operators.c.cert_serial, operators.c.revoked_at)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.where(operators.c.name == name)).first()
+        if row is None:
+            return None
+        return OperatorCredential(row.role, row.cert_serial, row.revoked_at)
+
+    def revoke_operator(
+        self, name: str, now: float, keep_an_admin: bool = False
+    ) -> tuple[OperatorRow, bool]:
+        """Revoke operator ``name``: its next call is refused. Returns it, and whether this
+        call revoked it (False: it already was, and keeps that time).
+
+        UnknownOperator if there is no such operator; with ``keep_an_admin``,
+        LastAdmin if it is the last current admin (the Admin service keeps
+        one; ``plumb-server operator`` on the server host may revoke any).
+        """
+        with self._tx() as conn:
+            changed = conn.execute(
+                operators.update()
+                .where(operators.c.name == name, operators.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            ).rowcount
+            row = conn.execute(sa.select(operators).where(operators.c.name == name)).first()
+            if row is None:
+                raise UnknownOperator(f"no operator is named {name!r}")
+            if changed and keep_an_admin and row.role == "admin" and not _admins_left(conn):
+                raise LastAdmin(  # raised inside the transaction: the revocation rolls back
+                    f"{name} is the last admin: add another admin first (an admin that "
+                    "revokes itself can only come back through 'plumb-server operator add' "
+                    "on the server host)"
+                )
+        if changed:
+            self._operator_changed(name)
+        return _operator_row(row), bool(changed)
+
+    def renew_operator(self, name: str, old_serial: str, new_serial: str) -> bool:
+        """Make ``new_serial`` operator ``name``'s one certificate, if ``old_serial`` still is.
+
+        For certificate renewal: False (nothing changed) if the operator is
+        unknown, revoked, or its current certificate is not ``old_serial``
+        (renewed already, or replaced). The old certificate is refused from
+        the next call on.
+        """
+        with self._tx() as conn:
+            changed = conn.execute(
+                operators.update()
+                .where(
+                    operators.c.name == name,
+                    operators.c.cert_serial == old_serial,
+                    operators.c.revoked_at.is_(None),
+                )
+                .values(cert_serial=new_serial)
+            ).rowcount
+        if changed:
+            self._operator_changed(name)
+        return bool(changed)
+
+    def _operator_changed(self, name: str) -> None:
+        _tell(self._operator_listeners, "operator", name)
+
+    # ------------------------------------------------------------ audit log
+
+    def audit(self, entry: audit_.Entry, now: float) -> audit_.Record:
+        """Append ``entry`` to the audit log, chained to the entry before; the entry as stored.
+
+        A push's entry (``entry.revision``) is written onto its revision's
+        row too, in the same transaction.
+        """
+        with self._tx() as conn:
+            # The first write of the transaction: it takes the write lock, so
+            # the head read next is the last entry until this one commits.
+            locked = conn.execute(
+                audit_head.update()
+                .where(audit_head.c.chain == AUDIT_CHAIN)
+                .values(last_id=audit_head.c.last_id)
+            ).rowcount
+            if not locked:
+                raise StoreError(
+                    "the audit log has no head row (audit_head): the store was tampered with "
+                    "or damaged; 'plumb audit --verify' says how"
+                )
+            head = conn.execute(
+                sa.select(audit_head).where(audit_head.c.chain == AUDIT_CHAIN)
+            ).one()
+            record = audit_.seal(int(head.last_id) + 1, now, entry, head.last_hash)
+            conn.execute(audit_log.insert().values(**dataclasses.asdict(record)))
+            conn.execute(
+                audit_head.update()
+                .where(audit_head.c.chain == AUDIT_CHAIN)
+                .values(last_id=record.id, last_hash=record.hash)
+            )
+            if entry.revision:
+                conn.execute(
+                    revisions.update()
+                    .where(revisions.c.id == entry.revision, revisions.c.audit_id.is_(None))
+                    .values(audit_id=record.id)
+                )
+        return record
+
+    def audit_entries(
+        self, since: float | None = None, limit: int = 100
+    ) -> tuple[list[audit_.Record], bool]:
+        """The newest ``limit`` entries at or after ``since``, oldest first; whether there are
+        older ones that were left out."""
+        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit + 1)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        with self.engine.connect() as conn:
+            found = [_audit_record(r) for r in conn.execute(query)]
+        return found[:limit][::-1], len(found) > limit
+
+    def verify_audit(self) -> audit_.Check:
+        """Walk the whole audit log: the first entry that breaks its hash chain, if any."""
+        with self.engine.connect() as conn:
+            head = conn.execute(
+                sa.select(audit_head).where(audit_head.c.chain == AUDIT_CHAIN)
+            ).first()
+            rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id))
+            head_id, head_hash = (
+                (0, audit_.GENESIS) if head is None else (head.last_id, head.last_hash)
+            )
+            return audit_.verify((_audit_record(r) for r in rows), int(head_id), head_hash)
+
+    def revision_audit_id(self, revision: int) -> int | None:
+        """The audit entry of the push that stored ``revision``; None if it has none."""
+        query = sa.select(revisions.c.audit_id).where(revisions.c.id == revision)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else int(found)
 
     # ------------------------------------------------------------ revisions, catalogs
 
@@ -1228,9 +1494,47 @@ class Store:
             return {row.node: list(row.problems) for row in conn.execute(query)}
 
 
+def _tell(listeners: Sequence[Callable[[str], None]], what: str, name: str) -> None:
+    for listener in listeners:
+        try:
+            listener(name)
+        except Exception:  # committed already: the caller must hear that it was
+            log.exception("a listener to changes of %s %s failed", what, name)
+
+
+def _operator_row(row: Any) -> OperatorRow:
+    return OperatorRow(row.name, row.role, row.cert_serial, row.created_at, row.revoked_at)
+
+
+def _admins_left(conn: Connection) -> int:
+    query = sa.select(sa.func.count()).where(
+        operators.c.role == "admin", operators.c.revoked_at.is_(None)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _audit_record(row: Any) -> audit_.Record:
+    r = row._mapping
+    return audit_.Record(
+        id=int(r["id"]),
+        at=r["at"],
+        actor_kind=r["actor_kind"],
+        actor=r["actor"],
+        role=r["role"],
+        peer=r["peer"],
+        action=r["action"],
+        details=r["details"],
+        result=r["result"],
+        reason=r["reason"],
+        revision=None if r["revision"] is None else int(r["revision"]),
+        prev_hash=r["prev_hash"],
+        hash=r["hash"],
+    )
+
+
 def _known(row: Any, secret_sha256: str) -> TokenRow:
     if row is None or not hmac.compare_digest(row.secret_sha256, secret_sha256):
-        raise TokenRefused("unknown token")
+        raise UnknownToken("unknown token")
     return _token_row(row)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from modules.base import Status
 from protos import plumb_pb2 as pb
+from server import audit
 from server.cliviews import trigger_word
-from server.store import ReportRecord, ResultRecord, StateLossRow
+from server.store import OperatorRow, ReportRecord, ResultRecord, StateLossRow
 
 # Enum fields accept the value name; received messages carry the number.
 STATUS_TO_PB: dict[Status, str] = {s: s.name for s in Status}
@@ -102,4 +103,32 @@ def state_loss_to_pb(row: StateLossRow) -> pb.StateLoss:
         at=row.found_at,
         detail=row.detail,
         received_at=row.received_at,
+    )
+
+
+def operator_info(row: OperatorRow) -> pb.OperatorInfo:
+    return pb.OperatorInfo(
+        name=row.name,
+        role=row.role,
+        cert_serial=row.cert_serial,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at or 0.0,
+    )
+
+
+def audit_entry(r: audit.Record) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        id=r.id,
+        at=r.at,
+        actor_kind=r.actor_kind,
+        actor=r.actor,
+        role=r.role,
+        peer=r.peer,
+        action=r.action,
+        details_json=r.details,
+        result=r.result,
+        reason=r.reason,
+        revision=r.revision or 0,
+        prev_hash=r.prev_hash,
+        hash=r.hash,
     )

@@ -25,6 +25,9 @@ Revisions are numbered ``0001``, ``0002``, ... in one line, no branches:
     0007  tokens.names, .name_pattern (the names a token allows), .reenroll
           (`plumb node reenroll`'s tokens), .revoked_at; nodes.enrolled_by_token
           (NULL for nodes enrolled before)
+    0008  operators (name, role, current certificate serial, created, revoked),
+          audit_log (the hash-chained audit log) with audit_head (its last entry,
+          "entry 0" for the empty log), revisions.audit_id (the push's entry)
 
 Adding a migration (say 0002, new columns on ``nodes``):
 

@@ -10,9 +10,7 @@ the server keeps answering.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,6 +21,7 @@ from agent.state import StateDir
 from agent.tls import secure_channel
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
+from server.cli import load_config
 from tests.integration.harness import Agent, Server
 
 FUZZ = settings(
@@ -180,9 +179,9 @@ admin_requests = st.one_of(
 @given(request=admin_requests)
 def test_admin_requests(world: tuple[Server, Agent], request: tuple[str, object]) -> None:
     server, _ = world
-    config = tomllib.loads(server.cli_config.read_text())
+    config = load_config(server.cli_config)
     credentials = grpc.ssl_channel_credentials(
-        *(Path(config[k]).read_bytes() for k in ("ca", "key", "cert"))
+        config.ca.read_bytes(), config.key.read_bytes(), config.cert.read_bytes()
     )
     method, message = request
     with grpc.secure_channel(server.agent_address, credentials) as channel:

@@ -1,4 +1,5 @@
-"""The store's word on node certificates, cached (server/auth.py): pure, no network, no store."""
+"""The store's word on node and operator certificates, cached, and the roles of Admin methods
+(server/auth.py): pure, no network, no store."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from protos import plumb_pb2 as pb
 from server.auth import (
+    ADMIN_RULES,
+    Credentials,
     Identity,
     NodeCredentials,
     PeerCert,
+    operator_refusal_for,
     peer_from_pem,
     refusal_for,
 )
+from server.operators import Role
 from server.pki import ROLE_NODE, ROLE_OPERATOR, cert_pem, create_ca, issue_keypair
-from server.store import NodeCredential
+from server.store import NodeCredential, OperatorCredential
 
 NOW = 1_800_000_000.0
 PEER = PeerCert(Identity(ROLE_NODE, "web-1"), serial="5f3a", not_after=NOW + 3600)
@@ -127,7 +133,8 @@ def test_refusal_on_the_event_loop_reads_through_once() -> None:
     assert loads.reads == 1
 
 
-def test_operators_are_checked_for_expiry_only() -> None:
+def test_node_credentials_check_other_certificates_for_expiry_only() -> None:
+    """Operators are OperatorCredentials' (below): a node's cache never reads them."""
     loads = Loads()
     credentials = NodeCredentials(loads, clock=lambda: NOW)
     operator = PeerCert(Identity(ROLE_OPERATOR, "operator"), "1", not_after=NOW + 1)
@@ -195,3 +202,160 @@ def test_the_serial_is_read_as_the_store_keeps_it() -> None:
     assert peer.serial == format(pair.cert.serial_number, "x")
     assert peer.not_after == pair.cert.not_valid_after_utc.timestamp()
     assert peer.not_after > time.time() + 300 * 86400
+
+
+# ------------------------------------------------------------ roles of the Admin methods
+
+
+ADMIN_METHODS = pb.DESCRIPTOR.services_by_name["Admin"].methods
+
+
+def test_every_admin_method_declares_the_role_it_needs() -> None:
+    """A new RPC without a rule is refused to everyone at run time; this says so at once."""
+    declared = set(ADMIN_RULES)
+    methods = {m.name for m in ADMIN_METHODS}
+    assert methods - declared == set(), "Admin methods without a role in server/auth.py"
+    assert declared - methods == set(), "rules in server/auth.py for no Admin method"
+
+
+def test_every_admin_method_is_unary_so_each_call_s_outcome_is_recorded() -> None:
+    streaming = [m.name for m in ADMIN_METHODS if m.client_streaming or m.server_streaming]
+    assert streaming == []
+
+
+def test_every_method_beyond_a_viewer_s_is_recorded_in_the_audit_log() -> None:
+    """What needs more than a viewer changes something: each call gets an entry.
+
+    (A change a viewer may make, renewing its own certificate say, names a
+    summary too; reads name none and are recorded only when refused.)
+    """
+    for method, rule in ADMIN_RULES.items():
+        if rule.role != Role.VIEWER:
+            assert rule.summary is not None, method
+    assert {m for m, r in ADMIN_RULES.items() if r.summary is None} == {
+        "GetCompliance",
+        "GetReport",
+        "ListAudit",
+        "ListDrift",
+        "ListNodes",
+        "ListOperators",
+        "ListTokens",
+        "VerifyAudit",
+    }
+
+
+def test_the_roles_as_the_readme_says() -> None:
+    by_role = {role: sorted(m for m, r in ADMIN_RULES.items() if r.role == role) for role in Role}
+    assert by_role == {
+        Role.VIEWER: [
+            "GetCompliance",
+            "GetReport",
+            "ListAudit",
+            "ListDrift",
+            "ListNodes",
+            "ListOperators",
+            "ListTokens",
+            "VerifyAudit",
+        ],
+        Role.OPERATOR: ["Push"],
+        Role.ADMIN: [
+            "AddOperator",
+            "CreateToken",
+            "ReenrollNode",
+            "RemoveNode",
+            "RevokeNode",
+            "RevokeOperator",
+            "RevokeToken",
+        ],
+    }
+
+
+ALICE = PeerCert(Identity(ROLE_OPERATOR, "alice"), serial="5f3a", not_after=NOW + 3600)
+
+
+@pytest.mark.parametrize(
+    ("credential", "needed", "now", "code", "message"),
+    [
+        (OperatorCredential("viewer", "5f3a"), Role.VIEWER, NOW, None, None),
+        (OperatorCredential("admin", "5f3a"), Role.OPERATOR, NOW, None, None),
+        (
+            OperatorCredential("viewer", "5f3a"),
+            Role.OPERATOR,
+            NOW,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "operator 'alice' (viewer) may not Push: needs the operator role",
+        ),
+        (
+            OperatorCredential("operator", "5f3a"),
+            Role.ADMIN,
+            NOW,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "operator 'alice' (operator) may not Push: needs the admin role",
+        ),
+        (
+            OperatorCredential("root", "5f3a"),  # not a role (a store edited by hand)
+            Role.VIEWER,
+            NOW,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "operator 'alice' (root) may not Push: needs the viewer role",
+        ),
+        (
+            None,
+            Role.VIEWER,
+            NOW,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "operator 'alice' is not known to this server: an admin adds operators "
+            "('plumb operator add', or 'plumb-server operator add' on the server host)",
+        ),
+        (
+            OperatorCredential("admin", "0b0b"),
+            Role.VIEWER,
+            NOW,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "certificate serial 5f3a is not operator alice's current one (revoked or "
+            "replaced): use the config of its latest 'operator add'",
+        ),
+        (
+            OperatorCredential("admin", "5f3a", revoked_at=NOW - 60),
+            Role.VIEWER,
+            NOW,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "operator alice was revoked at 2027-01-15 07:59:00 UTC: an admin can add it "
+            "again, with a new certificate",
+        ),
+        (
+            OperatorCredential("admin", "5f3a"),
+            Role.VIEWER,
+            NOW + 3600,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the certificate of operator 'alice' (serial 5f3a) expired at 2027-01-15 09:00:00 "
+            "UTC: renew it, or enroll again",
+        ),
+    ],
+)
+def test_operator_refusals_say_why(
+    credential: OperatorCredential | None,
+    needed: Role,
+    now: float,
+    code: grpc.StatusCode | None,
+    message: str | None,
+) -> None:
+    refusal = operator_refusal_for(ALICE, credential, "Push", needed, now)
+    assert (refusal and refusal.code, refusal and refusal.message) == (code, message)
+
+
+def test_an_entry_older_than_max_age_is_read_again() -> None:
+    """For changes the store cannot tell of: plumb-server operator, another process."""
+    loads = Loads({"alice": NodeCredential("5f3a")})
+    clock = [100.0]
+    credentials: Credentials[NodeCredential] = Credentials(
+        loads, max_age_s=1.0, monotonic=lambda: clock[0]
+    )
+    credentials.get("alice")
+    clock[0] += 0.9
+    credentials.get("alice")
+    assert loads.reads == 1
+    loads.credentials["alice"] = NodeCredential("5f3a", revoked_at=NOW)
+    clock[0] += 0.1
+    assert credentials.get("alice") == NodeCredential("5f3a", revoked_at=NOW)
+    assert loads.reads == 2

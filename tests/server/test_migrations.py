@@ -24,8 +24,8 @@ from alembic.runtime.migration import MigrationContext
 
 from modules.base import Status
 from protos import plumb_pb2 as pb
+from server import audit, migrations, wire
 from server import main as server_main
-from server import migrations, wire
 from server.errors import StoreError
 from server.store import StateLossRow, Store, metadata, migrate
 from tests.integration.harness import command
@@ -158,6 +158,9 @@ def test_migrate_upgrades_a_0_1_0_store_and_keeps_every_row(data_dir: Path) -> N
 
     done = plumb_server(data_dir, "migrate", "--json")
     assert done.returncode == 0, done.stderr
+    # 0008: the data dir's operator certificate (an older init's one operator)
+    # is an admin now, said on stderr; stdout stays the JSON.
+    assert "is now admin operator 'admin'" in done.stderr
     head = migrations.head()
     assert json.loads(done.stdout) == {
         "store": str(path),
@@ -239,6 +242,13 @@ def check_0_1_0_data(store: Store) -> None:
     assert not store.decommission_node("web-2", now=T0 + 600).already
     assert [n.name for n in store.list_nodes()] == ["db-1", "web-1", "web-3"]
     assert store.count_reports("web-2") > 0
+    # 0008: the migrated store keeps operators and an intact audit log (the
+    # adopted operator's entry first), and pushes from before have no entry.
+    assert [(o.name, o.role) for o in store.list_operators()] == [("admin", "admin")]
+    assert store.verify_audit().intact
+    assert store.revision_audit_id(2) is None
+    recorded = store.audit(audit.Entry(audit.Actor.local(), "local", "Test", {}), T0 + 700)
+    assert (recorded.id, store.verify_audit().entries) == (2, 2)
 
 
 # ------------------------------------------------------------ a migration after head
