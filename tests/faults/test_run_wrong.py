@@ -124,7 +124,9 @@ def test_a_server_that_answers_but_cannot_store_is_not_hammered(
 def test_a_failure_nobody_translated_is_internal_with_a_reference_never_its_text(
     server: Server,
 ) -> None:
-    store = sorted(server.data_dir.glob("plumb.db*"))
+    # The database and its WAL, not its -shm: SQLite maps that file, and a
+    # mapping it cannot write kills the process with SIGBUS (noted, not handled).
+    store = [p for p in sorted(server.data_dir.glob("plumb.db*")) if not p.name.endswith("-shm")]
     with unwritable(*store):
         result = server.cli("token", "create", check=False)
     assert result.returncode == 1
@@ -136,4 +138,4 @@ def test_a_failure_nobody_translated_is_internal_with_a_reference_never_its_text
     # The operator finds the details under that reference in the server's log.
     log = server.logs()
     assert f"internal error {found[1]} in /plumb.v1.Admin/CreateToken" in log, log
-    assert "attempt to write a readonly database" in log
+    assert "sqlite3.OperationalError" in log
