@@ -46,6 +46,7 @@ from google.protobuf.message import Message
 
 from server import audit
 from server.audit import Actor, Auditor
+from server.handlers import wrapped
 from server.operators import Role
 from server.pki import ROLE_NODE, ROLE_OPERATOR
 from server.store import NodeCredential, OperatorCredential, Store
@@ -617,53 +618,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _guarded(handler, role, self.credentials)
 
 
-def _codec(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
-    return {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-
-
 def _guarded_admin(
     handler: grpc.RpcMethodHandler,
     method: str,
     operators: OperatorCredentials | None,
     auditor: Auditor | None,
 ) -> grpc.RpcMethodHandler:
-    codec, gate = _codec(handler), (method, operators, auditor)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            _guard_admin_unary(handler.unary_unary, *gate), **codec
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _guard_admin_stream(handler.unary_stream, *gate), **codec
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_admin_stream(handler.stream_stream, *gate), **codec
-        )
-    return grpc.stream_unary_rpc_method_handler(
-        _guard_admin_unary(handler.stream_unary, *gate), **codec
+    return wrapped(
+        handler,
+        lambda behavior: _guard_admin_unary(behavior, method, operators, auditor),
+        lambda behavior: _guard_admin_stream(behavior, method, operators, auditor),
     )
 
 
 def _guarded(
     handler: grpc.RpcMethodHandler, role: str, credentials: NodeCredentials | None
 ) -> grpc.RpcMethodHandler:
-    codec = _codec(handler)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            _guard_unary(handler.unary_unary, role, credentials), **codec
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _guard_stream(handler.unary_stream, role, credentials), **codec
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_stream(handler.stream_stream, role, credentials), **codec
-        )
-    return grpc.stream_unary_rpc_method_handler(
-        _guard_unary(handler.stream_unary, role, credentials), **codec
+    return wrapped(
+        handler,
+        lambda behavior: _guard_unary(behavior, role, credentials),
+        lambda behavior: _guard_stream(behavior, role, credentials),
     )
