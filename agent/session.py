@@ -284,8 +284,10 @@ class SessionClient:
     def _heartbeat(self, interval_s: float) -> None:
         """Tell the server this agent is alive every interval, and its conditions when they change.
 
-        A heartbeat also flushes: reports a full state dir kept in memory, or
-        that it could not read, go out even when no run comes to say so.
+        While the node is not well (or reports wait in memory), and when that
+        changes, a heartbeat also flushes: reports a full state dir kept in
+        memory, or that it could not read, go out even when no run comes to say
+        so. A node that is well reads its spool only when a run asks.
         """
         said = self.conditions()
         due = time.monotonic() + interval_s
@@ -296,7 +298,8 @@ class SessionClient:
             if now >= due or conditions != said:
                 beat = pb.Heartbeat(conditions=[c.to_wire() for c in conditions])
                 self._outbox.put(pb.AgentMessage(heartbeat=beat))
-                self.flush()
+                if conditions or conditions != said or self.spool.in_memory():
+                    self.flush()
                 said, due = conditions, now + interval_s
 
 
