@@ -135,11 +135,14 @@ def test_hung_commands_time_out_are_killed_and_later_runs_go_on(host: Host, tmp_
 
     # The daemon is not stalled: the next run happens, and repairs both once
     # nothing hangs (dpkg --configure -a finishes the package killed mid-way;
-    # stopping the unit ends its start job).
+    # stopping the unit ends its start job). The package's repair may come a
+    # moment before the push: a watcher event after the rm retries the failed
+    # package once, and then the push run finds it in sync; either way it is
+    # configured for real (dpkg --audit is empty).
     host.run("rm", "/etc/plumb-hang")
     revision = host.push(tmp_path / "hangs.yaml", hangs_manifest(hang_state="stopped"))
     statuses = host.wait_applied(revision, timeout=60)
-    assert statuses["package/hang"] == "repaired"
+    assert statuses["package/hang"] in ("repaired", "in_sync")
     assert statuses["service/hang"] == "repaired"
     assert host.dpkg_version("plumb-hang") == "1.0"
     assert host.run("dpkg", "--audit").stdout == ""
