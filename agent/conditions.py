@@ -24,6 +24,8 @@ from protos import plumb_pb2 as pb
 STATE_DIR_UNWRITABLE = "state_dir_unwritable"
 #: A watcher could not watch some paths through inotify and polls them instead.
 WATCH_POLLING = "watch_polling"
+#: The node's certificate is due for renewal and the last try failed (agent/renewal.py).
+CERTIFICATE_RENEWAL = "certificate_renewal"
 
 
 @dataclasses.dataclass(frozen=True)

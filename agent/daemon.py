@@ -41,6 +41,7 @@ from agent.cache import CatalogCache
 from agent.conditions import Condition
 from agent.flapping import FlapPolicy
 from agent.losses import LossLog
+from agent.renewal import CertificateRenewal
 from agent.report import Trigger
 from agent.runner import DEFAULT_CONFIRM_TIMEOUT_S, Runner
 from agent.session import SessionClient
@@ -108,7 +109,10 @@ class Daemon:
         flap_policy: FlapPolicy | None = None,
     ) -> None:
         self.state = state
+        # A renewed identity a crash left half moved in: finished before it is read.
+        state.finish_identity()
         self.enrollment = state.enrollment()
+        self.renewal = CertificateRenewal(state, self.enrollment.node)
         # One log of losses for the cache and the spool: a loss found while
         # connected makes the daemon reconnect, so the next hello reports it.
         self.losses = LossLog(state)
@@ -179,6 +183,7 @@ class Daemon:
                 host_facts,
                 on_catalog=self._on_catalog,
                 conditions=self._conditions,
+                renewal=self.renewal,
             )
             self._session = session
             session.start()
@@ -192,6 +197,10 @@ class Daemon:
                 # must send a fresh one): a new hello says so, at once.
                 log.info("local state lost since the hello: reconnecting to report it")
                 continue
+            if session.renewed and not self.stop.is_set():
+                log.info("reconnecting with the renewed certificate")
+                attempt = 0
+                continue
             if session.replaced and not self.stop.is_set():
                 replaced += 1
                 self._taken_over(replaced)
@@ -204,7 +213,8 @@ class Daemon:
     def _conditions(self) -> list[Condition]:
         """What is wrong with this node now: its state dir's, and its watchers'."""
         watching = self._watchers.conditions() if self._watchers is not None else []
-        return sorted([*self.state.conditions.current(), *watching], key=lambda c: c.name)
+        held = [*self.state.conditions.current(), *self.renewal.conditions.current(), *watching]
+        return sorted(held, key=lambda c: c.name)
 
     def _lost_since(self, session: SessionClient) -> bool:
         sent = session.hello_generation
@@ -218,6 +228,9 @@ class Daemon:
             log.info("session established with %s", self.enrollment.server)
 
     def _backoff(self, attempt: int, error: str) -> None:
+        expired = self.renewal.expired_note()
+        if expired is not None:
+            log.error("%s", expired)
         delay = random.uniform(0, backoff_window(attempt, error, self.max_backoff_s))
         log.warning(
             "session with %s ended (%s); reconnecting in %.1fs",

@@ -21,14 +21,18 @@ from typing import TextIO
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.errors import EnrollError, NotEnrolled
 from agent.state import Enrollment, StateDir, write_atomic
-from agent.tls import fetch_pinned_ca, split_address
+from agent.tls import (
+    certificate_request,
+    fetch_pinned_ca,
+    issued_certificate,
+    private_pem,
+    split_address,
+)
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 
@@ -77,7 +81,8 @@ def enroll(
         )
     ca_pem = fetch_pinned_ca(server, match.group(1))
     key = ec.generate_private_key(ec.SECP256R1())
-    reply = _request_certificate(server, ca_pem, token.strip(), node, _csr(key, node))
+    csr = certificate_request(key, node)
+    reply = _request_certificate(server, ca_pem, token.strip(), node, csr)
     cert = _check_certificate(reply, ca_pem, key)
     return _save(state, key, cert, ca_pem, reply, server)
 
@@ -139,15 +144,6 @@ def _already_enrolled(state: StateDir) -> Enrollment | None:
     return enrollment if state.cert.exists() and state.key.exists() else None
 
 
-def _csr(key: ec.EllipticCurvePrivateKey, node: str) -> bytes:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 def _request_certificate(
     server: str, ca_pem: bytes, token: str, node: str, csr: bytes
 ) -> pb.EnrollResponse:
@@ -184,16 +180,11 @@ def _busy_for(exc: grpc.RpcError) -> float | None:
 def _check_certificate(
     reply: pb.EnrollResponse, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate:
-    try:
-        cert = x509.load_pem_x509_certificate(reply.certificate_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        # The pinned CA did not issue it, or it is no certificate at all: the
-        # server is not the one the token names.
-        raise EnrollError(f"the server's certificate for this node does not verify: {exc}") from exc
-    if cert.public_key() != key.public_key():
-        raise EnrollError("the server returned a certificate for another key")
+    cert = issued_certificate(reply.certificate_pem, ca_pem, key)
+    if isinstance(cert, str):
+        # The pinned CA did not issue it, or not for our key: the server is
+        # not the one the token names.
+        raise EnrollError(f"the server's certificate for this node does not verify: {cert}")
     return cert
 
 
@@ -206,16 +197,8 @@ def _save(
     server: str,
 ) -> Enrollment:
     state.ensure()
-    write_atomic(
-        state.key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    write_atomic(state.cert, cert.public_bytes(serialization.Encoding.PEM))
     write_atomic(state.ca, ca_pem)
+    state.replace_identity(private_pem(key), cert.public_bytes(serialization.Encoding.PEM))
     host, _ = split_address(server)
     enrollment = Enrollment(
         node=reply.node_name,

@@ -60,6 +60,10 @@ class EnrollError(PlumbAgentError):
     """Enrollment failed; the message says why (and what to check)."""
 
 
+class RenewalFailed(PlumbAgentError):
+    """The node's certificate could not be renewed this time; the message says why."""
+
+
 class ConfigError(PlumbAgentError):
     """The settings file cannot be used; the message names the file and the setting."""
 

@@ -47,6 +47,7 @@ from agent.cache import CatalogCache
 from agent.conditions import Condition
 from agent.errors import CatalogRejected
 from agent.losses import SPOOLED_REPORTS
+from agent.renewal import CertificateRenewal
 from agent.spool import Spool
 from agent.state import Enrollment, StateDir
 from agent.tls import secure_channel
@@ -76,8 +77,11 @@ class SessionClient:
         facts: dict[str, str],
         on_catalog: Callable[[pb.SignedCatalog], None],
         conditions: Callable[[], list[Condition]] | None = None,
+        renewal: CertificateRenewal | None = None,
     ) -> None:
-        """``conditions()``: what is wrong with the node now (the state dir's, by default)."""
+        """``conditions()``: what is wrong with the node now (the state dir's, by default);
+        ``renewal``: renews the node's certificate when the server says it is due (None:
+        this session does not; the daemon's does)."""
         self.conditions = conditions or state.conditions.current
         self.cache = cache
         self.spool = spool
@@ -108,6 +112,11 @@ class SessionClient:
         self._lock = threading.Lock()
         #: cache.losses.generation when the hello was made; None before.
         self.hello_generation: int | None = None
+        self.renewal = renewal
+        self._renew_within_s = 0.0
+        self._renewing = False  # a RenewRequest sent on this stream, not answered yet
+        #: The certificate was renewed on this stream: the next one opens with it.
+        self.renewed = False
 
     def start(self) -> None:
         self.started_at = time.monotonic()
@@ -211,12 +220,19 @@ class SessionClient:
                 self._check_clock(welcome.server_time)
             if welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(welcome.heartbeat_interval_s)
+            self._renew_within_s = welcome.renew_within_s
+            if self.renewal is not None:
+                offset = time.time() - welcome.server_time if welcome.server_time else 0.0
+                self.renewal.new_session(offset)
+            self.renew_if_due()
             # Reports that waited in memory for a sequence number have one now.
             self.flush()
             if message.welcome.latest_revision == self.cache.revision():
                 self._caught_up()
         elif kind == "catalog":
             self._catalog(message.catalog)
+        elif kind == "renewed":
+            self._renewed(message.renewed)
         elif kind == "ack":
             self.acked_any = True
             self.spool.ack(message.ack.report_id)
@@ -237,6 +253,25 @@ class SessionClient:
             ack = pb.CatalogAck(revision=signed.revision, accepted=True)
         self._outbox.put(pb.AgentMessage(catalog_ack=ack))
         self._caught_up()
+
+    def renew_if_due(self) -> None:
+        """Ask for a renewed certificate if it is due and not asked for on this stream yet."""
+        if self.renewal is None:
+            return
+        with self._lock:  # the reading thread and the heartbeat's both ask
+            if self._renewing or self.renewed or not self.renewal.due(self._renew_within_s):
+                return
+            self._renewing = True
+        self._outbox.put(pb.AgentMessage(renew=self.renewal.request()))
+
+    def _renewed(self, answer: pb.Renewed) -> None:
+        self._renewing = False
+        if self.renewal is None or not self.renewal.accept(answer):
+            return
+        # Done with this stream: reports not acked yet are resent on the next,
+        # which the daemon opens at once, with the new certificate.
+        self.renewed = True
+        self._outbox.put(_END)
 
     def _caught_up(self) -> None:
         self.caught_up.set()
@@ -294,6 +329,7 @@ class SessionClient:
         while not self._closed.wait(min(CONDITIONS_CHECK_S, interval_s)):
             if self.ended.is_set():
                 return
+            self.renew_if_due()
             now, conditions = time.monotonic(), self.conditions()
             if now >= due or conditions != said:
                 beat = pb.Heartbeat(conditions=[c.to_wire() for c in conditions])

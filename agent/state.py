@@ -1,6 +1,8 @@
 """The agent's state directory (default /var/lib/plumb, mode 0700).
 
 node.key node.crt ca.crt   identity (0600); the key is made here and never leaves
+node.next.key node.next.crt  a renewed identity being moved in (agent/renewal.py); finished
+                           or dropped at the next start (StateDir.finish_identity)
 enrollment.json            node name, server address, labels
 catalog.pb                 the last verified SignedCatalog, re-verified on every load
 spool.db                   reports not yet acknowledged by the server
@@ -74,6 +76,38 @@ class StateDir:
     @property
     def cert(self) -> Path:
         return self.path / "node.crt"
+
+    @property
+    def next_key(self) -> Path:
+        return self.path / "node.next.key"
+
+    @property
+    def next_cert(self) -> Path:
+        return self.path / "node.next.crt"
+
+    def replace_identity(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Make ``key_pem`` and ``cert_pem`` the node's key and certificate, even across a crash.
+
+        Two files cannot be renamed at once, and a certificate beside another
+        key's would lock the node out. So the pair is staged whole (the
+        certificate last) and then moved in, key first; a crash in between is
+        finished by :meth:`finish_identity` at the next start.
+        """
+        write_atomic(self.next_key, key_pem)
+        write_atomic(self.next_cert, cert_pem)
+        self.finish_identity()
+
+    def finish_identity(self) -> None:
+        """Finish moving a staged identity in, or drop one that was never staged whole."""
+        # Files only: anything else there was not staged by this agent, and is
+        # not moved over its identity.
+        if self.next_cert.is_file():
+            if self.next_key.is_file():
+                os.replace(self.next_key, self.key)
+            os.replace(self.next_cert, self.cert)
+            _sync(self.path)
+        elif self.next_key.is_file():
+            self.next_key.unlink()
 
     @property
     def ca(self) -> Path:
@@ -209,7 +243,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync(path.parent)
+
+
+def _sync(directory: Path) -> None:
+    """Make the renames in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -87,6 +87,38 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
     ]
 
 
+def certificate_request(key: ec.EllipticCurvePrivateKey, node: str) -> bytes:
+    """A CSR for ``node``'s key (the server decides the certificate's subject)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def issued_certificate(
+    cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> x509.Certificate | str:
+    """The certificate in ``cert_pem`` if our CA issued it for ``key``; else why not."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return f"the certificate does not verify against this node's CA: {exc}"
+    if cert.public_key() != key.public_key():
+        return "the certificate is for another key"
+    return cert
+
+
 def channel_credentials(state: StateDir) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         state.ca.read_bytes(), state.key.read_bytes(), state.cert.read_bytes()

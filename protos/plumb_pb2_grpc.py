@@ -275,6 +275,11 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.RenewOperator = channel.unary_unary(
+                '/plumb.v1.Admin/RenewOperator',
+                request_serializer=protos_dot_plumb__pb2.RenewOperatorRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RenewOperatorResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -392,6 +397,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewOperator(self, request, context):
+        """A new certificate for the calling operator (a new key: only its CSR comes);
+        the one it called with is refused from the next call on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -474,6 +487,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=protos_dot_plumb__pb2.VerifyAuditRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'RenewOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewOperator,
+                    request_deserializer=protos_dot_plumb__pb2.RenewOperatorRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RenewOperatorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -910,6 +928,33 @@ class Admin:
             '/plumb.v1.Admin/VerifyAudit',
             protos_dot_plumb__pb2.VerifyAuditRequest.SerializeToString,
             protos_dot_plumb__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RenewOperator',
+            protos_dot_plumb__pb2.RenewOperatorRequest.SerializeToString,
+            protos_dot_plumb__pb2.RenewOperatorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,12 +19,13 @@ from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import operators, tokens
+from server.auth import caller_certificate
 from server.compliance import Tally
 from server.config import ServerConfig
 from server.errors import CSRRejected, LastAdmin, OperatorExists, UnknownNode, UnknownOperator
 from server.fleet import Fleet, PushOutcome
 from server.hub import Hub
-from server.pki import KeyPair, cert_pem, sign_operator_csr
+from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator_csr
 from server.store import (
     DriftRow,
     NodeRow,
@@ -69,8 +70,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         enroll_address: str,
         token_caps: TokenCaps | None = None,
         ca: KeyPair | None = None,
+        operator_cert_ttl_s: float = CLIENT_TTL_S,
     ) -> None:
-        """``ca`` certifies operators (AddOperator); None: AddOperator is refused."""
+        """``ca`` certifies operators (AddOperator, RenewOperator), for
+        ``operator_cert_ttl_s`` seconds; None: those are refused."""
         self.store = store
         self.fleet = fleet
         self.hub = hub
@@ -78,6 +81,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self.enroll_address = enroll_address
         self.token_caps = token_caps or TokenCaps()
         self.ca = ca
+        self.operator_cert_ttl_s = operator_cert_ttl_s
 
     # ------------------------------------------------------------ tokens
 
@@ -381,9 +385,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server has no CA")
         assert self.ca is not None
         try:
-            cert = sign_operator_csr(self.ca, request.csr_pem, name)
+            cert = sign_operator_csr(self.ca, request.csr_pem, name, self.operator_cert_ttl_s)
             row = await asyncio.to_thread(
-                self.store.add_operator, name, role, format(cert.serial_number, "x"), time.time()
+                self.store.add_operator, name, role, serial_of(cert), time.time()
             )
         except CSRRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -402,6 +406,36 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     ) -> pb.ListOperatorsResponse:
         rows = await asyncio.to_thread(self.store.list_operators, request.all)
         return pb.ListOperatorsResponse(operators=[operator_info(r) for r in rows])
+
+    async def RenewOperator(
+        self, request: pb.RenewOperatorRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RenewOperatorResponse:
+        peer = caller_certificate()
+        name = peer.identity.name
+        if self.ca is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server has no CA")
+        assert self.ca is not None
+        try:
+            cert = sign_operator_csr(self.ca, request.csr_pem, name, self.operator_cert_ttl_s)
+        except CSRRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        renewed = await asyncio.to_thread(
+            self.store.renew_operator, name, peer.serial, serial_of(cert)
+        )
+        row = await asyncio.to_thread(self.store.operator, name)
+        if not renewed or row is None:
+            # The caller was let in a moment ago: another renewal, or a
+            # revocation, came in between.
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"certificate serial {peer.serial} is no longer operator {name}'s "
+                "(renewed or revoked meanwhile): nothing was changed",
+            )
+        assert row is not None
+        return pb.RenewOperatorResponse(
+            operator=operator_info(row), certificate_pem=cert_pem(cert), replaced_serial=peer.serial
+        )
 
     async def RevokeOperator(
         self, request: pb.RevokeOperatorRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -451,6 +485,8 @@ def _identity_fields(n: NodeRow) -> dict[str, Any]:
         "cert_serial": n.cert_serial,
         "revoked_at": n.revoked_at or 0.0,
         "decommissioned_at": n.decommissioned_at or 0.0,
+        "cert_not_after": n.cert_not_after or 0.0,
+        "next_cert_serial": n.next_cert_serial or "",
     }
 
 

@@ -41,7 +41,9 @@ from server.internal import InternalErrors
 from server.operators import adopt_bootstrap_operator
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import PresenceLog
+from server.renewal import NodeRenewals
 from server.session import AgentServicer
+from server.signer import SignerRotation
 from server.store import Migration, Store, migrate
 
 log = logging.getLogger("plumb.server")
@@ -111,6 +113,9 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     hub = Hub(credentials)
     hub.watch()
     fleet = Fleet(store, signer)
+    rotation = SignerRotation(pki, ca, fleet, auditor)
+    # Before the first catalog is signed: never one signed by a signer about to expire.
+    await asyncio.to_thread(rotation.rotate_if_due)
     ingestor = Ingestor(store)
     presence = PresenceLog(store)
     grpc_server = grpc.aio.server(
@@ -137,14 +142,25 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             on_enrolled=fleet.prepare,
             targeted_by=fleet.targeted_by_name,
             auditor=auditor,
+            cert_ttl_s=config.node_cert_ttl_s,
         ),
         grpc_server,
     )
-    agents = AgentServicer(store, fleet, hub, ingestor, presence)
+    renewals = NodeRenewals(store, ca, config.node_cert_ttl_s, auditor)
+    agents = AgentServicer(store, fleet, hub, ingestor, presence, renewals)
     pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
     caps = TokenCaps(config.token_max_ttl_s, config.token_max_uses)
     pb_grpc.add_AdminServicer_to_server(
-        AdminServicer(store, fleet, hub, fingerprint(ca.cert), enroll_address, caps, ca=ca),
+        AdminServicer(
+            store,
+            fleet,
+            hub,
+            fingerprint(ca.cert),
+            enroll_address,
+            caps,
+            ca=ca,
+            operator_cert_ttl_s=config.operator_cert_ttl_s,
+        ),
         grpc_server,
     )
     health_servicer = health.aio.HealthServicer()
@@ -154,11 +170,13 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ingestor.start()
     presence.start()
     agents.start()
+    rotating = asyncio.create_task(rotation.keep_rotating(), name="plumb-signer-rotation")
     try:
         yield Running(agent_port, enroll_port, store, hub, migration, auditor, adopted)
     finally:
         await health_servicer.enter_graceful_shutdown()
         await grpc_server.stop(grace=2)
+        rotating.cancel()
         agents.close()
         try:
             # Sessions are gone; commit what they submitted before the store closes.

@@ -476,6 +476,19 @@ def add_operator(request: pb.AddOperatorRequest, reply: pb.AddOperatorResponse |
     return Summary(details)
 
 
+def renew_operator(
+    request: pb.RenewOperatorRequest, reply: pb.RenewOperatorResponse | None
+) -> Summary:
+    details: dict[str, Any] = {}
+    if reply is not None:
+        details.update(
+            operator=reply.operator.name,
+            cert_serial=reply.operator.cert_serial,
+            replaced_serial=reply.replaced_serial,
+        )
+    return Summary(details)
+
+
 def revoke_operator(
     request: pb.RevokeOperatorRequest, reply: pb.RevokeOperatorResponse | None
 ) -> Summary:

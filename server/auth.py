@@ -86,6 +86,8 @@ ADMIN_RULES: dict[str, Rule] = {
     "ListOperators": Rule(Role.VIEWER),
     "ListAudit": Rule(Role.VIEWER),
     "VerifyAudit": Rule(Role.VIEWER),
+    # Its own certificate: any operator, for itself only (the caller's name).
+    "RenewOperator": Rule(Role.VIEWER, audit.renew_operator),
     # Desired state.
     "Push": Rule(Role.OPERATOR, audit.push),
     # Identities: tokens, nodes, operators.
@@ -176,10 +178,22 @@ def utc(timestamp: float) -> str:
 
 
 def expired(peer: PeerCert) -> Refusal:
+    """An expired certificate cannot renew itself: say who can bring its holder back."""
+    name = peer.identity.name
+    if peer.identity.role == ROLE_NODE:
+        remedy = (
+            f"enroll it again: an admin runs 'plumb node reenroll {name}' and the node "
+            "'plumb-agent enroll --replace' with that token"
+        )
+    else:
+        remedy = (
+            "an admin adds this operator again ('plumb operator add', or "
+            "'plumb-server operator add' on the server host)"
+        )
     return Refusal(
         grpc.StatusCode.UNAUTHENTICATED,
         f"the certificate of {peer.identity} (serial {peer.serial}) expired at "
-        f"{utc(peer.not_after)}: renew it, or enroll again",
+        f"{utc(peer.not_after)}: {remedy}",
     )
 
 
@@ -199,11 +213,11 @@ def refusal_for(peer: PeerCert, credential: NodeCredential | None, now: float) -
             f"node {name} was removed (plumb node rm) at {utc(credential.decommissioned_at)}: "
             "enroll it again with a new token to bring it back",
         )
-    if credential.serial != peer.serial:
+    if not credential.allows(peer.serial):
         return Refusal(
             grpc.StatusCode.UNAUTHENTICATED,
             f"certificate serial {peer.serial} is not node {name}'s current one "
-            "(revoked or replaced): re-enroll the node",
+            "(revoked, replaced or renewed): re-enroll the node",
         )
     if credential.revoked_at is not None:
         return Refusal(
@@ -234,7 +248,8 @@ def operator_refusal_for(
         return Refusal(
             grpc.StatusCode.UNAUTHENTICATED,
             f"certificate serial {peer.serial} is not operator {name}'s current one "
-            "(revoked or replaced): use the config of its latest 'operator add'",
+            "(revoked, replaced or renewed): use the config of its latest 'operator add' "
+            "or 'operator renew'",
         )
     if credential.revoked_at is not None:
         return Refusal(

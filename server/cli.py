@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import cliviews, operators, tokens
 from server.errors import CLIError, PlumbServerError
-from server.pki import generate_key, key_pem
+from server.pki import generate_key, key_pem, renew_within
 
 N = TypeVar("N", int, float)
 R = TypeVar("R")
@@ -204,6 +206,17 @@ def _add_operator_commands(sub: Any) -> None:
     )
     _json_flag(add)
     add.set_defaults(func=_operator_add)
+    renew = operator.add_parser(
+        "renew",
+        parents=[_common()],
+        help="renew your own certificate: a new key here, the old certificate refused after",
+        description="Make a new key here, have the server certify it for the operator this "
+        "config is, and write both in place of the old key and certificate (where the config "
+        "names them). The old certificate is refused from then on. Any role may renew its "
+        "own; every plumb command warns once the certificate is in its last third.",
+    )
+    _json_flag(renew)
+    renew.set_defaults(func=_operator_renew)
     listing = operator.add_parser(
         "list", parents=[_common()], help="operators: name, role, current certificate"
     )
@@ -485,13 +498,37 @@ def load_config(path: Path | None) -> CLIConfig:
 
 def _stub(args: argparse.Namespace) -> pb_grpc.AdminStub:
     config = load_config(args.config)
+    # A renewal a crash interrupted: finished before the pair is read.
+    operators.finish_replace(config.key, config.cert)
     try:
+        cert_bytes = config.cert.read_bytes()
         credentials = grpc.ssl_channel_credentials(
-            config.ca.read_bytes(), config.key.read_bytes(), config.cert.read_bytes()
+            config.ca.read_bytes(), config.key.read_bytes(), cert_bytes
         )
     except OSError as exc:
         raise CLIError(f"cannot read the operator's key or certificates: {exc}") from exc
+    if args.func is not _operator_renew:
+        _warn_if_renewal_due(cert_bytes, config.cert)
     return pb_grpc.AdminStub(grpc.secure_channel(args.server or config.server, credentials))
+
+
+def _warn_if_renewal_due(
+    cert_pem: bytes, where: Path, now: Callable[[], float] = time.time
+) -> None:
+    """Say so on stderr once the operator's certificate is in its last third."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return  # the server refuses it, saying why
+    not_after = cert.not_valid_after_utc.timestamp()
+    left = not_after - time.time()
+    if left < renew_within(not_after - cert.not_valid_before_utc.timestamp()):
+        state = "expired" if left <= 0 else f"expires in {left / 86400:.1f} days"
+        print(
+            f"plumb: warning: your certificate ({where}) {state}, at {_when(not_after)}: "
+            "renew it with 'plumb operator renew'",
+            file=sys.stderr,
+        )
 
 
 def _rpc_message(exc: grpc.RpcError) -> str:
@@ -972,6 +1009,36 @@ def _operator_add(args: argparse.Namespace) -> int:
         f"{out} holds its key: give the directory to {o.name} (keep it private), who uses it "
         f"with: export PLUMB_CONFIG=<where it is>/{operators.CONFIG}",
         file=sys.stderr,
+    )
+    return 0
+
+
+def _operator_renew(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        cert = x509.load_pem_x509_certificate(config.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read the operator's certificate: {exc}") from exc
+    [name] = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    key = generate_key()  # here: only the certificate request goes to the server
+    request = pb.RenewOperatorRequest(csr_pem=operators.certificate_request(key, str(name.value)))
+    reply = _stub(args).RenewOperator(request, timeout=TIMEOUT_S)
+    try:
+        operators.replace_credentials(config.key, config.cert, key_pem(key), reply.certificate_pem)
+    except OSError as exc:
+        raise CLIError(
+            f"the server renewed the certificate but it cannot be saved ({exc}): the old one "
+            "is refused now; an admin can add this operator again"
+        ) from exc
+    renewed = x509.load_pem_x509_certificate(reply.certificate_pem)
+    not_after = renewed.not_valid_after_utc.timestamp()
+    if args.json:
+        return _print_json(cliviews.operator_renewed(reply, not_after))
+    o = reply.operator
+    print(
+        f"operator {o.name!r}: certificate renewed, serial {o.cert_serial} until "
+        f"{_when(not_after)} (written to {config.cert}); serial {reply.replaced_serial} "
+        "is refused from now on"
     )
     return 0
 

@@ -26,7 +26,8 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
                 "losses": [LOSS, ...], "conditions": [CONDITION, ...],
                 "cert_serial": "5f3a09...", "revoked_at": 1764620000.5 | null,
                 "decommissioned_at": 1764620000.5 | null,
-                "enrolled_by_token": "0a1b2c3d" | null}]}
+                "enrolled_by_token": "0a1b2c3d" | null,
+                "cert_not_after": 1772390000.0 | null, "next_cert_serial": "77c1..." | null}]}
 
 where ``LOSS`` is what the node reported losing of its own state (a damaged
 report spool it set aside, a cached catalog that did not verify), newest
@@ -36,7 +37,7 @@ first, ``[]`` when nothing: ``{"what": "spooled_reports" | "cached_catalog",
 ``at`` is when the agent found it (its clock), ``received_at`` when the
 server recorded it (the server's). ``CONDITION`` is what the node's agent
 last said is wrong with it now (agent/conditions.py), ``[]`` when nothing:
-``{"name": "state_dir_unwritable" | "watch_polling", "detail": "...",
+``{"name": "state_dir_unwritable" | "watch_polling" | "certificate_renewal", "detail": "...",
 "since": 1764620000.5 | null}`` (``since``: the agent's clock); for a node
 not connected, as it last said. ``cert_serial`` is the one certificate the
 node may use (lower-case hex); ``revoked_at`` when it was revoked (``plumb node
@@ -44,7 +45,10 @@ revoke``: the node cannot connect until enrolled again), ``decommissioned_at``
 when the node was removed (``plumb node rm``; only ``nodes --all`` lists
 those, with a compliance of nothing expected). ``enrolled_by_token`` is the
 id of the token its current certificate was enrolled with (``null``: enrolled
-before Plumb recorded it).
+before Plumb recorded it). ``cert_not_after`` is when that certificate
+expires (``null``: issued before Plumb recorded it); ``next_cert_serial`` a
+renewed certificate issued and not used yet (the agent's next session opens
+with it, and the old one is refused from then on).
 
 ``node revoke NAME``::
 
@@ -236,6 +240,8 @@ def node(n: pb.Node) -> dict[str, Any]:
         "revoked_at": n.revoked_at or None,
         "decommissioned_at": n.decommissioned_at or None,
         "enrolled_by_token": n.enrolled_by_token or None,
+        "cert_not_after": n.cert_not_after or None,
+        "next_cert_serial": n.next_cert_serial or None,
     }
 
 
@@ -411,6 +417,14 @@ def operators(reply: pb.ListOperatorsResponse) -> dict[str, Any]:
 
 def operator_added(reply: pb.AddOperatorResponse, config: str) -> dict[str, Any]:
     return {"operator": operator_info(reply.operator), "config": config}
+
+
+def operator_renewed(reply: pb.RenewOperatorResponse, not_after: float) -> dict[str, Any]:
+    return {
+        "operator": operator_info(reply.operator),
+        "not_after": not_after,
+        "replaced_serial": reply.replaced_serial,
+    }
 
 
 def operator_revoked(reply: pb.RevokeOperatorResponse) -> dict[str, Any]:

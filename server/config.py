@@ -30,6 +30,12 @@ class ServerConfig:
     # token is a credential; one that outlives its purpose is one to steal.
     token_max_ttl_s: int = 7 * 24 * 3600
     token_max_uses: int = 1000
+    # Lifetimes of the certificates the CA issues to nodes and operators, in
+    # seconds (default 90 days). Each is renewed in its last third: an agent
+    # by itself over its session, an operator with 'plumb operator renew'
+    # (which every plumb command suggests once it is due).
+    node_cert_ttl_s: int = 90 * 24 * 3600
+    operator_cert_ttl_s: int = 90 * 24 * 3600
 
     @property
     def store(self) -> str:

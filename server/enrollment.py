@@ -32,7 +32,7 @@ from protos import plumb_pb2_grpc as pb_grpc
 from server import audit, tokens
 from server.audit import Actor, Auditor
 from server.errors import CSRRejected, NodeExists, TokenRefused, UnknownToken
-from server.pki import KeyPair, cert_pem, sign_node_csr
+from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_node_csr
 from server.ratelimit import Buckets
 from server.store import Store
 
@@ -59,10 +59,12 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         on_enrolled: Callable[[str], object] = lambda node: None,
         targeted_by: Callable[[str], list[str]] = lambda node: [],
         auditor: Auditor | None = None,
+        cert_ttl_s: float = CLIENT_TTL_S,
     ) -> None:
         """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog);
         ``targeted_by(node)`` names the manifests that target ``node`` by name;
-        ``auditor`` records enrollments (None: nowhere)."""
+        ``auditor`` records enrollments (None: nowhere); ``cert_ttl_s``: how long
+        node certificates live (server.toml's node_cert_ttl_s)."""
         self.store = store
         self.ca = ca
         self.agent_port = agent_port
@@ -70,6 +72,7 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         self.targeted_by = targeted_by
         self.attempts = Buckets(ENROLL_RATE, ENROLL_BURST)
         self.auditor = auditor
+        self.cert_ttl_s = cert_ttl_s
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -129,11 +132,14 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         found = self.store.check_enrollment(token.id, token.secret_sha256, name, time.time())
         if not found.binding.bound:
             self._check_not_targeted(token, name)
-        cert = sign_node_csr(self.ca, request.csr_pem, name)
+        cert = sign_node_csr(self.ca, request.csr_pem, name, self.cert_ttl_s)
         # What it replaces, for the audit log: a re-enrollment's old certificate.
         before = self.store.credential(name) if found.reenroll else None
-        serial = format(cert.serial_number, "x")
-        labels = self.store.enroll(token.id, token.secret_sha256, name, serial, time.time())
+        serial = serial_of(cert)
+        not_after = cert.not_valid_after_utc.timestamp()
+        labels = self.store.enroll(
+            token.id, token.secret_sha256, name, serial, time.time(), cert_not_after=not_after
+        )
         # Now, not at its first session: a catalog that cannot be compiled for
         # the new node (a collision only it makes) shows in `plumb nodes` at once.
         self.on_enrolled(name)

@@ -46,9 +46,9 @@ class Fleet:
         self, store: Store, signer: KeyPair, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
-        self.signer = signer
         self.clock = clock
-        self._signer_pem = cert_pem(signer.cert)
+        # One attribute: a catalog signed during a rotation names the key that signed it.
+        self._signing = (signer, cert_pem(signer.cert))
         self._manifests: tuple[int, list[manifests_.Manifest]] | None = None
 
     def push(self, files: Sequence[tuple[str, str]]) -> PushOutcome:
@@ -155,12 +155,21 @@ class Fleet:
             self.store.statuses(),
         )
 
+    @property
+    def signer(self) -> KeyPair:
+        return self._signing[0]
+
+    def use_signer(self, signer: KeyPair) -> None:
+        """Sign with ``signer`` from now on (server/signer.py rotates it)."""
+        self._signing = (signer, cert_pem(signer.cert))
+
     def sign(self, revision: int, payload: bytes) -> pb.SignedCatalog:
+        signer, pem = self._signing
         return pb.SignedCatalog(
             revision=revision,
             payload=payload,
-            signature=sign_payload(self.signer.key, payload),
-            signer_pem=self._signer_pem,
+            signature=sign_payload(signer.key, payload),
+            signer_pem=pem,
         )
 
     def _compile(

@@ -267,7 +267,7 @@ def _add_operator(
         )
     operators.check_out_dir(out)
     pki = PKI(config.data_dir / "pki")
-    pair = issue_keypair(pki.load("ca"), name, ROLE_OPERATOR)
+    pair = issue_keypair(pki.load("ca"), name, ROLE_OPERATOR, config.operator_cert_ttl_s)
     serial = format(pair.cert.serial_number, "x")
     made = not out.exists()
     path = operators.write_config(

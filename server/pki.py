@@ -32,9 +32,27 @@ ROLE_NODE = "node"
 ROLE_OPERATOR = "operator"
 ROLE_SIGNER = "catalog-signer"
 
-CA_DAYS = 3650
-SERVER_DAYS = 825
-CLIENT_DAYS = 365
+DAY_S = 86400
+#: The CA outlives every fleet it is likely to serve: replacing it means a new
+#: trust anchor on every host (README: "Rolling the CA over").
+CA_TTL_S = 20 * 365 * DAY_S
+SERVER_TTL_S = 825 * DAY_S
+#: Nodes and operators: short-lived and renewed (server.toml's node_cert_ttl_s
+#: and operator_cert_ttl_s; these are their defaults).
+CLIENT_TTL_S = 90 * DAY_S
+#: The catalog signer: rotated by the server once a third of this is left
+#: (server/signer.py), long before agents could find it expired.
+SIGNER_TTL_S = 365 * DAY_S
+
+
+def renew_within(lifetime_s: float) -> float:
+    """How long before expiry a certificate of that lifetime is renewed: its last third.
+
+    A third leaves the agent (or the operator, or the server's signer
+    rotation) weeks to get it done at the default lifetimes, through outages,
+    and still renews rarely.
+    """
+    return lifetime_s / 3
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -70,6 +88,15 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _sync_directory(directory: Path) -> None:
+    """Make the renames in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _name(common_name: str, role: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if role:
@@ -79,7 +106,7 @@ def _name(common_name: str, role: str | None = None) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, lifetime_s: float
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -90,7 +117,7 @@ def _builder(
         .serial_number(x509.random_serial_number())
         # Backdated a little so a host whose clock lags slightly still accepts it.
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_after(now + datetime.timedelta(seconds=lifetime_s))
     )
 
 
@@ -122,7 +149,7 @@ def create_ca(common_name: str = "Plumb CA") -> KeyPair:
     key = generate_key()
     name = _name(common_name)
     cert = (
-        _builder(name, name, key.public_key(), CA_DAYS)
+        _builder(name, name, key.public_key(), CA_TTL_S)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -158,7 +185,7 @@ def issue_server(ca: KeyPair, sans: list[str]) -> KeyPair:
     key = generate_key()
     cert = (
         _leaf_extensions(
-            _builder(_name(sans[0], "server"), ca.cert.subject, key.public_key(), SERVER_DAYS),
+            _builder(_name(sans[0], "server"), ca.cert.subject, key.public_key(), SERVER_TTL_S),
             ExtendedKeyUsageOID.SERVER_AUTH,
             ca.cert,
             key.public_key(),
@@ -174,37 +201,31 @@ def issue_client(
     public_key: ec.EllipticCurvePublicKey,
     name: str,
     role: str,
-    days: int = CLIENT_DAYS,
+    lifetime_s: float = CLIENT_TTL_S,
 ) -> x509.Certificate:
     """A client certificate naming ``name`` with ``role`` (node, operator, catalog-signer)."""
     return _leaf_extensions(
-        _builder(_name(name, role), ca.cert.subject, public_key, days),
+        _builder(_name(name, role), ca.cert.subject, public_key, lifetime_s),
         ExtendedKeyUsageOID.CLIENT_AUTH,
         ca.cert,
         public_key,
     ).sign(ca.key, hashes.SHA256())
 
 
-def issue_keypair(ca: KeyPair, name: str, role: str) -> KeyPair:
+def issue_keypair(ca: KeyPair, name: str, role: str, lifetime_s: float = CLIENT_TTL_S) -> KeyPair:
     """A fresh key and its client certificate, for identities the server itself makes."""
     key = generate_key()
-    return KeyPair(key, issue_client(ca, key.public_key(), name, role))
+    return KeyPair(key, issue_client(ca, key.public_key(), name, role, lifetime_s))
 
 
-def sign_node_csr(ca: KeyPair, csr_pem: bytes, node_name: str) -> x509.Certificate:
-    """Check a node's CSR (well formed, self-signed, EC P-256) and sign it for ``node_name``."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
-        raise CSRRejected(f"the certificate request is not valid PEM: {exc}") from exc
-    if not csr.is_signature_valid:
-        raise CSRRejected("the certificate request's signature does not verify")
-    public_key = csr.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise CSRRejected("the certificate request must carry an EC P-256 key")
-    if public_key.curve.name != "secp256r1":
-        raise CSRRejected(f"the certificate request's key is on {public_key.curve.name}, not P-256")
-    return issue_client(ca, public_key, node_name, ROLE_NODE)
+def sign_node_csr(
+    ca: KeyPair, csr_pem: bytes, node_name: str, lifetime_s: float = CLIENT_TTL_S
+) -> x509.Certificate:
+    """Check a node's CSR (well formed, self-signed, EC P-256) and sign it for ``node_name``.
+
+    The subject is the CA's choice, never the CSR's: ``CN=node_name, OU=node``.
+    """
+    return issue_client(ca, csr_public_key(csr_pem), node_name, ROLE_NODE, lifetime_s)
 
 
 def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
@@ -223,13 +244,25 @@ def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
     return public_key
 
 
-def sign_operator_csr(ca: KeyPair, csr_pem: bytes, name: str) -> x509.Certificate:
+def sign_operator_csr(
+    ca: KeyPair, csr_pem: bytes, name: str, lifetime_s: float = CLIENT_TTL_S
+) -> x509.Certificate:
     """An operator certificate for ``name`` from a CSR its holder made (the key stays there).
 
     ``OU=operator`` whatever the CSR asked: the role (viewer, operator,
     admin) is the store's, not the certificate's (server/operators.py).
     """
-    return issue_client(ca, csr_public_key(csr_pem), name, ROLE_OPERATOR)
+    return issue_client(ca, csr_public_key(csr_pem), name, ROLE_OPERATOR, lifetime_s)
+
+
+def new_signer(ca: KeyPair) -> KeyPair:
+    """A catalog-signing key and its certificate (``OU=catalog-signer``)."""
+    return issue_keypair(ca, "plumb-server", ROLE_SIGNER, SIGNER_TTL_S)
+
+
+def serial_of(cert: x509.Certificate) -> str:
+    """A certificate's serial as the store keeps it: lower-case hex."""
+    return format(cert.serial_number, "x")
 
 
 def sign_payload(key: ec.EllipticCurvePrivateKey, payload: bytes) -> bytes:
@@ -260,15 +293,37 @@ class PKI:
 
     def create(self, sans: list[str]) -> None:
         ca = create_ca()
-        self._save("ca", ca)
-        self._save("server", issue_server(ca, sans))
-        self._save("signer", issue_keypair(ca, "plumb-server", ROLE_SIGNER))
+        self.save("ca", ca)
+        self.save("server", issue_server(ca, sans))
+        self.save("signer", new_signer(ca))
 
-    def _save(self, stem: str, pair: KeyPair) -> None:
+    def save(self, stem: str, pair: KeyPair) -> None:
         write_private(self.path(f"{stem}.key"), key_pem(pair.key))
         write_private(self.path(f"{stem}.crt"), cert_pem(pair.cert))
 
+    def replace(self, stem: str, pair: KeyPair) -> None:
+        """Make ``pair`` the ``stem``'s in place of the one there, even across a crash.
+
+        Two files cannot be renamed at once, and a key with another key's
+        certificate would sign what nobody can verify. So the pair is staged
+        whole (``stem.next.*``, the certificate written last) and then moved
+        in; :meth:`load` finishes a move a crash interrupted.
+        """
+        self.save(f"{stem}.next", pair)
+        self._finish_replace(stem)
+
+    def _finish_replace(self, stem: str) -> None:
+        staged_key, staged_cert = self.path(f"{stem}.next.key"), self.path(f"{stem}.next.crt")
+        if staged_cert.exists():  # staged whole: move it in, the key first
+            if staged_key.exists():
+                os.replace(staged_key, self.path(f"{stem}.key"))
+            os.replace(staged_cert, self.path(f"{stem}.crt"))
+            _sync_directory(self.directory)
+        elif staged_key.exists():  # never staged whole: the old pair stands
+            staged_key.unlink()
+
     def load(self, stem: str) -> KeyPair:
+        self._finish_replace(stem)
         key = serialization.load_pem_private_key(self.path(f"{stem}.key").read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return KeyPair(key, x509.load_pem_x509_certificate(self.path(f"{stem}.crt").read_bytes()))

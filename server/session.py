@@ -10,6 +10,8 @@
                                          <- Ack(id)        (after the report is stored)
                                          <- SignedCatalog  (whenever the operator pushes)
     Heartbeat                            ->  (every HEARTBEAT_INTERVAL_S, whatever else is sent)
+    RenewRequest(CSR)                    ->  (once its certificate is in its last third)
+                                         <- Renewed(certificate)  (server.renewal)
 
 The caller's name comes from its certificate (server.auth); a hello or report
 naming anyone else ends the stream with PERMISSION_DENIED.
@@ -28,6 +30,12 @@ keepalive (server.app) catches a dead transport within 20 s as well. The
 server sends no heartbeats of its own: agents notice a dead server by
 keepalive, and a fleet's worth of server heartbeats would cost the server
 as much as its pushes.
+
+Limits on one node: one live session; one certificate renewed per session; and
+reports (and renewal requests) read at REPORT_RATE a second after a burst of
+REPORT_BURST. A node that sends faster is not refused (its reports are
+real) but read more slowly: its stream's flow control then holds its agent
+back.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import grpc
 
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
-from server.auth import Refusal, caller_certificate, expired
+from server.auth import PeerCert, Refusal, caller_certificate, expired
 from server.cliviews import loss_phrase
 from server.errors import IngestFailed
 from server.fleet import Fleet
@@ -50,6 +58,8 @@ from server.given import GivenCatalogs, believed
 from server.hub import CLOSE, Hub
 from server.ingest import Ingestor
 from server.presence import PresenceLog
+from server.ratelimit import Buckets
+from server.renewal import NodeRenewals
 from server.store import Store
 from server.wire import agent_time, conditions_record, report_record, state_loss_record
 
@@ -65,6 +75,9 @@ SWEEP_S = 5.0
 DEAD_AFTER_S = SILENT_LIMIT_S + SWEEP_S
 #: Losses recorded from one hello; an agent with more sends the rest next time.
 MAX_LOSSES_PER_HELLO = 100
+#: Reports one node may send: a burst (a spool emptied after an outage), then so many a second.
+REPORT_BURST = 500
+REPORT_RATE = 50.0
 
 
 class _Refused(Exception):
@@ -79,8 +92,10 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         hub: Hub,
         ingestor: Ingestor,
         presence: PresenceLog,
+        renewals: NodeRenewals | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
+        """``renewals``: how node certificates are renewed (None: they are not)."""
         self.store = store
         self.fleet = fleet
         self.hub = hub
@@ -88,6 +103,8 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.given = GivenCatalogs(store)
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.renewals = renewals
+        self.report_rate = Buckets(REPORT_RATE, REPORT_BURST)
         self._live: dict[asyncio.Queue[Any], tuple[str, _Stream]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -117,8 +134,12 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         peer = caller_certificate()
         name = peer.identity.name
         hello = await _first_hello(requests, name, context)
+        if self.renewals is not None:
+            # Before attaching: a session still open with the certificate this
+            # one retires is ended by the store's change, not left to compete.
+            await self.renewals.in_use(peer, context.peer())
         outbox = self.hub.attach(name, peer)
-        heard = _Stream(conditions_record(hello.conditions))
+        heard = _Stream(conditions_record(hello.conditions), peer, context.peer())
         self._live[outbox] = (name, heard)
         reader: asyncio.Task[None] | None = None
         # Ends the stream when the certificate does; the TLS layer looked only at the handshake.
@@ -166,6 +187,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             last_sequence=last_sequence,
             server_time=time.time(),
             recorded_losses=recorded,
+            renew_within_s=self.renewals.renew_within_s if self.renewals is not None else 0.0,
         )
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:
@@ -216,8 +238,25 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         if kind == "catalog_ack":
             self.hub.catalog_acked(name, message.catalog_ack)
             return
+        if kind == "renew":
+            outbox.put_nowait(pb.ServerMessage(renewed=await self._renew(message.renew, stream)))
+            return
         if kind != "report":
-            raise _Refused("only reports, catalog acknowledgements and heartbeats follow the hello")
+            raise _Refused(
+                "only reports, catalog acknowledgements, heartbeats and renewals follow the hello"
+            )
+        wait = self.report_rate.take(name)
+        if wait:
+            if not stream.throttled:
+                stream.throttled = True
+                log.warning(
+                    "node %s sends reports faster than %g a second (after a burst of %d): "
+                    "reading them at that rate",
+                    name,
+                    REPORT_RATE,
+                    REPORT_BURST,
+                )
+            await asyncio.sleep(wait)
         report = message.report
         if report.node_name != name:
             raise _Refused(f"node {name!r} may not report as {report.node_name!r}")
@@ -249,6 +288,19 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         await self.ingestor.submit(record)
         outbox.put_nowait(pb.ServerMessage(ack=pb.Ack(report_id=report.id)))
 
+    async def _renew(self, request: pb.RenewRequest, stream: _Stream) -> pb.Renewed:
+        if self.renewals is None:
+            return pb.Renewed(error="this server does not renew certificates over the session")
+        if stream.renewed:
+            return pb.Renewed(error="one renewal per session: reconnect with the new certificate")
+        # A CSR costs a signature: as a report does, it takes from the node's allowance.
+        wait = self.report_rate.take(stream.peer.identity.name)
+        if wait:
+            await asyncio.sleep(wait)
+        answer = await self.renewals.renew(stream.peer, request.csr_pem, stream.source)
+        stream.renewed = not answer.error
+        return answer
+
 
 async def _first_hello(
     requests: AsyncIterator[pb.AgentMessage], name: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -274,11 +326,17 @@ def _log_end(name: str, refusal: Refusal) -> None:
 
 class _Stream:
     """What the server keeps of one agent's stream: when anything last arrived
-    on it (event-loop time), and the conditions the agent last said."""
+    on it (event-loop time), the conditions the agent last said, the
+    certificate it was opened with and from where, and what it has used of
+    its limits."""
 
-    def __init__(self, conditions: list[dict[str, Any]]) -> None:
+    def __init__(self, conditions: list[dict[str, Any]], peer: PeerCert, source: str) -> None:
         self.at = asyncio.get_running_loop().time()
         self.conditions = conditions
+        self.peer = peer
+        self.source = source
+        self.renewed = False  # a renewal was asked for on it
+        self.throttled = False  # its reports were read more slowly (logged once)
 
     def now(self) -> None:
         self.at = asyncio.get_running_loop().time()

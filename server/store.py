@@ -97,6 +97,12 @@ nodes = sa.Table(
     # The token its current certificate was enrolled with (a re-enroll's, after
     # one); NULL: enrolled before this was recorded.
     sa.Column("enrolled_by_token", sa.String(32), nullable=True),
+    # A renewed certificate issued over the node's session and not used yet:
+    # both it and cert_serial are good until a session opens with it, which
+    # makes it cert_serial (Store.certificate_in_use). NULL: none.
+    sa.Column("next_cert_serial", sa.String(64), nullable=True),
+    # When the certificate cert_serial names expires; NULL: not recorded.
+    sa.Column("cert_not_after", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -297,6 +303,10 @@ class NodeRow:
     decommissioned_at: float | None = None
     #: The id of the token it was last enrolled with; None: not recorded (an older store).
     enrolled_by_token: str | None = None
+    #: When its current certificate expires; None: not recorded (issued by an older server).
+    cert_not_after: float | None = None
+    #: A renewed certificate issued and not used yet; None: none.
+    next_cert_serial: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +316,11 @@ class NodeCredential:
     serial: str  # of the one certificate the node may use, lower-case hex
     revoked_at: float | None = None
     decommissioned_at: float | None = None
+    #: A renewed certificate, good as well until it is used (then the only one).
+    next_serial: str | None = None
+
+    def allows(self, serial: str) -> bool:
+        return serial in (self.serial, self.next_serial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -870,7 +885,13 @@ class Store:
         return token
 
     def enroll(
-        self, token_id: str, secret_sha256: str, node: str, cert_serial: str, now: float
+        self,
+        token_id: str,
+        secret_sha256: str,
+        node: str,
+        cert_serial: str,
+        now: float,
+        cert_not_after: float | None = None,
     ) -> dict[str, str]:
         """Spend one use of a token and register ``node``, atomically. Returns its labels.
 
@@ -912,6 +933,7 @@ class Store:
                         name=node,
                         labels=token.labels,
                         cert_serial=cert_serial,
+                        cert_not_after=cert_not_after,
                         enrolled_at=now,
                         facts={},
                         enrolled_by_token=token_id,
@@ -926,6 +948,8 @@ class Store:
                     .where(nodes.c.name == node)
                     .values(
                         cert_serial=cert_serial,
+                        cert_not_after=cert_not_after,
+                        next_cert_serial=None,
                         enrolled_at=now,
                         enrolled_by_token=token_id,
                         revoked_at=None,
@@ -1004,12 +1028,75 @@ class Store:
 
     def credential(self, name: str) -> NodeCredential | None:
         """Which certificate ``name`` may use, and whether it is revoked or removed."""
-        query = sa.select(nodes.c.cert_serial, nodes.c.revoked_at, nodes.c.decommissioned_at)
+        query = sa.select(
+            nodes.c.cert_serial,
+            nodes.c.revoked_at,
+            nodes.c.decommissioned_at,
+            nodes.c.next_cert_serial,
+        )
         with self.engine.connect() as conn:
             row = conn.execute(query.where(nodes.c.name == name)).first()
         if row is None:
             return None
-        return NodeCredential(row.cert_serial, row.revoked_at, row.decommissioned_at)
+        return NodeCredential(
+            row.cert_serial, row.revoked_at, row.decommissioned_at, row.next_cert_serial
+        )
+
+    def offer_certificate(self, name: str, current_serial: str, next_serial: str) -> bool:
+        """Record a renewed certificate of ``name``, issued to the holder of ``current_serial``.
+
+        False (nothing recorded) unless ``current_serial`` is still the node's
+        certificate and the node is neither revoked nor removed. Both
+        certificates are good until a session opens with the new one
+        (:meth:`certificate_in_use`); a renewal offered again replaces one not
+        used yet.
+        """
+        with self._tx() as conn:
+            changed = conn.execute(
+                nodes.update()
+                .where(
+                    nodes.c.name == name,
+                    nodes.c.cert_serial == current_serial,
+                    nodes.c.revoked_at.is_(None),
+                    nodes.c.decommissioned_at.is_(None),
+                )
+                .values(next_cert_serial=next_serial)
+            ).rowcount
+        if changed:
+            self._node_changed(name)
+        return bool(changed)
+
+    def certificate_in_use(self, name: str, serial: str, not_after: float) -> str | None:
+        """A session opened with ``name``'s renewed certificate: make it the only one.
+
+        The serial it replaces (refused from now on), or None when ``serial``
+        is not the node's renewed certificate (nothing changes).
+        """
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(nodes.c.cert_serial).where(
+                    nodes.c.name == name,
+                    nodes.c.next_cert_serial == serial,
+                    nodes.c.revoked_at.is_(None),
+                    nodes.c.decommissioned_at.is_(None),
+                )
+            ).first()
+            if row is None:
+                return None
+            # Conditional on what was read: a change made in between wins.
+            changed = conn.execute(
+                nodes.update()
+                .where(
+                    nodes.c.name == name,
+                    nodes.c.cert_serial == row.cert_serial,
+                    nodes.c.next_cert_serial == serial,
+                )
+                .values(cert_serial=serial, next_cert_serial=None, cert_not_after=not_after)
+            ).rowcount
+            if not changed:
+                return None
+        self._node_changed(name)
+        return str(row.cert_serial)
 
     def revoke_node(self, name: str, now: float) -> Revocation:
         """Revoke ``name``'s certificate: it connects no more until the node is enrolled again.
@@ -1631,6 +1718,8 @@ def _node_row(row: Any) -> NodeRow:
         revoked_at=row.revoked_at,
         decommissioned_at=row.decommissioned_at,
         enrolled_by_token=row.enrolled_by_token,
+        cert_not_after=row.cert_not_after,
+        next_cert_serial=row.next_cert_serial,
     )
 
 

@@ -30,6 +30,15 @@ def command(module: str, netns: str | None = None) -> list[str]:
     return [*inside, sys.executable, "-m", module]
 
 
+def skewed(clock: str | None) -> list[str]:
+    """A command prefix that skews a process's wall clock by ``clock`` (libfaketime: "+2h").
+
+    Only the wall clock, as on a host whose clock is wrong: its monotonic
+    clock (timeouts, timers) runs true.
+    """
+    return ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", clock] if clock else []
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy; fail loudly at the deadline."""
     deadline = time.monotonic() + timeout
@@ -79,9 +88,19 @@ class Server:
         )
         self.cli_config = data_dir / "operator" / "cli.toml"
 
-    def start(self) -> None:
-        """Start on the ports of the previous start, if any (agents remember them)."""
-        args = [*command("server.main", self.netns), "--data-dir", str(self.data_dir), "run"]
+    def start(self, clock: str | None = None) -> None:
+        """Start on the ports of the previous start, if any (agents remember them).
+
+        ``clock`` (libfaketime's "+100d") skews the server's wall clock, as
+        :meth:`Agent.start` does the agent's.
+        """
+        args = [
+            *skewed(clock),
+            *command("server.main", self.netns),
+            "--data-dir",
+            str(self.data_dir),
+            "run",
+        ]
         if self.agent_address:
             args += ["--listen", self.agent_address, "--enroll-listen", self.enroll_address]
         self.log.close()
@@ -182,10 +201,7 @@ class Agent:
         """The agent's command line; ``clock`` (libfaketime's "+2h", "-1d") skews its clock."""
         # --config /dev/null: the machine's own /etc/plumb/agent.toml must not leak into tests.
         base = [*command("agent.main", self.netns), "--config", "/dev/null"]
-        # Only the wall clock is skewed, as on a host with a wrong clock: its
-        # monotonic clock (timeouts, timers) runs true.
-        skew = ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", clock] if clock else []
-        return [*skew, *base, "--state-dir", str(self.state_dir), *args]
+        return [*skewed(clock), *base, "--state-dir", str(self.state_dir), *args]
 
     def enroll(self, server: Server, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """``plumb-agent enroll`` as the install command runs it: the token on stdin."""

@@ -52,6 +52,7 @@ NEEDS = {
             "ListOperators",
             "ListAudit",
             "VerifyAudit",
+            "RenewOperator",
         ],
         "viewer",
     ),
@@ -248,7 +249,7 @@ def test_a_revoked_operator_is_refused_on_its_next_call(server: Server, tmp_path
     server.cli("operator", "add", "bob", "--role", "viewer", "--out", str(tmp_path / "b2"))
     assert plumb(server, tmp_path / "b2" / "cli.toml", "nodes").returncode == 0
     old = plumb(server, bob, "nodes")
-    assert "is not operator bob's current one (revoked or replaced)" in old.stderr
+    assert "is not operator bob's current one (revoked, replaced or renewed)" in old.stderr
 
 
 def test_revoked_on_the_server_host_it_is_refused_within_a_second(

@@ -245,8 +245,8 @@ def test_a_second_certificate_for_a_node_is_refused(
     serial = format(second.cert.serial_number, "x")
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert details == (
-        f"certificate serial {serial} is not node web-1's current one (revoked or replaced): "
-        "re-enroll the node"
+        f"certificate serial {serial} is not node web-1's current one "
+        "(revoked, replaced or renewed): re-enroll the node"
     )
     # The node's own certificate is the one that works.
     assert welcome_and_catalog(node_channel(server, agent))[0].HasField("welcome")
@@ -274,7 +274,7 @@ def test_after_node_rm_and_a_new_enrollment_of_the_name_the_old_certificate_is_r
         assert code == grpc.StatusCode.UNAUTHENTICATED
         assert details == (
             f"certificate serial {old_serial} is not node web-1's current one "
-            "(revoked or replaced): re-enroll the node"
+            "(revoked, replaced or renewed): re-enroll the node"
         )
         replies = welcome_and_catalog(node_channel(server, new))
         assert [r.WhichOneof("kind") for r in replies] == ["welcome", "catalog"]

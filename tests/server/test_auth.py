@@ -157,8 +157,8 @@ def test_node_credentials_check_other_certificates_for_expiry_only() -> None:
             NodeCredential("0b0b"),
             NOW,
             grpc.StatusCode.UNAUTHENTICATED,
-            "certificate serial 5f3a is not node web-1's current one (revoked or replaced): "
-            "re-enroll the node",
+            "certificate serial 5f3a is not node web-1's current one "
+            "(revoked, replaced or renewed): re-enroll the node",
         ),
         (
             NodeCredential("5f3a", revoked_at=NOW - 60),
@@ -179,7 +179,8 @@ def test_node_credentials_check_other_certificates_for_expiry_only() -> None:
             NOW + 3600,
             grpc.StatusCode.UNAUTHENTICATED,
             "the certificate of node 'web-1' (serial 5f3a) expired at 2027-01-15 09:00:00 UTC: "
-            "renew it, or enroll again",
+            "enroll it again: an admin runs 'plumb node reenroll web-1' and the node "
+            "'plumb-agent enroll --replace' with that token",
         ),
     ],
 )
@@ -329,7 +330,8 @@ ALICE = PeerCert(Identity(ROLE_OPERATOR, "alice"), serial="5f3a", not_after=NOW 
             NOW + 3600,
             grpc.StatusCode.UNAUTHENTICATED,
             "the certificate of operator 'alice' (serial 5f3a) expired at 2027-01-15 09:00:00 "
-            "UTC: renew it, or enroll again",
+            "UTC: an admin adds this operator again ('plumb operator add', or "
+            "'plumb-server operator add' on the server host)",
         ),
     ],
 )
