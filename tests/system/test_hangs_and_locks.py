@@ -246,6 +246,8 @@ def test_a_busy_package_manager_is_waited_for_and_the_watcher_never_goes_deaf(
     assert "package/gated: failed" not in host.agent_log()[seen:]
 
     # 3. Later removals are still repaired: the watcher did not go deaf.
+    # The agent's own apt-get may still be finishing its repair (the package is
+    # configured before apt-get lets go of the lock): this operator waits for it.
     for _ in range(2):
-        host.run("apt-get", "remove", "-y", "-q", "plumb-gated")
+        host.run("apt-get", "-o", "DPkg::Lock::Timeout=60", "remove", "-y", "-q", "plumb-gated")
         wait_for(lambda: host.dpkg_version("plumb-gated") == "1.0", 60, "the reinstall")
