@@ -202,7 +202,8 @@ def test_the_serial_is_read_as_the_store_keeps_it() -> None:
     # As server/enrollment.py stores it: format(serial, "x").
     assert peer.serial == format(pair.cert.serial_number, "x")
     assert peer.not_after == pair.cert.not_valid_after_utc.timestamp()
-    assert peer.not_after > time.time() + 300 * 86400
+    # 90 days, renewed in their last third (server/renewal.py).
+    assert time.time() + 89 * 86400 < peer.not_after <= time.time() + 90 * 86400
 
 
 # ------------------------------------------------------------ roles of the Admin methods
@@ -256,6 +257,7 @@ def test_the_roles_as_the_readme_says() -> None:
             "ListNodes",
             "ListOperators",
             "ListTokens",
+            "RenewOperator",
             "VerifyAudit",
         ],
         Role.OPERATOR: ["Push"],
@@ -313,8 +315,8 @@ ALICE = PeerCert(Identity(ROLE_OPERATOR, "alice"), serial="5f3a", not_after=NOW 
             Role.VIEWER,
             NOW,
             grpc.StatusCode.UNAUTHENTICATED,
-            "certificate serial 5f3a is not operator alice's current one (revoked or "
-            "replaced): use the config of its latest 'operator add'",
+            "certificate serial 5f3a is not operator alice's current one (revoked, replaced "
+            "or renewed): use the config of its latest 'operator add' or 'operator renew'",
         ),
         (
             OperatorCredential("admin", "5f3a", revoked_at=NOW - 60),

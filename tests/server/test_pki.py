@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -8,7 +11,19 @@ from cryptography.x509.oid import NameOID
 
 from server.auth import Identity, identity_from_pem
 from server.errors import CSRRejected
-from server.pki import ROLE_NODE, ROLE_OPERATOR, cert_pem, create_ca, issue_keypair, sign_node_csr
+from server.pki import (
+    PKI,
+    ROLE_NODE,
+    ROLE_OPERATOR,
+    cert_pem,
+    create_ca,
+    issue_keypair,
+    key_pem,
+    new_signer,
+    sign_node_csr,
+    write_private,
+)
+from server.signer import rotation_due
 from server.tokens import hash_secret, new, parse
 
 CA = create_ca()
@@ -53,3 +68,28 @@ def test_token_round_trip_and_hash() -> None:
     assert token.secret_sha256 == hash_secret(token.secret) != token.secret
     assert parse(str(token).replace("plumb1", "plumb2")) is None
     assert parse(str(token)[:-1]) is None
+
+
+def test_a_replaced_pair_is_loaded_whole_even_after_a_crash_mid_move(tmp_path: Path) -> None:
+    pki = PKI(tmp_path / "pki")
+    old, new = new_signer(CA), new_signer(CA)
+    pki.save("signer", old)
+    # Staged whole and the key moved in, then a crash: the certificate follows at load.
+    pki.save("signer.next", new)
+    os.replace(pki.path("signer.next.key"), pki.path("signer.key"))
+    loaded = pki.load("signer")
+    assert loaded.cert.serial_number == new.cert.serial_number
+    assert loaded.key.public_key() == loaded.cert.public_key()
+    assert not pki.path("signer.next.crt").exists()
+    # Only the key staged, then a crash: the old pair stands.
+    pki.replace("signer", old)
+    write_private(pki.path("signer.next.key"), key_pem(new.key))
+    assert pki.load("signer").cert.serial_number == old.cert.serial_number
+    assert not pki.path("signer.next.key").exists()
+
+
+@pytest.mark.parametrize(("left_days", "due"), [(200, False), (122, False), (121, True), (0, True)])
+def test_a_signer_is_rotated_in_the_last_third_of_its_life(left_days: int, due: bool) -> None:
+    cert = new_signer(CA).cert  # 365 days (and the 5 minutes it is backdated)
+    now = cert.not_valid_after_utc.timestamp() - left_days * 86400
+    assert rotation_due(cert, now) is due
