@@ -26,7 +26,7 @@ from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import cliviews, operators, tokens
 from server.errors import CLIError, PlumbServerError
-from server.pki import generate_key, key_pem, renew_within
+from server.pki import finish_replace, generate_key, key_pem, renew_within, replace_pair
 
 N = TypeVar("N", int, float)
 R = TypeVar("R")
@@ -499,7 +499,7 @@ def load_config(path: Path | None) -> CLIConfig:
 def _stub(args: argparse.Namespace) -> pb_grpc.AdminStub:
     config = load_config(args.config)
     # A renewal a crash interrupted: finished before the pair is read.
-    operators.finish_replace(config.key, config.cert)
+    finish_replace(config.key, config.cert)
     try:
         cert_bytes = config.cert.read_bytes()
         credentials = grpc.ssl_channel_credentials(
@@ -1024,7 +1024,7 @@ def _operator_renew(args: argparse.Namespace) -> int:
     request = pb.RenewOperatorRequest(csr_pem=operators.certificate_request(key, str(name.value)))
     reply = _stub(args).RenewOperator(request, timeout=TIMEOUT_S)
     try:
-        operators.replace_credentials(config.key, config.cert, key_pem(key), reply.certificate_pem)
+        replace_pair(config.key, config.cert, key_pem(key), reply.certificate_pem)
     except OSError as exc:
         raise CLIError(
             f"the server renewed the certificate but it cannot be saved ({exc}): the old one "

@@ -130,32 +130,6 @@ def write_config(
     return path
 
 
-def replace_credentials(key_path: Path, cert_path: Path, key_pem: bytes, cert_pem: bytes) -> None:
-    """Put a renewed key and certificate where a CLI config names them, even across a crash.
-
-    Staged whole beside them (``*.next``, the certificate last), then moved in,
-    key first: a key beside another key's certificate would lock the operator
-    out. :func:`finish_replace` completes a move a crash interrupted.
-    """
-    write_private(_staged(key_path), key_pem)
-    write_private(_staged(cert_path), cert_pem)
-    finish_replace(key_path, cert_path)
-
-
-def finish_replace(key_path: Path, cert_path: Path) -> None:
-    staged_key, staged_cert = _staged(key_path), _staged(cert_path)
-    if staged_cert.exists():
-        if staged_key.exists():
-            os.replace(staged_key, key_path)
-        os.replace(staged_cert, cert_path)
-    elif staged_key.exists():
-        staged_key.unlink()
-
-
-def _staged(path: Path) -> Path:
-    return path.with_name(f"{path.name}.next")
-
-
 def certificate_request(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
     """A CSR for operator ``name`` (the CA decides the subject; this names what is asked)."""
     subject = x509.Name(

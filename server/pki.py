@@ -88,13 +88,39 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sync_directory(directory: Path) -> None:
-    """Make the renames in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def replace_pair(key_path: Path, cert_path: Path, key_data: bytes, cert_data: bytes) -> None:
+    """Put a new key and its certificate in place of the old pair, even across a crash.
+
+    Two files cannot be renamed at once, and a key beside another key's
+    certificate signs what nobody can verify (the catalog signer) or locks
+    its holder out (an operator). So the pair is staged whole beside them
+    (``*.next``, the certificate written last) and then moved in, key first;
+    :func:`finish_replace` completes a move a crash interrupted.
+    """
+    write_private(_staged(key_path), key_data)
+    write_private(_staged(cert_path), cert_data)
+    finish_replace(key_path, cert_path)
+
+
+def finish_replace(key_path: Path, cert_path: Path) -> None:
+    """Finish moving a staged pair in, or drop one that was never staged whole."""
+    staged_key, staged_cert = _staged(key_path), _staged(cert_path)
+    if staged_cert.is_file():
+        if staged_key.is_file():
+            os.replace(staged_key, key_path)
+        os.replace(staged_cert, cert_path)
+        fd = os.open(cert_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the renames, durable
+        finally:
+            os.close(fd)
+    elif staged_key.is_file():
+        staged_key.unlink()
+
+
+def _staged(path: Path) -> Path:
+    """``signer.key`` -> ``signer.next.key``: where a replacement is staged."""
+    return path.with_name(f"{path.stem}.next{path.suffix}")
 
 
 def _name(common_name: str, role: str | None = None) -> x509.Name:
@@ -302,28 +328,16 @@ class PKI:
         write_private(self.path(f"{stem}.crt"), cert_pem(pair.cert))
 
     def replace(self, stem: str, pair: KeyPair) -> None:
-        """Make ``pair`` the ``stem``'s in place of the one there, even across a crash.
-
-        Two files cannot be renamed at once, and a key with another key's
-        certificate would sign what nobody can verify. So the pair is staged
-        whole (``stem.next.*``, the certificate written last) and then moved
-        in; :meth:`load` finishes a move a crash interrupted.
-        """
-        self.save(f"{stem}.next", pair)
-        self._finish_replace(stem)
-
-    def _finish_replace(self, stem: str) -> None:
-        staged_key, staged_cert = self.path(f"{stem}.next.key"), self.path(f"{stem}.next.crt")
-        if staged_cert.exists():  # staged whole: move it in, the key first
-            if staged_key.exists():
-                os.replace(staged_key, self.path(f"{stem}.key"))
-            os.replace(staged_cert, self.path(f"{stem}.crt"))
-            _sync_directory(self.directory)
-        elif staged_key.exists():  # never staged whole: the old pair stands
-            staged_key.unlink()
+        """Make ``pair`` the ``stem``'s in place of the one there, even across a crash."""
+        replace_pair(
+            self.path(f"{stem}.key"),
+            self.path(f"{stem}.crt"),
+            key_pem(pair.key),
+            cert_pem(pair.cert),
+        )
 
     def load(self, stem: str) -> KeyPair:
-        self._finish_replace(stem)
+        finish_replace(self.path(f"{stem}.key"), self.path(f"{stem}.crt"))
         key = serialization.load_pem_private_key(self.path(f"{stem}.key").read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return KeyPair(key, x509.load_pem_x509_certificate(self.path(f"{stem}.crt").read_bytes()))
