@@ -8,6 +8,7 @@ touched; every process is stopped at the end, even when a test fails.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -34,9 +35,15 @@ def skewed(clock: str | None) -> list[str]:
     """A command prefix that skews a process's wall clock by ``clock`` (libfaketime: "+2h").
 
     Only the wall clock, as on a host whose clock is wrong: its monotonic
-    clock (timeouts, timers) runs true.
+    clock (timeouts, timers) runs true. The library is preloaded through
+    ``env``, which execs the command: the process started is the program
+    itself, so stopping it stops it (the ``faketime`` wrapper would stay
+    between, and a SIGTERM to it would leave the program running).
     """
-    return ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", clock] if clock else []
+    if not clock:
+        return []
+    [library] = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    return ["env", f"LD_PRELOAD={library}", f"FAKETIME={clock}", "FAKETIME_DONT_FAKE_MONOTONIC=1"]
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
