@@ -44,6 +44,7 @@ from server.presence import PresenceLog
 from server.renewal import NodeRenewals
 from server.session import AgentServicer
 from server.signer import SignerRotation
+from server.sources import SourceLimits
 from server.store import Migration, Store, migrate
 
 log = logging.getLogger("plumb.server")
@@ -121,7 +122,12 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     grpc_server = grpc.aio.server(
         # The internal-error guard outermost: a failure in the interceptors' own
         # work (a store read while checking credentials) is hidden like any other.
-        interceptors=[InternalErrors(), AuthInterceptor(credentials, operators, auditor)],
+        # Then the limit on calls per source, before any work is done for one.
+        interceptors=[
+            InternalErrors(),
+            SourceLimits(),
+            AuthInterceptor(credentials, operators, auditor),
+        ],
         options=SERVER_OPTIONS,
     )
     key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]

@@ -46,7 +46,7 @@ from google.protobuf.message import Message
 
 from server import audit
 from server.audit import Actor, Auditor
-from server.handlers import wrapped
+from server.handlers import responses, wrapped
 from server.operators import Role
 from server.pki import ROLE_NODE, ROLE_OPERATOR
 from server.store import NodeCredential, OperatorCredential, Store
@@ -461,7 +461,7 @@ def _guard_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         _caller.set(await _authorize(context, role, credentials))
-        async for response in behavior(request, context):
+        async for response in responses(behavior, request, context):
             yield response
 
     return guarded
@@ -596,7 +596,7 @@ def _guard_admin_stream(
     ) -> AsyncIterator[Any]:
         call = _AdminCall(method, operators, auditor, context)
         _caller.set(await call.enter(request))
-        async for response in behavior(request, context):
+        async for response in responses(behavior, request, context):
             yield response
 
     return guarded

@@ -34,6 +34,7 @@ from server.audit import Actor, Auditor
 from server.errors import CSRRejected, NodeExists, TokenRefused, UnknownToken
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_node_csr
 from server.ratelimit import Buckets
+from server.sources import source_of
 from server.store import Store
 
 #: Enrollment attempts one source address may make: a burst, then so many a second.
@@ -41,13 +42,6 @@ from server.store import Store
 #: soon after (plumb-agent enroll waits and tries again when told to).
 ENROLL_BURST = 100
 ENROLL_RATE = 10.0
-
-
-def _source(peer: str) -> str:
-    """``ipv4:10.0.0.5:51234`` → ``10.0.0.5``; ``ipv6:[::1]:51234`` → ``::1``."""
-    address = peer.partition(":")[2]
-    host = address.rpartition(":")[0] or address
-    return host.strip("[]")
 
 
 class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
@@ -78,7 +72,7 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EnrollResponse:
         # Before anything else is looked at: the cheapest refusal there is.
-        source = _source(context.peer())
+        source = source_of(context.peer())
         wait = self.attempts.take(source)
         if wait:
             await context.abort(

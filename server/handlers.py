@@ -9,7 +9,8 @@ those that yield (streaming responses).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -34,3 +35,18 @@ def wrapped(
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codec)
     return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codec)
+
+
+async def responses(behavior: Callable[..., Any], request: Any, context: Any) -> AsyncIterator[Any]:
+    """What a streaming behaviour answers, however it answers.
+
+    A servicer may yield its responses (an async generator) or write them
+    with ``context.write`` and return (a coroutine: gRPC's own health
+    service does): a wrapper iterates the one and awaits the other.
+    """
+    answered = behavior(request, context)
+    if inspect.isawaitable(answered):
+        await answered
+        return
+    async for response in answered:
+        yield response

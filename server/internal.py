@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from server.handlers import wrapped
+from server.handlers import responses, wrapped
 
 log = logging.getLogger("plumb.server")
 
@@ -49,7 +49,7 @@ def _streaming(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Call
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in responses(behavior, request, context):
                 yield response
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise

@@ -13,9 +13,12 @@ import socket
 import ssl
 from collections.abc import Iterator
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import HANDSHAKE_S, IDLE_CONNECTION_S
+from server.sources import MAX_CALLS_PER_SOURCE
 from tests.integration.harness import Agent, Server, wait_for
 
 #: What the server sends first on an HTTP/2 connection is its SETTINGS; the
@@ -89,3 +92,50 @@ def test_idle_and_half_open_connections_are_closed_and_starve_nobody(
         timeout=IDLE_CONNECTION_S + 10,
         what="idle connections to be closed",
     )
+
+
+def test_one_source_holds_at_most_so_many_calls_at_once(server: Server) -> None:
+    """Long calls (health watches, on the port anyone may reach) up to the limit, then a refusal.
+
+    Agent sessions are not counted (a fleet behind one NAT is one source):
+    tests/integration/test_revocation.py holds many at once.
+    """
+    ca = (server.data_dir / "pki" / "ca.crt").read_bytes()
+    channel = grpc.secure_channel(
+        server.enroll_address,
+        grpc.ssl_channel_credentials(ca),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+    health = health_pb2_grpc.HealthStub(channel)
+    watches = []
+    try:
+        for _ in range(MAX_CALLS_PER_SOURCE):
+            watch = health.Watch(health_pb2.HealthCheckRequest())
+            next(watch)  # SERVING: the call is in flight on the server
+            watches.append(watch)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(health.Watch(health_pb2.HealthCheckRequest()))
+        error = refused.value
+        assert isinstance(error, grpc.Call)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == (
+            f"too many calls in flight from 127.0.0.1: at most {MAX_CALLS_PER_SOURCE} at once; "
+            "wait for some to finish"
+        )
+        # One finished, one more may start.
+        watches.pop().cancel()
+        wait_for(lambda: _watch_opens(health), 10, "a call let in again")
+    finally:
+        for watch in watches:
+            watch.cancel()
+        channel.close()
+
+
+def _watch_opens(health: health_pb2_grpc.HealthStub) -> bool:
+    watch = health.Watch(health_pb2.HealthCheckRequest())
+    try:
+        next(watch)
+    except grpc.RpcError:
+        return False
+    watch.cancel()
+    return True
