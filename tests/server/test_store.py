@@ -137,6 +137,15 @@ def test_only_drift_flagged_results_are_drift_events(store: Store) -> None:
     assert store.drift() == []
 
 
+def test_drift_is_newest_first_by_detection_not_by_arrival(store: Store) -> None:
+    # After an outage the spooled, older reports arrive after a newer one.
+    store.ingest_report(_report("new", 50, Status.REPAIRED), now=60)
+    for number in range(3):
+        store.ingest_report(_report(f"old-{number}", 10 + number, Status.REPAIRED), now=61)
+    assert [d.report_id for d in store.drift()] == ["new", "old-2", "old-1", "old-0"]
+    assert [d.report_id for d in store.drift(limit=2)] == ["new", "old-2"]
+
+
 def test_a_late_old_report_does_not_overwrite_newer_status(store: Store) -> None:
     store.ingest_report(_report("new", 20, Status.IN_SYNC, Status.IN_SYNC), now=21)
     store.ingest_report(_report("old", 10, Status.FAILED, Status.DRIFTED), now=22)
