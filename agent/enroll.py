@@ -32,6 +32,8 @@ from agent.tls import (
     issued_certificate,
     private_pem,
     split_address,
+    trusted_cas,
+    usable_trust,
 )
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
@@ -83,8 +85,9 @@ def enroll(
     key = ec.generate_private_key(ec.SECP256R1())
     csr = certificate_request(key, node)
     reply = _request_certificate(server, ca_pem, token.strip(), node, csr)
-    cert = _check_certificate(reply, ca_pem, key)
-    return _save(state, key, cert, ca_pem, reply, server)
+    trust = _trust(reply, ca_pem)
+    cert = _check_certificate(reply, trust, key)
+    return _save(state, key, cert, trust, reply, server)
 
 
 def read_token_file(path: Path) -> str:
@@ -175,6 +178,19 @@ def _busy_for(exc: grpc.RpcError) -> float | None:
         return None
     found = re.search(r"try again in ([0-9.]+) s", exc.details() or "")
     return float(found[1]) + random.uniform(0, 0.5) if found else None
+
+
+def _trust(reply: pb.EnrollResponse, pinned: bytes) -> bytes:
+    """What to trust from now on: the server's CA certificates if they include the pinned one.
+
+    During a CA rollover (server/ca.py) the server trusts two; the pinned CA
+    vouched for the connection that brought them. Anything else: the pinned
+    CA alone.
+    """
+    usable = usable_trust(reply.ca_pem) is None
+    if usable and x509.load_pem_x509_certificate(pinned) in trusted_cas(reply.ca_pem):
+        return reply.ca_pem
+    return pinned
 
 
 def _check_certificate(

@@ -49,8 +49,8 @@ from agent.errors import CatalogRejected
 from agent.losses import SPOOLED_REPORTS
 from agent.renewal import CertificateRenewal
 from agent.spool import Spool
-from agent.state import Enrollment, StateDir
-from agent.tls import secure_channel
+from agent.state import Enrollment, StateDir, write_atomic
+from agent.tls import secure_channel, usable_trust
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
@@ -220,6 +220,8 @@ class SessionClient:
                 self._check_clock(welcome.server_time)
             if welcome.heartbeat_interval_s > 0:
                 self._start_heartbeat(welcome.heartbeat_interval_s)
+            if welcome.trusted_ca_pem:
+                self._trust(welcome.trusted_ca_pem)
             self._renew_within_s = welcome.renew_within_s
             if self.renewal is not None:
                 offset = time.time() - welcome.server_time if welcome.server_time else 0.0
@@ -253,6 +255,31 @@ class SessionClient:
             ack = pb.CatalogAck(revision=signed.revision, accepted=True)
         self._outbox.put(pb.AgentMessage(catalog_ack=ack))
         self._caught_up()
+
+    def _trust(self, bundle: bytes) -> None:
+        """Trust the CAs the server trusts: what carries this node through a CA rollover.
+
+        Said by the server this session authenticated with the CAs trusted so
+        far, so it is the server's word; the next session uses it.
+        """
+        try:
+            if self._state.ca.read_bytes() == bundle:
+                return
+        except OSError:
+            pass  # written anew below
+        why = usable_trust(bundle)
+        if why is not None:
+            log.error("the server's CA certificates cannot be trusted (%s): kept the old ones", why)
+            return
+        try:
+            write_atomic(self._state.ca, bundle)
+        except OSError as exc:
+            log.warning("cannot save the server's CA certificates (%s): next session", exc)
+            return
+        log.info(
+            "this node now trusts %d CA certificate(s), as the server does",
+            bundle.count(b"BEGIN CERTIFICATE"),
+        )
 
     def renew_if_due(self) -> None:
         """Ask for a renewed certificate if it is due and not asked for on this stream yet."""

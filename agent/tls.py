@@ -105,14 +105,48 @@ def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def trusted_cas(ca_pem: bytes) -> list[x509.Certificate]:
+    """The CA certificates in ``ca.crt``: one, or two during a CA rollover (server/ca.py)."""
+    return x509.load_pem_x509_certificates(ca_pem)
+
+
+def issued_by_one_of(cert: x509.Certificate, ca_pem: bytes) -> None:
+    """Return if one of the CAs in ``ca_pem`` issued ``cert``; raise ValueError (why) if none."""
+    why = "no CA certificate"
+    for ca in trusted_cas(ca_pem):
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            why = str(exc) or type(exc).__name__
+        else:
+            return
+    raise ValueError(why)
+
+
+def usable_trust(bundle: bytes) -> str | None:
+    """Why ``bundle`` cannot be this node's trust (None: it can): CA certificates only."""
+    try:
+        cas = trusted_cas(bundle)
+    except ValueError as exc:
+        return f"not PEM certificates: {exc}"
+    for ca in cas:
+        try:
+            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            return f"{ca.subject.rfc4514_string()} is not a CA certificate"
+    return None
+
+
 def issued_certificate(
     cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate | str:
     """The certificate in ``cert_pem`` if our CA issued it for ``key``; else why not."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
-    except (ValueError, TypeError, InvalidSignature) as exc:
+        issued_by_one_of(cert, ca_pem)
+    except ValueError as exc:
         return f"the certificate does not verify against this node's CA: {exc}"
     if cert.public_key() != key.public_key():
         return "the certificate is for another key"
@@ -171,11 +205,10 @@ def _certified_signer(ca_pem: bytes, signer_pem: bytes) -> x509.Certificate:
     successes are cached (a rejection raises); validity in time is checked on
     every use, by the caller.
     """
-    ca = x509.load_pem_x509_certificate(ca_pem)
     try:
         signer = x509.load_pem_x509_certificate(signer_pem)
-        signer.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
+        issued_by_one_of(signer, ca_pem)
+    except ValueError as exc:
         raise CatalogRejected(f"catalog signer is not certified by our CA: {exc}") from exc
     role = signer.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     if [a.value for a in role] != [SIGNER_ROLE]:

@@ -137,20 +137,22 @@ class CatalogAck(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("latest_revision", "heartbeat_interval_s", "last_sequence", "server_time", "recorded_losses", "renew_within_s")
+    __slots__ = ("latest_revision", "heartbeat_interval_s", "last_sequence", "server_time", "recorded_losses", "renew_within_s", "trusted_ca_pem")
     LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     RECORDED_LOSSES_FIELD_NUMBER: _ClassVar[int]
     RENEW_WITHIN_S_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_CA_PEM_FIELD_NUMBER: _ClassVar[int]
     latest_revision: int
     heartbeat_interval_s: float
     last_sequence: int
     server_time: float
     recorded_losses: _containers.RepeatedScalarFieldContainer[str]
     renew_within_s: float
-    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ..., renew_within_s: _Optional[float] = ...) -> None: ...
+    trusted_ca_pem: bytes
+    def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ..., renew_within_s: _Optional[float] = ..., trusted_ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions")
@@ -450,7 +452,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -478,6 +480,7 @@ class Node(_message.Message):
     ENROLLED_BY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CERT_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     NEXT_CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERT_ISSUER_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -498,7 +501,8 @@ class Node(_message.Message):
     enrolled_by_token: str
     cert_not_after: float
     next_cert_serial: str
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ...) -> None: ...
+    cert_issuer: str
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -688,14 +692,16 @@ class RenewOperatorRequest(_message.Message):
     def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class RenewOperatorResponse(_message.Message):
-    __slots__ = ("operator", "certificate_pem", "replaced_serial")
+    __slots__ = ("operator", "certificate_pem", "replaced_serial", "trusted_ca_pem")
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     REPLACED_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_CA_PEM_FIELD_NUMBER: _ClassVar[int]
     operator: OperatorInfo
     certificate_pem: bytes
     replaced_serial: str
-    def __init__(self, operator: _Optional[_Union[OperatorInfo, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., replaced_serial: _Optional[str] = ...) -> None: ...
+    trusted_ca_pem: bytes
+    def __init__(self, operator: _Optional[_Union[OperatorInfo, _Mapping]] = ..., certificate_pem: _Optional[bytes] = ..., replaced_serial: _Optional[str] = ..., trusted_ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class RevokeOperatorRequest(_message.Message):
     __slots__ = ("name",)

@@ -71,6 +71,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         token_caps: TokenCaps | None = None,
         ca: KeyPair | None = None,
         operator_cert_ttl_s: float = CLIENT_TTL_S,
+        trusted_ca_pem: bytes = b"",
     ) -> None:
         """``ca`` certifies operators (AddOperator, RenewOperator), for
         ``operator_cert_ttl_s`` seconds; None: those are refused."""
@@ -82,6 +83,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self.token_caps = token_caps or TokenCaps()
         self.ca = ca
         self.operator_cert_ttl_s = operator_cert_ttl_s
+        #: What an operator's config trusts (server/ca.py): ``ca``'s alone but in a rollover.
+        self.trusted_ca_pem = trusted_ca_pem or (cert_pem(ca.cert) if ca is not None else b"")
 
     # ------------------------------------------------------------ tokens
 
@@ -398,7 +401,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         return pb.AddOperatorResponse(
             operator=operator_info(row),
             certificate_pem=cert_pem(cert),
-            ca_pem=cert_pem(self.ca.cert),
+            ca_pem=self.trusted_ca_pem,
         )
 
     async def ListOperators(
@@ -434,7 +437,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             )
         assert row is not None
         return pb.RenewOperatorResponse(
-            operator=operator_info(row), certificate_pem=cert_pem(cert), replaced_serial=peer.serial
+            operator=operator_info(row),
+            certificate_pem=cert_pem(cert),
+            replaced_serial=peer.serial,
+            trusted_ca_pem=self.trusted_ca_pem,
         )
 
     async def RevokeOperator(
@@ -487,6 +493,7 @@ def _identity_fields(n: NodeRow) -> dict[str, Any]:
         "decommissioned_at": n.decommissioned_at or 0.0,
         "cert_not_after": n.cert_not_after or 0.0,
         "next_cert_serial": n.next_cert_serial or "",
+        "cert_issuer": n.cert_issuer or "",
     }
 
 

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
+from server import ca as ca_
 from server.admin import AdminServicer, TokenCaps
 from server.audit import Auditor
 from server.auth import AuthInterceptor, NodeCredentials, OperatorCredentials
@@ -102,9 +103,12 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     upgrading the package and restarting is all an upgrade takes; a store
     that cannot be (missing, damaged, newer) stops the start with StoreError.
     """
-    lock = _lock_data_dir(config.data_dir)
+    lock = lock_data_dir(config.data_dir)
     pki = PKI(config.data_dir / "pki")
+    # A CA rollover's switch a crash interrupted is finished before anything is loaded.
+    await asyncio.to_thread(ca_.resume_switch, pki)
     ca, server_pair, signer = pki.load("ca"), pki.load("server"), pki.load("signer")
+    trust = ca_.trust(pki)  # the issuing CA, and during a rollover the other one
     migration = migrate(config.store)
     store = Store(config.store)
     adopted = await asyncio.to_thread(adopt_bootstrap_operator, store, config.data_dir, time.time())
@@ -130,12 +134,14 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
         ],
         options=SERVER_OPTIONS,
     )
-    key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + cert_pem(ca.cert))]
+    # The chain names every trusted CA: a token pins one by fingerprint, and
+    # one made before a rollover's switch pins the CA issuing then.
+    key_cert = [(key_pem(server_pair.key), cert_pem(server_pair.cert) + trust.bundle)]
     agent_port = _listen(
         grpc_server,
         config.listen,
         grpc.ssl_server_credentials(
-            key_cert, root_certificates=cert_pem(ca.cert), require_client_auth=True
+            key_cert, root_certificates=trust.bundle, require_client_auth=True
         ),
     )
     enroll_port = _listen(grpc_server, config.enroll_listen, grpc.ssl_server_credentials(key_cert))
@@ -149,11 +155,14 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             targeted_by=fleet.targeted_by_name,
             auditor=auditor,
             cert_ttl_s=config.node_cert_ttl_s,
+            trusted_ca_pem=trust.bundle,
         ),
         grpc_server,
     )
     renewals = NodeRenewals(store, ca, config.node_cert_ttl_s, auditor)
-    agents = AgentServicer(store, fleet, hub, ingestor, presence, renewals)
+    agents = AgentServicer(
+        store, fleet, hub, ingestor, presence, renewals, trusted_ca_pem=trust.bundle
+    )
     pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
     caps = TokenCaps(config.token_max_ttl_s, config.token_max_uses)
     pb_grpc.add_AdminServicer_to_server(
@@ -166,6 +175,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             caps,
             ca=ca,
             operator_cert_ttl_s=config.operator_cert_ttl_s,
+            trusted_ca_pem=trust.bundle,
         ),
         grpc_server,
     )
@@ -234,7 +244,7 @@ def _check_free(address: str) -> None:
                     ) from None
 
 
-def _lock_data_dir(data_dir: Path) -> IO[str]:
+def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold ``server.lock`` for as long as this server runs: one server per data dir.
 
     Two servers on one store would each hold some of the agents: a push would

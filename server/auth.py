@@ -46,6 +46,7 @@ from google.protobuf.message import Message
 
 from server import audit
 from server.audit import Actor, Auditor
+from server.ca import issuer_id
 from server.handlers import responses, wrapped
 from server.operators import Role
 from server.pki import ROLE_NODE, ROLE_OPERATOR
@@ -117,6 +118,7 @@ class PeerCert:
     identity: Identity
     serial: str  # lower-case hex, as the store keeps it (nodes.cert_serial)
     not_after: float  # unix seconds
+    issuer: str = ""  # the issuing CA's key identifier, hex (server/ca.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +158,7 @@ def peer_from_pem(pem: bytes) -> PeerCert | None:
         identity=Identity(role=str(ou[0].value), name=str(cn[0].value)),
         serial=format(cert.serial_number, "x"),
         not_after=cert.not_valid_after_utc.timestamp(),
+        issuer=issuer_id(cert),
     )
 
 

@@ -26,7 +26,14 @@ from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import cliviews, operators, tokens
 from server.errors import CLIError, PlumbServerError
-from server.pki import finish_replace, generate_key, key_pem, renew_within, replace_pair
+from server.pki import (
+    finish_replace,
+    generate_key,
+    key_pem,
+    renew_within,
+    replace_pair,
+    write_private,
+)
 
 N = TypeVar("N", int, float)
 R = TypeVar("R")
@@ -1025,6 +1032,8 @@ def _operator_renew(args: argparse.Namespace) -> int:
     reply = _stub(args).RenewOperator(request, timeout=TIMEOUT_S)
     try:
         replace_pair(config.key, config.cert, key_pem(key), reply.certificate_pem)
+        if reply.trusted_ca_pem:  # what the server trusts now (a CA rollover: server/ca.py)
+            write_private(config.ca, reply.trusted_ca_pem)
     except OSError as exc:
         raise CLIError(
             f"the server renewed the certificate but it cannot be saved ({exc}): the old one "

@@ -48,7 +48,9 @@ id of the token its current certificate was enrolled with (``null``: enrolled
 before Plumb recorded it). ``cert_not_after`` is when that certificate
 expires (``null``: issued before Plumb recorded it); ``next_cert_serial`` a
 renewed certificate issued and not used yet (the agent's next session opens
-with it, and the old one is refused from then on).
+with it, and the old one is refused from then on); ``cert_issuer`` the key
+identifier of the CA that issued the certificate (``plumb-server ca status``
+names the CAs).
 
 ``node revoke NAME``::
 
@@ -242,6 +244,7 @@ def node(n: pb.Node) -> dict[str, Any]:
         "enrolled_by_token": n.enrolled_by_token or None,
         "cert_not_after": n.cert_not_after or None,
         "next_cert_serial": n.next_cert_serial or None,
+        "cert_issuer": n.cert_issuer or None,
     }
 
 

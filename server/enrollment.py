@@ -31,6 +31,7 @@ from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import audit, tokens
 from server.audit import Actor, Auditor
+from server.ca import key_id
 from server.errors import CSRRejected, NodeExists, TokenRefused, UnknownToken
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_node_csr
 from server.ratelimit import Buckets
@@ -54,11 +55,13 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         targeted_by: Callable[[str], list[str]] = lambda node: [],
         auditor: Auditor | None = None,
         cert_ttl_s: float = CLIENT_TTL_S,
+        trusted_ca_pem: bytes = b"",
     ) -> None:
         """``on_enrolled(node)`` runs after each enrollment (the fleet compiles its catalog);
         ``targeted_by(node)`` names the manifests that target ``node`` by name;
         ``auditor`` records enrollments (None: nowhere); ``cert_ttl_s``: how long
-        node certificates live (server.toml's node_cert_ttl_s)."""
+        node certificates live (server.toml's node_cert_ttl_s); ``trusted_ca_pem``:
+        the CA certificates a new node is to trust (default: ``ca``'s alone)."""
         self.store = store
         self.ca = ca
         self.agent_port = agent_port
@@ -67,6 +70,8 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         self.attempts = Buckets(ENROLL_RATE, ENROLL_BURST)
         self.auditor = auditor
         self.cert_ttl_s = cert_ttl_s
+        self.trusted_ca_pem = trusted_ca_pem or cert_pem(ca.cert)
+        self.issuer = key_id(ca.cert)
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -132,14 +137,20 @@ class EnrollmentServicer(pb_grpc.EnrollmentServicer):  # type: ignore[misc]
         serial = serial_of(cert)
         not_after = cert.not_valid_after_utc.timestamp()
         labels = self.store.enroll(
-            token.id, token.secret_sha256, name, serial, time.time(), cert_not_after=not_after
+            token.id,
+            token.secret_sha256,
+            name,
+            serial,
+            time.time(),
+            cert_not_after=not_after,
+            cert_issuer=self.issuer,
         )
         # Now, not at its first session: a catalog that cannot be compiled for
         # the new node (a collision only it makes) shows in `plumb nodes` at once.
         self.on_enrolled(name)
         response = pb.EnrollResponse(
             certificate_pem=cert_pem(cert),
-            ca_pem=cert_pem(self.ca.cert),
+            ca_pem=self.trusted_ca_pem,
             node_name=name,
             agent_port=self.agent_port,
             labels=labels,

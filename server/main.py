@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -18,11 +19,12 @@ from typing import NoReturn
 
 from protos import plumb_pb2 as pb
 from server import audit, cliviews, operators, wire
+from server import ca as ca_
 from server import store as store_
 from server.config import ServerConfig
 from server.errors import OperatorExists, PlumbServerError
 from server.operators import Role
-from server.pki import PKI, ROLE_OPERATOR, cert_pem, issue_keypair, key_pem
+from server.pki import PKI, ROLE_OPERATOR, cert_pem, fingerprint, issue_keypair, key_pem
 
 DEFAULT_DATA_DIR = Path(os.environ.get("PLUMB_DATA_DIR", "/var/lib/plumb-server"))
 
@@ -143,7 +145,153 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(func=_migrate)
     _operator_parser(sub)
+    _ca_parser(sub)
     return parser
+
+
+def _ca_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = sub.add_parser(
+        "ca",
+        help="the CA: its status, and rolling it over to a new one (begin, switch, finish)",
+        description="Roll the CA over in three steps, each with the server stopped and "
+        "followed by a restart: 'begin' makes the next CA, trusted beside the current one "
+        "(agents learn both at their next session); 'switch' makes it the issuing CA (nodes "
+        "renew from it at once; operators run 'plumb operator renew'); 'finish' stops "
+        "trusting the old one once no node holds a certificate from it.",
+    ).add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    status = ca.add_parser(
+        "status", parents=[_common()], help="the trusted CAs and how many nodes each issued"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_ca_status)
+    for name, help_text in (
+        ("begin", "make the next CA, trusted beside the current one"),
+        ("switch", "make the next CA the issuing one; the old one stays trusted"),
+    ):
+        step = ca.add_parser(name, parents=[_common()], help=help_text)
+        step.set_defaults(func=_ca_step)
+    finish = ca.add_parser(
+        "finish", parents=[_common()], help="stop trusting the old CA (no node may still need it)"
+    )
+    finish.add_argument(
+        "--force",
+        action="store_true",
+        help="finish even though nodes still hold certificates of the old CA (they must "
+        "then re-enroll)",
+    )
+    finish.set_defaults(func=_ca_step)
+
+
+def _ca_census(
+    trust: ca_.Trust, nodes: list[store_.NodeRow]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The nodes each trusted CA issued the certificate of (by CA role), and the unrecorded."""
+    roles = {ca_.key_id(trust.issuing): "issuing"}
+    if trust.next is not None:
+        roles[ca_.key_id(trust.next)] = "next"
+    if trust.previous is not None:
+        roles[ca_.key_id(trust.previous)] = "previous"
+    by_role: dict[str, list[str]] = {role: [] for role in roles.values()}
+    unknown = []
+    for node in nodes:
+        role = roles.get(node.cert_issuer or "")
+        if role is None:
+            unknown.append(node.name)
+        else:
+            by_role[role].append(node.name)
+    return by_role, unknown
+
+
+def _ca_status(args: argparse.Namespace) -> int:
+    config, store = _local_store(args)
+    try:
+        nodes = store.list_nodes()
+    finally:
+        store.close()
+    trust = ca_.trust(PKI(config.data_dir / "pki"))
+    by_role, unknown = _ca_census(trust, nodes)
+    cas = {"issuing": trust.issuing, "next": trust.next, "previous": trust.previous}
+    view = {
+        "phase": trust.phase,
+        "cas": {
+            role: {
+                "key_id": ca_.key_id(cert),
+                "fingerprint": fingerprint(cert),
+                "not_after": cert.not_valid_after_utc.timestamp(),
+                "nodes": by_role.get(role, []),
+            }
+            for role, cert in cas.items()
+            if cert is not None
+        },
+        "nodes_not_recorded": unknown,
+    }
+    if args.json:
+        print(json.dumps(view, indent=2, sort_keys=True))
+        return 0
+    print(f"rollover: {trust.phase}")
+    for role, info in view["cas"].items():  # type: ignore[attr-defined]
+        print(
+            f"  {role:<8} key id {info['key_id'][:16]}..., until "
+            f"{datetime.datetime.fromtimestamp(info['not_after'], datetime.UTC):%Y-%m-%d}: "
+            f"{len(info['nodes'])} node(s)"
+        )
+    if unknown:
+        print(f"  issuer not recorded yet (until their next session): {', '.join(unknown)}")
+    return 0
+
+
+def _ca_step(args: argparse.Namespace) -> int:
+    from server.app import lock_data_dir  # the server must not run meanwhile
+
+    config = ServerConfig.load(args.data_dir)
+    pki = PKI(config.data_dir / "pki")
+    with lock_data_dir(config.data_dir):
+        if args.ca_command == "begin":
+            cert = ca_.begin(pki)
+            done = (
+                f"next CA made (key id {ca_.key_id(cert)[:16]}...): restart the server; once "
+                "every node has connected, 'plumb-server ca switch'"
+            )
+        elif args.ca_command == "switch":
+            cert = ca_.switch(pki)
+            done = (
+                f"the new CA (key id {ca_.key_id(cert)[:16]}...) issues from now on; restart "
+                "the server: nodes renew at their next session, operators run 'plumb operator "
+                "renew'; then 'plumb-server ca finish'"
+            )
+        else:
+            _check_no_node_needs_the_previous_ca(config, ca_.trust(pki), args.force)
+            ca_.finish(pki)
+            done = "the old CA is no longer trusted: restart the server"
+        _audit_ca_step(config, args.ca_command)
+    print(done)
+    return 0
+
+
+def _check_no_node_needs_the_previous_ca(
+    config: ServerConfig, trust: ca_.Trust, force: bool
+) -> None:
+    store = store_.Store(config.store)
+    try:
+        by_role, unknown = _ca_census(trust, store.list_nodes())
+    finally:
+        store.close()
+    stuck = by_role.get("previous", []) + unknown
+    if stuck and not force:
+        raise PlumbServerError(
+            f"node(s) {', '.join(stuck)} may still hold a certificate of the old CA (they "
+            "renew at their next session): wait for them, remove them, or --force (they "
+            "must then re-enroll)"
+        )
+
+
+def _audit_ca_step(config: ServerConfig, step: str) -> None:
+    store = store_.Store(config.store)
+    try:
+        entry = audit.Entry(audit.Actor.local(), audit.LOCAL, f"CA{step.capitalize()}", {})
+        store.audit(entry, time.time())
+    finally:
+        store.close()
 
 
 def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -271,7 +419,7 @@ def _add_operator(
     serial = format(pair.cert.serial_number, "x")
     made = not out.exists()
     path = operators.write_config(
-        out, server, key_pem(pair.key), cert_pem(pair.cert), pki.path("ca.crt").read_bytes()
+        out, server, key_pem(pair.key), cert_pem(pair.cert), ca_.trust(pki).bundle
     )
     now = time.time()
     try:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 from protos import plumb_pb2 as pb
 from server import audit
 from server.audit import Actor, Auditor
 from server.auth import PeerCert, utc
+from server.ca import key_id
 from server.errors import CSRRejected
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, renew_within, serial_of, sign_node_csr
 from server.store import Store
@@ -49,10 +51,17 @@ class NodeRenewals:
         self.ca = ca
         self.cert_ttl_s = cert_ttl_s
         self.auditor = auditor
+        self._issuing = key_id(ca.cert)
 
-    @property
-    def renew_within_s(self) -> float:
-        """What the Welcome says: renew once less than this is left."""
+    def renew_within_s(self, peer: PeerCert) -> float:
+        """What the Welcome says: renew once less than this is left.
+
+        At once (infinity) for a certificate another CA issued than the one
+        issuing now: the old CA of a rollover (server/ca.py), trusted only
+        until the rollover finishes.
+        """
+        if peer.issuer and peer.issuer != self._issuing:
+            return math.inf
         return renew_within(self.cert_ttl_s)
 
     async def renew(self, peer: PeerCert, csr_pem: bytes, source: str) -> pb.Renewed:
@@ -88,7 +97,7 @@ class NodeRenewals:
         """A session opened with ``peer``: if that is a renewed certificate, retire the old one."""
         name = peer.identity.name
         retired = await asyncio.to_thread(
-            self.store.certificate_in_use, name, peer.serial, peer.not_after
+            self.store.certificate_in_use, name, peer.serial, peer.not_after, peer.issuer
         )
         if retired is None:
             return

@@ -94,8 +94,10 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         presence: PresenceLog,
         renewals: NodeRenewals | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        trusted_ca_pem: bytes = b"",
     ) -> None:
-        """``renewals``: how node certificates are renewed (None: they are not)."""
+        """``renewals``: how node certificates are renewed (None: they are not);
+        ``trusted_ca_pem``: the CA certificates agents are to trust (server/ca.py)."""
         self.store = store
         self.fleet = fleet
         self.hub = hub
@@ -104,6 +106,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
         self.renewals = renewals
+        self.trusted_ca_pem = trusted_ca_pem
         self.report_rate = Buckets(REPORT_RATE, REPORT_BURST)
         self._live: dict[asyncio.Queue[Any], tuple[str, _Stream]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -187,7 +190,8 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             last_sequence=last_sequence,
             server_time=time.time(),
             recorded_losses=recorded,
-            renew_within_s=self.renewals.renew_within_s if self.renewals is not None else 0.0,
+            renew_within_s=self.renewals.renew_within_s(stream.peer) if self.renewals else 0.0,
+            trusted_ca_pem=self.trusted_ca_pem,
         )
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
         if catalog is not None and catalog.revision != hello.applied_revision:

@@ -103,6 +103,8 @@ nodes = sa.Table(
     sa.Column("next_cert_serial", sa.String(64), nullable=True),
     # When the certificate cert_serial names expires; NULL: not recorded.
     sa.Column("cert_not_after", sa.Float, nullable=True),
+    # The key identifier (hex) of the CA that issued it (server/ca.py); NULL: not recorded.
+    sa.Column("cert_issuer", sa.String(64), nullable=True),
 )
 
 tokens = sa.Table(
@@ -307,6 +309,8 @@ class NodeRow:
     cert_not_after: float | None = None
     #: A renewed certificate issued and not used yet; None: none.
     next_cert_serial: str | None = None
+    #: The key identifier of the CA that issued its certificate; None: not recorded.
+    cert_issuer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -892,6 +896,7 @@ class Store:
         cert_serial: str,
         now: float,
         cert_not_after: float | None = None,
+        cert_issuer: str | None = None,
     ) -> dict[str, str]:
         """Spend one use of a token and register ``node``, atomically. Returns its labels.
 
@@ -934,6 +939,7 @@ class Store:
                         labels=token.labels,
                         cert_serial=cert_serial,
                         cert_not_after=cert_not_after,
+                        cert_issuer=cert_issuer,
                         enrolled_at=now,
                         facts={},
                         enrolled_by_token=token_id,
@@ -949,6 +955,7 @@ class Store:
                     .values(
                         cert_serial=cert_serial,
                         cert_not_after=cert_not_after,
+                        cert_issuer=cert_issuer,
                         next_cert_serial=None,
                         enrolled_at=now,
                         enrolled_by_token=token_id,
@@ -1066,13 +1073,30 @@ class Store:
             self._node_changed(name)
         return bool(changed)
 
-    def certificate_in_use(self, name: str, serial: str, not_after: float) -> str | None:
-        """A session opened with ``name``'s renewed certificate: make it the only one.
+    def certificate_in_use(
+        self, name: str, serial: str, not_after: float, issuer: str
+    ) -> str | None:
+        """A session opened with ``serial``: if it is ``name``'s renewed certificate, make it
+        the only one.
 
         The serial it replaces (refused from now on), or None when ``serial``
-        is not the node's renewed certificate (nothing changes).
+        is not the node's renewed certificate. Either way the certificate's
+        expiry and issuer are recorded if they were not (one written only
+        when it changes: most sessions write nothing).
         """
         with self._tx() as conn:
+            conn.execute(
+                nodes.update()
+                .where(
+                    nodes.c.name == name,
+                    nodes.c.cert_serial == serial,
+                    sa.or_(nodes.c.cert_issuer.is_(None), nodes.c.cert_issuer != issuer),
+                )
+                .values(
+                    cert_issuer=issuer,
+                    cert_not_after=sa.func.coalesce(nodes.c.cert_not_after, not_after),
+                )
+            )
             row = conn.execute(
                 sa.select(nodes.c.cert_serial).where(
                     nodes.c.name == name,
@@ -1091,7 +1115,12 @@ class Store:
                     nodes.c.cert_serial == row.cert_serial,
                     nodes.c.next_cert_serial == serial,
                 )
-                .values(cert_serial=serial, next_cert_serial=None, cert_not_after=not_after)
+                .values(
+                    cert_serial=serial,
+                    next_cert_serial=None,
+                    cert_not_after=not_after,
+                    cert_issuer=issuer,
+                )
             ).rowcount
             if not changed:
                 return None
@@ -1720,6 +1749,7 @@ def _node_row(row: Any) -> NodeRow:
         enrolled_by_token=row.enrolled_by_token,
         cert_not_after=row.cert_not_after,
         next_cert_serial=row.next_cert_serial,
+        cert_issuer=row.cert_issuer,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from server.ca import issuer_id, key_id
 from server.pki import PKI, ROLE_SIGNER, issue_keypair
 from tests.integration.conftest import write
 from tests.integration.harness import Agent, Server, command, skewed, wait_for
@@ -301,3 +302,102 @@ def test_the_server_rotates_a_signer_near_its_expiry_and_agents_take_its_catalog
     assert server.push(write(tmp_path / "motd.yaml", MOTD)).returncode == 0
     agent.start()
     converged(agent)  # the catalog, signed by the new signer, verified and applied
+
+
+# ------------------------------------------------------------ rolling the CA over
+
+
+def motd(content: str) -> str:
+    return MOTD.replace("managed", content)
+
+
+def ca_command(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command("server.main"), "--data-dir", str(server.data_dir), "ca", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ca_step(server: Server, step: str) -> None:
+    """One step of a rollover, as the README says: the server stopped, then restarted."""
+    server.stop()
+    done = ca_command(server, step)
+    assert done.returncode == 0, done.stderr
+    server.start()
+
+
+def issuer_of(path: Path) -> str:
+    return issuer_id(certificate(path))
+
+
+def trusted(path: Path) -> int:
+    return path.read_bytes().count(b"BEGIN CERTIFICATE")
+
+
+def shows(agent: Agent, content: str) -> bool:
+    path = agent.path("/motd")
+    return path.exists() and path.read_text() == f"{content}\n"
+
+
+def test_the_ca_rolls_over_with_an_overlap_and_no_node_is_cut_off(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    web1, web2 = enrolled("web-1"), enrolled("web-2")
+    first_key = (web1.state_dir / "node.key").read_bytes()
+    first_cert = (web1.state_dir / "node.crt").read_bytes()
+    operator_dir = server.cli_config.parent
+    assert server.push(write(tmp_path / "motd.yaml", motd("one"))).returncode == 0
+    for agent in (web1, web2):
+        agent.start()
+    wait_for(lambda: shows(web1, "one") and shows(web2, "one"), 20, "both converged")
+
+    # begin: both CAs trusted, by the server and, after their next session, the nodes.
+    ca_step(server, "begin")
+    for agent in (web1, web2):
+        wait_for(lambda a=agent: trusted(a.state_dir / "ca.crt") == 2, 30, "the nodes' new trust")
+    assert operator_cli(server, "operator", "renew").returncode == 0
+    assert trusted(operator_dir / "ca.crt") == 2
+
+    # switch, with web-2 away: web-1 renews from the new CA at its next session.
+    web2.stop()
+    ca_step(server, "switch")
+    new_ca = certificate(server.data_dir / "pki" / "ca.crt")
+    new_id = key_id(new_ca)
+    assert issuer_of(server.data_dir / "pki" / "server.crt") == new_id
+    assert issuer_of(server.data_dir / "pki" / "signer.crt") == new_id
+    wait_for(lambda: issuer_of(web1.state_dir / "node.crt") == new_id, 30, "web-1 renewed")
+    # A catalog signed by the new CA's signer is taken.
+    assert server.push(write(tmp_path / "motd.yaml", motd("two"))).returncode == 0
+    wait_for(lambda: shows(web1, "two"), 20, "web-1 applies a catalog of the new signer")
+    # The operator still gets in with its old CA's certificate, and renews from the new one.
+    assert operator_cli(server, "operator", "renew").returncode == 0
+    assert issuer_of(operator_dir / "operator.crt") == new_id
+
+    # finish is refused while web-2 still holds the old CA's certificate.
+    server.stop()
+    refused_finish = ca_command(server, "finish")
+    assert refused_finish.returncode == 1
+    assert "node(s) web-2 may still hold a certificate of the old CA" in refused_finish.stderr
+    server.start()
+    web2.start()
+    wait_for(lambda: issuer_of(web2.state_dir / "node.crt") == new_id, 30, "web-2 renewed")
+    # ... and has opened a session with it, which the store records.
+    wait_for(lambda: node(server, "web-2")["cert_issuer"] == new_id, 30, "web-2's record")
+    wait_for(lambda: shows(web2, "two"), 20, "web-2 caught up")
+    ca_step(server, "finish")
+
+    # Only the new CA now: both nodes still served, the old certificate refused at the handshake.
+    assert server.push(write(tmp_path / "motd.yaml", motd("three"))).returncode == 0
+    wait_for(lambda: shows(web1, "three") and shows(web2, "three"), 30, "both served")
+    code, _ = refused(channel(server, first_key, first_cert))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    for agent in (web1, web2):
+        wait_for(lambda a=agent: trusted(a.state_dir / "ca.crt") == 1, 30, "the old CA dropped")
+
+    status = json.loads(ca_command(server, "status", "--json").stdout)
+    assert status["phase"] == "none"
+    assert status["cas"]["issuing"]["nodes"] == ["web-1", "web-2"]
+    steps = [e["action"] for e in server.cli_json("audit")["entries"] if e["actor_kind"] == "local"]
+    assert steps[-3:] == ["CABegin", "CASwitch", "CAFinish"]
