@@ -335,6 +335,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "enrolled_by_token": "0a1b2c3d",
         "cert_not_after": None,
         "next_cert_serial": None,
+        "cert_issuer": None,
     }
     assert web2["losses"] == web2["conditions"] == []
     assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)
