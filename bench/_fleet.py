@@ -27,6 +27,7 @@ from bench._common import BenchmarkFailed, progress
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from server import store as store_
+from server.ca import key_id
 from server.pki import PKI, ROLE_NODE, cert_pem, issue_keypair, key_pem
 from tests.integration.harness import Server
 
@@ -76,6 +77,7 @@ class FleetBench:
 
     def _issue(self) -> list[dict[str, str]]:
         ca = PKI(self.data / "pki").load("ca")
+        issuer = key_id(ca.cert)
         identities, rows = [], []
         for i in range(self.n):
             name = f"sim-{i:05d}"
@@ -94,6 +96,9 @@ class FleetBench:
                     "cert_serial": format(pair.cert.serial_number, "x"),
                     "enrolled_at": time.time(),
                     "facts": {},
+                    # As enrollment records them: nothing left for a first session to write.
+                    "cert_not_after": pair.cert.not_valid_after_utc.timestamp(),
+                    "cert_issuer": issuer,
                 }
             )
         db = store_.Store(f"sqlite:///{self.data / 'plumb.db'}")

@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import grpc
 from agent.daemon import backoff_window
 from agent.errors import CatalogRejected
 from agent.tls import verify_catalog
+from modules.catalog import CatalogResource, resource_id
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 
@@ -101,6 +103,7 @@ class SimulatedAgent:
         self.breaks = 0
         self.welcomed = False
         self.in_sync_reported = -1
+        self.resources: Sequence[CatalogResource] = ()  # of the last catalog
 
     async def run(self) -> None:
         attempt = 0
@@ -108,7 +111,7 @@ class SimulatedAgent:
             answered, error = await self._session()
             if answered:  # a live session broke: a periodic run happens meanwhile
                 self.breaks += 1
-                self._spool_report(self.applied)
+                self._spool_report(self.applied, self.resources)
             attempt = 0 if answered else attempt + 1
             window = backoff_window(attempt, error, BACKOFF_CAP_S)
             await asyncio.sleep(random.uniform(0, window))
@@ -173,12 +176,13 @@ class SimulatedAgent:
         ack = pb.CatalogAck(revision=signed.revision, accepted=True)
         outbox.put_nowait(pb.AgentMessage(catalog_ack=ack))
         t_catalog = time.time()
-        self.applied = catalog.revision
-        report = self._spool_report(catalog.revision, len(catalog.resources))
+        self.applied, self.resources = catalog.revision, catalog.resources
+        report = self._spool_report(catalog.revision, catalog.resources)
         self.catalog_times[report.id] = (catalog.revision, t_catalog)
         outbox.put_nowait(pb.AgentMessage(report=report))
 
-    def _spool_report(self, revision: int, resources: int = 3) -> pb.Report:
+    def _spool_report(self, revision: int, resources: Sequence[CatalogResource] = ()) -> pb.Report:
+        """A report of ``resources`` (the catalog's: the server keeps only those), all in sync."""
         now = time.time()
         report = pb.Report(
             id=str(uuid.uuid4()),
@@ -189,9 +193,13 @@ class SimulatedAgent:
             finished_at=now,
             results=[
                 pb.ResourceResult(
-                    id=f"file/f{i}", kind="file", name=f"f{i}", manifest="bench", status=pb.IN_SYNC
+                    id=resource_id(r.kind, r.name),
+                    kind=r.kind,
+                    name=r.name,
+                    manifest=r.manifest,
+                    status=pb.IN_SYNC,
                 )
-                for i in range(resources)
+                for r in resources
             ],
         )
         self.spool[report.id] = report

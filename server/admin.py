@@ -24,6 +24,7 @@ from server.compliance import Tally
 from server.config import ServerConfig
 from server.errors import CSRRejected, LastAdmin, OperatorExists, UnknownNode, UnknownOperator
 from server.fleet import Fleet, PushOutcome
+from server.given import Given, GivenCatalogs
 from server.hub import Hub
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator_csr
 from server.store import (
@@ -72,6 +73,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         ca: KeyPair | None = None,
         operator_cert_ttl_s: float = CLIENT_TTL_S,
         trusted_ca_pem: bytes = b"",
+        given: GivenCatalogs | None = None,
     ) -> None:
         """``ca`` certifies operators (AddOperator, RenewOperator), for
         ``operator_cert_ttl_s`` seconds; None: those are refused."""
@@ -83,6 +85,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self.token_caps = token_caps or TokenCaps()
         self.ca = ca
         self.operator_cert_ttl_s = operator_cert_ttl_s
+        #: Told what each push sends, so the reports that follow are checked from memory.
+        self.given = given
         #: What an operator's config trusts (server/ca.py): ``ca``'s alone but in a rollover.
         self.trusted_ca_pem = trusted_ca_pem or (cert_pem(ca.cert) if ca is not None else b"")
 
@@ -229,11 +233,16 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         """
         connected = self.hub.connected_nodes()
         # Signing thousands of catalogs is CPU work: keep it off the event loop.
-        signed = await asyncio.to_thread(self._sign_for, connected, outcome)
+        signed, givens = await asyncio.to_thread(self._sign_for, connected, outcome)
+        if self.given is not None:
+            self.given.remember(givens)
         return await self.hub.deliver(signed, set(outcome.targeted), wait_s)
 
-    def _sign_for(self, nodes: set[str], outcome: PushOutcome) -> dict[str, pb.SignedCatalog]:
-        signed = {}
+    def _sign_for(
+        self, nodes: set[str], outcome: PushOutcome
+    ) -> tuple[dict[str, pb.SignedCatalog], dict[tuple[str, int], Given]]:
+        """The signed catalog of each node, and what each is given (parsed here, in a thread)."""
+        signed, givens = {}, {}
         for node in nodes:
             payload = outcome.catalogs.get(node)
             # A node that enrolled during the push has no precompiled catalog.
@@ -244,7 +253,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             )
             if catalog is not None:
                 signed[node] = catalog
-        return signed
+                givens[(node, catalog.revision)] = Given.of(catalog.payload)
+        return signed, givens
 
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]

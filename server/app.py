@@ -36,6 +36,7 @@ from server.config import ServerConfig
 from server.enrollment import EnrollmentServicer
 from server.errors import PlumbServerError
 from server.fleet import Fleet
+from server.given import GivenCatalogs
 from server.hub import Hub
 from server.ingest import Ingestor
 from server.internal import InternalErrors
@@ -159,9 +160,10 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
         ),
         grpc_server,
     )
-    renewals = NodeRenewals(store, ca, config.node_cert_ttl_s, auditor)
+    renewals = NodeRenewals(store, ca, config.node_cert_ttl_s, auditor, credentials)
+    given = GivenCatalogs(store)  # what each node was given: pushes fill it, reports read it
     agents = AgentServicer(
-        store, fleet, hub, ingestor, presence, renewals, trusted_ca_pem=trust.bundle
+        store, fleet, hub, ingestor, presence, renewals, trusted_ca_pem=trust.bundle, given=given
     )
     pb_grpc.add_AgentServicer_to_server(agents, grpc_server)
     caps = TokenCaps(config.token_max_ttl_s, config.token_max_uses)
@@ -176,6 +178,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             ca=ca,
             operator_cert_ttl_s=config.operator_cert_ttl_s,
             trusted_ca_pem=trust.bundle,
+            given=given,
         ),
         grpc_server,
     )

@@ -11,7 +11,10 @@ was never given is not stored at all (it is acknowledged, so a confused
 agent does not resend it forever, and logged).
 
 Catalogs never change once compiled, so what each (node, revision) was given
-is kept in a small cache; a miss reads the store in a thread.
+is kept in a small cache; a miss reads the store in a thread. A push fills
+it for the catalogs it sends (:meth:`GivenCatalogs.remember`): the reports
+of a push's run then find their catalog in memory, not a thousand store
+reads at once.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ class GivenCatalogs:
         self._cache: collections.OrderedDict[tuple[str, int], Given | None] = (
             collections.OrderedDict()
         )
+
+    def remember(self, givens: Mapping[tuple[str, int], Given]) -> None:
+        """Keep what these nodes were just given (from the event loop: not thread-safe)."""
+        for key, given in givens.items():
+            self._cache[key] = given
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
 
     async def of(self, node: str, revision: int) -> Given | None:
         """Node ``node``'s catalog at ``revision``; None if it was never given one."""

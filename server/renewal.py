@@ -30,7 +30,7 @@ from typing import Any
 from protos import plumb_pb2 as pb
 from server import audit
 from server.audit import Actor, Auditor
-from server.auth import PeerCert, utc
+from server.auth import NodeCredentials, PeerCert, utc
 from server.ca import key_id
 from server.errors import CSRRejected
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, renew_within, serial_of, sign_node_csr
@@ -46,8 +46,12 @@ class NodeRenewals:
         ca: KeyPair,
         cert_ttl_s: float = CLIENT_TTL_S,
         auditor: Auditor | None = None,
+        credentials: NodeCredentials | None = None,
     ) -> None:
+        """``credentials``: the cached word of the store on each node (None: ask the store
+        at every session)."""
         self.store = store
+        self.credentials = credentials
         self.ca = ca
         self.cert_ttl_s = cert_ttl_s
         self.auditor = auditor
@@ -96,6 +100,12 @@ class NodeRenewals:
     async def in_use(self, peer: PeerCert, source: str) -> None:
         """A session opened with ``peer``: if that is a renewed certificate, retire the old one."""
         name = peer.identity.name
+        if self.credentials is not None:
+            # Most sessions: the certificate in use is the node's, its issuer
+            # recorded; nothing to write, and the cache says so without a read.
+            known = await self.credentials.lookup(name)
+            if known is not None and known.serial == peer.serial and known.issuer == peer.issuer:
+                return
         retired = await asyncio.to_thread(
             self.store.certificate_in_use, name, peer.serial, peer.not_after, peer.issuer
         )

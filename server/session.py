@@ -95,6 +95,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         renewals: NodeRenewals | None = None,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         trusted_ca_pem: bytes = b"",
+        given: GivenCatalogs | None = None,
     ) -> None:
         """``renewals``: how node certificates are renewed (None: they are not);
         ``trusted_ca_pem``: the CA certificates agents are to trust (server/ca.py)."""
@@ -102,7 +103,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         self.fleet = fleet
         self.hub = hub
         self.ingestor = ingestor
-        self.given = GivenCatalogs(store)
+        self.given = given or GivenCatalogs(store)
         self.presence = presence
         self.heartbeat_interval_s = heartbeat_interval_s
         self.renewals = renewals

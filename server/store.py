@@ -322,6 +322,8 @@ class NodeCredential:
     decommissioned_at: float | None = None
     #: A renewed certificate, good as well until it is used (then the only one).
     next_serial: str | None = None
+    #: The key identifier of the CA that issued the current one; None: not recorded.
+    issuer: str | None = None
 
     def allows(self, serial: str) -> bool:
         return serial in (self.serial, self.next_serial)
@@ -1040,13 +1042,18 @@ class Store:
             nodes.c.revoked_at,
             nodes.c.decommissioned_at,
             nodes.c.next_cert_serial,
+            nodes.c.cert_issuer,
         )
         with self.engine.connect() as conn:
             row = conn.execute(query.where(nodes.c.name == name)).first()
         if row is None:
             return None
         return NodeCredential(
-            row.cert_serial, row.revoked_at, row.decommissioned_at, row.next_cert_serial
+            row.cert_serial,
+            row.revoked_at,
+            row.decommissioned_at,
+            row.next_cert_serial,
+            row.cert_issuer,
         )
 
     def offer_certificate(self, name: str, current_serial: str, next_serial: str) -> bool:
@@ -1082,10 +1089,10 @@ class Store:
         The serial it replaces (refused from now on), or None when ``serial``
         is not the node's renewed certificate. Either way the certificate's
         expiry and issuer are recorded if they were not (one written only
-        when it changes: most sessions write nothing).
+        when it changes).
         """
         with self._tx() as conn:
-            conn.execute(
+            recorded = conn.execute(
                 nodes.update()
                 .where(
                     nodes.c.name == name,
@@ -1096,7 +1103,7 @@ class Store:
                     cert_issuer=issuer,
                     cert_not_after=sa.func.coalesce(nodes.c.cert_not_after, not_after),
                 )
-            )
+            ).rowcount
             row = conn.execute(
                 sa.select(nodes.c.cert_serial).where(
                     nodes.c.name == name,
@@ -1106,6 +1113,8 @@ class Store:
                 )
             ).first()
             if row is None:
+                if recorded:
+                    self._node_changed(name)  # the credential cache holds the issuer
                 return None
             # Conditional on what was read: a change made in between wins.
             changed = conn.execute(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from modules.catalog import Catalog, CatalogResource
 from protos import plumb_pb2 as pb
-from server.given import Given, believed
+from server.given import Given, GivenCatalogs, believed
+from server.store import Store
 
 GIVEN = Given.of(
     Catalog(
@@ -44,3 +48,18 @@ def test_invented_resources_go_and_manifests_and_controls_are_the_catalogs() -> 
         ("file/issue", "base", []),
     ]
     assert len(report.results) == 3  # the message received is left as it was
+
+
+def test_what_a_push_remembers_is_served_without_the_store_and_the_oldest_goes(
+    tmp_path: Path,
+) -> None:
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")  # holds no catalog at all
+    try:
+        given = GivenCatalogs(store, size=2)
+        given.remember({("web-1", 3): GIVEN, ("web-2", 3): GIVEN})
+        assert asyncio.run(given.of("web-1", 3)) is GIVEN
+        given.remember({("web-3", 3): GIVEN})  # web-2 was the oldest, now beyond the size
+        assert asyncio.run(given.of("web-3", 3)) is GIVEN
+        assert asyncio.run(given.of("web-2", 3)) is None  # the store's answer: never given
+    finally:
+        store.close()
