@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protos import plumb_pb2 as pb
 from server import audit, cliviews, operators, wire
@@ -211,25 +211,22 @@ def _ca_status(args: argparse.Namespace) -> int:
     trust = ca_.trust(PKI(config.data_dir / "pki"))
     by_role, unknown = _ca_census(trust, nodes)
     cas = {"issuing": trust.issuing, "next": trust.next, "previous": trust.previous}
-    view = {
-        "phase": trust.phase,
-        "cas": {
-            role: {
-                "key_id": ca_.key_id(cert),
-                "fingerprint": fingerprint(cert),
-                "not_after": cert.not_valid_after_utc.timestamp(),
-                "nodes": by_role.get(role, []),
-            }
-            for role, cert in cas.items()
-            if cert is not None
-        },
-        "nodes_not_recorded": unknown,
+    listed: dict[str, dict[str, Any]] = {
+        role: {
+            "key_id": ca_.key_id(cert),
+            "fingerprint": fingerprint(cert),
+            "not_after": cert.not_valid_after_utc.timestamp(),
+            "nodes": by_role.get(role, []),
+        }
+        for role, cert in cas.items()
+        if cert is not None
     }
     if args.json:
+        view = {"phase": trust.phase, "cas": listed, "nodes_not_recorded": unknown}
         print(json.dumps(view, indent=2, sort_keys=True))
         return 0
     print(f"rollover: {trust.phase}")
-    for role, info in view["cas"].items():  # type: ignore[attr-defined]
+    for role, info in listed.items():
         print(
             f"  {role:<8} key id {info['key_id'][:16]}..., until "
             f"{datetime.datetime.fromtimestamp(info['not_after'], datetime.UTC):%Y-%m-%d}: "
@@ -243,39 +240,39 @@ def _ca_status(args: argparse.Namespace) -> int:
 def _ca_step(args: argparse.Namespace) -> int:
     from server.app import lock_data_dir  # the server must not run meanwhile
 
-    config = ServerConfig.load(args.data_dir)
+    config, store = _local_store(args)
     pki = PKI(config.data_dir / "pki")
-    with lock_data_dir(config.data_dir):
-        if args.ca_command == "begin":
-            cert = ca_.begin(pki)
-            done = (
-                f"next CA made (key id {ca_.key_id(cert)[:16]}...): restart the server; once "
-                "every node has connected, 'plumb-server ca switch'"
-            )
-        elif args.ca_command == "switch":
-            cert = ca_.switch(pki)
-            done = (
-                f"the new CA (key id {ca_.key_id(cert)[:16]}...) issues from now on; restart "
-                "the server: nodes renew at their next session, operators run 'plumb operator "
-                "renew'; then 'plumb-server ca finish'"
-            )
-        else:
-            _check_no_node_needs_the_previous_ca(config, ca_.trust(pki), args.force)
-            ca_.finish(pki)
-            done = "the old CA is no longer trusted: restart the server"
-        _audit_ca_step(config, args.ca_command)
+    try:
+        with lock_data_dir(config.data_dir):
+            if args.ca_command == "begin":
+                cert = ca_.begin(pki)
+                done = (
+                    f"next CA made (key id {ca_.key_id(cert)[:16]}...): restart the server; "
+                    "once every node has connected, 'plumb-server ca switch'"
+                )
+            elif args.ca_command == "switch":
+                cert = ca_.switch(pki)
+                done = (
+                    f"the new CA (key id {ca_.key_id(cert)[:16]}...) issues from now on; "
+                    "restart the server: nodes renew at their next session, operators run "
+                    "'plumb operator renew'; then 'plumb-server ca finish'"
+                )
+            else:
+                _check_no_node_needs_the_previous_ca(store, ca_.trust(pki), args.force)
+                ca_.finish(pki)
+                done = "the old CA is no longer trusted: restart the server"
+            action = f"CA{args.ca_command.capitalize()}"
+            store.audit(audit.Entry(audit.Actor.local(), audit.LOCAL, action, {}), time.time())
+    finally:
+        store.close()
     print(done)
     return 0
 
 
 def _check_no_node_needs_the_previous_ca(
-    config: ServerConfig, trust: ca_.Trust, force: bool
+    store: store_.Store, trust: ca_.Trust, force: bool
 ) -> None:
-    store = store_.Store(config.store)
-    try:
-        by_role, unknown = _ca_census(trust, store.list_nodes())
-    finally:
-        store.close()
+    by_role, unknown = _ca_census(trust, store.list_nodes())
     stuck = by_role.get("previous", []) + unknown
     if stuck and not force:
         raise PlumbServerError(
@@ -283,15 +280,6 @@ def _check_no_node_needs_the_previous_ca(
             "renew at their next session): wait for them, remove them, or --force (they "
             "must then re-enroll)"
         )
-
-
-def _audit_ca_step(config: ServerConfig, step: str) -> None:
-    store = store_.Store(config.store)
-    try:
-        entry = audit.Entry(audit.Actor.local(), audit.LOCAL, f"CA{step.capitalize()}", {})
-        store.audit(entry, time.time())
-    finally:
-        store.close()
 
 
 def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
