@@ -322,6 +322,24 @@ class Kind(abc.ABC, Generic[SpecT, StateT]):
 # the engine asks ``isinstance(kind, Refreshable)`` instead of trusting a flag.
 
 
+class Removable(abc.ABC, Generic[SpecT]):
+    """A kind whose object Plumb can remove when its manifest is purged.
+
+    ``plumb manifest rm NAME --purge`` turns each resource of a removable
+    kind into the spec :meth:`removal` gives (the object made absent); the
+    resources of other kinds (a service) are left as they are, no longer
+    managed.
+    """
+
+    @abc.abstractmethod
+    def removal(self, spec: SpecT) -> dict[str, Any]:
+        """The raw spec that removes what ``spec`` manages: its identity and ``state: absent``.
+
+        Pure. It must manage exactly the identities ``spec`` does, and be
+        accepted by the kind's own ``parse``.
+        """
+
+
 class Risky(abc.ABC, Generic[SpecT, StateT]):
     """A kind whose changes can cut the agent off its server (firewall, routes).
 

@@ -131,7 +131,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar
 
-from modules.base import Change, Context, Identity, Kind, Watchable
+from modules.base import Change, Context, Identity, Kind, Removable, Watchable
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.pathwatch import watch_paths
 from modules.registry import register
@@ -235,7 +235,7 @@ class FileState:
     wanted_group: Account | None = None
 
 
-class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
+class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec], Removable[FileSpec]):
     """Manages what is at one path: a regular file, a directory or a symlink."""
 
     name = "file"
@@ -273,6 +273,10 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec]):
 
     def identities(self, spec: FileSpec) -> tuple[Identity, ...]:
         return (Identity("path", spec.path),)
+
+    def removal(self, spec: FileSpec) -> dict[str, Any]:
+        # Never force: a directory that still holds anything is left, and fails.
+        return {"path": spec.path, "state": "absent"}
 
     def read(self, ctx: Context, spec: FileSpec) -> FileState:
         with _translated(ReadError, f"read {spec.path}"):

@@ -77,7 +77,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Identity, Kind, Risky, Watchable
+from modules.base import Change, Context, Identity, Kind, Removable, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, ModuleError, ReadError, SpecError, Unavailable
 from modules.registry import register
@@ -234,7 +234,10 @@ class FirewallState:
 
 
 class FirewallKind(
-    Kind[FirewallSpec, FirewallState], Risky[FirewallSpec, FirewallState], Watchable[FirewallSpec]
+    Kind[FirewallSpec, FirewallState],
+    Risky[FirewallSpec, FirewallState],
+    Watchable[FirewallSpec],
+    Removable[FirewallSpec],
 ):
     """Manages one nftables table, all of it."""
 
@@ -264,6 +267,9 @@ class FirewallKind(
     def identities(self, spec: FirewallSpec) -> tuple[Identity, ...]:
         # nftables names a table by family and name: "inet plumb" and "ip plumb" are two.
         return (Identity("nftables table", f"{spec.family} {spec.table}"),)
+
+    def removal(self, spec: FirewallSpec) -> dict[str, Any]:
+        return {"family": spec.family.value, "table": spec.table, "state": "absent"}
 
     def read(self, ctx: Context, spec: FirewallSpec) -> FirewallState:
         command = ["nft", "-j", "list", "table", spec.family.value, spec.table]

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from modules.base import Batchable, Change, Context, Identity, Kind, Watchable
+from modules.base import Batchable, Change, Context, Identity, Kind, Removable, Watchable
 from modules.errors import ApplyError, Busy, OperationError, ReadError, SpecError, Unavailable
 from modules.registry import register
 from modules.spec import Field, Presence, SpecReader
@@ -106,6 +106,7 @@ class PackageKind(
     Kind[PackageSpec, PackageState],
     Batchable[PackageSpec, PackageState],
     Watchable[PackageSpec],
+    Removable[PackageSpec],
 ):
     name = "package"
     timeout_s = 600.0
@@ -133,6 +134,9 @@ class PackageKind(
 
     def identities(self, spec: PackageSpec) -> tuple[Identity, ...]:
         return (Identity("package", spec.package),)
+
+    def removal(self, spec: PackageSpec) -> dict[str, Any]:
+        return {"package": spec.package, "state": "absent"}
 
     def read(self, ctx: Context, spec: PackageSpec) -> PackageState:
         provider = provider_for(ctx)

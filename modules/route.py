@@ -66,7 +66,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from modules.base import Change, Context, Identity, Kind, Risky, Watchable
+from modules.base import Change, Context, Identity, Kind, Removable, Risky, Watchable
 from modules.capabilities import net_admin_missing
 from modules.errors import ApplyError, OperationError, ReadError, SpecError
 from modules.registry import register
@@ -149,7 +149,12 @@ class RouteState:
 ABSENT_ROUTE = RouteState(present=False)
 
 
-class RouteKind(Kind[RouteSpec, RouteState], Risky[RouteSpec, RouteState], Watchable[RouteSpec]):
+class RouteKind(
+    Kind[RouteSpec, RouteState],
+    Risky[RouteSpec, RouteState],
+    Watchable[RouteSpec],
+    Removable[RouteSpec],
+):
     """Manages one route of one routing table."""
 
     name = "route"
@@ -189,6 +194,15 @@ class RouteKind(Kind[RouteSpec, RouteState], Risky[RouteSpec, RouteState], Watch
         # and metric is the same route (IPv6 metric 0 is stored as 1024).
         key = spec.key
         return (Identity("route", f"{key.destination} table {key.table} metric {key.metric}"),)
+
+    def removal(self, spec: RouteSpec) -> dict[str, Any]:
+        # The metric as given: IPv6's 0 means the kernel's 1024 on both sides.
+        return {
+            "destination": str(spec.destination),
+            "metric": spec.metric,
+            "table": spec.table,
+            "state": "absent",
+        }
 
     def read(self, ctx: Context, spec: RouteSpec) -> RouteState:
         with _translated(ReadError, f"read {_describe(ctx, spec)}"):

@@ -24,58 +24,146 @@ whole if anything is wrong for any of them.
 A catalog depends only on which manifests select the node, so nodes that
 select the same manifests share one compilation: a push to a thousand web
 servers compiles once.
+
+Purged manifests (``plumb manifest rm NAME --purge``) still select nodes:
+each of their resources whose kind is :class:`modules.base.Removable`
+becomes its removal (the object made absent, ``Removable.removal``), after
+every live resource of the catalog; a removal runs before the removals of
+what it required (a file before its directory), and is left out when a live
+resource of the node manages the same object (its new owner). Resources of
+other kinds are left as they are, no longer managed.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
-from modules.base import Identity
+from modules import registry
+from modules.base import Identity, Removable
 from modules.catalog import Catalog, CatalogResource
 from server.errors import CompileError, ManifestError
 from server.manifest import RELATIONS, VERBS, Manifest, ResourceDecl
+from server.targeting import Subject
 
 
-def compile_catalog(
-    manifests: Sequence[Manifest], node: str, labels: Mapping[str, str], revision: int
-) -> Catalog:
+@dataclasses.dataclass(frozen=True)
+class DesiredState:
+    """What a revision asks of the fleet: its manifests, and those it purges."""
+
+    manifests: tuple[Manifest, ...] = ()
+    purged: tuple[Manifest, ...] = ()
+
+    def selection(self, node: Subject) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The indexes of the manifests, then of the purged ones, that select ``node``."""
+        return (
+            tuple(i for i, m in enumerate(self.manifests) if m.target.matches(node)),
+            tuple(i for i, m in enumerate(self.purged) if m.target.matches(node)),
+        )
+
+
+def compile_catalog(state: DesiredState, node: Subject, revision: int) -> Catalog:
     """The catalog of ``node`` at ``revision``; CompileError lists every problem."""
-    return compile_fleet(manifests, [(node, labels)], revision)[node]
+    return compile_fleet(state, [node], revision)[node.name]
 
 
 def compile_fleet(
-    manifests: Sequence[Manifest], nodes: Iterable[tuple[str, Mapping[str, str]]], revision: int
+    state: DesiredState, nodes: Iterable[Subject], revision: int, skip_problems: bool = False
 ) -> dict[str, Catalog]:
-    """The catalog of every ``(node, labels)``; CompileError lists every problem of every
-    group of nodes, in the order the groups first appear."""
+    """The catalog of every node; CompileError lists every problem of every
+    group of nodes, in the order the groups first appear. With
+    ``skip_problems``, nodes whose catalog cannot be compiled are left out
+    instead (what a diff or an earlier revision needs)."""
     nodes = list(nodes)
     catalogs: dict[str, Catalog] = {}
     problems: list[ManifestError] = []
-    for selection, names in _groups(manifests, nodes).items():
-        selected = [manifests[i] for i in selection]
-        found = _problems(manifests, selected, _phrase(names))
+    for selection, names in _groups(state, nodes).items():
+        resources, found = resources_of(state, selection, _phrase(names))
         problems.extend(found)
         if not found:
-            notifiers = _notifiers(selected)
-            resources = tuple(_resource(m, r, notifiers) for m in selected for r in m.resources)
             catalogs.update(
                 (n, Catalog(node=n, revision=revision, resources=resources)) for n in names
             )
-    if problems:
-        raise CompileError(", ".join(n for n, _ in nodes), problems)
+    if problems and not skip_problems:
+        raise CompileError(", ".join(n.name for n in nodes), problems)
     return catalogs
 
 
+def resources_of(
+    state: DesiredState, selection: tuple[tuple[int, ...], tuple[int, ...]], node: str = ""
+) -> tuple[tuple[CatalogResource, ...], list[ManifestError]]:
+    """The resources of a catalog of the manifests ``selection`` names (see
+    :meth:`DesiredState.selection`), or the problems that keep it from being one."""
+    live, purging = selection
+    selected = [state.manifests[i] for i in live]
+    problems = _problems(state.manifests, selected, node)
+    if problems:
+        return (), problems
+    notifiers = _notifiers(selected)
+    resources = [_resource(m, r, notifiers) for m in selected for r in m.resources]
+    managed = {i for m in selected for r in m.resources for i in r.identities}
+    taken = {r.id for r in resources}
+    resources.extend(_removals([state.purged[i] for i in purging], managed, taken))
+    return tuple(resources), []
+
+
 def _groups(
-    manifests: Sequence[Manifest], nodes: Iterable[tuple[str, Mapping[str, str]]]
-) -> dict[tuple[int, ...], list[str]]:
-    """Node names keyed by the indexes of the manifests that select them."""
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for node, labels in nodes:
-        key = tuple(i for i, m in enumerate(manifests) if m.target.matches(node, labels))
-        groups.setdefault(key, []).append(node)
+    state: DesiredState, nodes: Iterable[Subject]
+) -> dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]]:
+    """Node names keyed by the manifests (and purged ones) that select them."""
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    for node in nodes:
+        groups.setdefault(state.selection(node), []).append(node.name)
     return groups
+
+
+def _removals(
+    purged: Sequence[Manifest], managed: set[Identity], taken: set[str]
+) -> list[CatalogResource]:
+    """The removals of the purged manifests' resources (see the module docstring).
+
+    One that a live resource manages (its object, or its id) is left out, and
+    of two purged manifests the first to remove an object does.
+    """
+    removals: list[CatalogResource] = []
+    managed, taken = set(managed), set(taken)
+    for m in purged:
+        kept = {
+            r.id: r
+            for r in m.resources
+            if removable(r) and not managed & set(r.identities) and r.id not in taken
+        }
+        for r in kept.values():
+            managed.update(r.identities)
+            taken.add(r.id)
+        # A removal waits for the removals of what required it: reversed requires.
+        required_by: dict[str, list[str]] = {}
+        for r in kept.values():
+            for wanted in r.require:
+                if wanted in kept:
+                    required_by.setdefault(wanted, []).append(r.id)
+        for r in kept.values():
+            kind = registry.get(r.kind)
+            assert isinstance(kind, Removable)
+            removals.append(
+                CatalogResource(
+                    kind=r.kind,
+                    name=r.name,
+                    spec=kind.removal(kind.parse(copy.deepcopy(dict(r.spec)))),
+                    manifest=m.name,
+                    mode=m.mode,
+                    require=tuple(required_by.get(r.id, ())),
+                    controls=r.controls,
+                    timeout_s=r.timeout_s,
+                )
+            )
+    return removals
+
+
+def removable(decl: ResourceDecl) -> bool:
+    """Whether purging ``decl``'s manifest removes its object (else it is left unmanaged)."""
+    return isinstance(registry.get(decl.kind), Removable)
 
 
 def _phrase(names: Sequence[str]) -> str:

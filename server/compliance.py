@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from modules.base import Status
-from server.manifest import Manifest
+from server.compiler import DesiredState, resources_of
 from server.store import NodeRow, StatusRow
 
 COMPLIANT = (Status.IN_SYNC.value, Status.REPAIRED.value)
@@ -86,12 +86,12 @@ class _Expected:
 
 def compute(
     revision: int,
-    manifests: Sequence[Manifest],
+    desired: DesiredState,
     nodes: Iterable[NodeRow],
     problems: Mapping[str, list[str]],
     statuses: Iterable[StatusRow],
 ) -> Compliance:
-    """Compliance at ``revision`` (whose manifests are ``manifests``) of ``nodes``.
+    """Compliance at ``revision`` (whose desired state is ``desired``) of ``nodes``.
 
     ``problems`` names the nodes whose catalog at ``revision`` could not be
     compiled; ``statuses`` is every node's current status per resource.
@@ -102,12 +102,12 @@ def compute(
     tallies: dict[tuple[str, str], Tally] = {}
     fleet = Tally("fleet", "fleet")
     by_node: dict[str, Tally] = {}
-    selections: dict[tuple[int, ...], list[_Expected]] = {}
+    selections: dict[tuple[tuple[int, ...], tuple[int, ...]], list[_Expected]] = {}
     nodes = list(nodes)
     for node in nodes:
-        key = tuple(i for i, m in enumerate(manifests) if m.target.matches(node.name, node.labels))
+        key = desired.selection(node.subject)
         if key not in selections:
-            selections[key] = _expected([manifests[i] for i in key])
+            selections[key] = _expected(desired, key)
         by_node[node.name] = tallies.setdefault(("node", node.name), Tally("node", node.name))
         for res in selections[key]:
             state = _state(node, res, revision, problems, current.get(node.name, {}))
@@ -118,9 +118,22 @@ def compute(
     return Compliance(revision, rows, fleet, by_node, nodes, problems)
 
 
-def _expected(selected: Sequence[Manifest]) -> list[_Expected]:
-    """What a catalog of these manifests holds, in catalog order (see server.compiler)."""
-    return [_Expected(r.id, m.name, r.kind, r.controls) for m in selected for r in m.resources]
+def _expected(
+    state: DesiredState, selection: tuple[tuple[int, ...], tuple[int, ...]]
+) -> list[_Expected]:
+    """What a catalog of this selection holds, in catalog order: the compiler's own answer.
+
+    A selection that does not compile (the node's catalog problem) still
+    expects every resource its manifests declare: each counts as ``no_catalog``.
+    """
+    resources, problems = resources_of(state, selection)
+    if problems:
+        return [
+            _Expected(r.id, state.manifests[i].name, r.kind, r.controls)
+            for i in selection[0]
+            for r in state.manifests[i].resources
+        ]
+    return [_Expected(r.id, r.manifest, r.kind, r.controls) for r in resources]
 
 
 def _state(

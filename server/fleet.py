@@ -1,10 +1,12 @@
-"""Desired state for the fleet: push a revision, compile and sign catalogs.
+"""Desired state for the fleet: new revisions, compiled and signed catalogs.
 
 A push names manifest files. The new revision is the previous revision's
 manifest set with those manifests added or replaced (by manifest name), so a
 revision always holds the complete desired state and is immutable once
-stored. Everything is validated before anything is stored: a bad manifest
-refuses the whole push.
+stored. Removing a manifest (optionally purging what it managed) and rolling
+back to an earlier revision's content make new revisions the same way. Each
+is validated and compiled for every node before anything is stored: a
+problem refuses it whole.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from modules.catalog import Catalog
+from modules.catalog import Catalog, CatalogResource
 from protos import plumb_pb2 as pb
 from protos.limits import MAX_CATALOG_BYTES
 from server import compiler
 from server import compliance as compliance_
+from server import history as history_
 from server import manifest as manifests_
+from server.compiler import DesiredState
 from server.errors import CompileError, ManifestError
 from server.pki import KeyPair, cert_pem, sign_payload
-from server.store import ManifestSource, NodeRow, Store
+from server.store import ManifestSource, RevisionMeta, RevisionRow, Selected, Store
+from server.targeting import Subject
 
 log = logging.getLogger("plumb.server.fleet")
 
@@ -39,6 +44,14 @@ class PushOutcome:
     unchanged: bool = False
     #: ``target.names`` entries of the pushed manifests that name no enrolled node.
     unmatched_names: list[str] = dataclasses.field(default_factory=list)
+    #: Pushed manifests whose target selects no enrolled node at all.
+    unmatched_manifests: list[str] = dataclasses.field(default_factory=list)
+    #: Resource ids that no longer are in some node's catalog and are left as
+    #: they are (a removed manifest, or a purged one's resources of a kind
+    #: that cannot be removed): {resource id: nodes}.
+    released: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Resource ids some node's agent will remove (a purge): {resource id: nodes}.
+    purging: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 class Fleet:
@@ -49,9 +62,11 @@ class Fleet:
         self.clock = clock
         # One attribute: a catalog signed during a rotation names the key that signed it.
         self._signing = (signer, cert_pem(signer.cert))
-        self._manifests: tuple[int, list[manifests_.Manifest]] | None = None
+        self._states: dict[int, DesiredState] = {}
 
-    def push(self, files: Sequence[tuple[str, str]]) -> PushOutcome:
+    def push(
+        self, files: Sequence[tuple[str, str]], meta: RevisionMeta | None = None
+    ) -> PushOutcome:
         """Validate ``(path, text)`` files, store a new revision and every node's catalog.
 
         The pushed files are checked on their own first, then as part of the
@@ -60,62 +75,166 @@ class Fleet:
         push whole and stores nothing.
         """
         pushed, errors = _load_each(files)
+        errors += compiler.collisions_within(pushed)
         if errors:
             return PushOutcome(0, errors, [])
-        latest, previous_sources = self.store.latest_revision()
-        previous = _load_sources(previous_sources)
-        merged = _merge(previous, pushed)
-        errors = manifests_.validate_set(merged) + compiler.collisions_within(pushed)
+        latest, before = self.latest_state()
+        names = {m.name for m in pushed}
+        after = DesiredState(
+            tuple(_merge(before.manifests, pushed)),
+            # Pushing a manifest of a purged one's name ends the purge: it owns them again.
+            tuple(m for m in before.purged if m.name not in names),
+        )
+        return self._propose(latest, before, after, meta or RevisionMeta(), pushed)
+
+    def remove(self, name: str, purge: bool, meta: RevisionMeta | None = None) -> PushOutcome:
+        """A new revision without manifest ``name``; with ``purge``, its objects removed.
+
+        Removing a purged manifest's name again ends its purge: what is left
+        of its objects is no longer managed.
+        """
+        latest, before = self.latest_state()
+        live = [m for m in before.manifests if m.name != name]
+        purged = [m for m in before.purged if m.name != name]
+        if len(live) == len(before.manifests) and len(purged) == len(before.purged):
+            message = f"no manifest is named {name!r} at revision {latest}" + (
+                " ('plumb manifests' lists them)" if latest else ": nothing was pushed yet"
+            )
+            return PushOutcome(0, [ManifestError("", 0, "", message)], [])
+        if purge:
+            purged += [m for m in before.manifests if m.name == name]
+        after = DesiredState(tuple(live), tuple(purged))
+        return self._propose(latest, before, after, meta or RevisionMeta(origin="remove"))
+
+    def rollback(
+        self, to: int, name: str | None = None, meta: RevisionMeta | None = None
+    ) -> PushOutcome:
+        """A new revision with revision ``to``'s content: all of it, or manifest ``name``'s.
+
+        For one manifest that did not exist at ``to``, that is its removal
+        (without purge).
+        """
+        latest, before = self.latest_state()
+        if not 0 < to <= latest:
+            message = f"there is no revision {to}: revisions go from 1 to {latest}"
+            return PushOutcome(0, [ManifestError("", 0, "", message)], [])
+        old = self.state(to)
+        if name is None:
+            after = old
+        else:
+            known = {m.name for m in (*old.manifests, *before.manifests, *before.purged)}
+            if name not in known:
+                message = f"no manifest is named {name!r} at revision {to} nor at {latest}"
+                return PushOutcome(0, [ManifestError("", 0, "", message)], [])
+            after = DesiredState(
+                tuple(
+                    [m for m in before.manifests if m.name != name]
+                    + [m for m in old.manifests if m.name == name]
+                ),
+                tuple(
+                    [m for m in before.purged if m.name != name]
+                    + [m for m in old.purged if m.name == name]
+                ),
+            )
+        return self._propose(latest, before, after, meta or RevisionMeta(origin="rollback"))
+
+    def _propose(
+        self,
+        latest: int,
+        before: DesiredState,
+        after: DesiredState,
+        meta: RevisionMeta,
+        pushed: Sequence[manifests_.Manifest] = (),
+    ) -> PushOutcome:
+        """Store ``after`` as the revision after ``latest`` (whose state is ``before``)."""
+        errors = manifests_.validate_set(after.manifests)
         if errors:
             return PushOutcome(0, errors, [])
         nodes = self.store.list_nodes()
+        subjects = [n.subject for n in nodes]
         unmatched = _unmatched_names(pushed, {n.name for n in nodes})
-        if latest and _sources(merged) == _sources(previous):
-            return PushOutcome(latest, [], [], unchanged=True, unmatched_names=unmatched)
+        unmatched_manifests = sorted(
+            m.name for m in pushed if not any(m.target.matches(s) for s in subjects)
+        )
+        if latest and _same(before, after):
+            return PushOutcome(
+                latest,
+                [],
+                [],
+                unchanged=True,
+                unmatched_names=unmatched,
+                unmatched_manifests=unmatched_manifests,
+            )
         try:
             # Compiled before the revision exists, so a conflict stores nothing.
-            compiled = compiler.compile_fleet(merged, [(n.name, n.labels) for n in nodes], 0)
+            compiled = compiler.compile_fleet(after, subjects, 0)
         except CompileError as exc:
             return PushOutcome(0, list(exc.problems), [])
         too_large = _too_large(compiled)
         if too_large:
             return PushOutcome(0, too_large, [])
         revision = self.store.add_revision(
-            [ManifestSource(m.name, m.file, m.source) for m in merged], self.clock()
+            [ManifestSource(m.name, m.file, m.source) for m in after.manifests],
+            self.clock(),
+            dataclasses.replace(
+                meta, purged=tuple(ManifestSource(m.name, m.file, m.source) for m in after.purged)
+            ),
         )
+        self._states[revision] = after
         payloads = {
             name: dataclasses.replace(c, revision=revision).to_json()
             for name, c in compiled.items()
         }
-        self.store.save_catalogs(revision, payloads)
-        changed = _changed(previous, pushed)
-        targeted = [
-            n.name for n in nodes if any(m.target.matches(n.name, n.labels) for m in changed)
-        ]
-        return PushOutcome(revision, [], targeted, payloads, unmatched_names=unmatched)
+        self.store.save_catalogs(
+            revision, payloads, {s.name: _selected(after, s) for s in subjects}
+        )
+        # What each node had: its catalog at the latest revision, as compiled for it now.
+        previous = compiler.compile_fleet(before, subjects, 0, skip_problems=True)
+        changes = history_.resource_changes(_resources(previous), _resources(compiled))
+        return PushOutcome(
+            revision,
+            [],
+            sorted({n for c in changes for n in c.nodes}),
+            payloads,
+            unmatched_names=unmatched,
+            unmatched_manifests=unmatched_manifests,
+            released=_released(changes),
+            purging=_purging(before, after, compiled),
+        )
 
-    def signed_catalog(self, node_name: str) -> pb.SignedCatalog | None:
-        """The node's catalog at the latest revision, compiled on first need."""
-        found = self.prepare(node_name)
+    def signed_catalog(
+        self, node_name: str, facts: Mapping[str, str] | None = None
+    ) -> pb.SignedCatalog | None:
+        """The node's catalog at the latest revision, compiled on first need (see prepare)."""
+        found = self.prepare(node_name, facts)
         return None if found is None else self.sign(*found)
 
-    def prepare(self, node_name: str) -> tuple[int, bytes] | None:
+    def prepare(
+        self, node_name: str, facts: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes] | None:
         """The node's catalog at the latest revision (revision, payload), compiled if need be.
 
-        None when nothing was pushed yet, the node is unknown, or its catalog
-        cannot be compiled; the reason for the last is stored.
+        ``facts`` are what its hello says now (the store's may be older). A
+        catalog compiled when other manifests selected the node (its facts or
+        labels changed since) is compiled again. None when nothing was pushed
+        yet, the node is unknown, or its catalog cannot be compiled; the
+        reason for the last is stored.
         """
-        revision = self.store.latest_revision_id()
+        revision, state = self.latest_state()
         if revision == 0:
             return None
-        payload = self.store.catalog(node_name, revision)
-        if payload is not None:
-            return revision, payload
         node = self.store.node(node_name)
         if node is None:
             return None
+        subject = node.subject
+        if facts is not None:
+            subject = dataclasses.replace(subject, facts=dict(facts))
+        selected = _selected(state, subject)
+        stored = self.store.catalog_entry(node_name, revision)
+        if stored is not None and stored[1] == selected:
+            return revision, stored[0]
         try:
-            return revision, self._compile(self.manifests(revision), node, revision)
+            payload = self._compile(state, subject, revision)
         except CompileError as exc:
             # A node enrolled after the push can make two manifests collide on
             # it. It keeps its last good catalog, and the reason is stored, so
@@ -125,13 +244,38 @@ class Fleet:
             log.error("no catalog for node %s at revision %d: %s", node_name, revision, exc)
             self.store.record_catalog_problem(node_name, revision, problems, self.clock())
             return None
+        if stored is None:
+            self.store.save_catalogs(revision, {node_name: payload}, {node_name: selected})
+        else:
+            log.info("node %s is selected by other manifests now: compiled again", node_name)
+            self.store.replace_catalog(node_name, revision, payload, selected)
+        return revision, payload
+
+    def state(self, revision: int) -> DesiredState:
+        """What ``revision`` asks, parsed; revisions are immutable, so kept once loaded."""
+        found = self._states.get(revision)
+        if found is None:
+            row = self.store.revision_row(revision)
+            found = (
+                DesiredState()
+                if row is None
+                else DesiredState(
+                    tuple(_load_sources(row.manifests)), tuple(_load_sources(row.purged))
+                )
+            )
+            # The latest two are all pushes and sessions ask for; older ones
+            # (history, diff, rollback) are parsed again when asked.
+            self._states = {r: s for r, s in self._states.items() if r >= revision - 1}
+            self._states[revision] = found
+        return found
+
+    def latest_state(self) -> tuple[int, DesiredState]:
+        revision = self.store.latest_revision_id()
+        return revision, self.state(revision) if revision else DesiredState()
 
     def manifests(self, revision: int) -> list[manifests_.Manifest]:
-        """The manifests of ``revision``, parsed; revisions are immutable, so kept once loaded."""
-        cached = self._manifests
-        if cached is None or cached[0] != revision:
-            cached = self._manifests = (revision, _load_sources(self.store.revision(revision)))
-        return cached[1]
+        """The manifests of ``revision``, parsed."""
+        return list(self.state(revision).manifests)
 
     def targeted_by_name(self, node_name: str) -> list[str]:
         """The manifests of the latest revision that name ``node_name`` in ``target.names``.
@@ -139,21 +283,52 @@ class Fleet:
         Enrollment keeps such a name for tokens that name it (server/tokens.py):
         its catalog was written for one host, secrets and all.
         """
-        revision = self.store.latest_revision_id()
-        if revision == 0:
-            return []
-        return sorted(m.name for m in self.manifests(revision) if node_name in m.target.names)
+        _, state = self.latest_state()
+        return sorted(m.name for m in state.manifests if node_name in m.target.names)
 
     def compliance(self) -> compliance_.Compliance:
         """Compliance at the latest revision (see server.compliance)."""
-        revision = self.store.latest_revision_id()
+        revision, state = self.latest_state()
         return compliance_.compute(
             revision,
-            self.manifests(revision) if revision else [],
+            state,
             self.store.list_nodes(),
             self.store.catalog_problems(revision),
             self.store.statuses(),
         )
+
+    def history(self, limit: int, manifest: str | None = None) -> list[RevisionChange]:
+        """The newest ``limit`` revisions (that changed ``manifest``, if given), newest first."""
+        found: list[RevisionChange] = []
+        before: int | None = None
+        while len(found) < limit:
+            rows = self.store.revision_rows(64, before)
+            if not rows:
+                break
+            older = self.store.revision_row(rows[-1].id - 1) if rows[-1].id > 1 else None
+            for row, parent in zip(rows, [*rows[1:], older], strict=True):
+                change = RevisionChange.between(parent, row)
+                if manifest is None or manifest in change.names:
+                    found.append(change)
+            before = rows[-1].id
+        return found[:limit]
+
+    def diff(
+        self, old: int, new: int
+    ) -> tuple[list[history_.ManifestChange], list[history_.ResourceChange]]:
+        """What changes from revision ``old`` to ``new``: manifests, then each enrolled node's
+        catalog (compiled for the nodes as they are now)."""
+        a, b = self.state(old), self.state(new)
+        subjects = [n.subject for n in self.store.list_nodes()]
+        texts = history_.manifest_changes(
+            _redacted(a.manifests) + _redacted(a.purged, purged=True),
+            _redacted(b.manifests) + _redacted(b.purged, purged=True),
+        )
+        resources = history_.resource_changes(
+            _resources(compiler.compile_fleet(a, subjects, 0, skip_problems=True)),
+            _resources(compiler.compile_fleet(b, subjects, 0, skip_problems=True)),
+        )
+        return texts, resources
 
     @property
     def signer(self) -> KeyPair:
@@ -172,16 +347,12 @@ class Fleet:
             signer_pem=pem,
         )
 
-    def _compile(
-        self, merged: Sequence[manifests_.Manifest], node: NodeRow, revision: int
-    ) -> bytes:
-        catalog = compiler.compile_catalog(merged, node.name, node.labels, revision)
+    def _compile(self, state: DesiredState, node: Subject, revision: int) -> bytes:
+        catalog = compiler.compile_catalog(state, node, revision)
         too_large = _too_large({node.name: catalog})
         if too_large:  # a node enrolled after the push: like any compile problem
             raise CompileError(node.name, too_large)
-        payload = catalog.to_json()
-        self.store.save_catalogs(revision, {node.name: payload})
-        return payload
+        return catalog.to_json()
 
 
 def _load_sources(sources: Sequence[ManifestSource]) -> list[manifests_.Manifest]:
@@ -239,30 +410,85 @@ def _too_large(compiled: Mapping[str, Catalog]) -> list[ManifestError]:
     return [ManifestError("", 0, "", message)]
 
 
-def _sources(manifests: Sequence[manifests_.Manifest]) -> dict[str, str]:
-    """What makes two revisions the same desired state: each manifest's name and text."""
-    return {m.name: m.source for m in manifests}
-
-
-def _changed(
-    previous: Sequence[manifests_.Manifest], pushed: Sequence[manifests_.Manifest]
-) -> list[manifests_.Manifest]:
-    """The pushed manifests that differ from the stored ones, and those they replace.
-
-    A node's catalog changes exactly when one of these selects it: the new
-    version adds or changes its resources, the old one's are being removed.
-    """
-    before = {m.name: m for m in previous}
-    changed: list[manifests_.Manifest] = []
-    for m in pushed:
-        old = before.get(m.name)
-        if old is None or old.source != m.source:
-            changed.append(m)
-            if old is not None:
-                changed.append(old)
-    return changed
-
-
 def _unmatched_names(pushed: Sequence[manifests_.Manifest], enrolled: set[str]) -> list[str]:
     """Node names the pushed manifests target by name that are not enrolled (yet)."""
     return sorted({name for m in pushed for name in m.target.names if name not in enrolled})
+
+
+def _same(a: DesiredState, b: DesiredState) -> bool:
+    """Whether two states ask the same: each manifest's and purged manifest's name and text."""
+    return _texts(a.manifests) == _texts(b.manifests) and _texts(a.purged) == _texts(b.purged)
+
+
+def _texts(manifests: Sequence[manifests_.Manifest]) -> dict[str, str]:
+    return {m.name: m.source for m in manifests}
+
+
+def _selected(state: DesiredState, node: Subject) -> Selected:
+    live, purging = state.selection(node)
+    return Selected(
+        tuple(state.manifests[i].name for i in live), tuple(state.purged[i].name for i in purging)
+    )
+
+
+def _resources(compiled: Mapping[str, Catalog]) -> dict[str, tuple[CatalogResource, ...]]:
+    return {node: catalog.resources for node, catalog in compiled.items()}
+
+
+def _released(changes: Sequence[history_.ResourceChange]) -> dict[str, list[str]]:
+    """Resources gone from nodes' catalogs (a removal keeps the id): left as they are."""
+    return {c.resource_id: list(c.nodes) for c in changes if c.change == history_.REMOVED}
+
+
+def _purging(
+    before: DesiredState, after: DesiredState, compiled: Mapping[str, Catalog]
+) -> dict[str, list[str]]:
+    """The removals this revision starts: purged by it, not by an earlier revision."""
+    new = {m.name for m in after.purged} - {m.name for m in before.purged}
+    purging: dict[str, list[str]] = {}
+    for node, catalog in sorted(compiled.items()):
+        for r in catalog.resources:
+            if r.manifest in new:
+                purging.setdefault(r.id, []).append(node)
+    return purging
+
+
+def _redacted(
+    manifests: Sequence[manifests_.Manifest], purged: bool = False
+) -> list[ManifestSource]:
+    """Manifests as a diff may show them: sensitive resources' lines replaced (see
+    :func:`server.manifest.redacted`); a purged one under ``NAME (purged)``."""
+    return [
+        ManifestSource(f"{m.name} (purged)" if purged else m.name, m.file, manifests_.redacted(m))
+        for m in manifests
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionChange:
+    """One revision as ``plumb history`` shows it: what it records and what it changed."""
+
+    row: RevisionRow
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    #: Manifests this revision purged (removed with their objects).
+    purged: tuple[str, ...]
+
+    @property
+    def names(self) -> set[str]:
+        return {*self.added, *self.changed, *self.removed, *self.purged}
+
+    @classmethod
+    def between(cls, parent: RevisionRow | None, row: RevisionRow) -> RevisionChange:
+        old = {m.name: m.source for m in parent.manifests} if parent else {}
+        new = {m.name: m.source for m in row.manifests}
+        purged_before = {m.name for m in parent.purged} if parent else set()
+        purged = tuple(sorted({m.name for m in row.purged} - purged_before))
+        return cls(
+            row,
+            added=tuple(sorted(new.keys() - old.keys())),
+            changed=tuple(sorted(n for n in new.keys() & old.keys() if new[n] != old[n])),
+            removed=tuple(sorted(old.keys() - new.keys() - set(purged))),
+            purged=purged,
+        )

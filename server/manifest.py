@@ -3,8 +3,9 @@
 One manifest per file (``web.yaml``)::
 
     name: web                   # [a-z0-9][a-z0-9_.-]*, at most 63 characters
-    target:                     # labels and/or names, or all: true
+    target:                     # labels, names and/or a selector, or all: true
       labels: {role: web}
+      match: "os.family=debian,env!=prod"   # server/targeting.py
     mode: enforce               # enforce (default) | audit
     resources:
       - kind: file
@@ -61,6 +62,7 @@ from modules import registry
 from modules.base import Identity, Kind, Mode, Refreshable
 from modules.catalog import resource_id
 from modules.errors import SpecError
+from server import targeting
 from server.errors import ManifestError, ManifestInvalid
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "Target",
     "load",
     "load_all",
+    "redacted",
     "render_path",
     "validate_set",
 ]
@@ -86,7 +89,7 @@ NAME_MAX = 63
 REQUIRE_RE = re.compile(r"[^/\s]+/\S.*\Z")
 
 TOP_KEYS = ("name", "target", "mode", "resources")
-TARGET_KEYS = ("labels", "names", "all")
+TARGET_KEYS = ("labels", "names", "match", "all")
 RESOURCE_KEYS = (
     *("kind", "name", "spec", "require", "notify", "subscribe", "controls", "timeout"),
     "sensitive",
@@ -109,19 +112,34 @@ class Target:
     """Which nodes a manifest applies to.
 
     A node matches if ``all`` is set, or if its name is in ``names``, or if
-    it carries every label in ``labels`` with the same value. Labels and
-    names together therefore add up (either one selects the node).
+    it carries every label in ``labels`` with the same value, or if the
+    selector ``match`` (server/targeting.py: names, labels and facts) holds
+    for it. The ways given add up: any one of them selects the node.
     """
 
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     names: tuple[str, ...] = ()
     all: bool = False
+    match: targeting.Selector | None = None
 
-    def matches(self, node_name: str, node_labels: Mapping[str, str]) -> bool:
-        if self.all or node_name in self.names:
+    def matches(self, node: targeting.Subject) -> bool:
+        if self.all or node.name in self.names:
+            return True
+        if self.match is not None and self.match.matches(node):
             return True
         wanted = self.labels.items()
-        return bool(wanted) and all(node_labels.get(k) == v for k, v in wanted)
+        return bool(wanted) and all(node.labels.get(k) == v for k, v in wanted)
+
+    def __str__(self) -> str:
+        """What ``plumb manifests`` shows: ``all``, or each way joined by " or "."""
+        if self.all:
+            return "all"
+        ways = [",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))] if self.labels else []
+        if self.names:
+            ways.append(f"name in ({','.join(self.names)})")
+        if self.match is not None:
+            ways.append(str(self.match))
+        return " or ".join(ways)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,27 +453,43 @@ def _check_mode(report: _Report, value: Any) -> Mode:
 
 def _check_target(report: _Report, value: Any) -> Target:
     path: FieldPath = ("target",)
-    if not _expect(report, path, value, dict, "a mapping with labels, names or all"):
+    if isinstance(value, str):  # target: "role=web,env!=prod", a selector alone
+        return Target(match=_check_selector(report, path, value))
+    expected = "a selector or a mapping with labels, names, match or all"
+    if not _expect(report, path, value, dict, expected):
         return Target()
     _check_keys(report, path, value, TARGET_KEYS, required=())
     labels = _check_labels(report, value["labels"]) if "labels" in value else {}
     names = _strings(report, (*path, "names"), value["names"]) if "names" in value else ()
+    match = None
+    if "match" in value and _expect(report, (*path, "match"), value["match"], str, "a selector"):
+        match = _check_selector(report, (*path, "match"), value["match"])
     everyone = value.get("all", False)
     if not _expect(report, (*path, "all"), everyone, bool, "true or false"):
         everyone = False
     _check_target_shape(report, value, everyone)
-    return Target(labels=labels, names=names, all=everyone)
+    return Target(labels=labels, names=names, all=everyone, match=match)
+
+
+def _check_selector(report: _Report, path: FieldPath, text: str) -> targeting.Selector | None:
+    try:
+        return targeting.parse(text)
+    except targeting.SelectorError as exc:
+        report.error(path, str(exc))
+        return None
 
 
 def _check_target_shape(report: _Report, target: Mapping[str, Any], everyone: bool) -> None:
     """A target must select something, and say so one way only."""
     path: FieldPath = ("target",)
     if not any(key in target for key in TARGET_KEYS):
-        report.error(path, "expected at least one of labels, names or all: true")
-    elif everyone and ("labels" in target or "names" in target):
-        report.error((*path, "all"), "all: true cannot be combined with labels or names")
+        report.error(path, "expected at least one of labels, names, match or all: true")
+    elif everyone and any(k in target for k in ("labels", "names", "match")):
+        report.error((*path, "all"), "all: true cannot be combined with labels, names or match")
     elif "all" in target and not everyone and len(target) == 1:
-        report.error((*path, "all"), "all: false alone targets no node; give labels or names")
+        report.error(
+            (*path, "all"), "all: false alone targets no node; give labels, names or match"
+        )
     if target.get("names") == []:
         report.error((*path, "names"), "expected at least one node name")
 
@@ -468,6 +502,9 @@ def _check_labels(report: _Report, value: Any) -> dict[str, str]:
         report.error(path, "expected at least one label (use all: true to target every node)")
     for key, label in value.items():
         _expect(report, (*path, key), label, str, "a string (quote numbers and booleans)")
+        reserved = targeting.reserved_label(str(key))
+        if reserved:
+            report.error((*path, key), f"{reserved}; to target by it, write match: {key}=...")
     return {k: v for k, v in value.items() if isinstance(v, str)}
 
 
@@ -726,6 +763,44 @@ def _describe(value: Any) -> str:
 
 
 # -- checking a set of manifests ----------------------------------------------
+
+
+def redacted(manifest: Manifest) -> str:
+    """The manifest's text with each ``sensitive: true`` resource's lines replaced by one
+    comment naming it: what a diff or a listing may show of it.
+
+    A resource's lines are its list item's line and every line after it that
+    is blank or indented deeper. A change inside one shows in no text diff;
+    the catalog diff still names the fields that changed.
+    """
+    lines = manifest.source.splitlines(keepends=True)
+    hidden: dict[int, tuple[int, str]] = {}  # first line index -> (line count, comment)
+    for decl in manifest.resources:
+        if not decl.sensitive or not 0 < decl.line <= len(lines):
+            continue
+        first = decl.line - 1
+        indent = _indent(lines[first])
+        end = first + 1
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
+            end += 1
+        count = end - first
+        comment = f"{' ' * indent}# (sensitive: {decl.id}, {count} line(s) not shown)\n"
+        hidden[first] = (count, comment)
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        if index in hidden:
+            count, comment = hidden[index]
+            out.append(comment)
+            index += count
+        else:
+            out.append(lines[index])
+            index += 1
+    return "".join(out)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
 def validate_set(manifests: Sequence[Manifest]) -> list[ManifestError]:

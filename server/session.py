@@ -182,7 +182,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         offset = sent_at - now if sent_at else None
         self.presence.seen(name, hello.applied_revision, hello.facts, offset, stream.conditions)
         recorded = await self._record_losses(name, hello.losses) if hello.losses else []
-        catalog = await asyncio.to_thread(self.fleet.signed_catalog, name)
+        catalog = await asyncio.to_thread(self.fleet.signed_catalog, name, dict(hello.facts))
         last_sequence = await asyncio.to_thread(self.store.last_sequence, name)
         latest = catalog.revision if catalog is not None else 0
         welcome = pb.Welcome(

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from modules.base import Status
 from server import audit as audit_
+from server import history
 from server import tokens as tokens_
 from server.errors import (
     LastAdmin,
@@ -46,6 +47,7 @@ from server.errors import (
     UnknownOperator,
     UnknownToken,
 )
+from server.targeting import Subject
 
 log = logging.getLogger("plumb.server.store")
 
@@ -139,6 +141,18 @@ revisions = sa.Table(
     # The audit log's entry of the push that stored it (server/audit.py); NULL:
     # pushed before the log existed (or the entry could not be written).
     sa.Column("audit_id", sa.BigInteger, nullable=True),
+    # Who made it: the operator certificate's name; NULL: made before this was recorded.
+    sa.Column("author", sa.String(253), nullable=True),
+    # What the operator said of it (`plumb push -m`); NULL when nothing.
+    sa.Column("message", sa.Text, nullable=True),
+    # server/history.py content_hash of the manifest set: equal sets, equal hashes.
+    sa.Column("content_sha256", sa.String(64), nullable=True),
+    # [{"name", "file", "source"}]: manifests removed with --purge, whose
+    # resources agents remove (server/compiler.py); carried by later revisions
+    # until a manifest of that name is pushed again. NULL: none.
+    sa.Column("purged", sa.JSON, nullable=True),
+    # What made it: "push", "remove", "rollback"; NULL: a push before this was recorded.
+    sa.Column("origin", sa.String(16), nullable=True),
 )
 
 catalogs = sa.Table(
@@ -147,6 +161,10 @@ catalogs = sa.Table(
     sa.Column("node", sa.String(253), primary_key=True),
     sa.Column("revision", sa.BigInteger, primary_key=True),
     sa.Column("payload", sa.LargeBinary, nullable=False),
+    # The names of the manifests (and purged ones) that selected the node when
+    # it was compiled: {"manifests": [...], "purged": [...]}. A node whose
+    # facts or labels now select others is compiled again. NULL: not recorded.
+    sa.Column("selected", sa.JSON, nullable=True),
 )
 
 # Why a node has no catalog at a revision: compiling it failed (two of its
@@ -312,6 +330,11 @@ class NodeRow:
     #: The key identifier of the CA that issued its certificate; None: not recorded.
     cert_issuer: str | None = None
 
+    @property
+    def subject(self) -> Subject:
+        """What targets select it by: its name, labels and facts."""
+        return Subject(self.name, self.labels, self.facts)
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeCredential:
@@ -401,6 +424,42 @@ class ManifestSource:
     name: str
     file: str
     source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+    """The names of the manifests, and of the purged ones, that select a node."""
+
+    manifests: tuple[str, ...] = ()
+    purged: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionMeta:
+    """What a new revision records beside its manifests."""
+
+    #: The operator certificate's name; None: not known (a test, a migration).
+    author: str | None = None
+    message: str = ""
+    #: "push", "remove" or "rollback".
+    origin: str = "push"
+    #: Manifests removed with --purge (see ``revisions.purged``).
+    purged: tuple[ManifestSource, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionRow:
+    """One stored revision, as ``plumb history`` shows it."""
+
+    id: int
+    created_at: float
+    manifests: tuple[ManifestSource, ...]
+    author: str | None
+    message: str
+    content_sha256: str
+    origin: str
+    purged: tuple[ManifestSource, ...]
+    audit_id: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1401,13 +1460,44 @@ class Store:
 
     # ------------------------------------------------------------ revisions, catalogs
 
-    def add_revision(self, manifests: Sequence[ManifestSource], now: float) -> int:
+    def add_revision(
+        self,
+        manifests: Sequence[ManifestSource],
+        now: float,
+        meta: RevisionMeta | None = None,
+    ) -> int:
+        meta = meta or RevisionMeta()
         body = [dataclasses.asdict(m) for m in manifests]
+        purged = [dataclasses.asdict(m) for m in meta.purged] or None
         with self._tx() as conn:
-            result = conn.execute(revisions.insert().values(created_at=now, manifests=body))
+            result = conn.execute(
+                revisions.insert().values(
+                    created_at=now,
+                    manifests=body,
+                    author=meta.author,
+                    message=meta.message or None,
+                    content_sha256=history.content_hash({m.name: m.source for m in manifests}),
+                    purged=purged,
+                    origin=meta.origin,
+                )
+            )
             key = result.inserted_primary_key
             assert key is not None
             return int(key[0])
+
+    def revision_row(self, revision: int) -> RevisionRow | None:
+        """Everything ``revision`` records; None if there is no such revision."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(revisions).where(revisions.c.id == revision)).first()
+        return None if row is None else _revision_row(row)
+
+    def revision_rows(self, limit: int, before: int | None = None) -> list[RevisionRow]:
+        """The newest ``limit`` revisions (older than ``before`` if given), newest first."""
+        query = sa.select(revisions).order_by(revisions.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(revisions.c.id < before)
+        with self.engine.connect() as conn:
+            return [_revision_row(r) for r in conn.execute(query)]
 
     def latest_revision_id(self) -> int:
         """The newest revision's number; 0 before the first push. Cheap: no manifests."""
@@ -1429,8 +1519,17 @@ class Store:
             return 0, []
         return int(row.id), [ManifestSource(**m) for m in row.manifests]
 
-    def save_catalogs(self, revision: int, payloads: Mapping[str, bytes]) -> None:
-        """Store catalogs of one revision in one transaction; existing ones are kept."""
+    def save_catalogs(
+        self,
+        revision: int,
+        payloads: Mapping[str, bytes],
+        selected: Mapping[str, Selected] | None = None,
+    ) -> None:
+        """Store catalogs of one revision in one transaction; existing ones are kept.
+
+        ``selected`` is what selected each node (see ``catalogs.selected``).
+        """
+        selected = selected or {}
         with self._tx() as conn:
             existing = {
                 row.node
@@ -1441,12 +1540,50 @@ class Store:
                 )
             }
             rows = [
-                {"node": node, "revision": revision, "payload": payload}
+                {
+                    "node": node,
+                    "revision": revision,
+                    "payload": payload,
+                    "selected": _selected_json(selected.get(node)),
+                }
                 for node, payload in payloads.items()
                 if node not in existing
             ]
             if rows:
                 conn.execute(catalogs.insert(), rows)
+
+    def replace_catalog(self, node: str, revision: int, payload: bytes, selected: Selected) -> None:
+        """Store the node's catalog at ``revision`` anew: what selects it has changed."""
+        with self._tx() as conn:
+            conn.execute(
+                catalogs.delete().where(catalogs.c.node == node, catalogs.c.revision == revision)
+            )
+            conn.execute(
+                catalogs.insert().values(
+                    node=node,
+                    revision=revision,
+                    payload=payload,
+                    selected=_selected_json(selected),
+                )
+            )
+
+    def catalog_entry(self, node: str, revision: int) -> tuple[bytes, Selected | None] | None:
+        """The node's catalog at ``revision`` and what selected it (None: not recorded)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(catalogs.c.payload, catalogs.c.selected).where(
+                    catalogs.c.node == node, catalogs.c.revision == revision
+                )
+            ).first()
+        if row is None:
+            return None
+        chosen = row.selected
+        picked = (
+            None
+            if chosen is None
+            else Selected(tuple(chosen["manifests"]), tuple(chosen["purged"]))
+        )
+        return bytes(row.payload), picked
 
     def catalog(self, node: str, revision: int) -> bytes | None:
         with self.engine.connect() as conn:
@@ -2003,3 +2140,25 @@ def _fold_status(conn: Connection, folded: Sequence[ReportRecord]) -> None:
                 )
             )
     _insert_rows(conn, resource_status, _STATUS_COLUMNS, rows)
+
+
+def _revision_row(row: Any) -> RevisionRow:
+    manifests = tuple(ManifestSource(**m) for m in row.manifests)
+    return RevisionRow(
+        id=int(row.id),
+        created_at=float(row.created_at),
+        manifests=manifests,
+        author=row.author,
+        message=row.message or "",
+        content_sha256=row.content_sha256
+        or history.content_hash({m.name: m.source for m in manifests}),
+        origin=row.origin or "push",
+        purged=tuple(ManifestSource(**m) for m in row.purged or ()),
+        audit_id=None if row.audit_id is None else int(row.audit_id),
+    )
+
+
+def _selected_json(selected: Selected | None) -> dict[str, list[str]] | None:
+    if selected is None:
+        return None
+    return {"manifests": list(selected.manifests), "purged": list(selected.purged)}

@@ -11,9 +11,28 @@ import pytest
 from modules import registry
 from modules.base import Change, Context, Identity, Kind, Mode, Refreshable
 from modules.catalog import Catalog, CatalogResource
-from server.compiler import compile_catalog, compile_fleet
+from server import compiler
+from server.compiler import DesiredState
 from server.errors import CompileError, PlumbServerError
 from server.manifest import Manifest, load
+from server.targeting import Subject
+
+
+def compile_catalog(
+    manifests: Sequence[Manifest], node: str, labels: Mapping[str, str], revision: int
+) -> Catalog:
+    """The compiler's own, for manifests alone (nothing purged) and a node without facts."""
+    return compiler.compile_catalog(DesiredState(tuple(manifests)), Subject(node, labels), revision)
+
+
+def compile_fleet(
+    manifests: Sequence[Manifest],
+    nodes: Sequence[tuple[str, Mapping[str, str]]],
+    revision: int,
+) -> dict[str, Catalog]:
+    return compiler.compile_fleet(
+        DesiredState(tuple(manifests)), [Subject(n, labels) for n, labels in nodes], revision
+    )
 
 
 class AnySpec(Kind[Mapping[str, Any], None]):

@@ -16,6 +16,7 @@ from modules.base import Change, Context, Identity, Kind, Mode, Refreshable
 from modules.errors import SpecError
 from server.errors import ManifestError, ManifestInvalid
 from server.manifest import Manifest, ResourceDecl, Target, load, load_all, validate_set
+from server.targeting import Subject
 
 
 class FakeFile(Kind[dict[str, Any], None]):
@@ -190,12 +191,16 @@ BAD = [
     bad(
         "target-empty",
         "name: web\ntarget: {}\nresources: []\n",
-        (2, "target", "expected at least one of labels, names or all: true"),
+        (2, "target", "expected at least one of labels, names, match or all: true"),
     ),
     bad(
         "target-not-a-mapping",
-        "name: web\ntarget: role=web\nresources: []\n",
-        (2, "target", "expected a mapping with labels, names or all, got a string"),
+        "name: web\ntarget: [role=web]\nresources: []\n",
+        (
+            2,
+            "target",
+            "expected a selector or a mapping with labels, names, match or all, got a list",
+        ),
     ),
     bad(
         "target-labels-wrong-types",
@@ -221,7 +226,7 @@ BAD = [
     bad(
         "target-all-and-labels",
         "name: web\ntarget:\n  labels: {role: web}\n  all: true\nresources: []\n",
-        (4, "target.all", "all: true cannot be combined with labels or names"),
+        (4, "target.all", "all: true cannot be combined with labels, names or match"),
     ),
     bad(
         "target-all-false",
@@ -922,4 +927,4 @@ def test_a_resource_declared_twice_across_manifests_is_not_a_set_error() -> None
     ],
 )
 def test_target_matches(target: Target, node: str, labels: dict[str, str], expected: bool) -> None:
-    assert target.matches(node, labels) is expected
+    assert target.matches(Subject(node, labels)) is expected
