@@ -273,10 +273,6 @@ class Fleet:
         revision = self.store.latest_revision_id()
         return revision, self.state(revision) if revision else DesiredState()
 
-    def manifests(self, revision: int) -> list[manifests_.Manifest]:
-        """The manifests of ``revision``, parsed."""
-        return list(self.state(revision).manifests)
-
     def targeted_by_name(self, node_name: str) -> list[str]:
         """The manifests of the latest revision that name ``node_name`` in ``target.names``.
 
