@@ -31,6 +31,7 @@ enforced, and acknowledged as accepted — and written once it can be.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -69,24 +70,45 @@ class CatalogCache:
 
     def load(self) -> Catalog | None:
         """The cached catalog, verified again; None if there is none that can be used."""
-        with self._lock:
-            if not self._save():
-                assert self._unsaved is not None
-                return self._verified(self._unsaved.SerializeToString())
-            try:
-                raw, identity = _read(self.state.catalog)
-            except FileNotFoundError:
-                return None
-            try:
-                return self._verified(raw)
-            except CatalogRejected as exc:
-                self._set_aside(identity, exc)
-                return None
+        found = self._load()
+        return found[0] if found else None
 
     def revision(self) -> int:
         """The cached catalog's revision; 0 when there is none that can be used."""
         cached = self.load()
         return cached.revision if cached else 0
+
+    def applied(self) -> tuple[int, str]:
+        """The cached catalog's revision and its payload's SHA-256 (hex); (0, "") if none.
+
+        The hello says both: a node's catalog can be compiled again at the
+        same revision (its labels or facts now select other manifests), and
+        the digest is how the server tells that this node has not got it.
+        """
+        found = self._load()
+        if found is None:
+            return 0, ""
+        catalog, raw = found
+        return catalog.revision, hashlib.sha256(
+            pb.SignedCatalog.FromString(raw).payload
+        ).hexdigest()
+
+    def _load(self) -> tuple[Catalog, bytes] | None:
+        """The cached catalog verified again, and the signed catalog it came from."""
+        with self._lock:
+            if not self._save():
+                assert self._unsaved is not None
+                raw = self._unsaved.SerializeToString()
+                return self._verified(raw), raw
+            try:
+                raw, identity = _read(self.state.catalog)
+            except FileNotFoundError:
+                return None
+            try:
+                return self._verified(raw), raw
+            except CatalogRejected as exc:
+                self._set_aside(identity, exc)
+                return None
 
     def accept(self, signed: pb.SignedCatalog) -> Catalog:
         """Verify a catalog from the server and cache it; CatalogRejected if it does not verify."""

@@ -148,13 +148,14 @@ class SessionClient:
     def _requests(self) -> Iterator[pb.AgentMessage]:
         # First the revision: a cached catalog that does not verify is set
         # aside right here, and that loss goes in this very hello.
-        revision = self.cache.revision()
+        revision, digest = self.cache.applied()
         self.hello_generation = self.cache.losses.generation
         yield pb.AgentMessage(
             hello=pb.Hello(
                 node_name=self.enrollment.node,
                 facts=self.facts,
                 applied_revision=revision,
+                applied_sha256=digest,
                 agent_version=self.facts.get("agent_version", ""),
                 sent_at=time.time(),
                 losses=[loss.to_wire() for loss in self.cache.losses.pending()],

@@ -155,7 +155,7 @@ class Welcome(_message.Message):
     def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ..., renew_within_s: _Optional[float] = ..., trusted_ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions")
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions", "applied_sha256")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class Hello(_message.Message):
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SHA256_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     facts: _containers.ScalarMap[str, str]
     applied_revision: int
@@ -177,7 +178,8 @@ class Hello(_message.Message):
     sent_at: float
     losses: _containers.RepeatedCompositeFieldContainer[StateLoss]
     conditions: _containers.RepeatedCompositeFieldContainer[NodeCondition]
-    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ...) -> None: ...
+    applied_sha256: str
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., applied_sha256: _Optional[str] = ...) -> None: ...
 
 class StateLoss(_message.Message):
     __slots__ = ("id", "what", "count", "at", "detail", "received_at")
@@ -399,12 +401,22 @@ class ManifestFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("files", "wait_s")
+    __slots__ = ("files", "wait_s", "message")
     FILES_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
     wait_s: float
-    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., wait_s: _Optional[float] = ...) -> None: ...
+    message: str
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., wait_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ResourceNodes(_message.Message):
+    __slots__ = ("resource_id", "nodes")
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    resource_id: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resource_id: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ManifestError(_message.Message):
     __slots__ = ("file", "line", "field", "message")
@@ -419,7 +431,7 @@ class ManifestError(_message.Message):
     def __init__(self, file: _Optional[str] = ..., line: _Optional[int] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes", "undelivered_nodes", "refused_nodes", "unchanged", "unmatched_names")
+    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes", "undelivered_nodes", "refused_nodes", "unchanged", "unmatched_names", "unmatched_manifests", "released", "purging")
     class RefusedNodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +447,9 @@ class PushResponse(_message.Message):
     REFUSED_NODES_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     UNMATCHED_NAMES_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    PURGING_FIELD_NUMBER: _ClassVar[int]
     revision: int
     errors: _containers.RepeatedCompositeFieldContainer[ManifestError]
     targeted_nodes: _containers.RepeatedScalarFieldContainer[str]
@@ -443,17 +458,215 @@ class PushResponse(_message.Message):
     refused_nodes: _containers.ScalarMap[str, str]
     unchanged: bool
     unmatched_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    unmatched_manifests: _containers.RepeatedScalarFieldContainer[str]
+    released: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
+    purging: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
+    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ..., unmatched_manifests: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., purging: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ...) -> None: ...
+
+class ListManifestsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ManifestInfo(_message.Message):
+    __slots__ = ("name", "file", "target", "resources", "nodes", "changed_in", "author", "changed_at", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_IN_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    file: str
+    target: str
+    resources: int
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    changed_in: int
+    author: str
+    changed_at: float
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., file: _Optional[str] = ..., target: _Optional[str] = ..., resources: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., changed_in: _Optional[int] = ..., author: _Optional[str] = ..., changed_at: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class ListManifestsResponse(_message.Message):
+    __slots__ = ("revision", "manifests", "purging")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    PURGING_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    manifests: _containers.RepeatedCompositeFieldContainer[ManifestInfo]
+    purging: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., manifests: _Optional[_Iterable[_Union[ManifestInfo, _Mapping]]] = ..., purging: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveManifestRequest(_message.Message):
+    __slots__ = ("name", "purge", "message", "wait_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PURGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    purge: bool
+    message: str
+    wait_s: float
+    def __init__(self, name: _Optional[str] = ..., purge: _Optional[bool] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("to", "name", "message", "wait_s")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    to: int
+    name: str
+    message: str
+    wait_s: float
+    def __init__(self, to: _Optional[int] = ..., name: _Optional[str] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class ListRevisionsRequest(_message.Message):
+    __slots__ = ("manifest", "limit")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    manifest: str
+    limit: int
+    def __init__(self, manifest: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RevisionInfo(_message.Message):
+    __slots__ = ("revision", "created_at", "author", "message", "origin", "content_sha256", "added", "changed", "removed", "purged")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    created_at: float
+    author: str
+    message: str
+    origin: str
+    content_sha256: str
+    added: _containers.RepeatedScalarFieldContainer[str]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    purged: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., created_at: _Optional[float] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., origin: _Optional[str] = ..., content_sha256: _Optional[str] = ..., added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., purged: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRevisionsResponse(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[RevisionInfo]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[RevisionInfo, _Mapping]]] = ...) -> None: ...
+
+class DiffRevisionsRequest(_message.Message):
+    __slots__ = ("old", "new")
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    old: int
+    new: int
+    def __init__(self, old: _Optional[int] = ..., new: _Optional[int] = ...) -> None: ...
+
+class ManifestDiff(_message.Message):
+    __slots__ = ("name", "change", "unified")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    change: str
+    unified: str
+    def __init__(self, name: _Optional[str] = ..., change: _Optional[str] = ..., unified: _Optional[str] = ...) -> None: ...
+
+class ResourceDiff(_message.Message):
+    __slots__ = ("resource_id", "change", "fields", "nodes")
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    resource_id: str
+    change: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resource_id: _Optional[str] = ..., change: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiffRevisionsResponse(_message.Message):
+    __slots__ = ("old", "new", "manifests", "resources")
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    old: int
+    new: int
+    manifests: _containers.RepeatedCompositeFieldContainer[ManifestDiff]
+    resources: _containers.RepeatedCompositeFieldContainer[ResourceDiff]
+    def __init__(self, old: _Optional[int] = ..., new: _Optional[int] = ..., manifests: _Optional[_Iterable[_Union[ManifestDiff, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[ResourceDiff, _Mapping]]] = ...) -> None: ...
+
+class SetLabelsRequest(_message.Message):
+    __slots__ = ("node_name", "set", "remove", "wait_s")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    set: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    wait_s: float
+    def __init__(self, node_name: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class SetLabelsResponse(_message.Message):
+    __slots__ = ("node_name", "labels", "matched_before", "matched_after", "revision", "delivered", "refused", "catalog_problem")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    labels: _containers.ScalarMap[str, str]
+    matched_before: _containers.RepeatedScalarFieldContainer[str]
+    matched_after: _containers.RepeatedScalarFieldContainer[str]
+    revision: int
+    delivered: bool
+    refused: str
+    catalog_problem: str
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., matched_before: _Optional[_Iterable[str]] = ..., matched_after: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., delivered: _Optional[bool] = ..., refused: _Optional[str] = ..., catalog_problem: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ("removed",)
+    __slots__ = ("removed", "target")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     removed: bool
-    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+    target: str
+    def __init__(self, removed: _Optional[bool] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer", "facts")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -481,6 +694,7 @@ class Node(_message.Message):
     CERT_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     NEXT_CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     CERT_ISSUER_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -502,7 +716,8 @@ class Node(_message.Message):
     cert_not_after: float
     next_cert_serial: str
     cert_issuer: str
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ...) -> None: ...
+    facts: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -280,6 +280,36 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.RenewOperatorRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.RenewOperatorResponse.FromString,
                 _registered_method=True)
+        self.ListManifests = channel.unary_unary(
+                '/plumb.v1.Admin/ListManifests',
+                request_serializer=protos_dot_plumb__pb2.ListManifestsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListManifestsResponse.FromString,
+                _registered_method=True)
+        self.RemoveManifest = channel.unary_unary(
+                '/plumb.v1.Admin/RemoveManifest',
+                request_serializer=protos_dot_plumb__pb2.RemoveManifestRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.PushResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/plumb.v1.Admin/Rollback',
+                request_serializer=protos_dot_plumb__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.PushResponse.FromString,
+                _registered_method=True)
+        self.ListRevisions = channel.unary_unary(
+                '/plumb.v1.Admin/ListRevisions',
+                request_serializer=protos_dot_plumb__pb2.ListRevisionsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListRevisionsResponse.FromString,
+                _registered_method=True)
+        self.DiffRevisions = channel.unary_unary(
+                '/plumb.v1.Admin/DiffRevisions',
+                request_serializer=protos_dot_plumb__pb2.DiffRevisionsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.DiffRevisionsResponse.FromString,
+                _registered_method=True)
+        self.SetLabels = channel.unary_unary(
+                '/plumb.v1.Admin/SetLabels',
+                request_serializer=protos_dot_plumb__pb2.SetLabelsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.SetLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -405,6 +435,49 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListManifests(self, request, context):
+        """The manifests of the latest revision: target, resources, who matches, who changed it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveManifest(self, request, context):
+        """A new revision without a manifest; with purge, agents remove what it managed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """A new revision with an earlier revision's content (all of it, or one manifest's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevisions(self, request, context):
+        """Revisions, newest first: who made each, when, why, and which manifests it changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffRevisions(self, request, context):
+        """What changes between two revisions: manifest text, then resources per node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLabels(self, request, context):
+        """Set or remove a node's labels; a new catalog is delivered if it now matches
+        other manifests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -492,6 +565,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RenewOperator,
                     request_deserializer=protos_dot_plumb__pb2.RenewOperatorRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.RenewOperatorResponse.SerializeToString,
+            ),
+            'ListManifests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListManifests,
+                    request_deserializer=protos_dot_plumb__pb2.ListManifestsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListManifestsResponse.SerializeToString,
+            ),
+            'RemoveManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveManifest,
+                    request_deserializer=protos_dot_plumb__pb2.RemoveManifestRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.PushResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=protos_dot_plumb__pb2.RollbackRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.PushResponse.SerializeToString,
+            ),
+            'ListRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevisions,
+                    request_deserializer=protos_dot_plumb__pb2.ListRevisionsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListRevisionsResponse.SerializeToString,
+            ),
+            'DiffRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffRevisions,
+                    request_deserializer=protos_dot_plumb__pb2.DiffRevisionsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.DiffRevisionsResponse.SerializeToString,
+            ),
+            'SetLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLabels,
+                    request_deserializer=protos_dot_plumb__pb2.SetLabelsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.SetLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -955,6 +1058,168 @@ class Admin:
             '/plumb.v1.Admin/RenewOperator',
             protos_dot_plumb__pb2.RenewOperatorRequest.SerializeToString,
             protos_dot_plumb__pb2.RenewOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListManifests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListManifests',
+            protos_dot_plumb__pb2.ListManifestsRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListManifestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RemoveManifest',
+            protos_dot_plumb__pb2.RemoveManifestRequest.SerializeToString,
+            protos_dot_plumb__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/Rollback',
+            protos_dot_plumb__pb2.RollbackRequest.SerializeToString,
+            protos_dot_plumb__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListRevisions',
+            protos_dot_plumb__pb2.ListRevisionsRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/DiffRevisions',
+            protos_dot_plumb__pb2.DiffRevisionsRequest.SerializeToString,
+            protos_dot_plumb__pb2.DiffRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/SetLabels',
+            protos_dot_plumb__pb2.SetLabelsRequest.SerializeToString,
+            protos_dot_plumb__pb2.SetLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

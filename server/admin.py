@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -18,7 +18,7 @@ import grpc
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
-from server import operators, tokens
+from server import operators, targeting, tokens
 from server.auth import caller_certificate
 from server.compliance import Tally
 from server.config import ServerConfig
@@ -30,6 +30,7 @@ from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator
 from server.store import (
     DriftRow,
     NodeRow,
+    RevisionMeta,
     Revocation,
     StateLossRow,
     Store,
@@ -54,6 +55,8 @@ DEFAULT_DRIFT_LIMIT = 100
 MAX_DRIFT_LIMIT = 10_000
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10_000
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 10_000
 
 #: How long a push waits, by default and at most, for targeted connected nodes
 #: to acknowledge the new catalog before it answers.
@@ -199,7 +202,29 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         if size > MAX_PUSH_BYTES:
             message = f"the manifests add up to {size} bytes; a push takes at most {MAX_PUSH_BYTES}"
             return pb.PushResponse(errors=[pb.ManifestError(message=message)])
-        outcome = await asyncio.to_thread(self.fleet.push, files)
+        meta = RevisionMeta(author=_author(), message=request.message)
+        outcome = await asyncio.to_thread(self.fleet.push, files, meta)
+        return await self._answer(outcome, request.wait_s)
+
+    async def RemoveManifest(
+        self, request: pb.RemoveManifestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PushResponse:
+        meta = RevisionMeta(author=_author(), message=request.message, origin="remove")
+        outcome = await asyncio.to_thread(self.fleet.remove, request.name, request.purge, meta)
+        return await self._answer(outcome, request.wait_s)
+
+    async def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PushResponse:
+        meta = RevisionMeta(author=_author(), message=request.message, origin="rollback")
+        outcome = await asyncio.to_thread(
+            self.fleet.rollback, request.to, request.name or None, meta
+        )
+        return await self._answer(outcome, request.wait_s)
+
+    async def _answer(self, outcome: PushOutcome, wait_s: float) -> pb.PushResponse:
+        """A new revision's answer, once the targeted connected nodes acknowledged it
+        (or ``wait_s`` passed); a refusal or an unchanged revision at once."""
         if outcome.errors:
             return pb.PushResponse(
                 errors=[
@@ -209,9 +234,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             )
         if outcome.unchanged:
             return pb.PushResponse(
-                revision=outcome.revision, unchanged=True, unmatched_names=outcome.unmatched_names
+                revision=outcome.revision,
+                unchanged=True,
+                unmatched_names=outcome.unmatched_names,
+                unmatched_manifests=outcome.unmatched_manifests,
             )
-        wait_s = request.wait_s if request.wait_s > 0 else DEFAULT_PUSH_WAIT_S
+        wait_s = wait_s if wait_s > 0 else DEFAULT_PUSH_WAIT_S
         acks = await self._deliver(outcome, min(wait_s, MAX_PUSH_WAIT_S))
         delivered = sorted(n for n, ack in acks.items() if ack.accepted)
         refused = {n: ack.error for n, ack in acks.items() if not ack.accepted}
@@ -221,7 +249,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             delivered_nodes=delivered,
             undelivered_nodes=[n for n in outcome.targeted if n not in acks],
             refused_nodes=refused,
+            released=_resource_nodes(outcome.released),
+            purging=_resource_nodes(outcome.purging),
             unmatched_names=outcome.unmatched_names,
+            unmatched_manifests=outcome.unmatched_manifests,
         )
 
     async def _deliver(self, outcome: PushOutcome, wait_s: float) -> dict[str, pb.CatalogAck]:
@@ -259,6 +290,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListNodesResponse:
+        selector = await _selector(request.target, context) if request.target else None
         compliance = await asyncio.to_thread(self.fleet.compliance)
         latest, problems = compliance.revision, compliance.problems
         losses = await asyncio.to_thread(self.store.state_losses)
@@ -279,11 +311,13 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                 losses=[state_loss_to_pb(x) for x in _losses_of(n, losses)],
                 conditions=conditions_to_pb(n.conditions),
                 enrolled_by_token=n.enrolled_by_token or "",
+                facts=n.facts,
                 **_identity_fields(n),
             )
             for n in compliance.nodes
+            if selector is None or selector.matches(n.subject)
         ]
-        if request.removed:
+        if request.removed and selector is None:
             everyone = await asyncio.to_thread(self.store.list_nodes, True)
             listed += [_removed_node(n, latest) for n in everyone if n.decommissioned_at]
             listed.sort(key=lambda n: n.name)
@@ -370,6 +404,129 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             fleet=_compliance(result.fleet),
             revision=result.revision,
         )
+
+    # ------------------------------------------------------------ manifests and revisions
+
+    async def ListManifests(
+        self, request: pb.ListManifestsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListManifestsResponse:
+        revision, views, purging = await asyncio.to_thread(self.fleet.manifests)
+        return pb.ListManifestsResponse(
+            revision=revision,
+            manifests=[
+                pb.ManifestInfo(
+                    name=v.manifest.name,
+                    file=v.manifest.file,
+                    target=str(v.manifest.target),
+                    resources=len(v.manifest.resources),
+                    nodes=v.nodes,
+                    changed_in=v.changed_in.id,
+                    author=v.changed_in.author or "",
+                    changed_at=v.changed_in.created_at,
+                    mode=v.manifest.mode.value,
+                )
+                for v in views
+            ],
+            purging=purging,
+        )
+
+    async def ListRevisions(
+        self, request: pb.ListRevisionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRevisionsResponse:
+        limit = min(request.limit or DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
+        changes = await asyncio.to_thread(self.fleet.history, limit, request.manifest or None)
+        return pb.ListRevisionsResponse(
+            revisions=[
+                pb.RevisionInfo(
+                    revision=c.row.id,
+                    created_at=c.row.created_at,
+                    author=c.row.author or "",
+                    message=c.row.message,
+                    origin=c.row.origin,
+                    content_sha256=c.row.content_sha256,
+                    added=c.added,
+                    changed=c.changed,
+                    removed=c.removed,
+                    purged=c.purged,
+                )
+                for c in changes
+            ]
+        )
+
+    async def DiffRevisions(
+        self, request: pb.DiffRevisionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DiffRevisionsResponse:
+        latest = await asyncio.to_thread(self.store.latest_revision_id)
+        new = request.new or latest
+        for rev in (request.old, new):
+            if not 0 <= rev <= latest:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"there is no revision {rev}: revisions go from 1 to {latest} "
+                    "('plumb history' lists them)",
+                )
+        texts, resources = await asyncio.to_thread(self.fleet.diff, request.old, new)
+        return pb.DiffRevisionsResponse(
+            old=request.old,
+            new=new,
+            manifests=[
+                pb.ManifestDiff(name=t.name, change=t.change, unified=t.unified()) for t in texts
+            ],
+            resources=[
+                pb.ResourceDiff(
+                    resource_id=r.resource_id, change=r.change, fields=r.fields, nodes=r.nodes
+                )
+                for r in resources
+            ],
+        )
+
+    async def SetLabels(
+        self, request: pb.SetLabelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SetLabelsResponse:
+        name = request.node_name
+        both = set(request.set) & set(request.remove)
+        if both:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"label {sorted(both)[0]!r} is both set and removed: say one",
+            )
+        try:
+            done = await asyncio.to_thread(
+                self.fleet.relabel, name, dict(request.set), list(request.remove)
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        except UnknownNode as exc:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no node named {name!r} is enrolled ('plumb nodes' lists them)",
+            )
+            raise AssertionError("unreachable") from exc
+        reply = pb.SetLabelsResponse(
+            node_name=name,
+            labels=done.node.labels,
+            matched_before=done.before.manifests,
+            matched_after=done.after.manifests,
+        )
+        if done.catalog is None:
+            if done.before != done.after:
+                latest = await asyncio.to_thread(self.store.latest_revision_id)
+                problems = await asyncio.to_thread(self.store.catalog_problems, latest)
+                reply.catalog_problem = "\n".join(problems.get(name, []))
+            return reply
+        revision, payload = done.catalog
+        reply.revision = revision
+        if self.hub.connected(name):
+            signed = self.fleet.sign(revision, payload)
+            if self.given is not None:
+                self.given.remember({(name, revision): Given.of(payload)})
+            wait_s = min(request.wait_s or DEFAULT_PUSH_WAIT_S, MAX_PUSH_WAIT_S)
+            acks = await self.hub.deliver({name: signed}, {name}, wait_s)
+            ack = acks.get(name)
+            reply.delivered = ack is not None and ack.accepted
+            reply.refused = ack.error if ack is not None and not ack.accepted else ""
+        return reply
 
     # ------------------------------------------------------------ operators
 
@@ -494,6 +651,26 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             broken_at=check.broken_at or 0,
             problem=check.problem or "",
         )
+
+
+def _author() -> str | None:
+    """Who calls: the operator's certificate identity (None outside an RPC, as in tests)."""
+    try:
+        return caller_certificate().identity.name
+    except LookupError:
+        return None
+
+
+async def _selector(text: str, context: grpc.aio.ServicerContext[Any, Any]) -> targeting.Selector:
+    try:
+        return targeting.parse(text)
+    except targeting.SelectorError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+def _resource_nodes(found: Mapping[str, Sequence[str]]) -> list[pb.ResourceNodes]:
+    return [pb.ResourceNodes(resource_id=r, nodes=n) for r, n in sorted(found.items())]
 
 
 def _identity_fields(n: NodeRow) -> dict[str, Any]:

@@ -429,9 +429,47 @@ def push(request: pb.PushRequest, reply: pb.PushResponse | None) -> Summary:
         }
         for f in request.files[:MAX_ITEMS]
     ]
-    details: dict[str, Any] = {"files": files}
+    details: dict[str, Any] = {"files": files, "message": _text(request.message) or None}
     if len(request.files) > MAX_ITEMS:
         details["more_files"] = len(request.files) - MAX_ITEMS
+    return _new_revision(details, reply)
+
+
+def remove_manifest(request: pb.RemoveManifestRequest, reply: pb.PushResponse | None) -> Summary:
+    details: dict[str, Any] = {
+        "manifest": _text(request.name),
+        "purge": request.purge,
+        "message": _text(request.message) or None,
+    }
+    return _new_revision(details, reply)
+
+
+def rollback(request: pb.RollbackRequest, reply: pb.PushResponse | None) -> Summary:
+    details: dict[str, Any] = {
+        "to": request.to,
+        "manifest": _text(request.name) or None,  # None: the whole revision
+        "message": _text(request.message) or None,
+    }
+    return _new_revision(details, reply)
+
+
+def set_labels(request: pb.SetLabelsRequest, reply: pb.SetLabelsResponse | None) -> Summary:
+    details: dict[str, Any] = {
+        "node": _text(request.node_name),
+        "set": _labels(request.set),
+        "remove": _few(request.remove),
+    }
+    if reply is not None:
+        details.update(
+            matched_before=_few(reply.matched_before),
+            matched_after=_few(reply.matched_after),
+            delivered=reply.delivered,
+        )
+    return Summary(details)
+
+
+def _new_revision(details: dict[str, Any], reply: pb.PushResponse | None) -> Summary:
+    """What came of a call that proposes a new revision (push, manifest rm, rollback)."""
     if reply is None:
         return Summary(details)
     if reply.errors:

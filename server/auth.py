@@ -89,8 +89,15 @@ ADMIN_RULES: dict[str, Rule] = {
     "VerifyAudit": Rule(Role.VIEWER),
     # Its own certificate: any operator, for itself only (the caller's name).
     "RenewOperator": Rule(Role.VIEWER, audit.renew_operator),
-    # Desired state.
+    "ListManifests": Rule(Role.VIEWER),
+    "ListRevisions": Rule(Role.VIEWER),
+    "DiffRevisions": Rule(Role.VIEWER),  # sensitive resources are redacted in it
+    # Desired state. Labels choose which manifests a node gets, as a push's
+    # targets do: whoever may push may relabel.
     "Push": Rule(Role.OPERATOR, audit.push),
+    "RemoveManifest": Rule(Role.OPERATOR, audit.remove_manifest),
+    "Rollback": Rule(Role.OPERATOR, audit.rollback),
+    "SetLabels": Rule(Role.OPERATOR, audit.set_labels),
     # Identities: tokens, nodes, operators.
     "CreateToken": Rule(Role.ADMIN, audit.create_token),
     "RevokeToken": Rule(Role.ADMIN, audit.revoke_token),

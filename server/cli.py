@@ -58,8 +58,15 @@ examples:
   plumb token create --names db-2 --install-command         # for that name only
   plumb token list --all
   plumb node reenroll db-2                                  # a new host for an old name
-  plumb push manifests/web.yaml manifests/base.yaml
+  plumb push manifests/web.yaml manifests/base.yaml -m "web: nginx 1.24"
+  plumb manifests
+  plumb history web
+  plumb diff 4                     # revision 4 -> the latest
+  plumb rollback web --to 4 -m "back to nginx 1.22"
+  plumb manifest rm old-app --purge
+  plumb label web-1 role=web env=staging --remove canary
   plumb nodes
+  plumb nodes --target 'role=web,os.family=debian'
   plumb node revoke web-1      # it can no longer connect; listed as revoked
   plumb node rm web-1          # decommission: revoke, and drop it from nodes/compliance
   plumb report web-1
@@ -134,21 +141,23 @@ def _parser() -> argparse.ArgumentParser:
         "identical to the latest revision stores nothing. Exit 1 if refused.",
     )
     push.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    push.add_argument(
-        "--wait",
-        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for connected nodes to acknowledge the new catalog (default: 5)",
-    )
+    _revision_flags(push)
     _json_flag(push)
     push.set_defaults(func=_push)
+    _add_revision_commands(sub)
 
     nodes = sub.add_parser(
         "nodes", parents=[_common()], help="enrolled nodes, connection and compliance"
     )
     nodes.add_argument(
         "--all", action="store_true", help="also the nodes removed with 'plumb node rm'"
+    )
+    nodes.add_argument(
+        "--target",
+        metavar="SELECTOR",
+        default="",
+        help="only the nodes a selector picks: 'role=web,os.family=debian', "
+        "'name in (db-1,db-2)', 'env!=prod', '!canary' (see 'plumb manifests')",
     )
     _json_flag(nodes)
     nodes.set_defaults(func=_nodes)
@@ -183,6 +192,255 @@ def _parser() -> argparse.ArgumentParser:
     _add_operator_commands(sub)
     _add_audit_command(sub)
     return parser
+
+
+def _revision_flags(parser: argparse.ArgumentParser) -> None:
+    """What every command that makes a revision takes: why, and how long to wait."""
+    parser.add_argument(
+        "-m",
+        "--message",
+        default="",
+        help="why: recorded with the revision ('plumb history' shows it)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for connected nodes to acknowledge the new catalog (default: 5)",
+    )
+
+
+def _add_revision_commands(sub: Any) -> None:
+    """Manifests and revisions over time: list, remove, history, diff, rollback, label."""
+    manifests = sub.add_parser(
+        "manifests",
+        parents=[_common()],
+        help="the manifests of the latest revision: target, resources, nodes, last change",
+    )
+    _json_flag(manifests)
+    manifests.set_defaults(func=_manifests)
+
+    manifest = sub.add_parser(
+        "manifest", help="one manifest: remove it (optionally purging what it managed)"
+    ).add_subparsers(required=True, metavar="ACTION")
+    rm = manifest.add_parser(
+        "rm",
+        parents=[_common()],
+        help="a new revision without a manifest; --purge also removes what it managed",
+        description="Store a new revision without manifest NAME. Without --purge its "
+        "resources are no longer managed: left as they are, and no longer reported. With "
+        "--purge the nodes' agents remove what can be removed (files, packages, routes, "
+        "firewall tables Plumb made), in reverse require order; a service is left as it "
+        "is. Something another manifest manages is never removed. Exit 1 if refused.",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--purge", action="store_true", help="remove what it managed from the nodes")
+    _revision_flags(rm)
+    _json_flag(rm)
+    rm.set_defaults(func=_manifest_rm)
+
+    history = sub.add_parser(
+        "history",
+        parents=[_common()],
+        help="revisions, newest first: who, when, why, which manifests changed",
+    )
+    history.add_argument("name", nargs="?", metavar="NAME", help="only revisions changing it")
+    history.add_argument(
+        "--limit",
+        type=_bounded(int, 1, MAX_HISTORY_LIMIT, "a number of revisions"),
+        default=20,
+        help=f"at most this many, up to {MAX_HISTORY_LIMIT} (default: 20)",
+    )
+    _json_flag(history)
+    history.set_defaults(func=_history)
+
+    diff = sub.add_parser(
+        "diff",
+        parents=[_common()],
+        help="what changes between two revisions: manifest text, then resources per node",
+        description="The manifests' text diff from revision OLD to NEW (default: the latest), "
+        "then which resources that changes on which enrolled nodes' catalogs (compiled for "
+        "the nodes as they are now). Resources marked sensitive are redacted.",
+    )
+    diff.add_argument("old", type=_bounded(int, 0, 2**62, "a revision number"), metavar="OLD")
+    diff.add_argument(
+        "new",
+        type=_bounded(int, 1, 2**62, "a revision number"),
+        nargs="?",
+        default=0,
+        metavar="NEW",
+    )
+    _json_flag(diff)
+    diff.set_defaults(func=_diff)
+
+    rollback = sub.add_parser(
+        "rollback",
+        parents=[_common()],
+        help="a new revision with an earlier revision's content (all, or one manifest)",
+        description="Store a new revision whose content is revision REV's: all of it, or "
+        "manifest NAME's only (a manifest REV did not have is removed, without purge). It "
+        "is rolled out like a push. Exit 1 if refused.",
+    )
+    rollback.add_argument("name", nargs="?", metavar="NAME", help="only this manifest")
+    rollback.add_argument(
+        "--to",
+        required=True,
+        type=_bounded(int, 1, 2**62, "a revision number"),
+        metavar="REV",
+        help="the revision whose content to restore ('plumb history' lists them)",
+    )
+    _revision_flags(rollback)
+    _json_flag(rollback)
+    rollback.set_defaults(func=_rollback)
+
+    label = sub.add_parser(
+        "label",
+        parents=[_common()],
+        help="set or remove a node's labels (its catalog follows at once)",
+        description="Set KEY=VALUE labels on node NODE and remove the --remove ones. If the "
+        "manifests that select it change, a new catalog is compiled for it and delivered "
+        "(now if it is connected, else when it connects). Label names cannot be 'name' or "
+        "a fact's name (os.family, arch, ...).",
+    )
+    label.add_argument("node", metavar="NODE")
+    label.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    label.add_argument(
+        "--remove", action="append", default=[], metavar="KEY", help="remove label KEY"
+    )
+    label.add_argument(
+        "--wait",
+        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the node to acknowledge a new catalog (default: 5)",
+    )
+    _json_flag(label)
+    label.set_defaults(func=_label)
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListManifests(pb.ListManifestsRequest(), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.manifests(reply))
+    if not reply.revision:
+        print("nothing was pushed yet", file=sys.stderr)
+        return 0
+    _table(
+        ["MANIFEST", "FILE", "TARGET", "MODE", "RESOURCES", "NODES", "CHANGED IN", "BY"],
+        [
+            [
+                m.name,
+                m.file,
+                m.target or "-",
+                m.mode,
+                str(m.resources),
+                str(len(m.nodes)),
+                f"{m.changed_in} ({_when(m.changed_at)})",
+                m.author or "-",
+            ]
+            for m in reply.manifests
+        ],
+    )
+    print(f"revision {reply.revision}: {len(reply.manifests)} manifest(s)", file=sys.stderr)
+    for name in reply.purging:
+        print(f"{name}: removed with --purge; its objects are being removed", file=sys.stderr)
+    return 0
+
+
+def _manifest_rm(args: argparse.Namespace) -> int:
+    request = pb.RemoveManifestRequest(
+        name=args.name, purge=args.purge, message=args.message, wait_s=args.wait
+    )
+    reply = _stub(args).RemoveManifest(request, timeout=TIMEOUT_S + args.wait)
+    return _new_revision(args, reply, "manifest rm")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    request = pb.RollbackRequest(
+        to=args.to, name=args.name or "", message=args.message, wait_s=args.wait
+    )
+    reply = _stub(args).Rollback(request, timeout=TIMEOUT_S + args.wait)
+    return _new_revision(args, reply, "rollback")
+
+
+def _history(args: argparse.Namespace) -> int:
+    request = pb.ListRevisionsRequest(manifest=args.name or "", limit=args.limit)
+    reply = _stub(args).ListRevisions(request, timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.history(reply))
+    _table(
+        ["REVISION", "WHEN", "BY", "ORIGIN", "CHANGES", "MESSAGE"],
+        [
+            [
+                str(r.revision),
+                _when(r.created_at),
+                r.author or "-",
+                r.origin,
+                cliviews.revision_changes(r) or "-",
+                r.message or "-",
+            ]
+            for r in reply.revisions
+        ],
+    )
+    if not reply.revisions:
+        print(
+            f"no revision changed {args.name!r}" if args.name else "nothing was pushed yet",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    request = pb.DiffRevisionsRequest(old=args.old, new=args.new)
+    reply = _stub(args).DiffRevisions(request, timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.diff(reply))
+    if not reply.manifests:
+        print(f"revisions {reply.old} and {reply.new} ask the same: no manifest differs")
+        return 0
+    for m in reply.manifests:
+        print(f"# manifest {m.name}: {m.change}")
+        print(m.unified, end="")
+    print(f"\n# resources, revision {reply.old} -> {reply.new} (the nodes as they are now)")
+    if not reply.resources:
+        print("  no node's catalog changes")
+    for r in reply.resources:
+        fields = f" ({', '.join(r.fields)})" if r.fields else ""
+        print(f"  {r.change} {r.resource_id}{fields}: {len(r.nodes)} node(s): {', '.join(r.nodes)}")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    put = _parse_labels(args.labels)
+    if not put and not args.remove:
+        raise CLIError("nothing to change: give KEY=VALUE labels and/or --remove KEY")
+    request = pb.SetLabelsRequest(
+        node_name=args.node, set=put, remove=args.remove, wait_s=args.wait
+    )
+    reply = _on_node(lambda: _stub(args).SetLabels(request, timeout=TIMEOUT_S + args.wait))
+    if args.json:
+        return _print_json(cliviews.labels(reply))
+    print(f"node {reply.node_name}: labels {_labels(reply.labels)}")
+    before, after = list(reply.matched_before), list(reply.matched_after)
+    if before == after:
+        print(f"  the same manifests select it: {', '.join(after) or 'none'}; catalog unchanged")
+        return 0
+    print(f"  manifests before: {', '.join(before) or 'none'}; now: {', '.join(after) or 'none'}")
+    if reply.catalog_problem:
+        print(f"  no catalog for it now:\n{_indented(reply.catalog_problem)}", file=sys.stderr)
+        return 1
+    if reply.refused:
+        print(f"  REFUSED by {reply.node_name}: {reply.refused}")
+        return 1
+    if reply.delivered:
+        print(f"  new catalog (revision {reply.revision}) delivered (acknowledged)")
+    elif reply.revision:
+        print(
+            f"  new catalog (revision {reply.revision}) not delivered yet: it gets it "
+            "when it connects"
+        )
+    return 0
 
 
 def _add_operator_commands(sub: Any) -> None:
@@ -551,6 +809,7 @@ MAX_WIRE_UINT = 2**32 - 1
 #: Limits the server enforces too (server.admin); checked here to say so in one line.
 MAX_DRIFT_LIMIT = 10_000
 MAX_AUDIT_LIMIT = 10_000
+MAX_HISTORY_LIMIT = 10_000
 #: A node's clock further off the server's than this is worth a line.
 CLOCK_WARN_S = 60.0
 
@@ -721,8 +980,13 @@ def _push(args: argparse.Namespace) -> int:
             f"the manifests add up to {total / 2**20:.1f} MiB; a push takes at most "
             f"{MAX_PUSH_BYTES // 2**20} MiB (split them, or move large content out of them)"
         )
-    request = pb.PushRequest(files=files, wait_s=args.wait)
+    request = pb.PushRequest(files=files, wait_s=args.wait, message=args.message)
     reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
+    return _new_revision(args, reply, "push")
+
+
+def _new_revision(args: argparse.Namespace, reply: pb.PushResponse, what: str) -> int:
+    """Print what a push, manifest rm or rollback did; exit 1 if it was refused."""
     if args.json:
         _print_json(cliviews.push(reply))
     elif reply.errors:
@@ -730,7 +994,7 @@ def _push(args: argparse.Namespace) -> int:
             where = f"{e.file}:{e.line}: " if e.file else ""
             print(f"{where}{e.field + ': ' if e.field else ''}{e.message}", file=sys.stderr)
         print(
-            f"plumb: push refused ({len(reply.errors)} error(s)); nothing was stored",
+            f"plumb: {what} refused ({len(reply.errors)} error(s)); nothing was stored",
             file=sys.stderr,
         )
     else:
@@ -748,6 +1012,12 @@ def _manifest_file(path: Path) -> pb.ManifestFile:
 def _print_push(reply: pb.PushResponse, wait: float) -> None:
     for name in reply.unmatched_names:
         print(f"plumb: warning: target.names: no enrolled node is named {name!r}", file=sys.stderr)
+    for name in reply.unmatched_manifests:
+        print(
+            f"plumb: warning: manifest {name!r}: its target selects no enrolled node "
+            "('plumb nodes --target SELECTOR' shows who a selector picks)",
+            file=sys.stderr,
+        )
     if reply.unchanged:
         print(
             f"revision {reply.revision} unchanged: the manifests are identical to it; "
@@ -769,12 +1039,22 @@ def _print_push(reply: pb.PushResponse, wait: float) -> None:
         )
     for node, why in sorted(reply.refused_nodes.items()):
         print(f"  REFUSED by {node}: {why}")
+    for r in reply.purging:
+        print(f"  removing {r.resource_id} (purge) on {len(r.nodes)} node(s): {', '.join(r.nodes)}")
+    for r in reply.released:
+        print(
+            f"  no longer managed (left as it is): {r.resource_id} on {len(r.nodes)} node(s): "
+            f"{', '.join(r.nodes)}"
+        )
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListNodes(pb.ListNodesRequest(removed=args.all), timeout=TIMEOUT_S)
+    request = pb.ListNodesRequest(removed=args.all, target=args.target)
+    reply = _stub(args).ListNodes(request, timeout=TIMEOUT_S)
     if args.json:
         return _print_json(cliviews.nodes(reply))
+    if args.target and not reply.nodes:
+        print(f"no enrolled node matches {args.target!r}", file=sys.stderr)
     _table(
         ["NODE", "LABELS", "CONNECTED", "LAST SEEN", "REVISION", "COMPLIANCE", "NOT COMPLIANT"],
         [

@@ -14,7 +14,41 @@ adds ``pending`` and ``no_catalog``; triggers ``push``, ``schedule``,
      "errors": [{"file": "web.yaml" | null, "line": 7 | null, "field": "..." | null,
                  "message": "..."}],
      "targeted": ["web-1", ...], "delivered": [...], "undelivered": [...],
-     "refused": {"web-2": "why"}, "unmatched_names": ["db-9"]}
+     "refused": {"web-2": "why"}, "unmatched_names": ["db-9"],
+     "unmatched_manifests": ["db"], "released": {"file/old": ["web-1"]},
+     "purging": {"package/telnet": ["web-1", "web-2"]}}
+
+``manifest rm NAME`` and ``rollback`` print the same shape. ``unmatched_manifests``:
+pushed manifests whose target selects no enrolled node; ``released``: resources
+that leave nodes' catalogs and are left as they are; ``purging``: resources the
+nodes' agents remove (``manifest rm --purge``).
+
+``manifests``::
+
+    {"revision": 5 | null, "purging": ["old-app"],
+     "manifests": [{"name": "web", "file": "web.yaml", "target": "role=web",
+                    "mode": "enforce", "resources": 3, "nodes": ["web-1"],
+                    "changed_in": 4, "changed_at": 1764620000.5, "author": "alice" | null}]}
+
+``history [NAME]``::
+
+    {"revisions": [{"revision": 5, "created_at": ..., "author": "alice" | null,
+                    "message": "..." | null, "origin": "push" | "remove" | "rollback",
+                    "content_sha256": "...", "added": [...], "changed": [...],
+                    "removed": [...], "purged": [...]}]}
+
+``diff OLD [NEW]``::
+
+    {"old": 4, "new": 5, "manifests": [{"name": "web", "change": "changed",
+                                        "diff": "--- a/web.yaml\n+++ b/web.yaml\n..."}],
+     "resources": [{"resource": "file/motd", "change": "added" | "removed" | "changed",
+                    "fields": ["content"], "nodes": ["web-1"]}]}
+
+``label NODE``::
+
+    {"node": "web-1", "labels": {...}, "matched_before": ["base"],
+     "matched_after": ["base", "web"], "revision": 5 | null, "delivered": true,
+     "refused": "why" | null, "catalog_problem": "..." | null}
 
 ``nodes``::
 
@@ -50,7 +84,8 @@ expires (``null``: issued before Plumb recorded it); ``next_cert_serial`` a
 renewed certificate issued and not used yet (the agent's next session opens
 with it, and the old one is refused from then on); ``cert_issuer`` the key
 identifier of the CA that issued the certificate (``plumb-server ca status``
-names the CAs).
+names the CAs). ``facts`` is what its agent last said of its host
+(protos/facts.py lists the keys).
 
 ``node revoke NAME``::
 
@@ -203,6 +238,88 @@ def push(reply: pb.PushResponse) -> dict[str, Any]:
         "undelivered": list(reply.undelivered_nodes),
         "refused": dict(sorted(reply.refused_nodes.items())),
         "unmatched_names": list(reply.unmatched_names),
+        "unmatched_manifests": list(reply.unmatched_manifests),
+        "released": {r.resource_id: list(r.nodes) for r in reply.released},
+        "purging": {r.resource_id: list(r.nodes) for r in reply.purging},
+    }
+
+
+def manifests(reply: pb.ListManifestsResponse) -> dict[str, Any]:
+    return {
+        "revision": reply.revision or None,
+        "manifests": [
+            {
+                "name": m.name,
+                "file": m.file,
+                "target": m.target,
+                "mode": m.mode,
+                "resources": m.resources,
+                "nodes": list(m.nodes),
+                "changed_in": m.changed_in,
+                "changed_at": m.changed_at,
+                "author": m.author or None,
+            }
+            for m in reply.manifests
+        ],
+        "purging": list(reply.purging),
+    }
+
+
+def history(reply: pb.ListRevisionsResponse) -> dict[str, Any]:
+    return {
+        "revisions": [
+            {
+                "revision": r.revision,
+                "created_at": r.created_at,
+                "author": r.author or None,
+                "message": r.message or None,
+                "origin": r.origin,
+                "content_sha256": r.content_sha256,
+                "added": list(r.added),
+                "changed": list(r.changed),
+                "removed": list(r.removed),
+                "purged": list(r.purged),
+            }
+            for r in reply.revisions
+        ]
+    }
+
+
+def revision_changes(r: pb.RevisionInfo) -> str:
+    """``+web ~base -old !gone``: added, changed, removed, purged manifests."""
+    marks = (("+", r.added), ("~", r.changed), ("-", r.removed), ("!", r.purged))
+    return " ".join(f"{mark}{name}" for mark, names in marks for name in names)
+
+
+def diff(reply: pb.DiffRevisionsResponse) -> dict[str, Any]:
+    return {
+        "old": reply.old,
+        "new": reply.new,
+        "manifests": [
+            {"name": m.name, "change": m.change, "diff": m.unified} for m in reply.manifests
+        ],
+        "resources": [
+            {
+                "resource": r.resource_id,
+                "change": r.change,
+                "fields": list(r.fields),
+                "nodes": list(r.nodes),
+            }
+            for r in reply.resources
+        ],
+    }
+
+
+def labels(reply: pb.SetLabelsResponse) -> dict[str, Any]:
+    return {
+        "node": reply.node_name,
+        "labels": dict(sorted(reply.labels.items())),
+        "matched_before": list(reply.matched_before),
+        "matched_after": list(reply.matched_after),
+        "revision": reply.revision or None,
+        "delivered": reply.delivered,
+        "refused": reply.refused or None,
+        "catalog_problem": reply.catalog_problem or None,
     }
 
 
@@ -245,6 +362,7 @@ def node(n: pb.Node) -> dict[str, Any]:
         "cert_not_after": n.cert_not_after or None,
         "next_cert_serial": n.next_cert_serial or None,
         "cert_issuer": n.cert_issuer or None,
+        "facts": dict(sorted(n.facts.items())),
     }
 
 

@@ -14,19 +14,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from modules.catalog import Catalog, CatalogResource
 from protos import plumb_pb2 as pb
 from protos.limits import MAX_CATALOG_BYTES
-from server import compiler
+from server import compiler, targeting
 from server import compliance as compliance_
 from server import history as history_
 from server import manifest as manifests_
 from server.compiler import DesiredState
-from server.errors import CompileError, ManifestError
+from server.errors import CompileError, ManifestError, UnknownNode
 from server.pki import KeyPair, cert_pem, sign_payload
-from server.store import ManifestSource, RevisionMeta, RevisionRow, Selected, Store
+from server.store import (
+    ManifestSource,
+    NodeRow,
+    RevisionMeta,
+    RevisionRow,
+    Selected,
+    Store,
+)
 from server.targeting import Subject
 
 log = logging.getLogger("plumb.server.fleet")
@@ -293,21 +300,73 @@ class Fleet:
             self.store.statuses(),
         )
 
+    def manifests(self) -> tuple[int, list[ManifestView], list[str]]:
+        """The latest revision, its manifests as ``plumb manifests`` shows them, and the
+        names of the purged manifests whose objects are being removed."""
+        revision, state = self.latest_state()
+        subjects = [n.subject for n in self.store.list_nodes()]
+        last_change = self._last_changes({m.name for m in state.manifests})
+        views = [
+            ManifestView(
+                m,
+                tuple(s.name for s in subjects if m.target.matches(s)),
+                last_change[m.name],
+            )
+            for m in sorted(state.manifests, key=lambda m: m.name)
+        ]
+        return revision, views, sorted(m.name for m in state.purged)
+
+    def _last_changes(self, names: set[str]) -> dict[str, RevisionRow]:
+        """For each manifest name, the newest revision that added or changed it."""
+        found: dict[str, RevisionRow] = {}
+        for change in self._changes():
+            if not names - found.keys():
+                break
+            for name in {*change.added, *change.changed} & names:
+                found.setdefault(name, change.row)
+        return found
+
+    def relabel(self, node_name: str, put: Mapping[str, str], remove: Sequence[str]) -> Relabel:
+        """Change a node's labels; its catalog is compiled again if other manifests select it.
+
+        UnknownNode if there is no such node; ValueError naming the label
+        for a label that cannot be set (see server.targeting.label_problem).
+        """
+        for key, value in put.items():
+            problem = targeting.label_problem(key, value)
+            if problem:
+                raise ValueError(problem)
+        changed = self.store.set_labels(node_name, put, remove)
+        if changed is None:
+            raise UnknownNode(node_name)
+        old, new = changed
+        revision, state = self.latest_state()
+        before, after = _selected(state, old.subject), _selected(state, new.subject)
+        if revision == 0 or before == after:
+            return Relabel(new, before, after, None)
+        return Relabel(new, before, after, self.prepare(node_name))
+
     def history(self, limit: int, manifest: str | None = None) -> list[RevisionChange]:
         """The newest ``limit`` revisions (that changed ``manifest``, if given), newest first."""
         found: list[RevisionChange] = []
+        for change in self._changes():
+            if len(found) == limit:
+                break
+            if manifest is None or manifest in change.names:
+                found.append(change)
+        return found
+
+    def _changes(self) -> Iterator[RevisionChange]:
+        """Every revision with what it changed, newest first, read 64 at a time."""
         before: int | None = None
-        while len(found) < limit:
+        while True:
             rows = self.store.revision_rows(64, before)
             if not rows:
-                break
+                return
             older = self.store.revision_row(rows[-1].id - 1) if rows[-1].id > 1 else None
             for row, parent in zip(rows, [*rows[1:], older], strict=True):
-                change = RevisionChange.between(parent, row)
-                if manifest is None or manifest in change.names:
-                    found.append(change)
+                yield RevisionChange.between(parent, row)
             before = rows[-1].id
-        return found[:limit]
 
     def diff(
         self, old: int, new: int
@@ -458,6 +517,27 @@ def _redacted(
         ManifestSource(f"{m.name} (purged)" if purged else m.name, m.file, manifests_.redacted(m))
         for m in manifests
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestView:
+    """One manifest of the latest revision, as ``plumb manifests`` shows it."""
+
+    manifest: manifests_.Manifest
+    nodes: tuple[str, ...]  # the enrolled nodes it selects now
+    changed_in: RevisionRow  # the newest revision that added or changed it
+
+
+@dataclasses.dataclass(frozen=True)
+class Relabel:
+    """What relabelling a node did: its row now, and what selected it before and after."""
+
+    node: NodeRow
+    before: Selected
+    after: Selected
+    #: Its new catalog (revision, payload) when the manifests that select it
+    #: changed and it compiled; None otherwise (see :meth:`Fleet.prepare`).
+    catalog: tuple[int, bytes] | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -195,7 +196,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
             trusted_ca_pem=self.trusted_ca_pem,
         )
         outbox.put_nowait(pb.ServerMessage(welcome=welcome))
-        if catalog is not None and catalog.revision != hello.applied_revision:
+        if catalog is not None and _not_applied(catalog, hello):
             outbox.put_nowait(pb.ServerMessage(catalog=catalog))
 
     async def _record_losses(self, name: str, losses: Sequence[pb.StateLoss]) -> list[str]:
@@ -350,3 +351,16 @@ class _Stream:
 async def _drain(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
     while (message := await outbox.get()) is not CLOSE:
         yield message
+
+
+def _not_applied(catalog: pb.SignedCatalog, hello: pb.Hello) -> bool:
+    """Whether the node's agent has some other catalog than ``catalog``.
+
+    An older agent says only its revision; a newer one also the digest,
+    which tells a catalog compiled again at the same revision apart.
+    """
+    if catalog.revision != hello.applied_revision:
+        return True
+    return bool(hello.applied_sha256) and (
+        hashlib.sha256(catalog.payload).hexdigest() != hello.applied_sha256
+    )

@@ -1079,6 +1079,24 @@ class Store:
             rows = conn.execute(query).all()
         return [_node_row(r) for r in rows]
 
+    def set_labels(
+        self, name: str, put: Mapping[str, str], remove: Sequence[str]
+    ) -> tuple[NodeRow, NodeRow] | None:
+        """Set ``put`` and drop ``remove`` on node ``name``'s labels, atomically.
+
+        Returns the node before and after; None if no such (live) node.
+        """
+        with self._tx() as conn:
+            where = (nodes.c.name == name, nodes.c.decommissioned_at.is_(None))
+            row = conn.execute(sa.select(nodes).where(*where)).first()
+            if row is None:
+                return None
+            before = _node_row(row)
+            labels = {k: v for k, v in before.labels.items() if k not in set(remove)}
+            labels.update(put)
+            conn.execute(nodes.update().where(*where).values(labels=labels))
+        return before, dataclasses.replace(before, labels=labels)
+
     # ------------------------------------------------------------ node identities
 
     def on_node_change(self, listener: Callable[[str], None]) -> None:

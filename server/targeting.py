@@ -157,3 +157,27 @@ def reserved_label(key: str) -> str | None:
             + " in a target; choose another label name"
         )
     return None
+
+
+#: The most a label key or value may hold (Kubernetes' limit on a label's name part).
+MAX_LABEL_CHARS = 63
+
+
+def label_problem(key: str, value: str) -> str | None:
+    """Why label ``key=value`` cannot be set on a node; None: it can.
+
+    A label a selector could not name (``role=web`` written any other way)
+    could never select the node, so the key and the value take exactly what
+    selectors read.
+    """
+    if not re.fullmatch(_KEY, key) or len(key) > MAX_LABEL_CHARS:
+        return (
+            f"label key {key!r}: expected up to {MAX_LABEL_CHARS} letters, digits and _ . / -, "
+            "starting and ending with a letter or digit"
+        )
+    if not re.fullmatch(_VALUE, value) or len(value) > MAX_LABEL_CHARS:
+        return (
+            f"label {key}={value!r}: a value is up to {MAX_LABEL_CHARS} letters, digits "
+            "and _ . / : @ + -"
+        )
+    return reserved_label(key)

@@ -194,6 +194,7 @@ def test_a_push_records_its_files_by_hash_never_their_content() -> None:
                 "sha256": hashlib.sha256(secret.encode()).hexdigest(),
             }
         ],
+        "message": None,
         "revision": 7,
         "unchanged": False,
         "targeted": 2,

@@ -235,12 +235,15 @@ def test_every_method_beyond_a_viewer_s_is_recorded_in_the_audit_log() -> None:
         if rule.role != Role.VIEWER:
             assert rule.summary is not None, method
     assert {m for m, r in ADMIN_RULES.items() if r.summary is None} == {
+        "DiffRevisions",
         "GetCompliance",
         "GetReport",
         "ListAudit",
         "ListDrift",
+        "ListManifests",
         "ListNodes",
         "ListOperators",
+        "ListRevisions",
         "ListTokens",
         "VerifyAudit",
     }
@@ -250,17 +253,20 @@ def test_the_roles_as_the_readme_says() -> None:
     by_role = {role: sorted(m for m, r in ADMIN_RULES.items() if r.role == role) for role in Role}
     assert by_role == {
         Role.VIEWER: [
+            "DiffRevisions",
             "GetCompliance",
             "GetReport",
             "ListAudit",
             "ListDrift",
+            "ListManifests",
             "ListNodes",
             "ListOperators",
+            "ListRevisions",
             "ListTokens",
             "RenewOperator",
             "VerifyAudit",
         ],
-        Role.OPERATOR: ["Push"],
+        Role.OPERATOR: ["Push", "RemoveManifest", "Rollback", "SetLabels"],
         Role.ADMIN: [
             "AddOperator",
             "CreateToken",

@@ -225,6 +225,7 @@ class ShapesAdmin(FakeAdmin):
                     ],
                     cert_serial="5f3a09",
                     enrolled_by_token="0a1b2c3d",
+                    facts={"os.family": "debian"},
                 ),
                 pb.Node(
                     name="web-2",
@@ -291,6 +292,9 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "undelivered": ["web-2"],
         "refused": {},
         "unmatched_names": ["db-9"],
+        "unmatched_manifests": [],
+        "released": {},
+        "purging": {},
     }
     web1, web2 = shape("nodes")["nodes"]
     assert web1 == {
@@ -336,6 +340,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "cert_not_after": None,
         "next_cert_serial": None,
         "cert_issuer": None,
+        "facts": {"os.family": "debian"},
     }
     assert web2["losses"] == web2["conditions"] == []
     assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)
