@@ -454,6 +454,8 @@ def _check_mode(report: _Report, value: Any) -> Mode:
 def _check_target(report: _Report, value: Any) -> Target:
     path: FieldPath = ("target",)
     if isinstance(value, str):  # target: "role=web,env!=prod", a selector alone
+        if value.strip() == targeting.ALL:  # what `plumb manifests` prints for all: true
+            return Target(all=True)
         return Target(match=_check_selector(report, path, value))
     expected = "a selector or a mapping with labels, names, match or all"
     if not _expect(report, path, value, dict, expected):

@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from protos.facts import FACT_KEYS, LIST_FACTS
 
 NAME_KEY = "name"
+#: ``target: all`` selects every node, so no label is called that.
+ALL = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,8 @@ def _requirement(found: re.Match[str]) -> Requirement:
 
 def reserved_label(key: str) -> str | None:
     """Why a label cannot be called ``key`` (it would read as a name or a fact); None: it can."""
+    if key == ALL:
+        return f"label {key!r}: 'target: all' selects every node; choose another label name"
     if key == NAME_KEY or key in FACT_KEYS:
         return (
             f"label {key!r}: {key} is a node's "

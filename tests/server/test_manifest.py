@@ -928,3 +928,11 @@ def test_a_resource_declared_twice_across_manifests_is_not_a_set_error() -> None
 )
 def test_target_matches(target: Target, node: str, labels: dict[str, str], expected: bool) -> None:
     assert target.matches(Subject(node, labels)) is expected
+
+
+@pytest.mark.parametrize("written", ["all", "' all '", "{all: true}"])
+def test_target_all_is_every_node_however_it_is_written(written: str) -> None:
+    """`target: all` is what `plumb manifests` prints: it must never read as a label."""
+    target = load("a.yaml", f"name: a\ntarget: {written}\nresources: []\n").target
+    assert target == Target(all=True)
+    assert target.matches(Subject("any", {}))

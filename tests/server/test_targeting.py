@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.targeting import SelectorError, Subject, parse, reserved_label
+from server.targeting import SelectorError, Subject, label_problem, parse, reserved_label
 
 WEB = Subject(
     "web-1",
@@ -63,5 +63,28 @@ def test_a_selector_prints_back_as_it_parses() -> None:
 
 
 def test_labels_cannot_take_the_name_of_a_fact_or_name() -> None:
-    assert reserved_label("os.family") and reserved_label("name")
+    assert reserved_label("os.family") and reserved_label("name") and reserved_label("all")
     assert reserved_label("role") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("role", "web", None),
+        ("team/owner", "a.b-c_d:1@x+y", None),
+        ("role", "", None),  # role= selects it
+        ("role", "two words", "a value is up to 63"),
+        ("-role", "web", "label key '-role'"),
+        ("r" * 64, "web", "label key"),
+        ("role", "w" * 64, "a value is up to 63"),
+        ("arch", "arm", "is a node's fact"),
+        ("all", "yes", "'target: all' selects every node"),
+    ],
+)
+def test_a_label_a_selector_could_not_name_is_refused(
+    key: str, value: str, problem: str | None
+) -> None:
+    found = label_problem(key, value)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+    if problem is None:  # and what can be set, a selector selects
+        assert parse(f"{key}={value}").matches(Subject("n", {key: value}))
