@@ -167,9 +167,10 @@ def test_history_diff_and_rollback_restore_the_old_content_everywhere(
     assert (text["name"], text["change"]) == ("base", "changed")
     assert '-    spec: {path: /etc/motd, content: "v1\\n"}' in text["diff"]
     assert '+    spec: {path: /etc/motd, content: "v2\\n"}' in text["diff"]
-    assert {(r["resource"], r["change"], tuple(r["fields"]), tuple(r["nodes"])) for r in diff[
-        "resources"
-    ]} == {
+    assert {
+        (r["resource"], r["change"], tuple(r["fields"]), tuple(r["nodes"]))
+        for r in diff["resources"]
+    } == {
         ("file/motd", "changed", ("content",), ("db-1", "web-1")),
         ("file/token", "changed", ("content",), ("db-1", "web-1")),
     }
