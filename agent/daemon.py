@@ -184,6 +184,7 @@ class Daemon:
                 on_catalog=self._on_catalog,
                 conditions=self._conditions,
                 renewal=self.renewal,
+                dry_run=lambda catalog: self.runner.dry_run(catalog).to_wire(),
             )
             self._session = session
             session.start()

@@ -22,7 +22,9 @@ skipped is skipped without being read. In a dry evaluation (a noop run, or an
 audit resource) a requirement that is drifted or unknown was not changed, so
 if reading or diffing the dependent then fails, the dependent is ``unknown``
 rather than ``failed``: the failure may only be due to the change that was
-not made.
+not made. A noop run, which predicts what a run would do (``plumb plan``),
+also calls such a dependent ``unknown`` when it is in sync now, never "no
+change"; an audit resource in an enforce run says how it is now.
 
 ``subscribe`` orders and blocks exactly like ``require``, and adds a refresh
 (:meth:`modules.base.Kind.refresh`: a restart, a reload) right after the
@@ -467,6 +469,8 @@ class _Evaluator:
             own = self._dry(res, kind, spec, pending)
             subscribed = [done[req] for req in dict.fromkeys(res.subscribe)]
             notifiers = [s.id for s in subscribed if s.status in _CHANGING]
+            if self.noop and own.status is Status.IN_SYNC and not notifiers:
+                own = _not_known_yet(own, pending)
             return self._described(res, kind, spec, _refresh_pending(own, notifiers))
         return self._finish(res, kind, spec, self._enforce(res, kind, spec), done)
 
@@ -883,6 +887,19 @@ def _skip_reason(res: CatalogResource, blocked: list[ResourceResult]) -> str:
 #: What a sensitive resource shows for every value: not even a hash (a short
 #: secret's hash is soon guessed).
 SENSITIVE = "(sensitive)"
+
+
+def _not_known_yet(own: _Outcome, pending: list[str]) -> _Outcome:
+    """An in-sync outcome of a noop run, which predicts what a run would do: in sync now
+    says nothing of after the changes it requires, which were not made. (A pending
+    refresh is a prediction of its own: see :func:`_refresh_pending`.)"""
+    if not pending:
+        return own
+    detail = (
+        f"in sync now, but it requires {', '.join(pending)}, which a run would change "
+        "first: what it would do then is not known"
+    )
+    return dataclasses.replace(own, status=Status.UNKNOWN, error=detail)
 
 
 def _sealed(res: CatalogResource, changes: tuple[Change, ...]) -> tuple[Change, ...]:

@@ -37,6 +37,7 @@ class Trigger(enum.StrEnum):
     MANUAL = "manual"  # plumb-agent run --once
     START = "start"  # the daemon started
     WATCH = "watch"  # a watcher saw something managed change
+    PLAN = "plan"  # a dry run of a candidate catalog (plumb plan): never spooled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,19 +98,21 @@ def run_summary(report: RunReport) -> str:
 
 MAX_VALUE_CHARS = 4096
 MAX_ERROR_CHARS = 16384
+MAX_DIFF_CHARS = 32768
 
 
 @dataclasses.dataclass(frozen=True)
 class _Limits:
     value: int  # characters of a change value or an observed value; 0: dropped
     error: int
+    diff: int  # characters of a change's text diff; a longer one is dropped whole
 
 
 # Tried in turn until the report fits; the last keeps every status and little else.
 _LIMITS = (
-    _Limits(MAX_VALUE_CHARS, MAX_ERROR_CHARS),
-    _Limits(256, 2048),
-    _Limits(0, 256),
+    _Limits(MAX_VALUE_CHARS, MAX_ERROR_CHARS, MAX_DIFF_CHARS),
+    _Limits(256, 2048, 0),
+    _Limits(0, 256, 0),
 )
 
 
@@ -119,6 +122,13 @@ class _Cut:
     def __init__(self, limits: _Limits) -> None:
         self.limits = limits
         self.happened = False
+
+    def whole(self, value: str, limit: int) -> str:
+        """``value`` if it fits, else nothing: half a diff would say what is not so."""
+        if len(value) <= limit:
+            return value
+        self.happened = True
+        return ""
 
     def text(self, value: str, limit: int) -> str:
         if len(value) <= limit:
@@ -135,6 +145,7 @@ class _Cut:
                 field=c.field,
                 observed=self.text(c.observed, value) if value else "",
                 desired=self.text(c.desired, value) if value else "",
+                diff=self.whole(c.diff or "", self.limits.diff),
             )
             for c in r.changes
         ]

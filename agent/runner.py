@@ -180,6 +180,30 @@ class Runner:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             yield
 
+    def dry_run(self, catalog: Catalog) -> RunReport:
+        """What a run of ``catalog`` would change, changing nothing (``plumb plan``).
+
+        A candidate, not the cached catalog: nothing is spooled, recorded or
+        remembered as converged, and a resource that depends on a change
+        earlier in the same run is ``unknown`` (the engine's dry evaluation).
+        It waits for a run in progress, so it reads a settled system.
+        """
+        with self._exclusive():
+            started = time.time()
+            results = engine.run(catalog.resources, Context(root=self.root, log=log), noop=True)
+            specs = {r.id: _spec_hash(r) for r in catalog.resources}
+            return RunReport(
+                id=str(uuid.uuid4()),
+                node=self.node,
+                revision=catalog.revision,
+                noop=True,
+                trigger=Trigger.PLAN,
+                started_at=started,
+                finished_at=time.time(),
+                results=tuple(results),
+                drift=frozenset(self._drift(results, specs)),
+            )
+
     def _record(self, report: RunReport) -> None:
         last = {
             "report_id": report.id,

@@ -39,6 +39,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,7 +51,8 @@ from agent.losses import SPOOLED_REPORTS
 from agent.renewal import CertificateRenewal
 from agent.spool import Spool
 from agent.state import Enrollment, StateDir, write_atomic
-from agent.tls import secure_channel, usable_trust
+from agent.tls import secure_channel, usable_trust, verify_catalog
+from modules.catalog import Catalog
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_MESSAGE_BYTES
@@ -78,10 +80,14 @@ class SessionClient:
         on_catalog: Callable[[pb.SignedCatalog], None],
         conditions: Callable[[], list[Condition]] | None = None,
         renewal: CertificateRenewal | None = None,
+        dry_run: Callable[[Catalog], pb.Report] | None = None,
     ) -> None:
         """``conditions()``: what is wrong with the node now (the state dir's, by default);
         ``renewal``: renews the node's certificate when the server says it is due (None:
-        this session does not; the daemon's does)."""
+        this session does not; the daemon's does); ``dry_run(catalog)``: evaluates a
+        candidate catalog without changing anything, for ``plumb plan`` (None: this
+        session answers that it does not)."""
+        self.dry_run = dry_run
         self.conditions = conditions or state.conditions.current
         self.cache = cache
         self.spool = spool
@@ -234,6 +240,8 @@ class SessionClient:
                 self._caught_up()
         elif kind == "catalog":
             self._catalog(message.catalog)
+        elif kind == "dry_run":
+            self._dry_run(message.dry_run)
         elif kind == "renewed":
             self._renewed(message.renewed)
         elif kind == "ack":
@@ -243,6 +251,37 @@ class SessionClient:
                 self._in_flight.pop(message.ack.report_id, None)
             with self._acked:
                 self._acked.notify_all()
+
+    def _dry_run(self, request: pb.DryRun) -> None:
+        """Evaluate a candidate catalog, off this thread (a run may hold the runner), and
+        answer; never cached, never applied. It is verified like any catalog: what an
+        evaluation reads and reports back is the signer's to ask, no one else's."""
+
+        def answer(**result: Any) -> None:
+            message = pb.AgentMessage(dry_run_result=pb.DryRunResult(id=request.id, **result))
+            self._outbox.put(message)
+
+        if self.dry_run is None:
+            answer(error="this agent session does not evaluate plans (a one-shot run)")
+            return
+        try:
+            catalog = verify_catalog(
+                request.catalog, self._state.ca.read_bytes(), self.enrollment.node
+            )
+        except (CatalogRejected, OSError) as exc:
+            log.error("refused the plan's catalog: %s", exc)
+            answer(error=f"the candidate catalog did not verify: {exc}")
+            return
+        evaluate = self.dry_run
+
+        def run() -> None:
+            try:
+                answer(report=evaluate(catalog))
+            except Exception as exc:
+                log.exception("dry run for a plan failed")
+                answer(error=f"the dry run failed: {exc}")
+
+        threading.Thread(target=run, daemon=True, name="plumb-dry-run").start()
 
     def _catalog(self, signed: pb.SignedCatalog) -> None:
         try:

@@ -95,6 +95,9 @@ class Change:
     observed: str
     desired: str
     logged: str | None = dataclasses.field(default=None, compare=False)
+    #: A unified diff of observed → desired, for a small text (a file's content);
+    #: None: no diff to show. Never for a sensitive resource (the engine drops it).
+    diff: str | None = dataclasses.field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.field}: {self.observed} → {self.desired}"

@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import enum
 import errno
 import fcntl
@@ -558,7 +559,33 @@ def _content_change(spec: FileSpec, state: FileState) -> Change | None:
     logged = f"content: {observed} → {_fingerprint(wanted)}"
     if observed_inline and desired_inline:
         return Change("content", observed_inline, desired_inline, logged)
-    return Change("content", observed, _fingerprint(wanted), logged)
+    diff = text_diff(state.content, wanted, spec.path) if state.content is not None else None
+    return Change("content", observed, _fingerprint(wanted), logged, diff)
+
+
+#: Text diffs are made for contents of at most this many lines on either side.
+MAX_DIFF_LINES = 500
+
+
+def text_diff(observed: bytes, desired: bytes, path: str) -> str | None:
+    """``diff -u`` of two small texts (UTF-8, no NUL, at most MAX_DIFF_LINES); None otherwise.
+
+    ``observed`` is only ever what :func:`observe` kept (at most
+    CONTENT_KEPT_LIMIT bytes): a larger file has no diff, only its hash.
+    """
+    if b"\0" in observed or b"\0" in desired:
+        return None
+    try:
+        before = observed.decode().splitlines(keepends=True)
+        after = desired.decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return None
+    if max(len(before), len(after)) > MAX_DIFF_LINES:
+        return None
+    lines = difflib.unified_diff(before, after, f"{path} (now)", f"{path} (desired)")
+    return "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
 
 
 def _inline(data: bytes) -> str | None:

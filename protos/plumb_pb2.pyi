@@ -25,6 +25,7 @@ class Trigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MANUAL: _ClassVar[Trigger]
     START: _ClassVar[Trigger]
     WATCH: _ClassVar[Trigger]
+    PLAN: _ClassVar[Trigger]
 STATUS_UNSPECIFIED: Status
 IN_SYNC: Status
 REPAIRED: Status
@@ -38,6 +39,7 @@ SCHEDULE: Trigger
 MANUAL: Trigger
 START: Trigger
 WATCH: Trigger
+PLAN: Trigger
 
 class EnrollRequest(_message.Message):
     __slots__ = ("token", "node_name", "csr_pem")
@@ -71,30 +73,52 @@ class EnrollResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., node_name: _Optional[str] = ..., agent_port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "report", "catalog_ack", "heartbeat", "renew")
+    __slots__ = ("hello", "report", "catalog_ack", "heartbeat", "renew", "dry_run_result")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     report: Report
     catalog_ack: CatalogAck
     heartbeat: Heartbeat
     renew: RenewRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., catalog_ack: _Optional[_Union[CatalogAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ...) -> None: ...
+    dry_run_result: DryRunResult
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., catalog_ack: _Optional[_Union[CatalogAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., dry_run_result: _Optional[_Union[DryRunResult, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("catalog", "ack", "welcome", "renewed")
+    __slots__ = ("catalog", "ack", "welcome", "renewed", "dry_run")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RENEWED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     catalog: SignedCatalog
     ack: Ack
     welcome: Welcome
     renewed: Renewed
-    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., renewed: _Optional[_Union[Renewed, _Mapping]] = ...) -> None: ...
+    dry_run: DryRun
+    def __init__(self, catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., renewed: _Optional[_Union[Renewed, _Mapping]] = ..., dry_run: _Optional[_Union[DryRun, _Mapping]] = ...) -> None: ...
+
+class DryRun(_message.Message):
+    __slots__ = ("id", "catalog")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    catalog: SignedCatalog
+    def __init__(self, id: _Optional[str] = ..., catalog: _Optional[_Union[SignedCatalog, _Mapping]] = ...) -> None: ...
+
+class DryRunResult(_message.Message):
+    __slots__ = ("id", "report", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    report: Report
+    error: str
+    def __init__(self, id: _Optional[str] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("csr_pem",)
@@ -216,14 +240,16 @@ class Ack(_message.Message):
     def __init__(self, report_id: _Optional[str] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("field", "observed", "desired")
+    __slots__ = ("field", "observed", "desired", "diff")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
     field: str
     observed: str
     desired: str
-    def __init__(self, field: _Optional[str] = ..., observed: _Optional[str] = ..., desired: _Optional[str] = ...) -> None: ...
+    diff: str
+    def __init__(self, field: _Optional[str] = ..., observed: _Optional[str] = ..., desired: _Optional[str] = ..., diff: _Optional[str] = ...) -> None: ...
 
 class ResourceResult(_message.Message):
     __slots__ = ("id", "kind", "name", "manifest", "status", "changes", "error", "duration_s", "controls", "drift", "observed")
@@ -462,6 +488,49 @@ class PushResponse(_message.Message):
     released: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
     purging: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
     def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ..., unmatched_manifests: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., purging: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ...) -> None: ...
+
+class PlanRequest(_message.Message):
+    __slots__ = ("files", "target", "wait_s")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
+    target: str
+    wait_s: float
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., target: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class NodePlan(_message.Message):
+    __slots__ = ("node_name", "report")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    report: Report
+    def __init__(self, node_name: _Optional[str] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+
+class PlanResponse(_message.Message):
+    __slots__ = ("base_revision", "errors", "answered", "no_answer", "offline", "refused", "unchanged")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    NO_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    base_revision: int
+    errors: _containers.RepeatedCompositeFieldContainer[ManifestError]
+    answered: _containers.RepeatedCompositeFieldContainer[NodePlan]
+    no_answer: _containers.RepeatedScalarFieldContainer[str]
+    offline: _containers.RepeatedScalarFieldContainer[str]
+    refused: _containers.ScalarMap[str, str]
+    unchanged: bool
+    def __init__(self, base_revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., answered: _Optional[_Iterable[_Union[NodePlan, _Mapping]]] = ..., no_answer: _Optional[_Iterable[str]] = ..., offline: _Optional[_Iterable[str]] = ..., refused: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class ListManifestsRequest(_message.Message):
     __slots__ = ()

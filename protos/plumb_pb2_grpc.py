@@ -310,6 +310,11 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.SetLabelsRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.SetLabelsResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/plumb.v1.Admin/Plan',
+                request_serializer=protos_dot_plumb__pb2.PlanRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.PlanResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -478,6 +483,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """What pushing these manifests would do: each selected connected node
+        evaluates its candidate catalog as a dry run. Nothing is stored or changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -595,6 +608,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetLabels,
                     request_deserializer=protos_dot_plumb__pb2.SetLabelsRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.SetLabelsResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=protos_dot_plumb__pb2.PlanRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.PlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1220,6 +1238,33 @@ class Admin:
             '/plumb.v1.Admin/SetLabels',
             protos_dot_plumb__pb2.SetLabelsRequest.SerializeToString,
             protos_dot_plumb__pb2.SetLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/Plan',
+            protos_dot_plumb__pb2.PlanRequest.SerializeToString,
+            protos_dot_plumb__pb2.PlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,14 @@ from server import operators, targeting, tokens
 from server.auth import caller_certificate
 from server.compliance import Tally
 from server.config import ServerConfig
-from server.errors import CSRRejected, LastAdmin, OperatorExists, UnknownNode, UnknownOperator
+from server.errors import (
+    CSRRejected,
+    LastAdmin,
+    ManifestError,
+    OperatorExists,
+    UnknownNode,
+    UnknownOperator,
+)
 from server.fleet import Fleet, PushOutcome
 from server.given import Given, GivenCatalogs
 from server.hub import Hub
@@ -61,6 +69,8 @@ MAX_HISTORY_LIMIT = 10_000
 #: How long a push waits, by default and at most, for targeted connected nodes
 #: to acknowledge the new catalog before it answers.
 DEFAULT_PUSH_WAIT_S = 5.0
+#: How long a plan waits, by default, for the nodes' dry runs.
+DEFAULT_PLAN_WAIT_S = 10.0
 MAX_PUSH_WAIT_S = 60.0
 
 
@@ -198,13 +208,52 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self, request: pb.PushRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PushResponse:
         files = [(f.path, f.content) for f in request.files]
-        size = sum(len(content.encode()) for _, content in files)
-        if size > MAX_PUSH_BYTES:
-            message = f"the manifests add up to {size} bytes; a push takes at most {MAX_PUSH_BYTES}"
-            return pb.PushResponse(errors=[pb.ManifestError(message=message)])
+        too_big = _too_big(files)
+        if too_big is not None:
+            return pb.PushResponse(errors=[too_big])
         meta = RevisionMeta(author=_author(), message=request.message)
         outcome = await asyncio.to_thread(self.fleet.push, files, meta)
         return await self._answer(outcome, request.wait_s)
+
+    async def Plan(
+        self, request: pb.PlanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PlanResponse:
+        files = [(f.path, f.content) for f in request.files]
+        too_big = _too_big(files)
+        if too_big is not None:
+            return pb.PlanResponse(errors=[too_big])
+        selector = await _selector(request.target, context) if request.target else None
+        outcome = await asyncio.to_thread(self.fleet.plan, files, selector)
+        if outcome.errors:
+            return pb.PlanResponse(
+                base_revision=outcome.base_revision, errors=_manifest_errors(outcome.errors)
+            )
+        connected = self.hub.connected_nodes()
+
+        def sign() -> dict[str, pb.DryRun]:  # CPU work for thousands: off the event loop
+            return {
+                node: pb.DryRun(
+                    id=uuid.uuid4().hex, catalog=self.fleet.sign(outcome.revision, payload)
+                )
+                for node, payload in outcome.catalogs.items()
+                if node in connected
+            }
+
+        asked = await asyncio.to_thread(sign)
+        wait_s = min(request.wait_s or DEFAULT_PLAN_WAIT_S, MAX_PUSH_WAIT_S)
+        answers = await self.hub.dry_run(asked, wait_s)
+        reply = pb.PlanResponse(
+            base_revision=outcome.base_revision,
+            unchanged=outcome.unchanged,
+            offline=sorted(n for n in outcome.catalogs if n not in connected),
+            no_answer=sorted(n for n in asked if n not in answers),
+        )
+        for node, answer in sorted(answers.items()):
+            if answer.error or answer.report.node_name != node:
+                reply.refused[node] = answer.error or "it answered for another node"
+            else:
+                reply.answered.append(pb.NodePlan(node_name=node, report=answer.report))
+        return reply
 
     async def RemoveManifest(
         self, request: pb.RemoveManifestRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -226,12 +275,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         """A new revision's answer, once the targeted connected nodes acknowledged it
         (or ``wait_s`` passed); a refusal or an unchanged revision at once."""
         if outcome.errors:
-            return pb.PushResponse(
-                errors=[
-                    pb.ManifestError(file=e.file, line=e.line, field=e.field, message=e.message)
-                    for e in outcome.errors
-                ]
-            )
+            return pb.PushResponse(errors=_manifest_errors(outcome.errors))
         if outcome.unchanged:
             return pb.PushResponse(
                 revision=outcome.revision,
@@ -651,6 +695,20 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             broken_at=check.broken_at or 0,
             problem=check.problem or "",
         )
+
+
+def _too_big(files: Sequence[tuple[str, str]]) -> pb.ManifestError | None:
+    size = sum(len(content.encode()) for _, content in files)
+    if size > MAX_PUSH_BYTES:
+        message = f"the manifests add up to {size} bytes; a push takes at most {MAX_PUSH_BYTES}"
+        return pb.ManifestError(message=message)
+    return None
+
+
+def _manifest_errors(errors: Sequence[ManifestError]) -> list[pb.ManifestError]:
+    return [
+        pb.ManifestError(file=e.file, line=e.line, field=e.field, message=e.message) for e in errors
+    ]
 
 
 def _author() -> str | None:

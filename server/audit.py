@@ -419,20 +419,46 @@ def reenroll_node(request: pb.ReenrollNodeRequest, reply: pb.CreateTokenResponse
     return Summary(details)
 
 
-def push(request: pb.PushRequest, reply: pb.PushResponse | None) -> Summary:
-    """The files by path, size and SHA-256 (their content may hold secrets), and what came of it."""
-    files = [
+def _files(files: Sequence[pb.ManifestFile]) -> list[dict[str, Any]]:
+    """Pushed files by path, size and SHA-256: their content may hold secrets."""
+    return [
         {
             "path": _text(f.path),
             "bytes": len(f.content.encode()),
             "sha256": hashlib.sha256(f.content.encode()).hexdigest(),
         }
-        for f in request.files[:MAX_ITEMS]
+        for f in files[:MAX_ITEMS]
     ]
-    details: dict[str, Any] = {"files": files, "message": _text(request.message) or None}
+
+
+def push(request: pb.PushRequest, reply: pb.PushResponse | None) -> Summary:
+    """The files by path, size and SHA-256 (their content may hold secrets), and what came of it."""
+    details: dict[str, Any] = {
+        "files": _files(request.files),
+        "message": _text(request.message) or None,
+    }
     if len(request.files) > MAX_ITEMS:
         details["more_files"] = len(request.files) - MAX_ITEMS
     return _new_revision(details, reply)
+
+
+def plan(request: pb.PlanRequest, reply: pb.PlanResponse | None) -> Summary:
+    """The files by hash, as for a push, the selector, and who answered."""
+    details: dict[str, Any] = {
+        "files": _files(request.files),
+        "target": _text(request.target) or None,
+    }
+    if reply is None:
+        return Summary(details)
+    if reply.errors:
+        return Summary(details, refused=f"{len(reply.errors)} manifest error(s)")
+    details.update(
+        base_revision=reply.base_revision,
+        answered=len(reply.answered),
+        no_answer=len(reply.no_answer),
+        offline=len(reply.offline),
+    )
+    return Summary(details)
 
 
 def remove_manifest(request: pb.RemoveManifestRequest, reply: pb.PushResponse | None) -> Summary:

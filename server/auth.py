@@ -95,6 +95,9 @@ ADMIN_RULES: dict[str, Rule] = {
     # Desired state. Labels choose which manifests a node gets, as a push's
     # targets do: whoever may push may relabel.
     "Push": Rule(Role.OPERATOR, audit.push),
+    # A plan shows what nodes hold (small files' content, in diffs): whoever may
+    # push may look, and each look is recorded.
+    "Plan": Rule(Role.OPERATOR, audit.plan),
     "RemoveManifest": Rule(Role.OPERATOR, audit.remove_manifest),
     "Rollback": Rule(Role.OPERATOR, audit.rollback),
     "SetLabels": Rule(Role.OPERATOR, audit.set_labels),

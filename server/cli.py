@@ -25,6 +25,7 @@ from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import cliviews, operators, tokens
+from server import plan as plan_
 from server.errors import CLIError, PlumbServerError
 from server.pki import (
     finish_replace,
@@ -58,6 +59,7 @@ examples:
   plumb token create --names db-2 --install-command         # for that name only
   plumb token list --all
   plumb node reenroll db-2                                  # a new host for an old name
+  plumb plan manifests/web.yaml                            # a dry run on the nodes
   plumb push manifests/web.yaml manifests/base.yaml -m "web: nginx 1.24"
   plumb manifests
   plumb history web
@@ -142,8 +144,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     push.add_argument("files", nargs="+", type=Path, metavar="FILE")
     _revision_flags(push)
+    push.add_argument(
+        "--plan-first",
+        action="store_true",
+        help="show the plan (see 'plumb plan') and push only if you answer yes",
+    )
     _json_flag(push)
     push.set_defaults(func=_push)
+
+    plan = sub.add_parser(
+        "plan",
+        parents=[_common()],
+        help="what pushing manifests would change, node by node: a dry run, nothing changed",
+        description="Validate and compile the manifests as a push would, send each selected "
+        "connected node its candidate catalog as a dry run, and show what a push would "
+        "change: per resource, on how many nodes and which fields; then per node, each "
+        "field observed -> desired (with a diff for small text files). Nodes that did not "
+        "answer in time and nodes that are offline are listed. Nothing is stored and no "
+        "agent changes anything. A resource whose outcome depends on an earlier change is "
+        "'unknown', never 'no change'. Without FILE: the latest revision as it stands "
+        "(what a run would repair now). Exit 1 if the manifests would be refused.",
+    )
+    plan.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    plan.add_argument(
+        "--target", metavar="SELECTOR", default="", help="only the nodes a selector picks"
+    )
+    plan.add_argument(
+        "--wait",
+        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the nodes' answers (default: 10)",
+    )
+    _json_flag(plan)
+    plan.set_defaults(func=_plan)
     _add_revision_commands(sub)
 
     nodes = sub.add_parser(
@@ -974,15 +1008,98 @@ def _parse_labels(items: Sequence[str]) -> dict[str, str]:
 
 def _push(args: argparse.Namespace) -> int:
     files = [_manifest_file(path) for path in args.files]
+    _check_size(files)
+    if args.plan_first:
+        planned = _stub(args).Plan(pb.PlanRequest(files=files), timeout=TIMEOUT_S + 10)
+        if planned.errors or args.json:
+            if args.json:
+                _print_json(cliviews.plan(planned))
+            _print_errors(planned.errors, "push")
+            if planned.errors:
+                return 1
+        else:
+            _print_plan(planned)
+        if not _confirmed("push this?"):
+            print("plumb: not pushed", file=sys.stderr)
+            return 1
+    request = pb.PushRequest(files=files, wait_s=args.wait, message=args.message)
+    reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
+    return _new_revision(args, reply, "push")
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal (standard error and input); only 'y' or 'yes' is a yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    files = [_manifest_file(path) for path in args.files]
+    _check_size(files)
+    request = pb.PlanRequest(files=files, target=args.target, wait_s=args.wait)
+    reply = _stub(args).Plan(request, timeout=TIMEOUT_S + args.wait)
+    if args.json:
+        _print_json(cliviews.plan(reply))
+    elif reply.errors:
+        _print_errors(reply.errors, "push")
+    else:
+        _print_plan(reply)
+    return 1 if reply.errors else 0
+
+
+def _print_plan(reply: pb.PlanResponse) -> None:
+    answered = list(reply.answered)
+    against = (
+        f"against revision {reply.base_revision}" if reply.base_revision else "(nothing pushed yet)"
+    )
+    print(f"plan {against}: {len(answered)} node(s) answered")
+    if reply.unchanged:
+        print("  the manifests are identical to the latest revision: a push would store nothing")
+    summary = plan_.summarize(answered)
+    for s in summary:
+        print(f"  {s.line()}")
+    if not summary and answered:
+        print("  no change on any node that answered")
+    for node in answered:
+        shown = plan_.changed_results(node)
+        if not shown:
+            continue
+        print(f"\n{node.node_name}:")
+        for r in shown:
+            status = cliviews.status_word(r.status)
+            word = "would change" if r.status == pb.DRIFTED else status
+            print(f"  {r.id}: {word}" + (f": {r.error}" if r.error else ""))
+            for c in r.changes:
+                print(f"    {c.field}: {c.observed} -> {c.desired}")
+                if c.diff:
+                    print(_indented(_indented(c.diff.rstrip("\n"))))
+    if reply.no_answer:
+        print(f"\nno answer in time: {', '.join(reply.no_answer)} (not evaluated)")
+    if reply.offline:
+        print(f"offline: {', '.join(reply.offline)} (not evaluated)")
+    for name, why in sorted(reply.refused.items()):
+        print(f"REFUSED by {name}: {why}")
+
+
+def _check_size(files: Sequence[pb.ManifestFile]) -> None:
     total = sum(len(f.content.encode()) for f in files)
     if total > MAX_PUSH_BYTES:
         raise CLIError(
             f"the manifests add up to {total / 2**20:.1f} MiB; a push takes at most "
             f"{MAX_PUSH_BYTES // 2**20} MiB (split them, or move large content out of them)"
         )
-    request = pb.PushRequest(files=files, wait_s=args.wait, message=args.message)
-    reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
-    return _new_revision(args, reply, "push")
+
+
+def _print_errors(errors: Sequence[pb.ManifestError], what: str) -> None:
+    for e in errors:
+        where = f"{e.file}:{e.line}: " if e.file else ""
+        print(f"{where}{e.field + ': ' if e.field else ''}{e.message}", file=sys.stderr)
+    if errors:
+        print(
+            f"plumb: {what} refused ({len(errors)} error(s)); nothing was stored",
+            file=sys.stderr,
+        )
 
 
 def _new_revision(args: argparse.Namespace, reply: pb.PushResponse, what: str) -> int:
@@ -990,13 +1107,7 @@ def _new_revision(args: argparse.Namespace, reply: pb.PushResponse, what: str) -
     if args.json:
         _print_json(cliviews.push(reply))
     elif reply.errors:
-        for e in reply.errors:
-            where = f"{e.file}:{e.line}: " if e.file else ""
-            print(f"{where}{e.field + ': ' if e.field else ''}{e.message}", file=sys.stderr)
-        print(
-            f"plumb: {what} refused ({len(reply.errors)} error(s)); nothing was stored",
-            file=sys.stderr,
-        )
+        _print_errors(reply.errors, what)
     else:
         _print_push(reply, args.wait)
     return 1 if reply.errors else 0

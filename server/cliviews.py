@@ -23,6 +23,23 @@ pushed manifests whose target selects no enrolled node; ``released``: resources
 that leave nodes' catalogs and are left as they are; ``purging``: resources the
 nodes' agents remove (``manifest rm --purge``).
 
+``plan [FILE...]`` (and ``push --plan-first --json``, before it asks)::
+
+    {"base_revision": 5 | null, "unchanged": false, "errors": [...as push],
+     "resources": [{"resource": "file/app-conf", "changing": 37,
+                    "fields": {"content": 37, "mode": 2},
+                    "statuses": {"drifted": 37, "in_sync": 3, "unknown": 1}}],
+     "nodes": [{"node": "web-1", "results": [{"resource": "file/app-conf",
+                "status": "drifted" | "unknown" | "failed" | ...,
+                "changes": [{"field": "content", "observed": "sha256:...",
+                             "desired": "sha256:...", "diff": "--- ...\n" | null}],
+                "error": null}]}],
+     "no_answer": ["web-7"], "offline": ["web-9"], "refused": {"web-3": "why"}}
+
+``resources`` leaves out what is in sync everywhere; in ``nodes`` only what
+would change (``drifted``), fail or is not known (``unknown``: it depends on
+an earlier change in the same dry run) is listed.
+
 ``manifests``::
 
     {"revision": 5 | null, "purging": ["old-app"],
@@ -204,6 +221,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protos import plumb_pb2 as pb
+from server import plan as plan_
 
 
 def status_word(status: int) -> str:
@@ -224,15 +242,7 @@ def push(reply: pb.PushResponse) -> dict[str, Any]:
     return {
         "revision": reply.revision or None,
         "unchanged": reply.unchanged,
-        "errors": [
-            {
-                "file": e.file or None,
-                "line": e.line or None,
-                "field": e.field or None,
-                "message": e.message,
-            }
-            for e in reply.errors
-        ],
+        "errors": errors(reply.errors),
         "targeted": list(reply.targeted_nodes),
         "delivered": list(reply.delivered_nodes),
         "undelivered": list(reply.undelivered_nodes),
@@ -242,6 +252,62 @@ def push(reply: pb.PushResponse) -> dict[str, Any]:
         "released": {r.resource_id: list(r.nodes) for r in reply.released},
         "purging": {r.resource_id: list(r.nodes) for r in reply.purging},
     }
+
+
+def plan(reply: pb.PlanResponse) -> dict[str, Any]:
+    summary = plan_.summarize(reply.answered)
+    return {
+        "base_revision": reply.base_revision or None,
+        "unchanged": reply.unchanged,
+        "errors": errors(reply.errors),
+        "resources": [
+            {
+                "resource": s.resource_id,
+                "changing": s.changing,
+                "fields": s.fields,
+                "statuses": s.statuses,
+            }
+            for s in summary
+        ],
+        "nodes": [
+            {
+                "node": n.node_name,
+                "results": [
+                    {
+                        "resource": r.id,
+                        "status": status_word(r.status),
+                        "changes": [
+                            {
+                                "field": c.field,
+                                "observed": c.observed,
+                                "desired": c.desired,
+                                "diff": c.diff or None,
+                            }
+                            for c in r.changes
+                        ],
+                        "error": r.error or None,
+                    }
+                    for r in plan_.changed_results(n)
+                ],
+            }
+            for n in reply.answered
+        ],
+        "no_answer": list(reply.no_answer),
+        "offline": list(reply.offline),
+        "refused": dict(sorted(reply.refused.items())),
+    }
+
+
+def errors(items: Sequence[pb.ManifestError]) -> list[dict[str, Any]]:
+    return [
+        {
+            "file": e.file or None,
+            "line": e.line or None,
+            "field": e.field or None,
+            "message": e.message,
+        }
+        for e in items
+    ]
 
 
 def manifests(reply: pb.ListManifestsResponse) -> dict[str, Any]:

@@ -81,10 +81,21 @@ class Fleet:
         stored earlier), then compiled for every node; any problem refuses the
         push whole and stores nothing.
         """
+        found = self._candidate(files)
+        if isinstance(found, list):
+            return PushOutcome(0, found, [])
+        latest, before, after, pushed = found
+        return self._propose(latest, before, after, meta or RevisionMeta(), pushed)
+
+    def _candidate(
+        self, files: Sequence[tuple[str, str]]
+    ) -> tuple[int, DesiredState, DesiredState, list[manifests_.Manifest]] | list[ManifestError]:
+        """The latest revision, its state, the state pushing ``files`` makes and the
+        pushed manifests; or what is wrong with the files on their own."""
         pushed, errors = _load_each(files)
         errors += compiler.collisions_within(pushed)
         if errors:
-            return PushOutcome(0, errors, [])
+            return errors
         latest, before = self.latest_state()
         names = {m.name for m in pushed}
         after = DesiredState(
@@ -92,7 +103,45 @@ class Fleet:
             # Pushing a manifest of a purged one's name ends the purge: it owns them again.
             tuple(m for m in before.purged if m.name not in names),
         )
-        return self._propose(latest, before, after, meta or RevisionMeta(), pushed)
+        return latest, before, after, pushed
+
+    def plan(
+        self, files: Sequence[tuple[str, str]], selector: targeting.Selector | None = None
+    ) -> PlanOutcome:
+        """The catalog pushing ``files`` would give each node ``selector`` picks (all: None).
+
+        Validated and compiled as a push is, so a plan is refused for what a
+        push would be refused for; nothing is stored. No files: the latest
+        revision's catalogs, for a dry run of what a run would repair now.
+        """
+        if files:
+            found = self._candidate(files)
+            if isinstance(found, list):
+                return PlanOutcome(0, found, {})
+            latest, before, after, _ = found
+            errors = manifests_.validate_set(after.manifests)
+            if errors:
+                return PlanOutcome(latest, errors, {})
+            unchanged = bool(latest) and _same(before, after)
+        else:
+            latest, after = self.latest_state()
+            unchanged = True
+        subjects = [n.subject for n in self.store.list_nodes()]
+        chosen = [s for s in subjects if selector is None or selector.matches(s)]
+        try:
+            compiled = compiler.compile_fleet(after, chosen, 0)
+        except CompileError as exc:
+            return PlanOutcome(latest, list(exc.problems), {})
+        too_large = _too_large(compiled)
+        if too_large:
+            return PlanOutcome(latest, too_large, {})
+        # At the revision it would become: what the agent's replay check compares.
+        candidate = latest if unchanged else latest + 1
+        payloads = {
+            name: dataclasses.replace(c, revision=candidate).to_json()
+            for name, c in compiled.items()
+        }
+        return PlanOutcome(latest, [], payloads, candidate, unchanged=unchanged and bool(files))
 
     def remove(self, name: str, purge: bool, meta: RevisionMeta | None = None) -> PushOutcome:
         """A new revision without manifest ``name``; with ``purge``, its objects removed.
@@ -517,6 +566,16 @@ def _redacted(
         ManifestSource(f"{m.name} (purged)" if purged else m.name, m.file, manifests_.redacted(m))
         for m in manifests
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOutcome:
+    base_revision: int  # the latest revision, which the plan is against
+    errors: list[ManifestError]  # non-empty: a push of these files would be refused
+    catalogs: dict[str, bytes]  # node -> its candidate catalog's payload
+    revision: int = 0  # the candidate catalogs' revision: the one a push would store
+    #: The files are identical to the latest revision's manifests.
+    unchanged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

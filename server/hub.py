@@ -57,6 +57,8 @@ class Hub:
         # (node, revision) -> futures of pushes waiting for that acknowledgement.
         self._awaiting: dict[tuple[str, int], list[asyncio.Future[pb.CatalogAck]]] = {}
         self._rechecks: set[asyncio.Task[int]] = set()
+        # (node, dry run id) -> the plan waiting for that node's answer.
+        self._dry_runs: dict[tuple[str, str], asyncio.Future[pb.DryRunResult]] = {}
 
     def watch(self) -> None:
         """Recheck a node's live session whenever the store changes the node (call on the loop)."""
@@ -167,3 +169,34 @@ class Hub:
             for node, future in waiting.items()
             if future.done() and not future.cancelled()
         }
+
+    async def dry_run(
+        self, requests: Mapping[str, pb.DryRun], wait_s: float
+    ) -> dict[str, pb.DryRunResult]:
+        """Ask each connected node to evaluate its candidate; the answers within ``wait_s``.
+
+        Nodes without a live session are not asked and have no answer, nor
+        have those slower than ``wait_s`` (their late answers are dropped).
+        """
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[pb.DryRunResult]] = {}
+        for node, request in requests.items():
+            if node not in self._sessions:
+                continue
+            future: asyncio.Future[pb.DryRunResult] = loop.create_future()
+            self._dry_runs[(node, request.id)] = future
+            waiting[node] = future
+            self.send(node, pb.ServerMessage(dry_run=request))
+        try:
+            if waiting:
+                await asyncio.wait(waiting.values(), timeout=wait_s)
+        finally:
+            for node, request in requests.items():
+                self._dry_runs.pop((node, request.id), None)
+        return {n: f.result() for n, f in waiting.items() if f.done() and not f.cancelled()}
+
+    def dry_run_answered(self, node: str, result: pb.DryRunResult) -> None:
+        """A node's answer to a dry run: wakes the plan that asked (a late one is dropped)."""
+        future = self._dry_runs.get((node, result.id))
+        if future is not None and not future.done():
+            future.set_result(result)

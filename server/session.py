@@ -244,6 +244,9 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         if kind == "catalog_ack":
             self.hub.catalog_acked(name, message.catalog_ack)
             return
+        if kind == "dry_run_result":
+            self.hub.dry_run_answered(name, message.dry_run_result)
+            return
         if kind == "renew":
             outbox.put_nowait(pb.ServerMessage(renewed=await self._renew(message.renew, stream)))
             return

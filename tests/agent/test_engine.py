@@ -426,6 +426,20 @@ CASES = [
         },
     ),
     Case(
+        "noop: in sync now but requiring a pending change is unknown, never no change",
+        [mem("a"), mem("b", require=("a",))],
+        {"a": S.DRIFTED, "b": S.UNKNOWN},
+        system={"b": "1"},
+        noop=True,
+        errors={"b": "in sync now, but it requires mem/a, which a run would change first"},
+    ),
+    Case(
+        "audit: in sync requiring a drifted audit resource says how it is now",
+        [mem("a", mode=Mode.AUDIT), mem("b", require=("a",), mode=Mode.AUDIT)],
+        {"a": S.DRIFTED, "b": S.IN_SYNC},
+        system={"b": "1"},
+    ),
+    Case(
         "audit: the same unknown, in an enforce run",
         [mem("a", mode=Mode.AUDIT), mem("b", require=("a",), needs="a", mode=Mode.AUDIT)],
         {"a": S.DRIFTED, "b": S.UNKNOWN},

@@ -266,7 +266,7 @@ def test_the_roles_as_the_readme_says() -> None:
             "RenewOperator",
             "VerifyAudit",
         ],
-        Role.OPERATOR: ["Push", "RemoveManifest", "Rollback", "SetLabels"],
+        Role.OPERATOR: ["Plan", "Push", "RemoveManifest", "Rollback", "SetLabels"],
         Role.ADMIN: [
             "AddOperator",
             "CreateToken",
