@@ -43,7 +43,7 @@ packages: deps venv
 	rm -rf dist/agent-tree
 
 # Each benchmark prints one JSON object; all of them together take < 10 minutes.
-BENCHMARKS = ingest agent_footprint drift network_drift fanout reconnect
+BENCHMARKS = ingest agent_footprint drift network_drift fanout reconnect plan
 bench: deps venv
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py" >&2; $(PY) bench/$$b.py || exit 1; done
 

@@ -36,8 +36,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p99/max of ``values`` (nearest-rank), in the values' unit."""
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 99)) -> dict[str, float]:
+    """p50/p99 (or ``points``) and max of ``values`` (nearest-rank), in the values' unit."""
     if not values:
         raise BenchmarkFailed("no samples were measured")
     ordered = sorted(values)
@@ -45,7 +45,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     def rank(p: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
-    return {"p50": rank(50), "p99": rank(99), "max": ordered[-1], "n": len(ordered)}
+    return {**{f"p{p}": rank(p) for p in points}, "max": ordered[-1], "n": len(ordered)}
 
 
 class BenchmarkFailed(Exception):

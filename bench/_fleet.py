@@ -1,4 +1,4 @@
-"""A real server and N simulated agents (bench/simulator.py), for fanout and reconnect.
+"""A real server and N simulated agents (bench/simulator.py), for fanout, reconnect and plan.
 
 Setup shortcut, stated plainly: the N nodes are enrolled by issuing their
 certificates from the server's CA and inserting them into the store before
@@ -189,6 +189,13 @@ class FleetBench:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.events.put(json.loads(line))
+
+    def command(self, cmd: str) -> None:
+        """Send every load generator a command (bench/simulator.py says which it knows)."""
+        for proc in self.generators:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"cmd": cmd}) + "\n")
+            proc.stdin.flush()
 
     def wait(self, event: str, timeout: float, **match: Any) -> list[dict[str, Any]]:
         """One matching event from every load generator, or BenchmarkFailed."""

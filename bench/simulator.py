@@ -9,11 +9,26 @@ breaks it spools one report (what a periodic run during an outage would
 produce) and reconnects with the real agent's backoff: full jitter over an
 exponentially growing window.
 
+A dry run (``plumb plan``) is verified like any catalog, as the real agent
+does, and answered at once with a noop PLAN report: one result per resource
+of the candidate, DRIFTED with one Change per spec field that differs from
+the simulator's current state, IN_SYNC otherwise. The current state is the
+specs of the last catalog it applied (a simulated agent is always converged
+to it); a resource it does not hold has every field "(absent)". What it does
+not simulate: reading the system, file diffs, and UNKNOWN for an in-sync
+resource that requires a pending change (the real engine's noop run says
+so). A dry run never changes the applied revision or the current state.
+
 Run by bench/_fleet.py; reads a JSON job on stdin, writes JSON-line events
 on stdout:
     {"event": "connected", "t": [...]}              every agent saw its first welcome
     {"event": "round", "revision": R, "t_catalog": [...], "t_ack": [...]}
     {"event": "resynced", "round": K, "t": [...]}   every agent back in sync after a break
+    {"event": "dry_runs", "t_received": [...], "t_answered": [...], "rejected": R,
+     "applied": {revision: agents}, "catalogs": C}
+        on the command {"cmd": "dry_runs"} (a further line on stdin): every dry run
+        answered since the last such event, each agent's applied revision now, and
+        how many catalogs (not dry runs) the agents received in all
 """
 
 from __future__ import annotations
@@ -22,10 +37,11 @@ import asyncio
 import json
 import random
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +54,7 @@ import grpc
 from agent.daemon import backoff_window
 from agent.errors import CatalogRejected
 from agent.tls import verify_catalog
-from modules.catalog import CatalogResource, resource_id
+from modules.catalog import Catalog, CatalogResource, resource_id
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 
@@ -60,6 +76,10 @@ class Fleet:
         self.catalogs: dict[int, list[float]] = defaultdict(list)
         self.acks: dict[int, list[float]] = defaultdict(list)
         self.resynced: dict[int, list[float]] = defaultdict(list)
+        self.dry_runs_received: list[float] = []
+        self.dry_runs_answered: list[float] = []
+        self.dry_runs_rejected = 0
+        self.catalogs_received = 0
 
     def emit(self, event: dict[str, Any]) -> None:
         print(json.dumps(event), flush=True)
@@ -87,6 +107,28 @@ class Fleet:
         if len(self.resynced[breaks]) == self.size:
             self.emit({"event": "resynced", "round": breaks, "t": self.resynced[breaks]})
 
+    def dry_run_answered(self, t_received: float, rejected: bool) -> None:
+        self.dry_runs_received.append(t_received)
+        self.dry_runs_answered.append(time.time())
+        self.dry_runs_rejected += rejected
+
+    def emit_dry_runs(self, agents: Sequence[SimulatedAgent]) -> None:
+        applied: dict[int, int] = defaultdict(int)
+        for agent in agents:
+            applied[agent.applied] += 1
+        self.emit(
+            {
+                "event": "dry_runs",
+                "t_received": self.dry_runs_received,
+                "t_answered": self.dry_runs_answered,
+                "rejected": self.dry_runs_rejected,
+                "applied": applied,
+                "catalogs": self.catalogs_received,
+            }
+        )
+        self.dry_runs_received, self.dry_runs_answered = [], []
+        self.dry_runs_rejected = 0
+
 
 class SimulatedAgent:
     def __init__(
@@ -104,6 +146,8 @@ class SimulatedAgent:
         self.welcomed = False
         self.in_sync_reported = -1
         self.resources: Sequence[CatalogResource] = ()  # of the last catalog
+        # What a dry run compares against: id -> spec of the last catalog applied.
+        self.current: dict[str, Mapping[str, Any]] = {}
 
     async def run(self) -> None:
         attempt = 0
@@ -157,6 +201,8 @@ class SimulatedAgent:
             self._check_resynced(message.welcome.latest_revision)
         elif kind == "catalog":
             self._catalog(message.catalog, outbox)
+        elif kind == "dry_run":
+            self._dry_run(message.dry_run, outbox)
         elif kind == "ack":
             self.spool.pop(message.ack.report_id, None)
             timing = self.catalog_times.pop(message.ack.report_id, None)
@@ -165,6 +211,7 @@ class SimulatedAgent:
             self._check_resynced(self.applied)
 
     def _catalog(self, signed: pb.SignedCatalog, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+        self.fleet.catalogs_received += 1
         try:
             catalog = verify_catalog(signed, self.ca, self.name)
         except CatalogRejected as exc:
@@ -177,9 +224,49 @@ class SimulatedAgent:
         outbox.put_nowait(pb.AgentMessage(catalog_ack=ack))
         t_catalog = time.time()
         self.applied, self.resources = catalog.revision, catalog.resources
+        self.current = {r.id: r.spec for r in catalog.resources}
         report = self._spool_report(catalog.revision, catalog.resources)
         self.catalog_times[report.id] = (catalog.revision, t_catalog)
         outbox.put_nowait(pb.AgentMessage(report=report))
+
+    def _dry_run(self, request: pb.DryRun, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+        """Answer a plan's dry run; nothing of this agent's state changes."""
+        t_received = time.time()
+        try:
+            catalog = verify_catalog(request.catalog, self.ca, self.name)
+        except CatalogRejected as exc:
+            error = f"the candidate catalog did not verify: {exc}"
+            result = pb.DryRunResult(id=request.id, error=error)
+        else:
+            result = pb.DryRunResult(id=request.id, report=self._plan_report(catalog))
+        outbox.put_nowait(pb.AgentMessage(dry_run_result=result))
+        self.fleet.dry_run_answered(t_received, rejected=bool(result.error))
+
+    def _plan_report(self, catalog: Catalog) -> pb.Report:
+        now = time.time()
+        results = []
+        for r in catalog.resources:
+            changes = _changes(self.current.get(r.id, {}), r.spec)
+            results.append(
+                pb.ResourceResult(
+                    id=r.id,
+                    kind=r.kind,
+                    name=r.name,
+                    manifest=r.manifest,
+                    status=pb.DRIFTED if changes else pb.IN_SYNC,
+                    changes=changes,
+                )
+            )
+        return pb.Report(
+            id=str(uuid.uuid4()),
+            node_name=self.name,
+            revision=catalog.revision,
+            noop=True,
+            trigger=pb.PLAN,
+            started_at=now,
+            finished_at=now,
+            results=results,
+        )
 
     def _spool_report(self, revision: int, resources: Sequence[CatalogResource] = ()) -> pb.Report:
         """A report of ``resources`` (the catalog's: the server keeps only those), all in sync."""
@@ -216,6 +303,19 @@ class SimulatedAgent:
             self.fleet.back_in_sync(self.breaks)
 
 
+def _changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[pb.Change]:
+    """One Change per spec field whose desired value is not the current one."""
+    return [
+        pb.Change(field=field, observed=_shown(current, field), desired=_shown(desired, field))
+        for field in sorted({*current, *desired})
+        if current.get(field) != desired.get(field)
+    ]
+
+
+def _shown(spec: Mapping[str, Any], field: str) -> str:
+    return json.dumps(spec[field]) if field in spec else "(absent)"
+
+
 async def _heartbeats(outbox: asyncio.Queue[pb.AgentMessage], interval_s: float) -> None:
     """What keeps a real agent's session alive on the server: a heartbeat every interval."""
     if interval_s <= 0:
@@ -235,6 +335,22 @@ async def _write(call: Any, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
         pass  # the stream ended; the reader sees why
 
 
+def _read_commands(
+    loop: asyncio.AbstractEventLoop, fleet: Fleet, agents: Sequence[SimulatedAgent]
+) -> None:
+    """Further lines on stdin are commands, run on the loop (the agents' bookkeeping is its)."""
+
+    def read() -> None:
+        for line in sys.stdin:
+            command = json.loads(line)["cmd"]
+            if command == "dry_runs":
+                loop.call_soon_threadsafe(fleet.emit_dry_runs, agents)
+            else:
+                print(f"simulator: unknown command {command!r}", file=sys.stderr)
+
+    threading.Thread(target=read, daemon=True, name="commands").start()
+
+
 async def main() -> None:
     job = json.loads(sys.stdin.readline())
     ca = job["ca"].encode()
@@ -243,6 +359,7 @@ async def main() -> None:
         SimulatedAgent(a["name"], a["key"].encode(), a["cert"].encode(), ca, job["server"], fleet)
         for a in job["agents"]
     ]
+    _read_commands(asyncio.get_running_loop(), fleet, agents)
     tasks = []
     for agent in agents:
         tasks.append(asyncio.create_task(agent.run()))
