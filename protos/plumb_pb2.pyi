@@ -427,14 +427,98 @@ class ManifestFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("files", "wait_s", "message")
+    __slots__ = ("files", "wait_s", "message", "rollout")
     FILES_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
     wait_s: float
     message: str
-    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., wait_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    rollout: RolloutSettings
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., wait_s: _Optional[float] = ..., message: _Optional[str] = ..., rollout: _Optional[_Union[RolloutSettings, _Mapping]] = ...) -> None: ...
+
+class RolloutSettings(_message.Message):
+    __slots__ = ("canary", "batch", "max_failures", "batch_timeout_s", "pause_after_canary")
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_AFTER_CANARY_FIELD_NUMBER: _ClassVar[int]
+    canary: str
+    batch: str
+    max_failures: str
+    batch_timeout_s: float
+    pause_after_canary: bool
+    def __init__(self, canary: _Optional[str] = ..., batch: _Optional[str] = ..., max_failures: _Optional[str] = ..., batch_timeout_s: _Optional[float] = ..., pause_after_canary: _Optional[bool] = ...) -> None: ...
+
+class RolloutNodeInfo(_message.Message):
+    __slots__ = ("node_name", "batch", "state", "reason", "sent_at", "finished_at")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    batch: int
+    state: str
+    reason: str
+    sent_at: float
+    finished_at: float
+    def __init__(self, node_name: _Optional[str] = ..., batch: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., sent_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
+
+class RolloutInfo(_message.Message):
+    __slots__ = ("id", "revision", "previous_revision", "state", "settings", "max_failures", "kind", "author", "created_at", "updated_at", "reason", "nodes", "current")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    revision: int
+    previous_revision: int
+    state: str
+    settings: RolloutSettings
+    max_failures: int
+    kind: str
+    author: str
+    created_at: float
+    updated_at: float
+    reason: str
+    nodes: _containers.RepeatedCompositeFieldContainer[RolloutNodeInfo]
+    current: bool
+    def __init__(self, id: _Optional[int] = ..., revision: _Optional[int] = ..., previous_revision: _Optional[int] = ..., state: _Optional[str] = ..., settings: _Optional[_Union[RolloutSettings, _Mapping]] = ..., max_failures: _Optional[int] = ..., kind: _Optional[str] = ..., author: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., reason: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[RolloutNodeInfo, _Mapping]]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SteerRolloutRequest(_message.Message):
+    __slots__ = ("action", "message", "wait_s")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    message: str
+    wait_s: float
+    def __init__(self, action: _Optional[str] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class SteerRolloutResponse(_message.Message):
+    __slots__ = ("rollout", "rollback")
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    rollout: RolloutInfo
+    rollback: PushResponse
+    def __init__(self, rollout: _Optional[_Union[RolloutInfo, _Mapping]] = ..., rollback: _Optional[_Union[PushResponse, _Mapping]] = ...) -> None: ...
 
 class ResourceNodes(_message.Message):
     __slots__ = ("resource_id", "nodes")
@@ -457,7 +541,7 @@ class ManifestError(_message.Message):
     def __init__(self, file: _Optional[str] = ..., line: _Optional[int] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes", "undelivered_nodes", "refused_nodes", "unchanged", "unmatched_names", "unmatched_manifests", "released", "purging")
+    __slots__ = ("revision", "errors", "targeted_nodes", "delivered_nodes", "undelivered_nodes", "refused_nodes", "unchanged", "unmatched_names", "unmatched_manifests", "released", "purging", "rollout_id")
     class RefusedNodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +560,7 @@ class PushResponse(_message.Message):
     UNMATCHED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     PURGING_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     revision: int
     errors: _containers.RepeatedCompositeFieldContainer[ManifestError]
     targeted_nodes: _containers.RepeatedScalarFieldContainer[str]
@@ -487,7 +572,8 @@ class PushResponse(_message.Message):
     unmatched_manifests: _containers.RepeatedScalarFieldContainer[str]
     released: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
     purging: _containers.RepeatedCompositeFieldContainer[ResourceNodes]
-    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ..., unmatched_manifests: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., purging: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ...) -> None: ...
+    rollout_id: int
+    def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ..., unmatched_manifests: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., purging: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., rollout_id: _Optional[int] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ("files", "target", "wait_s")

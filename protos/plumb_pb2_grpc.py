@@ -315,6 +315,16 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.PlanRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.PlanResponse.FromString,
                 _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/plumb.v1.Admin/GetRollout',
+                request_serializer=protos_dot_plumb__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.SteerRollout = channel.unary_unary(
+                '/plumb.v1.Admin/SteerRollout',
+                request_serializer=protos_dot_plumb__pb2.SteerRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.SteerRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -491,6 +501,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRollout(self, request, context):
+        """The newest rollout: its batches, nodes and their outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SteerRollout(self, request, context):
+        """Resume, abort or roll back the rollout of the latest revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -613,6 +637,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Plan,
                     request_deserializer=protos_dot_plumb__pb2.PlanRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.PlanResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=protos_dot_plumb__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.RolloutInfo.SerializeToString,
+            ),
+            'SteerRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SteerRollout,
+                    request_deserializer=protos_dot_plumb__pb2.SteerRolloutRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.SteerRolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1265,6 +1299,60 @@ class Admin:
             '/plumb.v1.Admin/Plan',
             protos_dot_plumb__pb2.PlanRequest.SerializeToString,
             protos_dot_plumb__pb2.PlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/GetRollout',
+            protos_dot_plumb__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_plumb__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SteerRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/SteerRollout',
+            protos_dot_plumb__pb2.SteerRolloutRequest.SerializeToString,
+            protos_dot_plumb__pb2.SteerRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
 from server import operators, targeting, tokens
+from server import rollout as rollout_
 from server.auth import caller_certificate
 from server.compliance import Tally
 from server.config import ServerConfig
@@ -35,11 +36,14 @@ from server.fleet import Fleet, PushOutcome
 from server.given import Given, GivenCatalogs
 from server.hub import Hub
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator_csr
+from server.rollout import Rollouts
 from server.store import (
     DriftRow,
+    NewRollout,
     NodeRow,
     RevisionMeta,
     Revocation,
+    RolloutRow,
     StateLossRow,
     Store,
     TokenRow,
@@ -87,6 +91,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         operator_cert_ttl_s: float = CLIENT_TTL_S,
         trusted_ca_pem: bytes = b"",
         given: GivenCatalogs | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         """``ca`` certifies operators (AddOperator, RenewOperator), for
         ``operator_cert_ttl_s`` seconds; None: those are refused."""
@@ -100,6 +105,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self.operator_cert_ttl_s = operator_cert_ttl_s
         #: Told what each push sends, so the reports that follow are checked from memory.
         self.given = given
+        #: Staged rollouts (server/rollout.py); None: pushes go to every node at once.
+        self.rollouts = rollouts
         #: What an operator's config trusts (server/ca.py): ``ca``'s alone but in a rollover.
         self.trusted_ca_pem = trusted_ca_pem or (cert_pem(ca.cert) if ca is not None else b"")
 
@@ -211,9 +218,27 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         too_big = _too_big(files)
         if too_big is not None:
             return pb.PushResponse(errors=[too_big])
+        blocked = self._blocked()
+        if blocked is not None:
+            return blocked
+        staged = None
+        if request.HasField("rollout"):
+            if self.rollouts is None:
+                return _refused("this server does not run staged rollouts")
+            try:
+                settings = rollout_.Settings.of(request.rollout)
+            except rollout_.SettingsError as exc:
+                return _refused(str(exc))
+            staged = settings.new_rollout
         meta = RevisionMeta(author=_author(), message=request.message)
-        outcome = await asyncio.to_thread(self.fleet.push, files, meta)
+        outcome = await asyncio.to_thread(self.fleet.push, files, meta, staged)
         return await self._answer(outcome, request.wait_s)
+
+    def _blocked(self) -> pb.PushResponse | None:
+        """A refusal while a rollout is in progress: a new revision would hand its
+        content to every node."""
+        why = self.rollouts.blocking() if self.rollouts is not None else None
+        return None if why is None else _refused(why)
 
     async def Plan(
         self, request: pb.PlanRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -258,6 +283,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def RemoveManifest(
         self, request: pb.RemoveManifestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PushResponse:
+        blocked = self._blocked()
+        if blocked is not None:
+            return blocked
         meta = RevisionMeta(author=_author(), message=request.message, origin="remove")
         outcome = await asyncio.to_thread(self.fleet.remove, request.name, request.purge, meta)
         return await self._answer(outcome, request.wait_s)
@@ -265,11 +293,77 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def Rollback(
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PushResponse:
+        blocked = self._blocked()
+        if blocked is not None:
+            return blocked
         meta = RevisionMeta(author=_author(), message=request.message, origin="rollback")
         outcome = await asyncio.to_thread(
             self.fleet.rollback, request.to, request.name or None, meta
         )
         return await self._answer(outcome, request.wait_s)
+
+    async def GetRollout(
+        self, request: pb.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RolloutInfo:
+        row = await asyncio.to_thread(self.store.latest_rollout)
+        if row is None:
+            return pb.RolloutInfo()
+        latest = await asyncio.to_thread(self.store.latest_revision_id)
+        return rollout_info(row, current=row.revision == latest)
+
+    async def SteerRollout(
+        self, request: pb.SteerRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SteerRolloutResponse:
+        if self.rollouts is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no staged rollouts here")
+        assert self.rollouts is not None
+        rollouts = self.rollouts
+        try:
+            if request.action == "resume":
+                row = await asyncio.to_thread(rollouts.resume)
+                return pb.SteerRolloutResponse(rollout=rollout_info(row, True))
+            if request.action == "abort":
+                why = request.message or f"aborted by {_author() or 'an operator'}"
+                row = await asyncio.to_thread(rollouts.abort, why)
+                return pb.SteerRolloutResponse(rollout=rollout_info(row, True))
+            if request.action == "rollback":
+                return await self._roll_back(rollouts, request)
+        except rollout_.SettingsError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"unknown action {request.action!r}: resume, abort or rollback",
+        )
+        raise AssertionError("unreachable")
+
+    async def _roll_back(
+        self, rollouts: Rollouts, request: pb.SteerRolloutRequest
+    ) -> pb.SteerRolloutResponse:
+        """A new revision with the previous content, in batches to the nodes the rollout
+        reached, never halting (a halted rollback would leave the fleet split again)."""
+        row, reached = rollouts.reached()
+        settings = rollout_.Settings.of(_wire_settings(row.settings))
+        back = dataclasses.replace(
+            settings, canary=None, max_failures=rollout_.Amount(100, percent=True)
+        )
+        if row.state in rollout_.ACTIVE:
+            await asyncio.to_thread(rollouts.abort, f"rolled back by {_author() or 'an operator'}")
+
+        def staged(latest: int, targeted: list[str]) -> NewRollout:
+            return back.new_rollout(latest, [n for n in targeted if n in reached], "rollback")
+
+        meta = RevisionMeta(
+            author=_author(),
+            message=request.message or f"rollback of rollout {row.id} (revision {row.revision})",
+            origin="rollback",
+        )
+        outcome = await asyncio.to_thread(
+            self.fleet.rollback, row.previous_revision, None, meta, staged
+        )
+        answer = await self._answer(outcome, request.wait_s)
+        now = await asyncio.to_thread(self.store.latest_rollout)
+        assert now is not None
+        return pb.SteerRolloutResponse(rollout=rollout_info(now, True), rollback=answer)
 
     async def _answer(self, outcome: PushOutcome, wait_s: float) -> pb.PushResponse:
         """A new revision's answer, once the targeted connected nodes acknowledged it
@@ -284,6 +378,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                 unmatched_manifests=outcome.unmatched_manifests,
             )
         wait_s = wait_s if wait_s > 0 else DEFAULT_PUSH_WAIT_S
+        if outcome.staged is not None and self.rollouts is not None:
+            self.rollouts.poke()  # its driver hands the staged nodes their batches
         acks = await self._deliver(outcome, min(wait_s, MAX_PUSH_WAIT_S))
         delivered = sorted(n for n, ack in acks.items() if ack.accepted)
         refused = {n: ack.error for n, ack in acks.items() if not ack.accepted}
@@ -297,6 +393,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             purging=_resource_nodes(outcome.purging),
             unmatched_names=outcome.unmatched_names,
             unmatched_manifests=outcome.unmatched_manifests,
+            rollout_id=self.rollouts.current.id
+            if outcome.staged is not None and self.rollouts is not None and self.rollouts.current
+            else 0,
         )
 
     async def _deliver(self, outcome: PushOutcome, wait_s: float) -> dict[str, pb.CatalogAck]:
@@ -306,7 +405,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         unchanged, but its revision is what compliance is counted at); only
         the targeted ones, whose catalog this push changes, are waited for.
         """
-        connected = self.hub.connected_nodes()
+        # A staged push's nodes get it from its rollout, batch by batch.
+        connected = self.hub.connected_nodes() - (outcome.staged or frozenset())
         # Signing thousands of catalogs is CPU work: keep it off the event loop.
         signed, givens = await asyncio.to_thread(self._sign_for, connected, outcome)
         if self.given is not None:
@@ -695,6 +795,48 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             broken_at=check.broken_at or 0,
             problem=check.problem or "",
         )
+
+
+def _refused(why: str) -> pb.PushResponse:
+    return pb.PushResponse(errors=[pb.ManifestError(message=why)])
+
+
+def _wire_settings(settings: Mapping[str, Any]) -> pb.RolloutSettings:
+    return pb.RolloutSettings(
+        canary=settings.get("canary") or "",
+        batch=settings.get("batch") or "",
+        max_failures=settings.get("max_failures") or "",
+        batch_timeout_s=float(settings.get("batch_timeout_s") or 0),
+        pause_after_canary=bool(settings.get("pause_after_canary")),
+    )
+
+
+def rollout_info(row: RolloutRow, current: bool) -> pb.RolloutInfo:
+    return pb.RolloutInfo(
+        id=row.id,
+        revision=row.revision,
+        previous_revision=row.previous_revision,
+        state=row.state,
+        settings=_wire_settings(row.settings),
+        max_failures=row.max_failures,
+        kind=row.kind,
+        author=row.author or "",
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        reason=row.reason or "",
+        nodes=[
+            pb.RolloutNodeInfo(
+                node_name=n.node,
+                batch=n.batch,
+                state=n.state,
+                reason=n.reason or "",
+                sent_at=n.sent_at or 0.0,
+                finished_at=n.finished_at or 0.0,
+            )
+            for n in row.nodes
+        ],
+        current=current,
+    )
 
 
 def _too_big(files: Sequence[tuple[str, str]]) -> pb.ManifestError | None:

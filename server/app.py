@@ -44,6 +44,7 @@ from server.operators import adopt_bootstrap_operator
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import PresenceLog
 from server.renewal import NodeRenewals
+from server.rollout import Rollouts
 from server.session import AgentServicer
 from server.signer import SignerRotation
 from server.sources import SourceLimits
@@ -162,6 +163,10 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     )
     renewals = NodeRenewals(store, ca, config.node_cert_ttl_s, auditor, credentials)
     given = GivenCatalogs(store)  # what each node was given: pushes fill it, reports read it
+    # Staged rollouts keep the nodes they have not reached on the previous revision.
+    rollouts = Rollouts(store, hub, fleet.signed_catalog, given)
+    fleet.pinned = rollouts.pinned
+    hub.listen(rollouts.reported, rollouts.disconnected)
     agents = AgentServicer(
         store, fleet, hub, ingestor, presence, renewals, trusted_ca_pem=trust.bundle, given=given
     )
@@ -179,6 +184,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
             operator_cert_ttl_s=config.operator_cert_ttl_s,
             trusted_ca_pem=trust.bundle,
             given=given,
+            rollouts=rollouts,
         ),
         grpc_server,
     )
@@ -189,6 +195,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     ingestor.start()
     presence.start()
     agents.start()
+    rollouts.start()
     rotating = asyncio.create_task(rotation.keep_rotating(), name="plumb-signer-rotation")
     try:
         yield Running(agent_port, enroll_port, store, hub, migration, auditor, adopted)
@@ -196,6 +203,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
         await health_servicer.enter_graceful_shutdown()
         await grpc_server.stop(grace=2)
         rotating.cancel()
+        rollouts.close()
         agents.close()
         try:
             # Sessions are gone; commit what they submitted before the store closes.

@@ -437,6 +437,15 @@ def push(request: pb.PushRequest, reply: pb.PushResponse | None) -> Summary:
         "files": _files(request.files),
         "message": _text(request.message) or None,
     }
+    if request.HasField("rollout"):
+        r = request.rollout
+        details["rollout"] = {
+            "canary": _text(r.canary) or None,
+            "batch": _text(r.batch) or None,
+            "max_failures": _text(r.max_failures) or None,
+            "batch_timeout_s": r.batch_timeout_s or None,
+            "pause_after_canary": r.pause_after_canary,
+        }
     if len(request.files) > MAX_ITEMS:
         details["more_files"] = len(request.files) - MAX_ITEMS
     return _new_revision(details, reply)
@@ -458,6 +467,21 @@ def plan(request: pb.PlanRequest, reply: pb.PlanResponse | None) -> Summary:
         no_answer=len(reply.no_answer),
         offline=len(reply.offline),
     )
+    return Summary(details)
+
+
+def steer_rollout(
+    request: pb.SteerRolloutRequest, reply: pb.SteerRolloutResponse | None
+) -> Summary:
+    details: dict[str, Any] = {
+        "action": _text(request.action),
+        "message": _text(request.message) or None,
+    }
+    if reply is None:
+        return Summary(details)
+    details.update(rollout=reply.rollout.id, state=reply.rollout.state)
+    if reply.HasField("rollback"):
+        return _new_revision(details, reply.rollback)
     return Summary(details)
 
 

@@ -98,6 +98,8 @@ ADMIN_RULES: dict[str, Rule] = {
     # A plan shows what nodes hold (small files' content, in diffs): whoever may
     # push may look, and each look is recorded.
     "Plan": Rule(Role.OPERATOR, audit.plan),
+    "GetRollout": Rule(Role.VIEWER),
+    "SteerRollout": Rule(Role.OPERATOR, audit.steer_rollout),
     "RemoveManifest": Rule(Role.OPERATOR, audit.remove_manifest),
     "Rollback": Rule(Role.OPERATOR, audit.rollback),
     "SetLabels": Rule(Role.OPERATOR, audit.set_labels),

@@ -66,6 +66,9 @@ examples:
   plumb diff 4                     # revision 4 -> the latest
   plumb rollback web --to 4 -m "back to nginx 1.22"
   plumb manifest rm old-app --purge
+  plumb push web.yaml --canary 1 --batch 25% --max-failures 2 --pause-after-canary
+  plumb rollout status
+  plumb rollout resume             # or: abort, rollback
   plumb label web-1 role=web env=staging --remove canary
   plumb nodes
   plumb nodes --target 'role=web,os.family=debian'
@@ -149,6 +152,33 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the plan (see 'plumb plan') and push only if you answer yes",
     )
+    staged = push.add_argument_group(
+        "staged rollout",
+        "Hand the revision to the nodes whose catalog it changes batch by batch: the canary "
+        "first, then --batch at a time, each batch done when its nodes reported the revision "
+        "(or --batch-timeout passed). A node fails when its run has failed resources (a "
+        "change reverted by confirm-or-revert is one), it disconnects during its batch or "
+        "does not report in time. More than --max-failures failures halt it: nodes not "
+        "reached keep the previous revision. 'plumb rollout' shows and steers it.",
+    )
+    staged.add_argument("--canary", metavar="N|N%", help="the first batch (default: none)")
+    staged.add_argument(
+        "--batch", metavar="N|N%", help="nodes per batch after it (default: all the rest)"
+    )
+    staged.add_argument(
+        "--max-failures", metavar="N|N%", help="failures allowed before it halts (default: 0)"
+    )
+    staged.add_argument(
+        "--batch-timeout",
+        type=_bounded(float, 1.0, 86400.0, "a number of seconds"),
+        metavar="SECONDS",
+        help="how long a batch's nodes have to report (default: 300)",
+    )
+    staged.add_argument(
+        "--pause-after-canary",
+        action="store_true",
+        help="wait for 'plumb rollout resume' after the canary batch",
+    )
     _json_flag(push)
     push.set_defaults(func=_push)
 
@@ -223,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
+    _add_rollout_commands(sub)
     _add_operator_commands(sub)
     _add_audit_command(sub)
     return parser
@@ -474,6 +505,80 @@ def _label(args: argparse.Namespace) -> int:
             f"  new catalog (revision {reply.revision}) not delivered yet: it gets it "
             "when it connects"
         )
+    return 0
+
+
+def _add_rollout_commands(sub: Any) -> None:
+    rollout = sub.add_parser(
+        "rollout", help="the staged rollout of the latest revision: status, resume, abort, rollback"
+    ).add_subparsers(required=True, metavar="ACTION")
+    status = rollout.add_parser(
+        "status", parents=[_common()], help="its batches, nodes and their outcome"
+    )
+    _json_flag(status)
+    status.set_defaults(func=_rollout_status)
+    for action, helptext in (
+        ("resume", "go on with a paused or halted rollout"),
+        ("abort", "stop it: each node keeps the revision it has until the next push"),
+        (
+            "rollback",
+            "return the nodes it reached to the previous revision, in batches (a new revision "
+            "with the previous content)",
+        ),
+    ):
+        steer = rollout.add_parser(action, parents=[_common()], help=helptext)
+        steer.add_argument("-m", "--message", default="", help="why (recorded)")
+        _json_flag(steer)
+        steer.set_defaults(func=_rollout_steer, action=action)
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    reply = _stub(args).GetRollout(pb.GetRolloutRequest(), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.rollout(reply))
+    if not reply.id:
+        print("no rollout yet: 'plumb push --canary N ...' starts one", file=sys.stderr)
+        return 0
+    _print_rollout(reply)
+    return 0
+
+
+def _print_rollout(r: pb.RolloutInfo) -> None:
+    failed = sum(1 for n in r.nodes if n.state == "failed")
+    print(
+        f"rollout {r.id} ({r.kind}) of revision {r.revision} (previous {r.previous_revision}): "
+        f"{r.state}; {failed} failed of {r.max_failures} allowed"
+        + ("" if r.current else "; a newer revision replaced it")
+    )
+    if r.reason:
+        print(f"  {r.reason}")
+    _table(
+        ["BATCH", "NODE", "STATE", "SENT", "FINISHED", "WHY"],
+        [
+            [
+                str(n.batch) + (" (canary)" if n.batch == 0 and r.settings.canary else ""),
+                n.node_name,
+                n.state,
+                _when(n.sent_at),
+                _when(n.finished_at),
+                n.reason or "-",
+            ]
+            for n in r.nodes
+        ],
+    )
+
+
+def _rollout_steer(args: argparse.Namespace) -> int:
+    request = pb.SteerRolloutRequest(action=args.action, message=args.message)
+    reply = _stub(args).SteerRollout(request, timeout=TIMEOUT_S + 10)
+    if args.json:
+        return _print_json(cliviews.steered(reply))
+    if args.action == "rollback":
+        if reply.rollback.errors:
+            _print_errors(reply.rollback.errors, "rollback")
+            return 1
+        print(f"rolled back: revision {reply.rollback.revision} has the previous content")
+    _print_rollout(reply.rollout)
     return 0
 
 
@@ -1023,6 +1128,18 @@ def _push(args: argparse.Namespace) -> int:
             print("plumb: not pushed", file=sys.stderr)
             return 1
     request = pb.PushRequest(files=files, wait_s=args.wait, message=args.message)
+    if any(
+        x is not None for x in (args.canary, args.batch, args.max_failures, args.batch_timeout)
+    ) or (args.pause_after_canary):
+        request.rollout.CopyFrom(
+            pb.RolloutSettings(
+                canary=args.canary or "",
+                batch=args.batch or "",
+                max_failures=args.max_failures or "",
+                batch_timeout_s=args.batch_timeout or 0.0,
+                pause_after_canary=args.pause_after_canary,
+            )
+        )
     reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
     return _new_revision(args, reply, "push")
 
@@ -1133,6 +1250,13 @@ def _print_push(reply: pb.PushResponse, wait: float) -> None:
         print(
             f"revision {reply.revision} unchanged: the manifests are identical to it; "
             "nothing stored, nothing sent"
+        )
+        return
+    if reply.rollout_id:
+        print(
+            f"revision {reply.revision}: rollout {reply.rollout_id} started for "
+            f"{len(reply.targeted_nodes)} node(s), batch by batch ('plumb rollout status' "
+            "follows it)"
         )
         return
     targeted = list(reply.targeted_nodes)

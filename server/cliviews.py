@@ -40,6 +40,25 @@ nodes' agents remove (``manifest rm --purge``).
 would change (``drifted``), fail or is not known (``unknown``: it depends on
 an earlier change in the same dry run) is listed.
 
+``rollout status`` (and ``rollout resume | abort | rollback``, which add
+``"rollback": PUSH | null``, the revision a rollback made)::
+
+    {"rollout": {"id": 3, "revision": 7, "previous_revision": 6,
+                 "state": "running" | "paused" | "halted" | "done" | "aborted",
+                 "kind": "push" | "rollback", "current": true,
+                 "settings": {"canary": "1" | null, "batch": "25%" | null,
+                              "max_failures": "0", "batch_timeout_s": 300.0,
+                              "pause_after_canary": false},
+                 "max_failures": 0, "failed": 1, "author": "alice" | null,
+                 "created_at": ..., "updated_at": ..., "reason": "..." | null,
+                 "nodes": [{"node": "web-1", "batch": 0,
+                            "state": "waiting" | "sent" | "succeeded" | "failed",
+                            "reason": "..." | null, "sent_at": ... | null,
+                            "finished_at": ... | null}]} | null}
+
+``current`` is false once a newer revision replaced the rollout's (it keeps
+no node on its previous revision then). ``push`` adds ``"rollout": 3 | null``.
+
 ``manifests``::
 
     {"revision": 5 | null, "purging": ["old-app"],
@@ -251,6 +270,7 @@ def push(reply: pb.PushResponse) -> dict[str, Any]:
         "unmatched_manifests": list(reply.unmatched_manifests),
         "released": {r.resource_id: list(r.nodes) for r in reply.released},
         "purging": {r.resource_id: list(r.nodes) for r in reply.purging},
+        "rollout": reply.rollout_id or None,
     }
 
 
@@ -308,6 +328,52 @@ def errors(items: Sequence[pb.ManifestError]) -> list[dict[str, Any]]:
         }
         for e in items
     ]
+
+
+def rollout(r: pb.RolloutInfo) -> dict[str, Any]:
+    if not r.id:
+        return {"rollout": None}
+    settings = r.settings
+    return {
+        "rollout": {
+            "id": r.id,
+            "revision": r.revision,
+            "previous_revision": r.previous_revision,
+            "state": r.state,
+            "kind": r.kind,
+            "current": r.current,
+            "settings": {
+                "canary": settings.canary or None,
+                "batch": settings.batch or None,
+                "max_failures": settings.max_failures or None,
+                "batch_timeout_s": settings.batch_timeout_s or None,
+                "pause_after_canary": settings.pause_after_canary,
+            },
+            "max_failures": r.max_failures,
+            "failed": sum(1 for n in r.nodes if n.state == "failed"),
+            "author": r.author or None,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "reason": r.reason or None,
+            "nodes": [
+                {
+                    "node": n.node_name,
+                    "batch": n.batch,
+                    "state": n.state,
+                    "reason": n.reason or None,
+                    "sent_at": n.sent_at or None,
+                    "finished_at": n.finished_at or None,
+                }
+                for n in r.nodes
+            ],
+        }
+    }
+
+
+def steered(reply: pb.SteerRolloutResponse) -> dict[str, Any]:
+    shape = rollout(reply.rollout)
+    shape["rollback"] = push(reply.rollback) if reply.HasField("rollback") else None
+    return shape
 
 
 def manifests(reply: pb.ListManifestsResponse) -> dict[str, Any]:

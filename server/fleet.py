@@ -28,6 +28,7 @@ from server.errors import CompileError, ManifestError, UnknownNode
 from server.pki import KeyPair, cert_pem, sign_payload
 from server.store import (
     ManifestSource,
+    NewRollout,
     NodeRow,
     RevisionMeta,
     RevisionRow,
@@ -59,6 +60,9 @@ class PushOutcome:
     released: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: Resource ids some node's agent will remove (a purge): {resource id: nodes}.
     purging: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: A staged push: the nodes its rollout hands it to, batch by batch (the
+    #: others get it at once); None: every node at once.
+    staged: frozenset[str] | None = None
 
 
 class Fleet:
@@ -70,9 +74,15 @@ class Fleet:
         # One attribute: a catalog signed during a rotation names the key that signed it.
         self._signing = (signer, cert_pem(signer.cert))
         self._states: dict[int, DesiredState] = {}
+        #: The revision a staged rollout keeps a node on meanwhile (server/rollout.py);
+        #: None: the latest.
+        self.pinned: Callable[[str], int | None] = lambda node: None
 
     def push(
-        self, files: Sequence[tuple[str, str]], meta: RevisionMeta | None = None
+        self,
+        files: Sequence[tuple[str, str]],
+        meta: RevisionMeta | None = None,
+        staged: Staging | None = None,
     ) -> PushOutcome:
         """Validate ``(path, text)`` files, store a new revision and every node's catalog.
 
@@ -85,7 +95,7 @@ class Fleet:
         if isinstance(found, list):
             return PushOutcome(0, found, [])
         latest, before, after, pushed = found
-        return self._propose(latest, before, after, meta or RevisionMeta(), pushed)
+        return self._propose(latest, before, after, meta or RevisionMeta(), pushed, staged)
 
     def _candidate(
         self, files: Sequence[tuple[str, str]]
@@ -163,7 +173,11 @@ class Fleet:
         return self._propose(latest, before, after, meta or RevisionMeta(origin="remove"))
 
     def rollback(
-        self, to: int, name: str | None = None, meta: RevisionMeta | None = None
+        self,
+        to: int,
+        name: str | None = None,
+        meta: RevisionMeta | None = None,
+        staged: Staging | None = None,
     ) -> PushOutcome:
         """A new revision with revision ``to``'s content: all of it, or manifest ``name``'s.
 
@@ -192,7 +206,8 @@ class Fleet:
                     + [m for m in old.purged if m.name == name]
                 ),
             )
-        return self._propose(latest, before, after, meta or RevisionMeta(origin="rollback"))
+        meta = meta or RevisionMeta(origin="rollback")
+        return self._propose(latest, before, after, meta, staged=staged)
 
     def _propose(
         self,
@@ -201,8 +216,10 @@ class Fleet:
         after: DesiredState,
         meta: RevisionMeta,
         pushed: Sequence[manifests_.Manifest] = (),
+        staged: Staging | None = None,
     ) -> PushOutcome:
-        """Store ``after`` as the revision after ``latest`` (whose state is ``before``)."""
+        """Store ``after`` as the revision after ``latest`` (whose state is ``before``);
+        ``staged(latest, targeted nodes)`` makes its rollout, stored with it."""
         errors = manifests_.validate_set(after.manifests)
         if errors:
             return PushOutcome(0, errors, [])
@@ -229,12 +246,18 @@ class Fleet:
         too_large = _too_large(compiled)
         if too_large:
             return PushOutcome(0, too_large, [])
+        # What each node had: its catalog at the latest revision, as compiled for it now.
+        previous = compiler.compile_fleet(before, subjects, 0, skip_problems=True)
+        changes = history_.resource_changes(_resources(previous), _resources(compiled))
+        targeted = sorted({n for c in changes for n in c.nodes})
+        rollout = staged(latest, targeted) if staged is not None else None
         revision = self.store.add_revision(
             [ManifestSource(m.name, m.file, m.source) for m in after.manifests],
             self.clock(),
             dataclasses.replace(
                 meta, purged=tuple(ManifestSource(m.name, m.file, m.source) for m in after.purged)
             ),
+            rollout,
         )
         self._states[revision] = after
         payloads = {
@@ -244,18 +267,16 @@ class Fleet:
         self.store.save_catalogs(
             revision, payloads, {s.name: _selected(after, s) for s in subjects}
         )
-        # What each node had: its catalog at the latest revision, as compiled for it now.
-        previous = compiler.compile_fleet(before, subjects, 0, skip_problems=True)
-        changes = history_.resource_changes(_resources(previous), _resources(compiled))
         return PushOutcome(
             revision,
             [],
-            sorted({n for c in changes for n in c.nodes}),
+            targeted,
             payloads,
             unmatched_names=unmatched,
             unmatched_manifests=unmatched_manifests,
             released=_released(changes),
             purging=_purging(before, after, compiled),
+            staged=frozenset(n for batch in rollout.batches for n in batch) if rollout else None,
         )
 
     def signed_catalog(
@@ -279,6 +300,9 @@ class Fleet:
         revision, state = self.latest_state()
         if revision == 0:
             return None
+        pinned = self.pinned(node_name)
+        if pinned is not None:
+            revision, state = pinned, self.state(pinned)
         node = self.store.node(node_name)
         if node is None:
             return None
@@ -566,6 +590,11 @@ def _redacted(
         ManifestSource(f"{m.name} (purged)" if purged else m.name, m.file, manifests_.redacted(m))
         for m in manifests
     ]
+
+
+#: Makes a new revision's rollout from the latest revision and the nodes the
+#: revision changes (server/rollout.py Settings.new_rollout).
+Staging = Callable[[int, list[str]], NewRollout]
 
 
 @dataclasses.dataclass(frozen=True)

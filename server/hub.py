@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -57,6 +57,8 @@ class Hub:
         # (node, revision) -> futures of pushes waiting for that acknowledgement.
         self._awaiting: dict[tuple[str, int], list[asyncio.Future[pb.CatalogAck]]] = {}
         self._rechecks: set[asyncio.Task[int]] = set()
+        self._reported: list[Callable[[str, pb.Report], None]] = []
+        self._disconnected: list[Callable[[str], None]] = []
         # (node, dry run id) -> the plan waiting for that node's answer.
         self._dry_runs: dict[tuple[str, str], asyncio.Future[pb.DryRunResult]] = {}
 
@@ -85,6 +87,21 @@ class Hub:
         live = self._sessions.get(node)
         if live is not None and live.outbox is outbox:
             del self._sessions[node]
+            for listener in self._disconnected:
+                listener(node)
+
+    def listen(
+        self, reported: Callable[[str, pb.Report], None], disconnected: Callable[[str], None]
+    ) -> None:
+        """Be told (on the loop) of each report a session stored, and of each node whose
+        last session ended (a newer one replacing it is not an end)."""
+        self._reported.append(reported)
+        self._disconnected.append(disconnected)
+
+    def reported(self, node: str, report: pb.Report) -> None:
+        """A session stored ``report`` of ``node``: tell the listeners."""
+        for listener in self._reported:
+            listener(node, report)
 
     def end(self, node: str, outbox: asyncio.Queue[Any], refusal: Refusal) -> bool:
         """End the session of ``outbox`` with ``refusal``; whether it was the node's live one.

@@ -296,6 +296,7 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         # Acked only once committed: the agent deletes an acked report from its spool.
         await self.ingestor.submit(record)
         outbox.put_nowait(pb.ServerMessage(ack=pb.Ack(report_id=report.id)))
+        self.hub.reported(name, report)
 
     async def _renew(self, request: pb.RenewRequest, stream: _Stream) -> pb.Renewed:
         if self.renewals is None:

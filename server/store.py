@@ -155,6 +155,41 @@ revisions = sa.Table(
     sa.Column("origin", sa.String(16), nullable=True),
 )
 
+# A staged rollout of one revision (server/rollout.py): which nodes get it
+# in which batch, and how far it got. It lives here, so it survives a restart.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    _serial_id(),
+    sa.Column("revision", sa.BigInteger, nullable=False),  # what it rolls out
+    # What the nodes not reached yet keep meanwhile.
+    sa.Column("previous_revision", sa.BigInteger, nullable=False),
+    # running, paused, halted, done, aborted (server/rollout.py: State)
+    sa.Column("state", sa.String(16), nullable=False),
+    # {"canary": "1", "batch": "25%", "max_failures": "0", "batch_timeout_s": 300.0,
+    #  "pause_after_canary": false}: as the operator gave them.
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("max_failures", sa.Integer, nullable=False),  # resolved: failures allowed
+    sa.Column("kind", sa.String(16), nullable=False),  # "push" or "rollback" (of another)
+    sa.Column("author", sa.String(253), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),  # why it halted, or was aborted
+)
+
+rollout_nodes = sa.Table(
+    "rollout_nodes",
+    metadata,
+    sa.Column("rollout_id", sa.BigInteger, primary_key=True),
+    sa.Column("node", sa.String(253), primary_key=True),
+    sa.Column("batch", sa.Integer, nullable=False),  # 0 first (the canary, if any)
+    # waiting (keeps the previous revision), sent, succeeded, failed
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),  # why it failed
+    sa.Column("sent_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
 catalogs = sa.Table(
     "catalogs",
     metadata,
@@ -445,6 +480,43 @@ class RevisionMeta:
     origin: str = "push"
     #: Manifests removed with --purge (see ``revisions.purged``).
     purged: tuple[ManifestSource, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutNode:
+    node: str
+    batch: int
+    state: str  # waiting, sent, succeeded, failed
+    reason: str | None = None
+    sent_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewRollout:
+    """What a staged push stores with its revision, in the same transaction."""
+
+    previous_revision: int
+    settings: dict[str, Any]
+    max_failures: int
+    batches: tuple[tuple[str, ...], ...]  # node names, batch by batch
+    kind: str = "push"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutRow:
+    id: int
+    revision: int
+    previous_revision: int
+    state: str
+    settings: dict[str, Any]
+    max_failures: int
+    kind: str
+    author: str | None
+    created_at: float
+    updated_at: float
+    reason: str | None
+    nodes: tuple[RolloutNode, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1483,7 +1555,10 @@ class Store:
         manifests: Sequence[ManifestSource],
         now: float,
         meta: RevisionMeta | None = None,
+        rollout: NewRollout | None = None,
     ) -> int:
+        """Store a revision; with ``rollout``, its staged rollout in the same transaction
+        (a crash between the two would hand the revision to every node at once)."""
         meta = meta or RevisionMeta()
         body = [dataclasses.asdict(m) for m in manifests]
         purged = [dataclasses.asdict(m) for m in meta.purged] or None
@@ -1501,7 +1576,57 @@ class Store:
             )
             key = result.inserted_primary_key
             assert key is not None
-            return int(key[0])
+            revision = int(key[0])
+            if rollout is not None:
+                _insert_rollout(conn, revision, rollout, meta.author, now)
+            return revision
+
+    # ------------------------------------------------------------ rollouts
+
+    def latest_rollout(self) -> RolloutRow | None:
+        """The newest rollout, whatever its state; None if there never was one."""
+        with self.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(rollouts.c.id))).scalar()
+            return None if newest is None else _rollout_row(conn, int(newest))
+
+    def rollout(self, rollout_id: int) -> RolloutRow | None:
+        with self.engine.connect() as conn:
+            return _rollout_row(conn, rollout_id)
+
+    def set_rollout_state(
+        self,
+        rollout_id: int,
+        state: str,
+        now: float,
+        reason: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"state": state, "updated_at": now, "reason": reason}
+        if settings is not None:
+            values["settings"] = dict(settings)
+        with self._tx() as conn:
+            conn.execute(rollouts.update().where(rollouts.c.id == rollout_id).values(**values))
+
+    def set_rollout_nodes(
+        self,
+        rollout_id: int,
+        states: Mapping[str, tuple[str, str | None]],
+        now: float,
+    ) -> None:
+        """Move nodes of a rollout to ``{node: (state, reason)}``; sent_at / finished_at
+        are set as the state says."""
+        with self._tx() as conn:
+            for node, (state, reason) in states.items():
+                values: dict[str, Any] = {"state": state, "reason": reason}
+                values["sent_at" if state == "sent" else "finished_at"] = now
+                conn.execute(
+                    rollout_nodes.update()
+                    .where(rollout_nodes.c.rollout_id == rollout_id, rollout_nodes.c.node == node)
+                    .values(**values)
+                )
+            conn.execute(
+                rollouts.update().where(rollouts.c.id == rollout_id).values(updated_at=now)
+            )
 
     def revision_row(self, revision: int) -> RevisionRow | None:
         """Everything ``revision`` records; None if there is no such revision."""
@@ -2180,3 +2305,58 @@ def _selected_json(selected: Selected | None) -> dict[str, list[str]] | None:
     if selected is None:
         return None
     return {"manifests": list(selected.manifests), "purged": list(selected.purged)}
+
+
+def _insert_rollout(
+    conn: Connection, revision: int, new: NewRollout, author: str | None, now: float
+) -> None:
+    result = conn.execute(
+        rollouts.insert().values(
+            revision=revision,
+            previous_revision=new.previous_revision,
+            state="running",
+            settings=new.settings,
+            max_failures=new.max_failures,
+            kind=new.kind,
+            author=author,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    rows = [
+        {"rollout_id": int(key[0]), "node": node, "batch": number, "state": "waiting"}
+        for number, batch in enumerate(new.batches)
+        for node in batch
+    ]
+    if rows:
+        conn.execute(rollout_nodes.insert(), rows)
+
+
+def _rollout_row(conn: Connection, rollout_id: int) -> RolloutRow | None:
+    row = conn.execute(sa.select(rollouts).where(rollouts.c.id == rollout_id)).first()
+    if row is None:
+        return None
+    members = conn.execute(
+        sa.select(rollout_nodes)
+        .where(rollout_nodes.c.rollout_id == rollout_id)
+        .order_by(rollout_nodes.c.batch, rollout_nodes.c.node)
+    ).all()
+    return RolloutRow(
+        id=int(row.id),
+        revision=int(row.revision),
+        previous_revision=int(row.previous_revision),
+        state=row.state,
+        settings=dict(row.settings),
+        max_failures=int(row.max_failures),
+        kind=row.kind,
+        author=row.author,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        reason=row.reason,
+        nodes=tuple(
+            RolloutNode(m.node, int(m.batch), m.state, m.reason, m.sent_at, m.finished_at)
+            for m in members
+        ),
+    )

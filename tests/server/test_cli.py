@@ -295,6 +295,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "unmatched_manifests": [],
         "released": {},
         "purging": {},
+        "rollout": None,
     }
     web1, web2 = shape("nodes")["nodes"]
     assert web1 == {
