@@ -234,6 +234,9 @@ class FileState:
     # state because resolving needs the host's user database, and diff is pure.
     wanted_owner: Account | None = None
     wanted_group: Account | None = None
+    #: The directory that would hold it does not exist (the file kind makes
+    #: none): said in the change, so a dry run shows why the apply will fail.
+    missing_directory: str | None = None
 
 
 class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec], Removable[FileSpec]):
@@ -285,7 +288,7 @@ class FileKind(Kind[FileSpec, FileState], Watchable[FileSpec], Removable[FileSpe
                 with parent_of(ctx.root, spec.path) as parent:
                     state = observe(parent, with_content=spec.content is not None)
             except FileNotFoundError:  # a parent directory is missing
-                state = FileState(FileType.ABSENT)
+                state = FileState(FileType.ABSENT, missing_directory=posixpath.dirname(spec.path))
         return dataclasses.replace(
             state,
             wanted_owner=_USERS.resolve(spec.owner, spec.path) if spec.owner is not None else None,
@@ -536,6 +539,10 @@ def _presence(state: FileState) -> str:
 def _type_change(wanted: FileType, state: FileState) -> Change | None:
     """``state: absent → present`` for nothing there, ``type: a → b`` for another type."""
     if state.type is FileType.ABSENT:
+        if state.missing_directory is not None:
+            return Change(
+                "state", f"absent (directory {state.missing_directory} does not exist)", "present"
+            )
         return Change("state", "absent", "present")
     if state.type is wanted:
         return None

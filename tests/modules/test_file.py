@@ -675,6 +675,10 @@ def test_missing_parent_directory(ctx: Context, tmp_path: Path) -> None:
     spec = KIND.parse({"path": "/srv/app/config", "content": "x"})
     state = KIND.read(ctx, spec)
     assert state.type is FileType.ABSENT
+    # Said in the change already, so a dry run (plumb plan) shows why it will fail.
+    assert KIND.diff(spec, state)[0] == Change(
+        "state", "absent (directory /srv/app does not exist)", "present"
+    )
     with pytest.raises(ApplyError, match="directory /srv/app does not exist"):
         KIND.apply(ctx, spec, state, KIND.diff(spec, state))
     assert not (tmp_path / "srv").exists()
