@@ -949,6 +949,8 @@ MAX_WIRE_UINT = 2**32 - 1
 MAX_DRIFT_LIMIT = 10_000
 MAX_AUDIT_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 10_000
+#: A plan names at most this many nodes for each group of nodes alike.
+PLAN_NAMES_SHOWN = 10
 #: A node's clock further off the server's than this is worth a line.
 CLOCK_WARN_S = 60.0
 
@@ -1178,11 +1180,10 @@ def _print_plan(reply: pb.PlanResponse) -> None:
         print(f"  {s.line()}")
     if not summary and answered:
         print("  no change on any node that answered")
-    for node in answered:
-        shown = plan_.changed_results(node)
-        if not shown:
-            continue
-        print(f"\n{node.node_name}:")
+    for nodes, shown in plan_.alike(answered):
+        names = ", ".join(nodes[:PLAN_NAMES_SHOWN])
+        more = f" and {len(nodes) - PLAN_NAMES_SHOWN} more" if len(nodes) > PLAN_NAMES_SHOWN else ""
+        print(f"\n{names}{more}" + (f" ({len(nodes)} nodes)" if len(nodes) > 1 else "") + ":")
         for r in shown:
             status = cliviews.status_word(r.status)
             word = "would change" if r.status == pb.DRIFTED else status

@@ -82,3 +82,22 @@ def status_word(status: int) -> str:
 def changed_results(plan: pb.NodePlan) -> Sequence[pb.ResourceResult]:
     """A node's results worth showing: what would change, fail or is not known."""
     return [r for r in plan.report.results if r.status != pb.IN_SYNC]
+
+
+def alike(answered: Iterable[pb.NodePlan]) -> list[tuple[list[str], Sequence[pb.ResourceResult]]]:
+    """Nodes whose dry runs would change the same things the same way, grouped (in name
+    order, the biggest group first): a thousand nodes alike are shown once."""
+    groups: dict[tuple[bytes, ...], tuple[list[str], Sequence[pb.ResourceResult]]] = {}
+    for plan in sorted(answered, key=lambda p: p.node_name):
+        shown = changed_results(plan)
+        if not shown:
+            continue
+        key = tuple(_comparable(r) for r in shown)
+        groups.setdefault(key, ([], shown))[0].append(plan.node_name)
+    return sorted(groups.values(), key=lambda g: (-len(g[0]), g[0][0]))
+
+
+def _comparable(r: pb.ResourceResult) -> bytes:
+    """What a result says, without what differs from node to node by nature (durations)."""
+    same = pb.ResourceResult(id=r.id, status=r.status, error=r.error, changes=r.changes)
+    return same.SerializeToString(deterministic=True)
