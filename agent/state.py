@@ -229,9 +229,14 @@ def _space(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temp file and rename, so a crash leaves the old or the new file, never half."""
+    """Write via a temp file and rename, so a crash leaves the old or the new file, never half.
+
+    Neither name is followed if it is a symlink: the rename replaces a link
+    at ``path`` itself, and a link in place of the temporary fails the open
+    (ELOOP) rather than have the agent, as root, write wherever it points.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
