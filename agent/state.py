@@ -18,6 +18,8 @@ converged.json             resource id -> spec hash it last converged to (drift 
 reverted.json              risky resources reverted at a revision: held until a new one
 run.lock                   one run at a time across daemon and `run --once`
 restart-requested          left by the agent's own package upgrade: restart after the run
+audit-lock.json            the audit lock (`plumb-agent audit-lock on`): while it is here,
+                           nothing is enforced on this host (agent/auditlock.py)
 
 A state dir that takes no writes (its file system full, over quota,
 read-only, failing) must not stop the agent: repairs go on and are reported.
@@ -144,6 +146,10 @@ class StateDir:
     @property
     def losses(self) -> Path:
         return self.path / "losses.json"
+
+    @property
+    def audit_lock(self) -> Path:
+        return self.path / "audit-lock.json"
 
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
