@@ -26,6 +26,8 @@ STATE_DIR_UNWRITABLE = "state_dir_unwritable"
 WATCH_POLLING = "watch_polling"
 #: The node's certificate is due for renewal and the last try failed (agent/renewal.py).
 CERTIFICATE_RENEWAL = "certificate_renewal"
+#: The host's audit lock is on (agent/auditlock.py): every run only audits, nothing is enforced.
+AUDIT_LOCK = "audit_lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +52,16 @@ class Conditions:
         self._lock = threading.Lock()
         self.generation = 0
 
-    def hold(self, name: str, detail: str) -> bool:
-        """``name`` holds, for ``detail``; True if it did not hold before."""
+    def hold(self, name: str, detail: str, since: float | None = None) -> bool:
+        """``name`` holds, for ``detail``; True if it did not hold before.
+
+        ``since``: when its cause began, if known better than "now" (the time
+        an audit lock was set); otherwise when it was first held.
+        """
         with self._lock:
             held = self._held.get(name)
-            since = held.since if held is not None else time.time()
+            if since is None:
+                since = held.since if held is not None else time.time()
             self._held[name] = Condition(name, detail, since)
             if held is None:
                 self.generation += 1

@@ -10,8 +10,8 @@ Two threads of work:
 Watchers (``agent/watch.py``, unless ``watch=False``) add runs with trigger
 WATCH when something managed changes out of band; the periodic run remains
 the catch-all for whatever no watcher sees. What is wrong with the node now
-(the state dir's conditions and the watchers') goes with every hello and
-heartbeat (agent/conditions.py).
+(the state dir's conditions, the watchers' and the audit lock's) goes with
+every hello and heartbeat (agent/conditions.py).
 
 The agent can upgrade itself through a ``package`` resource. Restarting then
 and there would kill the run (and the dpkg or rpm transaction under it, which
@@ -212,9 +212,19 @@ class Daemon:
                 self._backoff(attempt, session.error)
 
     def _conditions(self) -> list[Condition]:
-        """What is wrong with this node now: its state dir's, and its watchers'."""
+        """What is wrong with this node now: its state dir's, its watchers', the audit lock.
+
+        The audit lock is looked at here too (one lstat, each time the
+        heartbeat gathers conditions), so that the server shows a lock within
+        a second of its being set or lifted rather than at the next run.
+        """
         watching = self._watchers.conditions() if self._watchers is not None else []
-        held = [*self.state.conditions.current(), *self.renewal.conditions.current(), *watching]
+        held = [
+            *self.state.conditions.current(),
+            *self.renewal.conditions.current(),
+            *watching,
+            *self.runner.audit_lock.conditions(),
+        ]
         return sorted(held, key=lambda c: c.name)
 
     def _lost_since(self, session: SessionClient) -> bool:

@@ -46,6 +46,12 @@ subscriptions changed. Who changed is told in the report, not to the kind:
   itself failed, was skipped, held or reverted is not refreshed (a reverted
   notifier is failed, so its subscribers are skipped).
 
+``run(..., audit=True)`` evaluates every resource as audit, whatever mode its
+catalog gives it: the agent's audit lock (agent/auditlock.py). The run is
+otherwise an ordinary one (not noop): in-sync resources converge, drifted
+ones are reported drifted, nothing is applied, refreshed or reverted, and
+held resources are read like any audit resource.
+
 A catalog whose graph is broken (a missing id, a cycle, an id declared twice)
 is unusable as a whole: every resource is failed and nothing is read.
 
@@ -207,6 +213,7 @@ def run(
     hold: Mapping[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     intend: Intend | None = None,
+    audit: bool = False,
 ) -> list[ResourceResult]:
     """Run ``resources`` in require order; one result per resource, in catalog order.
 
@@ -217,9 +224,12 @@ def run(
     (default: the context's, which deadlines are on too); ``sleep`` waits out a
     busy package manager. ``intend(res, changes)`` is told, just before, of
     every change about to be applied, so that a run killed half-way can be
-    accounted for afterwards (the runner's intent journal).
+    accounted for afterwards (the runner's intent journal). ``audit``: every
+    resource in audit mode, whatever its own (the agent's audit lock).
     Never raises for anything a kind does: every failure becomes a result.
     """
+    if audit:
+        resources = [dataclasses.replace(res, mode=Mode.AUDIT) for res in resources]
     try:
         order = _order(resources)
     except CatalogError as exc:

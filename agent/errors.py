@@ -12,7 +12,10 @@
     ├── NotEnrolled             the state dir holds no enrollment
     ├── EnrollError             enrollment failed (unreachable, CA pin, token refused)
     ├── ConfigError             the settings file is unreadable or says something wrong
-    └── SpoolError              the report spool cannot be read or written
+    ├── SpoolError              the report spool cannot be read or written
+    └── AuditLockError          the audit lock cannot be set, lifted or read
+        └── UntrustedLock       what is at the lock's path is not a lock this agent
+                                can trust (a symlink, another user's file): ignored
 
 Errors raised by resource kinds live in :mod:`modules.errors`; the engine
 turns those into a resource's status and never lets them escape a run.
@@ -70,3 +73,15 @@ class ConfigError(PlumbAgentError):
 
 class SpoolError(PlumbAgentError):
     """The report spool (spool.db) cannot be read or written; the message names it and why."""
+
+
+class AuditLockError(PlumbAgentError):
+    """The audit lock (agent/auditlock.py) cannot be set, lifted or read; the message says why."""
+
+
+class UntrustedLock(AuditLockError):
+    """Something is at the audit lock's path that no ``audit-lock on`` left: it locks nothing.
+
+    A symlink (never followed), something other than a regular file, or a
+    file another user owns or may write.
+    """

@@ -1,4 +1,4 @@
-"""``plumb-agent``: enroll this node, run the daemon, run once, show status."""
+"""``plumb-agent``: enroll this node, run the daemon, run once, show status, audit-lock."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ examples:
   plumb-agent daemon
   plumb-agent run --once --noop
   plumb-agent status --json
+  plumb-agent audit-lock on --reason "incident 4711: hands off"
+  plumb-agent audit-lock off
 """
 
 
@@ -203,6 +205,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=_status)
+
+    lock = sub.add_parser(
+        "audit-lock",
+        parents=[_common()],
+        help="enforce nothing on this host, whatever the server says: on, off, status",
+        description="While the audit lock is on, every run (pushes, schedule, watchers, "
+        "run --once) only reads and reports: drift is reported drifted and nothing is "
+        "changed. A running agent takes it at its next run, and the server shows it "
+        "beside the node (plumb nodes: condition audit_lock).",
+    )
+    actions = lock.add_subparsers(required=True, metavar="ACTION")
+    for action, helptext in (
+        ("on", "set the lock (kept as it is if it is on already)"),
+        ("off", "lift the lock: resources are enforced again as their catalog says"),
+        ("status", "show whether the lock is on, since when, by whom and why"),
+    ):
+        p = actions.add_parser(action, parents=[_common()], help=helptext)
+        if action == "on":
+            p.add_argument("--reason", default="", metavar="TEXT", help="why, for whoever looks")
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.set_defaults(func=_audit_lock, action=action)
     return parser
 
 
@@ -325,6 +348,68 @@ def _exit_code(report: Any) -> int:
     return code
 
 
+def _audit_lock(args: argparse.Namespace) -> int:
+    """``audit-lock on|off|status``: the lock file in the state dir (agent/auditlock.py)."""
+    state = StateDir(args.state_dir)
+    act = {"on": _lock_on, "off": _lock_off, "status": _lock_shown}[args.action]
+    lock, changed, said, problem = act(state, args)
+    if args.json:
+        record = lock.to_json() if lock is not None else dict.fromkeys(("uid", "since", "reason"))
+        body = {
+            "locked": lock is not None,
+            **record,
+            "path": str(state.audit_lock),
+            "changed": changed,
+            "problem": problem,
+        }
+        print(json.dumps(body, indent=2, sort_keys=True))
+    else:
+        print(said)
+    if problem is not None:
+        print(
+            f"plumb-agent: {problem}; it locks nothing ('audit-lock off' removes it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# What an audit-lock action leaves: the lock in force, whether it changed,
+# the sentence to print, and what is wrong at the lock's path (None: nothing).
+_LockOutcome = tuple[Any, bool, str, str | None]
+
+
+def _lock_on(state: StateDir, args: argparse.Namespace) -> _LockOutcome:
+    from agent import auditlock
+
+    lock, changed = auditlock.turn_on(state, args.reason)
+    said = lock.detail() if changed else f"audit lock already {lock.describe()}; kept as it is"
+    return lock, changed, said, None
+
+
+def _lock_off(state: StateDir, args: argparse.Namespace) -> _LockOutcome:
+    from agent import auditlock
+
+    was = auditlock.turn_off(state)
+    if was is None:
+        return None, False, "audit lock was not on; nothing to do", None
+    said = f"audit lock off (it was {was.describe()}): enforced again from the next run"
+    return None, True, said, None
+
+
+def _lock_shown(state: StateDir, args: argparse.Namespace) -> _LockOutcome:
+    from agent import auditlock
+    from agent.errors import UntrustedLock
+
+    try:
+        lock = auditlock.read(state.audit_lock)
+    except UntrustedLock as exc:
+        return None, False, "audit lock off: resources are enforced", str(exc)
+    if lock is None:
+        return None, False, "audit lock off: resources are enforced", None
+    return lock, False, lock.detail(), None
+
+
 def _status(args: argparse.Namespace) -> int:
     """What this agent has, read without changing anything: damaged state is shown, not repaired."""
     from agent import spool
@@ -337,6 +422,7 @@ def _status(args: argparse.Namespace) -> int:
     cache = CatalogCache(state, enrollment.node, losses).status()
     spooled, spool_problem, set_aside = spool.inspect(state.spool)
     last = state.read_json(state.last_run)
+    lock = _lock_status(state)
     info = {
         "node": enrollment.node,
         "server": enrollment.server,
@@ -348,6 +434,7 @@ def _status(args: argparse.Namespace) -> int:
         "rejected_reports": set_aside,
         "clock": state.read_json(state.clock),
         "last_run": last if isinstance(last, dict) else None,
+        "audit_lock": lock.to_json() if lock is not None else None,
         "losses": [
             {
                 "what": x.what,
@@ -381,11 +468,23 @@ def _status(args: argparse.Namespace) -> int:
         note = "" if abs(offset) <= 60 else "  (check NTP: reports are ordered by sequence)"
         print(f"clock:             {offset:+.1f} s from the server's{note}")
     print(f"last run:          {_last_run(info['last_run'])}")
+    if lock is not None:
+        print(f"audit lock:        {lock.describe()}: nothing is enforced")
     for x in losses.recent():
         told = "reported to the server" if x.recorded else "not reported to the server yet"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.at))
         print(f"lost:              {describe(x.what, x.count)} at {when} ({x.detail}; {told})")
     return 0
+
+
+def _lock_status(state: StateDir) -> Any:
+    """The audit lock in force, for ``status``; None if off (or what is there is not one)."""
+    from agent import auditlock
+
+    try:
+        return auditlock.read(state.audit_lock)
+    except PlumbAgentError:
+        return None  # `audit-lock status` says why
 
 
 def _last_run(last: Any) -> str:

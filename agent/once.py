@@ -37,7 +37,16 @@ def run_once(
     spool = Spool(state.spool, losses, state.unwritable)
     runner = Runner(state, cache, spool, root, enrollment.server, confirm_timeout_s, flap_policy)
     session = SessionClient(
-        state, enrollment, cache, spool, facts.gather(AGENT_VERSION), on_catalog=lambda _: None
+        state,
+        enrollment,
+        cache,
+        spool,
+        facts.gather(AGENT_VERSION),
+        on_catalog=lambda _: None,
+        # The hello says whether the audit lock is on, as the daemon's does.
+        conditions=lambda: sorted(
+            [*state.conditions.current(), *runner.audit_lock.conditions()], key=lambda c: c.name
+        ),
     )
     session.start()
     try:

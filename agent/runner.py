@@ -8,6 +8,11 @@ Risky changes are applied with confirm-or-revert against ``server`` (see
 nor read, until a new catalog revision arrives, so that a change that cuts the
 agent off is not tried again on every run; ``reverted.json`` in the state dir
 keeps ``{"revision": N, "ids": [...]}`` across restarts.
+
+Every run starts by checking the host's audit lock (agent/auditlock.py):
+while it is on, the whole run is audit, whatever the catalog says (the
+engine's ``audit``), and so are the runs of pushes and watchers, which all
+come through here.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent import engine
+from agent.auditlock import LockWatch
 from agent.cache import CatalogCache
 from agent.confirm import server_reachable
 from agent.flapping import FlapGuard, FlapPolicy
@@ -60,6 +66,8 @@ class Runner:
         self.spool = spool
         self.flapping = FlapGuard(state, flap_policy or FlapPolicy())
         self.intents = IntentJournal(spool)
+        #: The host's audit lock, checked at the start of every run.
+        self.audit_lock = LockWatch(state.audit_lock)
         self._lock = threading.Lock()
         self._confirm: Callable[[], bool] | None = None
         if server is not None:
@@ -85,6 +93,7 @@ class Runner:
     def run(self, trigger: Trigger, noop: bool = False) -> RunReport | None:
         """Run the cached catalog and spool its report; None if there is no catalog yet."""
         with self._exclusive():
+            locked = self.audit_lock.check() is not None
             catalog = self.cache.load()
             if catalog is None:
                 log.info("no catalog yet: nothing to do")
@@ -95,6 +104,8 @@ class Runner:
             self._report_interrupted(catalog, ctx, specs)
             run_id = str(uuid.uuid4())
             meta = RunMeta(catalog.revision, str(trigger), started)
+            if locked:
+                log.info("audit lock on: this run changes nothing (every resource in audit)")
             results = engine.run(
                 catalog.resources,
                 ctx,
@@ -102,6 +113,7 @@ class Runner:
                 confirm=self._confirm,
                 hold=self._holds(catalog.revision, specs),
                 intend=None if noop else self.intents.recorder(run_id, meta),
+                audit=locked,
             )
             self._remember_reverted(catalog.revision, self.held(catalog.revision), results)
             drift = self._drift(results, specs)

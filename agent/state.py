@@ -18,6 +18,8 @@ converged.json             resource id -> spec hash it last converged to (drift 
 reverted.json              risky resources reverted at a revision: held until a new one
 run.lock                   one run at a time across daemon and `run --once`
 restart-requested          left by the agent's own package upgrade: restart after the run
+audit-lock.json            the audit lock (`plumb-agent audit-lock on`): while it is here,
+                           nothing is enforced on this host (agent/auditlock.py)
 
 A state dir that takes no writes (its file system full, over quota,
 read-only, failing) must not stop the agent: repairs go on and are reported.
@@ -145,6 +147,10 @@ class StateDir:
     def losses(self) -> Path:
         return self.path / "losses.json"
 
+    @property
+    def audit_lock(self) -> Path:
+        return self.path / "audit-lock.json"
+
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path, 0o700)
@@ -229,9 +235,14 @@ def _space(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temp file and rename, so a crash leaves the old or the new file, never half."""
+    """Write via a temp file and rename, so a crash leaves the old or the new file, never half.
+
+    Neither name is followed if it is a symlink: the rename replaces a link
+    at ``path`` itself, and a link in place of the temporary fails the open
+    (ELOOP) rather than have the agent, as root, write wherever it points.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -107,8 +107,9 @@ first, ``[]`` when nothing: ``{"what": "spooled_reports" | "cached_catalog",
 ``at`` is when the agent found it (its clock), ``received_at`` when the
 server recorded it (the server's). ``CONDITION`` is what the node's agent
 last said is wrong with it now (agent/conditions.py), ``[]`` when nothing:
-``{"name": "state_dir_unwritable" | "watch_polling" | "certificate_renewal", "detail": "...",
-"since": 1764620000.5 | null}`` (``since``: the agent's clock); for a node
+``{"name": "state_dir_unwritable" | "watch_polling" | "certificate_renewal" | "audit_lock",
+"detail": "...", "since": 1764620000.5 | null}`` (``since``: the agent's clock;
+``audit_lock``: the host's audit lock is on, nothing is enforced there); for a node
 not connected, as it last said. ``cert_serial`` is the one certificate the
 node may use (lower-case hex); ``revoked_at`` when it was revoked (``plumb node
 revoke``: the node cannot connect until enrolled again), ``decommissioned_at``

@@ -2,8 +2,10 @@
 
 A node gets every resource of every manifest whose target matches it, in
 manifest order and then declaration order, so the same manifests always
-give the same bytes to sign. Each resource carries its manifest's name and
-mode, for reports and compliance.
+give the same bytes to sign. Each resource carries its manifest's name, for
+reports and compliance, and the mode it runs in: audit if its manifest or the
+resource itself says audit, enforce only if neither does
+(:meth:`server.manifest.Manifest.mode_of`).
 
 ``notify`` and ``subscribe`` are one relation written at either end; the
 catalog carries it at the receiving end only, as the receiver's
@@ -152,7 +154,7 @@ def _removals(
                     name=r.name,
                     spec=kind.removal(kind.parse(copy.deepcopy(dict(r.spec)))),
                     manifest=m.name,
-                    mode=m.mode,
+                    mode=m.mode_of(r),
                     require=tuple(required_by.get(r.id, ())),
                     controls=r.controls,
                     timeout_s=r.timeout_s,
@@ -189,7 +191,7 @@ def _resource(
         # Catalogs of many nodes share one manifest; a copy keeps them independent.
         spec=copy.deepcopy(dict(decl.spec)),
         manifest=manifest.name,
-        mode=manifest.mode,
+        mode=manifest.mode_of(decl),
         require=decl.require,
         controls=decl.controls,
         subscribe=tuple(dict.fromkeys([*decl.subscribe, *notifiers.get(decl.id, ())])),

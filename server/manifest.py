@@ -23,6 +23,15 @@ One manifest per file (``web.yaml``)::
         name: token
         spec: {path: /etc/app/token, content: "s3cr3t\\n", mode: "0600"}
         sensitive: true         # its values never in logs, reports or the store: "(sensitive)"
+      - kind: file
+        name: banner
+        spec: {path: /etc/issue, content: "authorised use only\\n"}
+        mode: audit             # this one only: read and report, never change
+
+A resource's ``mode`` (enforce | audit; absent: the manifest's) is combined
+with its manifest's, and audit wins: a resource is enforced only if neither
+says audit, as in Rudder. So ``mode: enforce`` on a resource of an audit
+manifest leaves it in audit (see ``server.compiler``).
 
 ``require``, ``notify`` and ``subscribe`` are lists of resource ids
 (``kind/name``). All three order resources: a resource runs after what it
@@ -92,7 +101,7 @@ TOP_KEYS = ("name", "target", "mode", "resources")
 TARGET_KEYS = ("labels", "names", "match", "all")
 RESOURCE_KEYS = (
     *("kind", "name", "spec", "require", "notify", "subscribe", "controls", "timeout"),
-    "sensitive",
+    *("sensitive", "mode"),
 )
 # The fields that name other resources, and how an error phrases each.
 RELATIONS = ("require", "notify", "subscribe")
@@ -164,6 +173,9 @@ class ResourceDecl:
     timeout_s: float | None = None
     #: Its values (desired and found) are secrets: never shown (``sensitive``).
     sensitive: bool = False
+    #: Its own ``mode``; None when it says none. Audit, in it or in its
+    #: manifest, wins (:meth:`Manifest.mode_of`).
+    mode: Mode | None = None
 
     @property
     def id(self) -> str:
@@ -204,6 +216,15 @@ class Manifest:
     resources: tuple[ResourceDecl, ...] = ()
     source: str = ""  # the file's text as pushed, kept for the revision
     name_line: int = 1
+
+    def mode_of(self, decl: ResourceDecl) -> Mode:
+        """The mode ``decl`` runs in: audit if this manifest or ``decl`` itself says audit.
+
+        Audit wins because it is the safe side of a disagreement: whoever
+        asked for audit wanted nothing changed, and an enforce elsewhere is
+        no reason to change it after all.
+        """
+        return Mode.AUDIT if Mode.AUDIT in (self.mode, decl.mode) else Mode.ENFORCE
 
 
 def render_path(path: FieldPath) -> str:
@@ -421,7 +442,7 @@ def _check_manifest(report: _Report, doc: Any, text: str) -> Manifest | None:
     _check_keys(report, (), doc, TOP_KEYS, required=("name", "target", "resources"))
     name = _check_name(report, doc["name"]) if "name" in doc else ""
     target = _check_target(report, doc["target"]) if "target" in doc else Target()
-    mode = _check_mode(report, doc.get("mode", Mode.ENFORCE.value))
+    mode = _check_mode(report, ("mode",), doc.get("mode", Mode.ENFORCE.value))
     resources = _check_resources(report, doc["resources"]) if "resources" in doc else ()
     return Manifest(
         name=name,
@@ -443,11 +464,16 @@ def _check_name(report: _Report, value: Any) -> str:
     return str(value)
 
 
-def _check_mode(report: _Report, value: Any) -> Mode:
+def _check_mode(report: _Report, path: FieldPath, value: Any) -> Mode:
+    """A manifest's or a resource's ``mode``: one of :class:`modules.base.Mode`."""
     modes = [m.value for m in Mode]
     if isinstance(value, str) and value in modes:
         return Mode(value)
-    report.error(("mode",), f"expected {' or '.join(modes)}, got {_describe(value)}")
+    message = f"expected {' or '.join(modes)}, got {_describe(value)}"
+    if len(path) > 1 and re.fullmatch(r"0?[0-7]{3,4}", str(value)):
+        # A file's permissions written one level too high.
+        message += "; permissions such as '0644' go in the spec (spec.mode)"
+    report.error(path, message)
     return Mode.ENFORCE
 
 
@@ -534,6 +560,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
     if not isinstance(sensitive, bool):
         report.error((*path, "sensitive"), f"expected true or false, got {_describe(sensitive)}")
         sensitive = True  # refused anyway; never shown meanwhile
+    mode = _check_mode(report, (*path, "mode"), item["mode"]) if "mode" in item else None
     _check_refreshable(report, path, kind, ids["notify"], ids["subscribe"])
     if not kind or not name:
         return None
@@ -557,6 +584,7 @@ def _check_resource(report: _Report, index: int, item: Any) -> ResourceDecl | No
         identities=identities,
         timeout_s=timeout,
         sensitive=sensitive,
+        mode=mode,
     )
 
 

@@ -204,3 +204,44 @@ def test_runner_reverts_then_holds_until_a_new_revision(
     assert [r.status for r in third.results] == [Status.REPAIRED]
     assert gate.system == {"fw": "closed"}
     assert not (state.path / "reverted.json").exists()
+
+
+def test_under_the_audit_lock_the_runner_applies_nothing_and_has_nothing_to_revert(
+    enrolled: tuple[Server, Agent], gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is checked at the start of every run, by the runner everything goes
+    through: set between two runs of one Runner (a daemon's), it holds from the next."""
+    from agent import auditlock
+
+    server, agent = enrolled
+    state = StateDir(agent.state_dir)
+    asked: list[str] = []
+
+    def reachable(probe_state: StateDir, probe_address: str, timeout_s: float) -> bool:
+        asked.append(probe_address)
+        return False  # were anything applied, it would be reverted
+
+    monkeypatch.setattr(runner_module, "server_reachable", reachable)
+    (state.path / "reverted.json").unlink(missing_ok=True)
+    runner = Runner(state, CatalogCache(state, agent.name), Spool(state.spool), agent.root, "x:1")
+    gate.system["fw"] = "open"
+    cache_catalog(server, state, agent.name, revision=5, value="closed")
+    auditlock.turn_on(state, "hands off")
+    try:
+        locked = runner.run(Trigger.WATCH)
+        assert locked is not None
+        assert [(r.status, r.reverted) for r in locked.results] == [(Status.DRIFTED, False)]
+        assert [str(c) for c in locked.results[0].changes] == ["value: open → closed"]
+        assert (gate.applied, gate.system, asked) == ([], {"fw": "open"}, [])
+        assert not (state.path / "reverted.json").exists()
+        assert [c.name for c in runner.audit_lock.conditions()] == ["audit_lock"]
+    finally:
+        auditlock.turn_off(state)
+
+    answers = [True, True]
+    monkeypatch.setattr(runner_module, "server_reachable", lambda *_: answers.pop(0))
+    lifted = runner.run(Trigger.SCHEDULE)
+    assert lifted is not None
+    assert [r.status for r in lifted.results] == [Status.REPAIRED]
+    assert gate.system == {"fw": "closed"} and answers == []
+    assert runner.audit_lock.conditions() == []

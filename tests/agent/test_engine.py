@@ -1564,3 +1564,50 @@ def test_a_busy_read_of_a_batch_member_is_retried_before_the_batch() -> None:
     results = kind.run([pkg("a"), pkg("b")])
     assert [r.status for r in results] == [S.REPAIRED] * 2
     assert (kind.applied, kind.slept) == (["a+b"], [0.5])
+
+
+def test_audit_run_evaluates_every_resource_as_audit_whatever_its_mode() -> None:
+    """``audit=True`` (the agent's audit lock): enforce resources of every kind only
+    report, a held one is read like any audit resource, nothing is refreshed, and
+    confirm-or-revert has nothing to guard, so it is never asked."""
+    system = fake({"same": "1", "fw": "open", "conf": "old"}, confirms=[])
+    catalog = [
+        mem("same", "1"),
+        mem("conf", "new"),
+        svc("web", subscribe=("mem/conf",)),
+        net("fw", "closed"),
+        pkg("a"),
+        pkg("b"),
+        mem("held", "1"),
+        mem("audited", "1", mode=Mode.AUDIT),
+    ]
+    ctx = Context(log=logging.getLogger("test.engine"))
+    held = {"mem/held": "held: reverted earlier at revision 7; waiting for a new catalog"}
+    results = engine.run(
+        catalog, ctx, kinds=system.kinds, confirm=system.confirm, hold=held, audit=True
+    )
+
+    assert {r.id: r.status for r in results} == {
+        "mem/same": S.IN_SYNC,
+        "mem/conf": S.DRIFTED,
+        "svc/web": S.DRIFTED,
+        "net/fw": S.DRIFTED,
+        "pkg/a": S.DRIFTED,
+        "pkg/b": S.DRIFTED,
+        "mem/held": S.DRIFTED,
+        "mem/audited": S.DRIFTED,
+    }
+    by_id = {r.id: r for r in results}
+    assert [str(c) for c in by_id["net/fw"].changes] == ["value: open → closed"]
+    assert "refresh: pending → refreshed (notified by mem/conf)" in [
+        str(c) for c in by_id["svc/web"].changes
+    ]
+    assert system.memory.applied == []
+    assert system.memory.system == {"same": "1", "fw": "open", "conf": "old"}
+    assert (system.confirm_calls, system.risky.restored, system.service.refreshed) == (0, [], [])
+    assert not any(r.reverted for r in results)
+    # The same catalog without the lock is enforced: the flag alone made the difference.
+    enforced = fake({"same": "1", "fw": "open", "conf": "old"})
+    again = engine.run(catalog, ctx, kinds=enforced.kinds)
+    assert {r.id: r.status for r in again}["net/fw"] is S.REPAIRED
+    assert enforced.memory.system["fw"] == "closed"

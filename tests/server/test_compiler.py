@@ -395,3 +395,51 @@ def test_a_resources_timeout_is_carried_and_absent_from_the_json_when_not_set() 
     assert Catalog.from_json(catalog.to_json()) == catalog
     with pytest.raises(ValueError, match="timeout: expected a positive number of seconds"):
         CatalogResource.from_dict({**slow.to_dict(), "timeout": -1})
+
+
+MODES = """\
+name: modes
+target: {all: true}
+mode: MODE
+resources:
+  - {kind: testfile, name: says-nothing, spec: {path: /nothing}}
+  - {kind: testfile, name: says-enforce, spec: {path: /enforce}, mode: enforce}
+  - {kind: testfile, name: says-audit, spec: {path: /audit}, mode: audit}
+"""
+
+
+@pytest.mark.parametrize(
+    ("manifest_mode", "expected"),
+    [
+        # Audit wins when the two disagree, whichever of them says it.
+        ("enforce", [Mode.ENFORCE, Mode.ENFORCE, Mode.AUDIT]),
+        ("audit", [Mode.AUDIT, Mode.AUDIT, Mode.AUDIT]),
+    ],
+)
+def test_a_resource_is_enforced_only_if_neither_it_nor_its_manifest_says_audit(
+    manifest_mode: str, expected: list[Mode]
+) -> None:
+    (m,) = manifests(("modes.yaml", MODES.replace("MODE", manifest_mode)))
+    catalog = compile_catalog([m], "web-1", {}, revision=1)
+    assert [r.mode for r in catalog.resources] == expected
+    # The agent sees it in the signed catalog, as the mode it runs the resource in.
+    sent = Catalog.from_json(catalog.to_json())
+    assert [r.mode for r in sent.resources] == expected
+    assert [r.to_dict()["mode"] for r in catalog.resources] == [str(m) for m in expected]
+
+
+def test_the_removal_of_a_purged_audit_resource_stays_in_audit() -> None:
+    text = textwrap.dedent(
+        """\
+        name: old
+        target: {all: true}
+        resources:
+          - {kind: file, name: kept, spec: {path: /etc/kept, content: "x"}, mode: audit}
+          - {kind: file, name: gone, spec: {path: /etc/gone, content: "y"}}
+        """
+    )
+    purged = load("old.yaml", text)
+    state = DesiredState((), (purged,))
+    catalog = compiler.compile_catalog(state, Subject("web-1", {}), 2)
+    modes = {r.name: (r.mode, r.spec.get("state")) for r in catalog.resources}
+    assert modes == {"kept": (Mode.AUDIT, "absent"), "gone": (Mode.ENFORCE, "absent")}

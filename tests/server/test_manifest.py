@@ -332,6 +332,35 @@ BAD = [
         (7, "resources[0].sensitive", "expected true or false, got a string ('yes please')"),
     ),
     bad(
+        "resource-mode-unknown",
+        HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: {path: /a}\n"
+        "    mode: dry-run\n",
+        (7, "resources[0].mode", "expected enforce or audit, got a string ('dry-run')"),
+    ),
+    bad(
+        "resource-mode-wrong-types",
+        HEAD + "resources:\n"
+        "  - {kind: testfile, name: a, spec: {path: /a}, mode: true}\n"
+        "  - {kind: testfile, name: b, spec: {path: /b}, mode: null}\n"
+        "  - {kind: testfile, name: c, spec: {path: /c}, mode: [audit]}\n",
+        (4, "resources[0].mode", "expected enforce or audit, got a boolean (True)"),
+        (5, "resources[1].mode", "expected enforce or audit, got null"),
+        (6, "resources[2].mode", "expected enforce or audit, got a list"),
+    ),
+    bad(
+        "resource-mode-is-a-files-permissions",
+        HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: {path: /a}\n"
+        "    mode: '0644'\n",
+        (7, "resources[0].mode", "got a string ('0644'); permissions such as '0644' go in"),
+    ),
+    bad(
+        "resource-mode-bad-beside-manifest-mode-bad",
+        HEAD + "mode: Audit\nresources:\n  - {kind: testfile, name: a, spec: {path: /a}, "
+        "mode: AUDIT}\n",
+        (3, "mode", "expected enforce or audit, got a string ('Audit')"),
+        (5, "resources[0].mode", "expected enforce or audit, got a string ('AUDIT')"),
+    ),
+    bad(
         "spec-not-a-mapping",
         HEAD + "resources:\n  - kind: testfile\n    name: a\n    spec: [path, /a]\n",
         (6, "resources[0].spec", "expected a mapping, got a list"),
@@ -833,6 +862,35 @@ def test_a_timeout_is_seconds_as_written_and_absent_means_the_kinds() -> None:
     a, b, c = load("web.yaml", text).resources
     assert (a.timeout_s, b.timeout_s, c.timeout_s) == (120, 2.5, None)
     assert isinstance(a.timeout_s, int)  # 120 stays 120 in the catalog's JSON
+
+
+@pytest.mark.parametrize(
+    ("manifest_mode", "resource_mode", "expected"),
+    [
+        (None, None, Mode.ENFORCE),
+        (None, "enforce", Mode.ENFORCE),
+        (None, "audit", Mode.AUDIT),
+        ("enforce", None, Mode.ENFORCE),
+        ("enforce", "audit", Mode.AUDIT),
+        ("audit", None, Mode.AUDIT),
+        # Audit wins: a resource cannot opt out of its manifest's audit.
+        ("audit", "enforce", Mode.AUDIT),
+        ("audit", "audit", Mode.AUDIT),
+    ],
+)
+def test_a_resource_runs_in_audit_if_it_or_its_manifest_says_audit(
+    manifest_mode: str | None, resource_mode: str | None, expected: Mode
+) -> None:
+    own = f", mode: {resource_mode}" if resource_mode else ""
+    text = manifest_text(
+        "web", "{all: true}", f"{{kind: testfile, name: a, spec: {{path: /a}}{own}}}"
+    )
+    if manifest_mode:
+        text = text.replace("resources:", f"mode: {manifest_mode}\nresources:")
+    manifest = load("web.yaml", text)
+    (decl,) = manifest.resources
+    assert decl.mode == (Mode(resource_mode) if resource_mode else None)
+    assert manifest.mode_of(decl) is expected
 
 
 def test_defaults() -> None:
