@@ -667,16 +667,18 @@ class RemoveManifestRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., purge: _Optional[bool] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("to", "name", "message", "wait_s")
+    __slots__ = ("to", "name", "message", "wait_s", "rollout")
     TO_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     to: int
     name: str
     message: str
     wait_s: float
-    def __init__(self, to: _Optional[int] = ..., name: _Optional[str] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+    rollout: RolloutSettings
+    def __init__(self, to: _Optional[int] = ..., name: _Optional[str] = ..., message: _Optional[str] = ..., wait_s: _Optional[float] = ..., rollout: _Optional[_Union[RolloutSettings, _Mapping]] = ...) -> None: ...
 
 class ListRevisionsRequest(_message.Message):
     __slots__ = ("manifest", "limit")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import time
 import uuid
@@ -32,7 +33,7 @@ from server.errors import (
     UnknownNode,
     UnknownOperator,
 )
-from server.fleet import Fleet, PushOutcome
+from server.fleet import Fleet, PushOutcome, Staging
 from server.given import Given, GivenCatalogs
 from server.hub import Hub
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator_csr
@@ -221,18 +222,26 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         blocked = self._blocked()
         if blocked is not None:
             return blocked
-        staged = None
-        if request.HasField("rollout"):
-            if self.rollouts is None:
-                return _refused("this server does not run staged rollouts")
-            try:
-                settings = rollout_.Settings.of(request.rollout)
-            except rollout_.SettingsError as exc:
-                return _refused(str(exc))
-            staged = settings.new_rollout
+        staged = self._staging(request)
+        if isinstance(staged, pb.PushResponse):
+            return staged
         meta = RevisionMeta(author=_author(), message=request.message)
         outcome = await asyncio.to_thread(self.fleet.push, files, meta, staged)
         return await self._answer(outcome, request.wait_s)
+
+    def _staging(
+        self, request: pb.PushRequest | pb.RollbackRequest, kind: str = "push"
+    ) -> Staging | pb.PushResponse | None:
+        """The staged rollout a request asks for (None: none), or why it is refused."""
+        if not request.HasField("rollout"):
+            return None
+        if self.rollouts is None:
+            return _refused("this server does not run staged rollouts")
+        try:
+            settings = rollout_.Settings.of(request.rollout)
+        except rollout_.SettingsError as exc:
+            return _refused(str(exc))
+        return functools.partial(settings.new_rollout, kind=kind)
 
     def _blocked(self) -> pb.PushResponse | None:
         """A refusal while a rollout is in progress: a new revision would hand its
@@ -296,9 +305,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         blocked = self._blocked()
         if blocked is not None:
             return blocked
+        staged = self._staging(request, kind="rollback")
+        if isinstance(staged, pb.PushResponse):
+            return staged
         meta = RevisionMeta(author=_author(), message=request.message, origin="rollback")
         outcome = await asyncio.to_thread(
-            self.fleet.rollback, request.to, request.name or None, meta
+            self.fleet.rollback, request.to, request.name or None, meta, staged
         )
         return await self._answer(outcome, request.wait_s)
 

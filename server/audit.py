@@ -438,14 +438,7 @@ def push(request: pb.PushRequest, reply: pb.PushResponse | None) -> Summary:
         "message": _text(request.message) or None,
     }
     if request.HasField("rollout"):
-        r = request.rollout
-        details["rollout"] = {
-            "canary": _text(r.canary) or None,
-            "batch": _text(r.batch) or None,
-            "max_failures": _text(r.max_failures) or None,
-            "batch_timeout_s": r.batch_timeout_s or None,
-            "pause_after_canary": r.pause_after_canary,
-        }
+        details["rollout"] = _staged(request.rollout)
     if len(request.files) > MAX_ITEMS:
         details["more_files"] = len(request.files) - MAX_ITEMS
     return _new_revision(details, reply)
@@ -500,7 +493,19 @@ def rollback(request: pb.RollbackRequest, reply: pb.PushResponse | None) -> Summ
         "manifest": _text(request.name) or None,  # None: the whole revision
         "message": _text(request.message) or None,
     }
+    if request.HasField("rollout"):
+        details["rollout"] = _staged(request.rollout)
     return _new_revision(details, reply)
+
+
+def _staged(r: pb.RolloutSettings) -> dict[str, Any]:
+    return {
+        "canary": _text(r.canary) or None,
+        "batch": _text(r.batch) or None,
+        "max_failures": _text(r.max_failures) or None,
+        "batch_timeout_s": r.batch_timeout_s or None,
+        "pause_after_canary": r.pause_after_canary,
+    }
 
 
 def set_labels(request: pb.SetLabelsRequest, reply: pb.SetLabelsResponse | None) -> Summary:

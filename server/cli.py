@@ -152,33 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the plan (see 'plumb plan') and push only if you answer yes",
     )
-    staged = push.add_argument_group(
-        "staged rollout",
-        "Hand the revision to the nodes whose catalog it changes batch by batch: the canary "
-        "first, then --batch at a time, each batch done when its nodes reported the revision "
-        "(or --batch-timeout passed). A node fails when its run has failed resources (a "
-        "change reverted by confirm-or-revert is one), it disconnects during its batch or "
-        "does not report in time. More than --max-failures failures halt it: nodes not "
-        "reached keep the previous revision. 'plumb rollout' shows and steers it.",
-    )
-    staged.add_argument("--canary", metavar="N|N%", help="the first batch (default: none)")
-    staged.add_argument(
-        "--batch", metavar="N|N%", help="nodes per batch after it (default: all the rest)"
-    )
-    staged.add_argument(
-        "--max-failures", metavar="N|N%", help="failures allowed before it halts (default: 0)"
-    )
-    staged.add_argument(
-        "--batch-timeout",
-        type=_bounded(float, 1.0, 86400.0, "a number of seconds"),
-        metavar="SECONDS",
-        help="how long a batch's nodes have to report (default: 300)",
-    )
-    staged.add_argument(
-        "--pause-after-canary",
-        action="store_true",
-        help="wait for 'plumb rollout resume' after the canary batch",
-    )
+    _staged_flags(push)
     _json_flag(push)
     push.set_defaults(func=_push)
 
@@ -257,6 +231,51 @@ def _parser() -> argparse.ArgumentParser:
     _add_operator_commands(sub)
     _add_audit_command(sub)
     return parser
+
+
+def _staged_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a staged rollout (push, rollback)."""
+    staged = parser.add_argument_group(
+        "staged rollout",
+        "Hand the revision to the nodes whose catalog it changes batch by batch: the canary "
+        "first, then --batch at a time, each batch done when its nodes reported the revision "
+        "(or --batch-timeout passed). A node fails when its run has failed resources (a "
+        "change reverted by confirm-or-revert is one), it disconnects during its batch or "
+        "does not report in time. More than --max-failures failures halt it: nodes not "
+        "reached keep the previous revision. 'plumb rollout' shows and steers it.",
+    )
+    staged.add_argument("--canary", metavar="N|N%", help="the first batch (default: none)")
+    staged.add_argument(
+        "--batch", metavar="N|N%", help="nodes per batch after it (default: all the rest)"
+    )
+    staged.add_argument(
+        "--max-failures", metavar="N|N%", help="failures allowed before it halts (default: 0)"
+    )
+    staged.add_argument(
+        "--batch-timeout",
+        type=_bounded(float, 1.0, 86400.0, "a number of seconds"),
+        metavar="SECONDS",
+        help="how long a batch's nodes have to report (default: 300)",
+    )
+    staged.add_argument(
+        "--pause-after-canary",
+        action="store_true",
+        help="wait for 'plumb rollout resume' after the canary batch",
+    )
+
+
+def _rollout_settings(args: argparse.Namespace) -> pb.RolloutSettings | None:
+    """The staged rollout the flags ask for; None: every node at once."""
+    given = (args.canary, args.batch, args.max_failures, args.batch_timeout)
+    if all(x is None for x in given) and not args.pause_after_canary:
+        return None
+    return pb.RolloutSettings(
+        canary=args.canary or "",
+        batch=args.batch or "",
+        max_failures=args.max_failures or "",
+        batch_timeout_s=args.batch_timeout or 0.0,
+        pause_after_canary=args.pause_after_canary,
+    )
 
 
 def _revision_flags(parser: argparse.ArgumentParser) -> None:
@@ -356,6 +375,7 @@ def _add_revision_commands(sub: Any) -> None:
         help="the revision whose content to restore ('plumb history' lists them)",
     )
     _revision_flags(rollback)
+    _staged_flags(rollback)
     _json_flag(rollback)
     rollback.set_defaults(func=_rollback)
 
@@ -423,7 +443,11 @@ def _manifest_rm(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     request = pb.RollbackRequest(
-        to=args.to, name=args.name or "", message=args.message, wait_s=args.wait
+        to=args.to,
+        name=args.name or "",
+        message=args.message,
+        wait_s=args.wait,
+        rollout=_rollout_settings(args),
     )
     reply = _stub(args).Rollback(request, timeout=TIMEOUT_S + args.wait)
     return _new_revision(args, reply, "rollback")
@@ -1129,19 +1153,9 @@ def _push(args: argparse.Namespace) -> int:
         if not _confirmed("push this?"):
             print("plumb: not pushed", file=sys.stderr)
             return 1
-    request = pb.PushRequest(files=files, wait_s=args.wait, message=args.message)
-    if any(
-        x is not None for x in (args.canary, args.batch, args.max_failures, args.batch_timeout)
-    ) or (args.pause_after_canary):
-        request.rollout.CopyFrom(
-            pb.RolloutSettings(
-                canary=args.canary or "",
-                batch=args.batch or "",
-                max_failures=args.max_failures or "",
-                batch_timeout_s=args.batch_timeout or 0.0,
-                pause_after_canary=args.pause_after_canary,
-            )
-        )
+    request = pb.PushRequest(
+        files=files, wait_s=args.wait, message=args.message, rollout=_rollout_settings(args)
+    )
     reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
     return _new_revision(args, reply, "push")
 

@@ -273,3 +273,28 @@ def test_a_node_that_goes_away_during_its_batch_fails_it(
         frozen.send_signal(signal.SIGCONT)
     (web2,) = [n for n in done["nodes"] if n["node"] == "web-2"]
     assert (web2["state"], web2["reason"]) == ("failed", "it disconnected during its batch")
+
+
+def test_plumb_rollback_can_be_staged_like_a_push(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    names = ["web-1", "web-2", "web-3"]
+    agents = fleet(server, enrolled, names)
+    app = write(tmp_path / "app.yaml", V1)
+    first = push(server, app)
+    write(tmp_path / "app.yaml", V2)
+    second = push(server, app)
+    reported(server, second["revision"], names)
+    back = server.cli_json(
+        "rollback", "--to", str(first["revision"]), "--canary", "1", "--batch", "1"
+    )
+    assert back["rollout"] is not None
+    done = until(server, "done")
+    assert (done["kind"], done["revision"]) == ("rollback", back["revision"])
+    assert [(n["node"], n["batch"]) for n in done["nodes"]] == [
+        ("web-1", 0),
+        ("web-2", 1),
+        ("web-3", 2),
+    ]
+    reported(server, back["revision"], names)
+    assert {motd(a) for a in agents.values()} == {"v1\n"}
