@@ -576,14 +576,18 @@ class PushResponse(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[ManifestError, _Mapping]]] = ..., targeted_nodes: _Optional[_Iterable[str]] = ..., delivered_nodes: _Optional[_Iterable[str]] = ..., undelivered_nodes: _Optional[_Iterable[str]] = ..., refused_nodes: _Optional[_Mapping[str, str]] = ..., unchanged: _Optional[bool] = ..., unmatched_names: _Optional[_Iterable[str]] = ..., unmatched_manifests: _Optional[_Iterable[str]] = ..., released: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., purging: _Optional[_Iterable[_Union[ResourceNodes, _Mapping]]] = ..., rollout_id: _Optional[int] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("files", "target", "wait_s")
+    __slots__ = ("files", "target", "wait_s", "remove_manifest", "purge")
     FILES_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PURGE_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
     target: str
     wait_s: float
-    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., target: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+    remove_manifest: str
+    purge: bool
+    def __init__(self, files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., target: _Optional[str] = ..., wait_s: _Optional[float] = ..., remove_manifest: _Optional[str] = ..., purge: _Optional[bool] = ...) -> None: ...
 
 class NodePlan(_message.Message):
     __slots__ = ("node_name", "report")

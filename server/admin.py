@@ -257,7 +257,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         if too_big is not None:
             return pb.PlanResponse(errors=[too_big])
         selector = await _selector(request.target, context) if request.target else None
-        outcome = await asyncio.to_thread(self.fleet.plan, files, selector)
+        removal = (request.remove_manifest, request.purge) if request.remove_manifest else None
+        outcome = await asyncio.to_thread(self.fleet.plan, files, selector, removal)
         if outcome.errors:
             return pb.PlanResponse(
                 base_revision=outcome.base_revision, errors=_manifest_errors(outcome.errors)

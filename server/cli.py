@@ -173,13 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--target", metavar="SELECTOR", default="", help="only the nodes a selector picks"
     )
-    plan.add_argument(
-        "--wait",
-        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the nodes' answers (default: 10)",
-    )
+    _wait_flag(plan, 10.0, "the nodes' answers")
     _json_flag(plan)
     plan.set_defaults(func=_plan)
     _add_revision_commands(sub)
@@ -286,12 +280,16 @@ def _revision_flags(parser: argparse.ArgumentParser) -> None:
         default="",
         help="why: recorded with the revision ('plumb history' shows it)",
     )
+    _wait_flag(parser, 5.0, "connected nodes to acknowledge the new catalog")
+
+
+def _wait_flag(parser: argparse.ArgumentParser, default: float, what: str) -> None:
     parser.add_argument(
         "--wait",
         type=_bounded(float, 0.1, 60.0, "a number of seconds"),
-        default=5.0,
+        default=default,
         metavar="SECONDS",
-        help="how long to wait for connected nodes to acknowledge the new catalog (default: 5)",
+        help=f"how long to wait for {what} (default: {default:g})",
     )
 
 
@@ -319,7 +317,15 @@ def _add_revision_commands(sub: Any) -> None:
         "is. Something another manifest manages is never removed. Exit 1 if refused.",
     )
     rm.add_argument("name", metavar="NAME")
-    rm.add_argument("--purge", action="store_true", help="remove what it managed from the nodes")
+    rm.add_argument(
+        "--purge",
+        action="store_true",
+        help="remove what it managed from the nodes (shows the plan and asks first)",
+    )
+    rm.add_argument(
+        "--plan-first", action="store_true", help="show the plan and ask, also without --purge"
+    )
+    rm.add_argument("--yes", action="store_true", help="do not ask before a purge (for scripts)")
     _revision_flags(rm)
     _json_flag(rm)
     rm.set_defaults(func=_manifest_rm)
@@ -393,13 +399,7 @@ def _add_revision_commands(sub: Any) -> None:
     label.add_argument(
         "--remove", action="append", default=[], metavar="KEY", help="remove label KEY"
     )
-    label.add_argument(
-        "--wait",
-        type=_bounded(float, 0.1, 60.0, "a number of seconds"),
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for the node to acknowledge a new catalog (default: 5)",
-    )
+    _wait_flag(label, 5.0, "the node to acknowledge a new catalog")
     _json_flag(label)
     label.set_defaults(func=_label)
 
@@ -434,6 +434,10 @@ def _manifests(args: argparse.Namespace) -> int:
 
 
 def _manifest_rm(args: argparse.Namespace) -> int:
+    if (args.purge or args.plan_first) and not args.yes:
+        planned = pb.PlanRequest(remove_manifest=args.name, purge=args.purge)
+        if not _planned_and_confirmed(args, planned, "manifest rm"):
+            return 1
     request = pb.RemoveManifestRequest(
         name=args.name, purge=args.purge, message=args.message, wait_s=args.wait
     )
@@ -1140,24 +1144,29 @@ def _parse_labels(items: Sequence[str]) -> dict[str, str]:
 def _push(args: argparse.Namespace) -> int:
     files = [_manifest_file(path) for path in args.files]
     _check_size(files)
-    if args.plan_first:
-        planned = _stub(args).Plan(pb.PlanRequest(files=files), timeout=TIMEOUT_S + 10)
-        if planned.errors or args.json:
-            if args.json:
-                _print_json(cliviews.plan(planned))
-            _print_errors(planned.errors, "push")
-            if planned.errors:
-                return 1
-        else:
-            _print_plan(planned)
-        if not _confirmed("push this?"):
-            print("plumb: not pushed", file=sys.stderr)
-            return 1
+    if args.plan_first and not _planned_and_confirmed(args, pb.PlanRequest(files=files), "push"):
+        return 1
     request = pb.PushRequest(
         files=files, wait_s=args.wait, message=args.message, rollout=_rollout_settings(args)
     )
     reply = _stub(args).Push(request, timeout=TIMEOUT_S + args.wait)
     return _new_revision(args, reply, "push")
+
+
+def _planned_and_confirmed(args: argparse.Namespace, request: pb.PlanRequest, what: str) -> bool:
+    """Show the plan of ``request`` and ask whether to go on; False: do not."""
+    planned = _stub(args).Plan(request, timeout=TIMEOUT_S + 10)
+    if args.json:
+        _print_json(cliviews.plan(planned))
+    if planned.errors:
+        _print_errors(planned.errors, what)
+        return False
+    if not args.json:
+        _print_plan(planned)
+    if not _confirmed(f"{what}: go on?"):
+        print(f"plumb: {what}: not done; nothing was stored", file=sys.stderr)
+        return False
+    return True
 
 
 def _confirmed(question: str) -> bool:

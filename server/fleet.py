@@ -116,15 +116,26 @@ class Fleet:
         return latest, before, after, pushed
 
     def plan(
-        self, files: Sequence[tuple[str, str]], selector: targeting.Selector | None = None
+        self,
+        files: Sequence[tuple[str, str]],
+        selector: targeting.Selector | None = None,
+        removal: tuple[str, bool] | None = None,
     ) -> PlanOutcome:
         """The catalog pushing ``files`` would give each node ``selector`` picks (all: None).
 
         Validated and compiled as a push is, so a plan is refused for what a
         push would be refused for; nothing is stored. No files: the latest
         revision's catalogs, for a dry run of what a run would repair now.
+        ``removal`` (a manifest's name, and whether to purge it) plans
+        ``plumb manifest rm`` instead.
         """
-        if files:
+        if removal is not None:
+            without = self._without(*removal)
+            if isinstance(without, list):
+                return PlanOutcome(0, without, {})
+            latest, _, after = without
+            unchanged = False
+        elif files:
             found = self._candidate(files)
             if isinstance(found, list):
                 return PlanOutcome(0, found, {})
@@ -159,6 +170,16 @@ class Fleet:
         Removing a purged manifest's name again ends its purge: what is left
         of its objects is no longer managed.
         """
+        found = self._without(name, purge)
+        if isinstance(found, list):
+            return PushOutcome(0, found, [])
+        latest, before, after = found
+        return self._propose(latest, before, after, meta or RevisionMeta(origin="remove"))
+
+    def _without(
+        self, name: str, purge: bool
+    ) -> tuple[int, DesiredState, DesiredState] | list[ManifestError]:
+        """The latest revision, its state and the state without manifest ``name``."""
         latest, before = self.latest_state()
         live = [m for m in before.manifests if m.name != name]
         purged = [m for m in before.purged if m.name != name]
@@ -166,11 +187,10 @@ class Fleet:
             message = f"no manifest is named {name!r} at revision {latest}" + (
                 " ('plumb manifests' lists them)" if latest else ": nothing was pushed yet"
             )
-            return PushOutcome(0, [ManifestError("", 0, "", message)], [])
+            return [ManifestError("", 0, "", message)]
         if purge:
             purged += [m for m in before.manifests if m.name == name]
-        after = DesiredState(tuple(live), tuple(purged))
-        return self._propose(latest, before, after, meta or RevisionMeta(origin="remove"))
+        return latest, before, DesiredState(tuple(live), tuple(purged))
 
     def rollback(
         self,

@@ -141,7 +141,10 @@ class Server:
         path = self.data_dir / "server.log"
         return path.read_text() if path.exists() else ""
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, answer: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``plumb ARGS`` as this server's admin; ``answer``: what to type when it asks."""
         env = {
             **os.environ,
             "PLUMB_CONFIG": str(self.cli_config),
@@ -153,6 +156,7 @@ class Server:
             text=True,
             env=env,
             timeout=60,
+            input=answer if answer is not None else "",
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -326,3 +330,12 @@ class Agent:
     def logs(self) -> str:
         path = self.state_dir.parent / "agent.log"
         return path.read_text() if path.exists() else ""
+
+
+def reported(server: Server, revision: int, *names: str) -> None:
+    """Wait until each node's newest run report is of ``revision``."""
+    for name in names:
+        wait_for(
+            lambda name=name: server.nodes()[name]["reported_revision"] == revision,
+            what=f"{name} to report revision {revision}",
+        )

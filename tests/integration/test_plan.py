@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import write
-from tests.integration.harness import Agent, Server, command, wait_for
+from tests.integration.harness import Agent, Server, reported, wait_for
 
 APP = """\
 name: app
@@ -73,14 +72,6 @@ def planned(server: Server, *args: str) -> Any:
     result = server.cli("plan", *args, "--json", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
-
-
-def reported(server: Server, revision: int, *names: str) -> None:
-    for name in names:
-        wait_for(
-            lambda name=name: server.nodes()[name]["reported_revision"] == revision,
-            what=f"{name} to report revision {revision}",
-        )
 
 
 def test_a_plan_predicts_what_the_push_does_and_changes_nothing(
@@ -156,13 +147,12 @@ def test_push_plan_first_pushes_only_on_yes(
     agent.start(3600, 0, "--no-watch")
     wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
     app = str(write(tmp_path / "app.yaml", APP))
-    env = {"PLUMB_CONFIG": str(server.cli_config), "PLUMB_SERVER": server.agent_address}
-    no = _cli_with_input(server, env, "n\n", "push", "--plan-first", app)
+    no = server.cli("push", "--plan-first", app, check=False, answer="n\n")
     assert no.returncode == 1
-    assert "file/app-conf" in no.stdout and "not pushed" in no.stderr
+    assert "file/app-conf" in no.stdout and "push: not done; nothing was stored" in no.stderr
     assert server.cli_json("history")["revisions"] == []
     assert not agent.path("/etc/app.conf").exists()
-    yes = _cli_with_input(server, env, "y\n", "push", "--plan-first", app)
+    yes = server.cli("push", "--plan-first", app, check=False, answer="y\n")
     assert yes.returncode == 0, yes.stderr
     assert "revision 1" in yes.stdout
     wait_for(lambda: agent.path("/etc/app.conf").is_file(), what="the push applied")
@@ -172,15 +162,3 @@ def test_push_plan_first_pushes_only_on_yes(
     assert refused.returncode == 1
     assert f"{bad}:4: resources[0].kind" in refused.stderr
     assert "Traceback" not in refused.stderr
-
-
-def _cli_with_input(server: Server, env: dict[str, str], text: str, *args: str) -> Any:
-    """``plumb ARGS`` answering ``text`` on its standard input."""
-    return subprocess.run(
-        command("server.cli") + list(args),
-        input=text,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import write
-from tests.integration.harness import Agent, Server, wait_for
+from tests.integration.harness import Agent, Server, reported, wait_for
 
 APP = """\
 name: app
@@ -40,15 +40,6 @@ resources:
     sensitive: true
     spec: {path: /etc/token, content: "s3cr3t-token\\n", mode: "0600"}
 """
-
-
-def reported(server: Server, revision: int, *names: str) -> None:
-    """Wait until each node's newest run report is of ``revision``."""
-    for name in names:
-        wait_for(
-            lambda name=name: server.nodes()[name]["reported_revision"] == revision,
-            what=f"{name} to report revision {revision}",
-        )
 
 
 def started(agent: Agent, server: Server) -> Agent:
@@ -116,7 +107,13 @@ def test_manifest_rm_leaves_objects_and_purge_removes_them(
     reported(server, again["revision"], "web-1", "web-2")
     for agent in agents:
         assert agent.path("/srv/app/app.conf").read_text() == "port=8080\n"
-    purge = pushed(server, "manifest", "rm", "app", "--purge")
+    # A purge shows its plan first, and asks.
+    asked = server.cli("manifest", "rm", "app", "--purge", check=False, answer="n\n")
+    assert asked.returncode == 1, asked.stdout + asked.stderr
+    assert "file/app-conf: would change\n    state: present -> absent" in asked.stdout
+    assert "manifest rm: not done; nothing was stored" in asked.stderr
+    assert agents[0].path("/srv/app/app.conf").is_file()
+    purge = pushed(server, "manifest", "rm", "app", "--purge", "--yes")
     assert purge["purging"] == {
         "file/app-conf": ["web-1", "web-2"],
         "file/app-dir": ["web-1", "web-2"],

@@ -16,7 +16,7 @@ from typing import Any
 
 from server.session import DEAD_AFTER_S
 from tests.integration.conftest import write
-from tests.integration.harness import Agent, Server, wait_for
+from tests.integration.harness import Agent, Server, reported, wait_for
 
 V1 = """\
 name: app
@@ -85,14 +85,6 @@ def push(server: Server, path: Path, *flags: str) -> Any:
     return json.loads(result.stdout)
 
 
-def reported(server: Server, revision: int, names: list[str]) -> None:
-    for name in names:
-        wait_for(
-            lambda name=name: server.nodes()[name]["reported_revision"] == revision,
-            what=f"{name} to report revision {revision}",
-        )
-
-
 def test_a_rollout_that_fails_on_some_hosts_halts_and_rolls_back(
     server: Server, enrolled: Callable[..., Agent], tmp_path: Path
 ) -> None:
@@ -102,7 +94,7 @@ def test_a_rollout_that_fails_on_some_hosts_halts_and_rolls_back(
     )
     app = write(tmp_path / "app.yaml", V1)
     first = push(server, app)
-    reported(server, first["revision"], names[:4])
+    reported(server, first["revision"], *names[:4])
 
     write(tmp_path / "app.yaml", V2)
     flags = ["--canary", "1", "--batch", "2", "--max-failures", "0", "--batch-timeout", "60"]
@@ -147,7 +139,7 @@ def test_a_rollout_that_fails_on_some_hosts_halts_and_rolls_back(
     assert sorted(n["node"] for n in reverting["nodes"]) == ["web-1", "web-2", "web-3"]
     done = until(server, "done")
     assert done["id"] == reverting["id"]
-    reported(server, done["revision"], names)
+    reported(server, done["revision"], *names)
     for agent in agents.values():
         assert motd(agent) == "v1\n"
     newest = server.cli_json("history")["revisions"][0]
@@ -155,7 +147,7 @@ def test_a_rollout_that_fails_on_some_hosts_halts_and_rolls_back(
     # Done: pushing works again, to everyone at once.
     again = push(server, write(tmp_path / "v3.yaml", V1.replace("v1", "v3")))
     assert again["rollout"] is None
-    reported(server, again["revision"], names)
+    reported(server, again["revision"], *names)
     assert {motd(a) for a in agents.values()} == {"v3\n"}
 
 
@@ -166,7 +158,7 @@ def test_a_paused_rollout_survives_a_server_restart_and_resumes(
     agents = fleet(server, enrolled, names)
     app = write(tmp_path / "app.yaml", V1)
     first = push(server, app)
-    reported(server, first["revision"], names)
+    reported(server, first["revision"], *names)
     write(tmp_path / "app.yaml", V2)
     second = push(server, app, "--canary", "1", "--pause-after-canary")
     paused = until(server, "paused")
@@ -195,7 +187,7 @@ def test_a_paused_rollout_survives_a_server_restart_and_resumes(
     assert resumed["state"] == "running"
     done = until(server, "done")
     assert {n["state"] for n in done["nodes"]} == {"succeeded"}
-    reported(server, second["revision"], names)
+    reported(server, second["revision"], *names)
     assert {motd(a) for a in agents.values()} == {"v2\n"}
     nothing = server.cli("rollout", "resume", check=False)
     assert (nothing.returncode, "is done" in nothing.stderr) == (1, True)
@@ -259,7 +251,7 @@ def test_a_node_that_goes_away_during_its_batch_fails_it(
     agents = fleet(server, enrolled, ["web-1", "web-2"])
     app = write(tmp_path / "app.yaml", V1)
     first = push(server, app)
-    reported(server, first["revision"], ["web-1", "web-2"])
+    reported(server, first["revision"], "web-1", "web-2")
     write(tmp_path / "app.yaml", V2)
     push(server, app, "--canary", "1", "--pause-after-canary", "--max-failures", "1")
     until(server, "paused")
@@ -284,7 +276,7 @@ def test_plumb_rollback_can_be_staged_like_a_push(
     first = push(server, app)
     write(tmp_path / "app.yaml", V2)
     second = push(server, app)
-    reported(server, second["revision"], names)
+    reported(server, second["revision"], *names)
     back = server.cli_json(
         "rollback", "--to", str(first["revision"]), "--canary", "1", "--batch", "1"
     )
@@ -296,5 +288,5 @@ def test_plumb_rollback_can_be_staged_like_a_push(
         ("web-2", 1),
         ("web-3", 2),
     ]
-    reported(server, back["revision"], names)
+    reported(server, back["revision"], *names)
     assert {motd(a) for a in agents.values()} == {"v1\n"}
