@@ -819,7 +819,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self, removed: _Optional[bool] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer", "facts")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer", "facts", "kept_revision")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -856,6 +856,7 @@ class Node(_message.Message):
     NEXT_CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     CERT_ISSUER_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -878,7 +879,8 @@ class Node(_message.Message):
     next_cert_serial: str
     cert_issuer: str
     facts: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    kept_revision: int
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., kept_revision: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

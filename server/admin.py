@@ -469,6 +469,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                 conditions=conditions_to_pb(n.conditions),
                 enrolled_by_token=n.enrolled_by_token or "",
                 facts=n.facts,
+                kept_revision=self.rollouts.pinned(n.name) or 0 if self.rollouts else 0,
                 **_identity_fields(n),
             )
             for n in compliance.nodes

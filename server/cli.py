@@ -1322,7 +1322,8 @@ def _nodes(args: argparse.Namespace) -> int:
                 _labels(n.labels),
                 _connected(n),
                 _ago(n.last_seen),
-                f"{n.applied_revision}/{n.latest_revision}",
+                f"{n.applied_revision}/{n.latest_revision}"
+                + (f" (kept at {n.kept_revision})" if n.kept_revision else ""),
                 f"{_percent(n.compliance)} ({_fraction(n.summary)})" if n.summary.expected else "-",
                 "no catalog" if n.catalog_problem else _not_compliant(n.summary),
             ]

@@ -122,7 +122,8 @@ renewed certificate issued and not used yet (the agent's next session opens
 with it, and the old one is refused from then on); ``cert_issuer`` the key
 identifier of the CA that issued the certificate (``plumb-server ca status``
 names the CAs). ``facts`` is what its agent last said of its host
-(protos/facts.py lists the keys).
+(protos/facts.py lists the keys); ``kept_revision`` the revision a staged
+rollout keeps it on until its batch comes (``null``: none does).
 
 ``node revoke NAME``::
 
@@ -496,6 +497,7 @@ def node(n: pb.Node) -> dict[str, Any]:
         "next_cert_serial": n.next_cert_serial or None,
         "cert_issuer": n.cert_issuer or None,
         "facts": dict(sorted(n.facts.items())),
+        "kept_revision": n.kept_revision or None,
     }
 
 

@@ -115,6 +115,9 @@ def test_a_rollout_that_fails_on_some_hosts_halts_and_rolls_back(
     # Nodes not reached keep the previous revision, and get nothing more.
     assert motd(agents["web-4"]) == "v1\n"
     assert server.nodes()["web-4"]["applied_revision"] == first["revision"]
+    assert server.nodes()["web-4"]["kept_revision"] == first["revision"]
+    assert server.nodes()["web-1"]["kept_revision"] is None
+    assert "1/2 (kept at 1)" in server.cli("nodes").stdout
     assert motd(agents["web-1"]) == "v2\n"
     # An offline node does not get it when it connects either: its first (and
     # only) catalog is the previous revision's.

@@ -342,6 +342,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "next_cert_serial": None,
         "cert_issuer": None,
         "facts": {"os.family": "debian"},
+        "kept_revision": None,
     }
     assert web2["losses"] == web2["conditions"] == []
     assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)
