@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,17 @@ def test_push_plan_first_pushes_only_on_yes(
     assert yes.returncode == 0, yes.stderr
     assert "revision 1" in yes.stdout
     wait_for(lambda: agent.path("/etc/app.conf").is_file(), what="the push applied")
+
+    # A node that is connected but does not answer in time is said to be so.
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGSTOP)
+    try:
+        silent = planned(server, app, "--wait", "1")
+        printed = server.cli("plan", app, "--wait", "1").stdout
+    finally:
+        agent.process.send_signal(signal.SIGCONT)
+    assert (silent["no_answer"], silent["nodes"], silent["offline"]) == (["web-1"], [], [])
+    assert "no answer in time: web-1" in printed
 
     bad = write(tmp_path / "bad.yaml", APP.replace("kind: file", "kind: fiel"))
     refused = server.cli("plan", str(bad), check=False)

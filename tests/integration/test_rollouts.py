@@ -200,7 +200,9 @@ def test_offline_and_late_nodes_fail_by_the_timeout_and_a_threshold_of_100_perce
     server: Server, enrolled: Callable[..., Agent], tmp_path: Path
 ) -> None:
     agents = fleet(server, enrolled, ["web-1", "web-2"])
-    enrolled("web-0", role="web")  # enrolled, never started
+    late = enrolled("web-0", role="web")  # enrolled, not started until it is too late
+    (late.root / "etc").mkdir()
+    (late.root / "srv" / "app").mkdir(parents=True)
     app = write(tmp_path / "app.yaml", V1)
     push(server, app)
     write(tmp_path / "app.yaml", V2)
@@ -216,6 +218,10 @@ def test_offline_and_late_nodes_fail_by_the_timeout_and_a_threshold_of_100_perce
     assert states["web-1"][1:] == ("succeeded", None)
     assert states["web-2"][1:] == ("succeeded", None)
     assert {motd(a) for a in agents.values()} == {"v2\n"}
+    # Its batch was reached: when it does connect, it gets the revision.
+    late.start()
+    reported(server, second["revision"], "web-0")
+    assert motd(late) == "v2\n"
     bad = server.cli("push", str(app), "--batch", "0", check=False)
     assert (bad.returncode, "--batch: a batch of 0 nodes would never end" in bad.stderr) == (
         1,
