@@ -177,6 +177,7 @@ class Rollouts:
         self.given = given
         self.clock = clock
         self._current: RolloutRow | None = None  # the newest, if it is of the latest revision
+        self._members: dict[str, RolloutNode] = {}  # its nodes by name: asked per report
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reload()
@@ -188,6 +189,7 @@ class Rollouts:
         row = self.store.latest_rollout()
         latest = self.store.latest_revision_id()
         self._current = row if row is not None and row.revision == latest else None
+        self._members = {n.node: n for n in self._current.nodes} if self._current else {}
         return self._current
 
     @property
@@ -197,17 +199,10 @@ class Rollouts:
     def pinned(self, node: str) -> int | None:
         """The revision ``node`` is kept on while the rollout has not reached it; None: the
         latest. Cheap (in memory): every session start asks."""
-        row = self._current
-        if row is None or row.state == State.DONE:
+        row, member = self._current, self._members.get(node)
+        if row is None or member is None or row.state == State.DONE:
             return None
-        for member in row.nodes:
-            if member.node == node:
-                return row.previous_revision if member.state == WAITING else None
-        return None
-
-    def members(self) -> set[str]:
-        row = self._current
-        return set() if row is None else {n.node for n in row.nodes}
+        return row.previous_revision if member.state == WAITING else None
 
     def blocking(self) -> str | None:
         """Why a new revision cannot be made now (a rollout is in progress); None: it can."""
@@ -241,7 +236,8 @@ class Rollouts:
         self._settle(row, {node: (FAILED, "it disconnected during its batch")})
 
     def _sent(self, row: RolloutRow, node: str) -> bool:
-        return any(n.node == node and n.state == SENT for n in row.nodes)
+        member = self._members.get(node)
+        return member is not None and member.state == SENT
 
     def _settle(self, row: RolloutRow, outcomes: dict[str, tuple[str, str | None]]) -> None:
         self.store.set_rollout_nodes(row.id, outcomes, self.clock())
