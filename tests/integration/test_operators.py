@@ -53,10 +53,16 @@ NEEDS = {
             "ListAudit",
             "VerifyAudit",
             "RenewOperator",
+            "ListManifests",
+            "ListRevisions",
+            "DiffRevisions",
+            "GetRollout",
         ],
         "viewer",
     ),
-    "Push": "operator",
+    **dict.fromkeys(
+        ["Push", "Plan", "RemoveManifest", "Rollback", "SetLabels", "SteerRollout"], "operator"
+    ),
     **dict.fromkeys(
         [
             "CreateToken",
