@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from modules.base import Status
 from protos import plumb_pb2 as pb
 from server.given import Given, GivenCatalogs
 from server.hub import Hub
@@ -287,7 +288,39 @@ class Rollouts:
 
     def start(self) -> None:
         """Drive rollouts until :meth:`close` (call on the server's loop)."""
+        self.recover()
         self._task = asyncio.create_task(self._drive(), name="plumb-rollouts")
+
+    def recover(self) -> dict[str, tuple[str, str | None]]:
+        """Outcomes a crash lost: a node sent its batch that reported the revision before the
+        server went down, and was not marked for it (it will not report it again until its
+        next run). Taken from what the store holds of its newest report; the outcomes set."""
+        row = self.reload()
+        if row is None or row.state not in ACTIVE:
+            return {}
+        sent = {n.node for n in row.nodes if n.state == SENT}
+        reported = {
+            n.name
+            for n in self.store.list_nodes()
+            if n.name in sent and n.status_revision == row.revision
+        }
+        if not reported:
+            return {}
+        broken: dict[str, list[str]] = {}
+        for status in self.store.statuses():
+            if status.node in reported and status.status is Status.FAILED:
+                broken.setdefault(status.node, []).append(status.resource_id)
+        outcomes: dict[str, tuple[str, str | None]] = {
+            node: (
+                FAILED,
+                f"its run of revision {row.revision} failed: {', '.join(broken[node][:5])}",
+            )
+            if node in broken
+            else (SUCCEEDED, None)
+            for node in sorted(reported)
+        }
+        self._settle(row, outcomes)
+        return outcomes
 
     def close(self) -> None:
         if self._task is not None:

@@ -7,10 +7,17 @@ fleet into batches, which the anchors got wrong.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from modules.base import Status
 from protos import plumb_pb2 as pb
-from server.rollout import Amount, Settings, SettingsError
+from server.fleet import Fleet
+from server.hub import Hub
+from server.pki import ROLE_SIGNER, create_ca, issue_keypair
+from server.rollout import Amount, Rollouts, Settings, SettingsError
+from server.store import ReportRecord, ResultRecord, Store
 
 NODES = [f"n{i:02d}" for i in range(10)]
 
@@ -78,3 +85,52 @@ def test_settings_that_make_no_sense_are_refused_naming_the_flag(
 def test_a_share_of_a_few_nodes_rounds_up_for_batches_and_never_to_zero() -> None:
     assert Amount(1, percent=True).of(3, round_up=True) == 1
     assert settings(batch="1%").new_rollout(0, NODES[:3]).batches == (("n00",), ("n01",), ("n02",))
+
+
+# -- what a restarted server finds in the store -----------------------------------
+
+
+def _report(node: str, revision: int, status: Status) -> ReportRecord:
+    result = ResultRecord("file/motd", "motd", status, [], [])
+    return ReportRecord(f"r-{node}", node, revision, False, "push", 1.0, 2.0, [result], b"")
+
+
+def test_a_restarted_server_takes_the_outcomes_a_crash_lost_from_the_store(
+    tmp_path: Path,
+) -> None:
+    store = Store.create(f"sqlite:///{tmp_path / 'plumb.db'}")
+    try:
+        store.add_token("t", "h", {}, created_at=0, expires_at=1e12, uses=10)
+        for name in ("web-1", "web-2", "web-3"):
+            store.enroll("t", "h", name, name, now=1)
+        fleet = Fleet(store, issue_keypair(create_ca(), "plumb-server", ROLE_SIGNER))
+        motd = (
+            "name: motd\ntarget: all\nresources:\n"
+            "  - {kind: file, name: motd, spec: {path: /etc/motd, content: '%s'}}\n"
+        )
+        assert fleet.push([("m.yaml", motd % "v1")]).revision == 1
+        staged = settings(batch="3").new_rollout
+        assert fleet.push([("m.yaml", motd % "v2")], staged=staged).revision == 2
+        row = store.latest_rollout()
+        assert row is not None
+        store.set_rollout_nodes(
+            row.id, dict.fromkeys(["web-1", "web-2", "web-3"], ("sent", None)), 5.0
+        )
+        # Before the crash: web-1 and web-2 reported revision 2, web-3 nothing yet.
+        assert store.ingest_reports([_report("web-1", 2, Status.IN_SYNC)], 6.0) == [True]
+        assert store.ingest_reports([_report("web-2", 2, Status.FAILED)], 6.0) == [True]
+        rollouts = Rollouts(store, Hub(), fleet.signed_catalog)
+        assert rollouts.recover() == {
+            "web-1": ("succeeded", None),
+            "web-2": ("failed", "its run of revision 2 failed: file/motd"),
+        }
+        again = store.latest_rollout()
+        assert again is not None
+        assert {n.node: n.state for n in again.nodes} == {
+            "web-1": "succeeded",
+            "web-2": "failed",
+            "web-3": "sent",  # still in flight: its deadline decides
+        }
+        assert rollouts.recover() == {}  # once
+    finally:
+        store.close()
