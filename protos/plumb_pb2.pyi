@@ -889,10 +889,59 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class GetReportRequest(_message.Message):
-    __slots__ = ("node_name",)
+    __slots__ = ("node_name", "run_id")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     node_name: str
-    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, node_name: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("node_name", "since", "limit")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    since: float
+    limit: int
+    def __init__(self, node_name: _Optional[str] = ..., since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("id", "revision", "noop", "trigger", "started_at", "finished_at", "received_at", "sequence", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    NOOP_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    revision: int
+    noop: bool
+    trigger: Trigger
+    started_at: float
+    finished_at: float
+    received_at: float
+    sequence: int
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, id: _Optional[str] = ..., revision: _Optional[int] = ..., noop: _Optional[bool] = ..., trigger: _Optional[_Union[Trigger, str]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., received_at: _Optional[float] = ..., sequence: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs", "more")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunInfo]
+    more: bool
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
     __slots__ = ("report", "found", "catalog_problem", "latest_revision")

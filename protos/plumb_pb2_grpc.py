@@ -320,6 +320,11 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.GetRolloutRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.RolloutInfo.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/plumb.v1.Admin/ListRuns',
+                request_serializer=protos_dot_plumb__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
         self.SteerRollout = channel.unary_unary(
                 '/plumb.v1.Admin/SteerRollout',
                 request_serializer=protos_dot_plumb__pb2.SteerRolloutRequest.SerializeToString,
@@ -508,6 +513,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """A node's run history, newest first: every report it sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SteerRollout(self, request, context):
         """Resume, abort or roll back the rollout of the latest revision.
         """
@@ -642,6 +654,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRollout,
                     request_deserializer=protos_dot_plumb__pb2.GetRolloutRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=protos_dot_plumb__pb2.ListRunsRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListRunsResponse.SerializeToString,
             ),
             'SteerRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.SteerRollout,
@@ -1326,6 +1343,33 @@ class Admin:
             '/plumb.v1.Admin/GetRollout',
             protos_dot_plumb__pb2.GetRolloutRequest.SerializeToString,
             protos_dot_plumb__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListRuns',
+            protos_dot_plumb__pb2.ListRunsRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

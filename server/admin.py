@@ -69,6 +69,8 @@ MAX_DRIFT_LIMIT = 10_000
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10_000
 DEFAULT_HISTORY_LIMIT = 50
+DEFAULT_RUNS_LIMIT = 50
+MAX_RUNS_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 10_000
 
 #: How long a push waits, by default and at most, for targeted connected nodes
@@ -531,7 +533,16 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def GetReport(
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetReportResponse:
-        body = await asyncio.to_thread(self.store.last_report, request.node_name)
+        if request.run_id:
+            body = await asyncio.to_thread(self.store.report, request.node_name, request.run_id)
+            if body is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"node {request.node_name!r} has no run {request.run_id!r} "
+                    f"('plumb runs {request.node_name}' lists them)",
+                )
+        else:
+            body = await asyncio.to_thread(self.store.last_report, request.node_name)
         latest = await asyncio.to_thread(self.store.latest_revision_id)
         problems = await asyncio.to_thread(self.store.catalog_problems, latest)
         problem = "\n".join(problems.get(request.node_name, []))
@@ -544,6 +555,31 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             report=report_from_body(body),
             catalog_problem=problem,
             latest_revision=latest,
+        )
+
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRunsResponse:
+        limit = min(request.limit or DEFAULT_RUNS_LIMIT, MAX_RUNS_LIMIT)
+        rows, more = await asyncio.to_thread(
+            self.store.runs, request.node_name, request.since or None, limit
+        )
+        return pb.ListRunsResponse(
+            runs=[
+                pb.RunInfo(
+                    id=r.id,
+                    revision=r.revision,
+                    noop=r.noop,
+                    trigger=_trigger(r.trigger),
+                    started_at=r.started_at,
+                    finished_at=r.finished_at,
+                    received_at=r.received_at,
+                    sequence=r.sequence,
+                    counts={k: v for k, v in r.summary.items() if v},
+                )
+                for r in rows
+            ],
+            more=more,
         )
 
     async def ListDrift(
@@ -851,6 +887,12 @@ def rollout_info(row: RolloutRow, current: bool) -> pb.RolloutInfo:
         ],
         current=current,
     )
+
+
+def _trigger(word: str) -> str:
+    """A stored trigger word (``push``) as the wire enum's name; unspecified for one it lacks."""
+    name = word.upper()
+    return name if name in pb.Trigger.keys() else "TRIGGER_UNSPECIFIED"  # noqa: SIM118
 
 
 def _too_big(files: Sequence[tuple[str, str]]) -> pb.ManifestError | None:

@@ -99,6 +99,7 @@ ADMIN_RULES: dict[str, Rule] = {
     # push may look, and each look is recorded.
     "Plan": Rule(Role.OPERATOR, audit.plan),
     "GetRollout": Rule(Role.VIEWER),
+    "ListRuns": Rule(Role.VIEWER),
     "SteerRollout": Rule(Role.OPERATOR, audit.steer_rollout),
     "RemoveManifest": Rule(Role.OPERATOR, audit.remove_manifest),
     "Rollback": Rule(Role.OPERATOR, audit.rollback),

@@ -75,6 +75,8 @@ examples:
   plumb node revoke web-1      # it can no longer connect; listed as revoked
   plumb node rm web-1          # decommission: revoke, and drop it from nodes/compliance
   plumb report web-1
+  plumb runs web-1 --since 1d
+  plumb report web-1 --run 3f2a9c...   # any run, by the id 'runs' shows
   plumb drift --node web-1
   plumb compliance --json
   plumb operator add alice --role operator --out ./alice   # her key is made here
@@ -197,11 +199,37 @@ def _parser() -> argparse.ArgumentParser:
     _node_parser(sub)
 
     report = sub.add_parser(
-        "report", parents=[_common()], help="a node's last run: status and diff per resource"
+        "report",
+        parents=[_common()],
+        help="a node's last run (or any): status and diff per resource",
     )
     report.add_argument("node")
+    report.add_argument(
+        "--run", metavar="ID", default="", help="this run ('plumb runs NODE' lists them)"
+    )
     _json_flag(report)
     report.set_defaults(func=_report)
+
+    runs = sub.add_parser(
+        "runs",
+        parents=[_common()],
+        help="a node's run history, newest first: trigger, revision, count per status",
+    )
+    runs.add_argument("node", metavar="NODE")
+    runs.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only runs finished from T on: a time (2026-12-01 10:00, local) or an age (2h, 7d)",
+    )
+    runs.add_argument(
+        "--limit",
+        type=_bounded(int, 1, MAX_RUNS_LIMIT, "a number of runs"),
+        default=50,
+        help=f"at most this many, up to {MAX_RUNS_LIMIT} (default: 50)",
+    )
+    _json_flag(runs)
+    runs.set_defaults(func=_runs)
 
     drift = sub.add_parser(
         "drift", parents=[_common()], help="drift events across the fleet, newest first"
@@ -977,6 +1005,7 @@ MAX_WIRE_UINT = 2**32 - 1
 MAX_DRIFT_LIMIT = 10_000
 MAX_AUDIT_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 10_000
+MAX_RUNS_LIMIT = 10_000
 #: A plan names at most this many nodes for each group of nodes alike.
 PLAN_NAMES_SHOWN = 10
 #: A node's clock further off the server's than this is worth a line.
@@ -1426,7 +1455,8 @@ def _lost(x: pb.StateLoss) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    reply = _stub(args).GetReport(pb.GetReportRequest(node_name=args.node), timeout=TIMEOUT_S)
+    request = pb.GetReportRequest(node_name=args.node, run_id=args.run)
+    reply = _on_node(lambda: _stub(args).GetReport(request, timeout=TIMEOUT_S))
     if reply.catalog_problem and not args.json:
         print(
             f"node {args.node} has no catalog at revision {reply.latest_revision}:\n"
@@ -1450,6 +1480,32 @@ def _report(args: argparse.Namespace) -> int:
             for res in r.results
         ],
     )
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    request = pb.ListRunsRequest(node_name=args.node, since=args.since or 0, limit=args.limit)
+    reply = _stub(args).ListRuns(request, timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.runs(reply, args.node))
+    _table(
+        ["RUN", "FINISHED", "TRIGGER", "REVISION", "DURATION", "RESULT"],
+        [
+            [
+                r.id,
+                _when(r.finished_at),
+                cliviews.trigger_word(r.trigger) + (" (noop)" if r.noop else ""),
+                str(r.revision),
+                f"{r.finished_at - r.started_at:.3f}s",
+                cliviews.counts_phrase(dict(r.counts)) or "no resources",
+            ]
+            for r in reply.runs
+        ],
+    )
+    if not reply.runs:
+        print(f"no runs of node {args.node!r} reported", file=sys.stderr)
+    elif reply.more:
+        print(f"(older runs left out: --limit {args.limit})", file=sys.stderr)
     return 0
 
 

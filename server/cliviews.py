@@ -59,6 +59,19 @@ an earlier change in the same dry run) is listed.
 ``current`` is false once a newer revision replaced the rollout's (it keeps
 no node on its previous revision then). ``push`` adds ``"rollout": 3 | null``.
 
+``runs NODE``::
+
+    {"node": "web-1", "more": false,
+     "runs": [{"id": "...", "revision": 5, "noop": false, "trigger": "watch",
+               "started_at": ..., "finished_at": ..., "received_at": ...,
+               "duration_s": 0.004, "sequence": 42 | null,
+               "counts": {"repaired": 1, "in_sync": 99}}]}
+
+newest first (by the agent's sequence numbers); ``started_at`` and
+``finished_at`` are the agent's clock, ``received_at`` the server's; ``more``:
+older runs matched but ``--limit`` left them out. ``report NODE --run ID``
+prints that run in the ``report`` shape.
+
 ``manifests``::
 
     {"revision": 5 | null, "purging": ["old-app"],
@@ -376,6 +389,28 @@ def steered(reply: pb.SteerRolloutResponse) -> dict[str, Any]:
     shape = rollout(reply.rollout)
     shape["rollback"] = push(reply.rollback) if reply.HasField("rollback") else None
     return shape
+
+
+def runs(reply: pb.ListRunsResponse, node_name: str) -> dict[str, Any]:
+    return {
+        "node": node_name,
+        "runs": [
+            {
+                "id": r.id,
+                "revision": r.revision,
+                "noop": r.noop,
+                "trigger": trigger_word(r.trigger),
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "received_at": r.received_at,
+                "duration_s": round(r.finished_at - r.started_at, 6),
+                "sequence": r.sequence or None,
+                "counts": dict(sorted(r.counts.items())),
+            }
+            for r in reply.runs
+        ],
+        "more": reply.more,
+    }
 
 
 def manifests(reply: pb.ListManifestsResponse) -> dict[str, Any]:

@@ -561,6 +561,21 @@ class ReportRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunRow:
+    """One run of a node, as ``plumb runs`` lists it (its report without the results)."""
+
+    id: str
+    revision: int
+    noop: bool
+    trigger: str
+    started_at: float
+    finished_at: float
+    received_at: float
+    sequence: int
+    summary: dict[str, int]  # resources per status
+
+
+@dataclasses.dataclass(frozen=True)
 class DriftRow:
     id: int
     node: str
@@ -1778,6 +1793,41 @@ class Store:
         query = sa.select(sa.func.max(reports.c.sequence)).where(reports.c.node == node)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
+
+    def runs(
+        self, node: str, since: float | None = None, limit: int = 100
+    ) -> tuple[list[RunRow], bool]:
+        """Node ``node``'s runs, newest first (finished since ``since``), and whether
+        older ones matched but ``limit`` left them out."""
+        query = sa.select(*(c for c in reports.c if c.name != "body")).where(reports.c.node == node)
+        if since is not None:
+            query = query.where(reports.c.finished_at >= since)
+        query = query.order_by(reports.c.sequence.desc(), reports.c.finished_at.desc())
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(limit + 1)).all()
+        found = [
+            RunRow(
+                r.id,
+                int(r.revision),
+                bool(r.noop),
+                r.trigger,
+                r.started_at,
+                r.finished_at,
+                r.received_at,
+                int(r.sequence),
+                dict(r.summary),
+            )
+            for r in rows[:limit]
+        ]
+        return found, len(rows) > limit
+
+    def report(self, node: str, report_id: str) -> bytes | None:
+        """One run's report as the agent sent it; None: no such run of that node."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(reports.c.body).where(reports.c.node == node, reports.c.id == report_id)
+            ).first()
+        return bytes(row.body) if row else None
 
     def last_report(self, node: str) -> bytes | None:
         with self.engine.connect() as conn:

@@ -57,6 +57,7 @@ NEEDS = {
             "ListRevisions",
             "DiffRevisions",
             "GetRollout",
+            "ListRuns",
         ],
         "viewer",
     ),

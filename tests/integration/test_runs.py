@@ -1,0 +1,66 @@
+"""A node's run history: every run it reported, and any one of them in full.
+
+A real server and agent over mutual TLS. The complaint this answers: a
+push's changes were overwritten, as "the last run", by a watcher's run a
+moment later; both runs must stay readable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.integration.conftest import write
+from tests.integration.harness import Agent, Server, reported, wait_for
+
+MOTD = """\
+name: motd
+target: all
+resources:
+  - kind: file
+    name: motd
+    spec: {path: /etc/motd, content: "managed\\n"}
+"""
+
+
+def test_every_run_stays_readable_after_later_ones(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1")
+    (agent.root / "etc").mkdir()
+    agent.start()
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    pushed = server.cli_json("push", str(write(tmp_path / "motd.yaml", MOTD)))
+    reported(server, pushed["revision"], "web-1")
+    motd = agent.path("/etc/motd")
+    motd.write_text("edited by hand\n")  # the watcher sees it and repairs it
+
+    def two_runs() -> list[dict[str, object]] | None:
+        runs = server.cli_json("runs", "web-1")["runs"]
+        return runs if len(runs) >= 2 else None
+
+    runs = wait_for(two_runs, what="the watcher's run")
+    watch, push = runs[0], runs[-1]
+    assert (watch["trigger"], push["trigger"]) == ("watch", "push")
+    assert (watch["counts"], push["counts"]) == ({"repaired": 1}, {"repaired": 1})
+    assert watch["finished_at"] >= push["finished_at"]
+    assert motd.read_text() == "managed\n"
+
+    # The push's own changes, though a later run is the node's last one.
+    first = server.cli_json("report", "web-1", "--run", str(push["id"]))
+    (result,) = first["results"]
+    assert (first["trigger"], result["changes"][0]["field"]) == ("push", "state")
+    assert result["changes"][0]["observed"] == "absent"
+    last = server.cli_json("report", "web-1")
+    assert last["id"] == watch["id"]
+    assert last["results"][0]["changes"][0]["field"] == "content"
+
+    tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))
+    later = server.cli_json("runs", "web-1", "--since", tomorrow)
+    assert later["runs"] == []
+    limited = server.cli_json("runs", "web-1", "--limit", "1")
+    assert ([r["id"] for r in limited["runs"]], limited["more"]) == ([watch["id"]], True)
+    missing = server.cli("report", "web-1", "--run", "nope", check=False)
+    assert missing.returncode == 1
+    assert "node 'web-1' has no run 'nope' ('plumb runs web-1' lists them)" in missing.stderr
