@@ -1480,6 +1480,8 @@ def _report(args: argparse.Namespace) -> int:
             for res in r.results
         ],
     )
+    for res in r.results:
+        _print_diffs(res.id, res.changes)
     return 0
 
 
@@ -1552,7 +1554,17 @@ def _drift(args: argparse.Namespace) -> int:
             for e in reply.events
         ],
     )
+    for e in reply.events:
+        _print_diffs(f"{_when(e.detected_at)} {e.node_name} {e.resource_id}", e.changes)
     return 0
+
+
+def _print_diffs(what: str, changes: Sequence[pb.Change]) -> None:
+    """The text diffs of small files' content changes, after the table that names them."""
+    for c in changes:
+        if c.diff:
+            print(f"\n{what} ({c.field}):")
+            print(_indented(c.diff.rstrip("\n")))
 
 
 def _compliance(args: argparse.Namespace) -> int:

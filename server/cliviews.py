@@ -159,8 +159,13 @@ sessions of the node were ended (0 or 1).
      "latest_revision": 5 | null, "catalog_problem": "..." | null,
      "results": [{"id": "file/motd", "kind": "file", "name": "motd", "manifest": "web",
                   "status": "repaired", "drift": false, "error": "..." | null,
-                  "changes": [{"field": "mode", "observed": "0644", "desired": "0600"}],
+                  "changes": [{"field": "mode", "observed": "0644", "desired": "0600",
+                               "diff": null}],
                   "duration_s": 0.003, "controls": ["CIS-1.1"], "observed": {...}}]}
+
+A change's ``diff`` is ``diff -u`` of a small text file's content (observed
+-> desired; up to 500 lines, UTF-8); ``null`` for anything else, and always
+for a resource marked sensitive. ``drift`` events carry the same changes.
 
 ``drift``::
 
@@ -609,8 +614,11 @@ def result(x: pb.ResourceResult) -> dict[str, Any]:
     }
 
 
-def changes(items: Sequence[pb.Change]) -> list[dict[str, str]]:
-    return [{"field": c.field, "observed": c.observed, "desired": c.desired} for c in items]
+def changes(items: Sequence[pb.Change]) -> list[dict[str, str | None]]:
+    return [
+        {"field": c.field, "observed": c.observed, "desired": c.desired, "diff": c.diff or None}
+        for c in items
+    ]
 
 
 def drift(reply: pb.ListDriftResponse) -> dict[str, Any]:

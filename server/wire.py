@@ -55,7 +55,10 @@ def _result_record(result: pb.ResourceResult) -> ResultRecord:
 
 
 def changes_dict(change: pb.Change) -> dict[str, str]:
-    return {"field": change.field, "observed": change.observed, "desired": change.desired}
+    found = {"field": change.field, "observed": change.observed, "desired": change.desired}
+    if change.diff:  # a small text file's content: what changed, line by line
+        found["diff"] = change.diff
+    return found
 
 
 def report_from_body(body: bytes) -> pb.Report:

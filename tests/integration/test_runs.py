@@ -7,6 +7,7 @@ moment later; both runs must stay readable.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,11 @@ target: all
 resources:
   - kind: file
     name: motd
-    spec: {path: /etc/motd, content: "managed\\n"}
+    spec: {path: /etc/motd, content: "managed\\nby plumb\\n"}
+  - kind: file
+    name: token
+    sensitive: true
+    spec: {path: /etc/token, content: "s3cr3t\\nline two\\n"}
 """
 
 
@@ -34,7 +39,7 @@ def test_every_run_stays_readable_after_later_ones(
     pushed = server.cli_json("push", str(write(tmp_path / "motd.yaml", MOTD)))
     reported(server, pushed["revision"], "web-1")
     motd = agent.path("/etc/motd")
-    motd.write_text("edited by hand\n")  # the watcher sees it and repairs it
+    motd.write_text("managed\nby hand\n")  # the watcher sees it and repairs it
 
     def two_runs() -> list[dict[str, object]] | None:
         runs = server.cli_json("runs", "web-1")["runs"]
@@ -43,24 +48,47 @@ def test_every_run_stays_readable_after_later_ones(
     runs = wait_for(two_runs, what="the watcher's run")
     watch, push = runs[0], runs[-1]
     assert (watch["trigger"], push["trigger"]) == ("watch", "push")
-    assert (watch["counts"], push["counts"]) == ({"repaired": 1}, {"repaired": 1})
+    assert (watch["counts"], push["counts"]) == (
+        {"in_sync": 1, "repaired": 1},
+        {"repaired": 2},
+    )
     assert watch["finished_at"] >= push["finished_at"]
-    assert motd.read_text() == "managed\n"
+    assert motd.read_text() == "managed\nby plumb\n"
 
     # The push's own changes, though a later run is the node's last one.
     first = server.cli_json("report", "web-1", "--run", str(push["id"]))
-    (result,) = first["results"]
+    result = first["results"][0]
     assert (first["trigger"], result["changes"][0]["field"]) == ("push", "state")
     assert result["changes"][0]["observed"] == "absent"
     last = server.cli_json("report", "web-1")
     assert last["id"] == watch["id"]
-    assert last["results"][0]["changes"][0]["field"] == "content"
+    (content,) = last["results"][0]["changes"]
+    assert content["diff"].splitlines()[2:] == [
+        "@@ -1,2 +1,2 @@",
+        " managed",
+        "-by hand",
+        "+by plumb",
+    ]
+
+    # Drift shows what changed, line by line; never for a secret.
+    agent.path("/etc/token").write_text("s3cr3t\nchanged\n")
+    wait_for(
+        lambda: any(e["resource"] == "file/token" for e in server.cli_json("drift")["events"]),
+        what="the secret's drift",
+    )
+    events = {e["resource"]: e for e in server.cli_json("drift")["events"]}
+    assert events["file/motd"]["changes"][0]["diff"] == content["diff"]
+    assert events["file/token"]["changes"][0]["diff"] is None
+    printed = server.cli("drift").stdout
+    assert "  -by hand\n  +by plumb" in printed
+    assert "s3cr3t" not in printed + json.dumps(events)
 
     tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))
     later = server.cli_json("runs", "web-1", "--since", tomorrow)
     assert later["runs"] == []
+    newest = server.cli_json("runs", "web-1")["runs"][0]["id"]
     limited = server.cli_json("runs", "web-1", "--limit", "1")
-    assert ([r["id"] for r in limited["runs"]], limited["more"]) == ([watch["id"]], True)
+    assert ([r["id"] for r in limited["runs"]], limited["more"]) == ([newest], True)
     missing = server.cli("report", "web-1", "--run", "nope", check=False)
     assert missing.returncode == 1
     assert "node 'web-1' has no run 'nope' ('plumb runs web-1' lists them)" in missing.stderr

@@ -363,7 +363,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
                 "resource": "file/motd",
                 "manifest": "web",
                 "status": "repaired",
-                "changes": [{"field": "mode", "observed": "0644", "desired": "0600"}],
+                "changes": [{"field": "mode", "observed": "0644", "desired": "0600", "diff": None}],
                 "detected_at": 50.0,
                 "report_id": "r9",
             }
