@@ -956,12 +956,22 @@ class GetReportResponse(_message.Message):
     def __init__(self, report: _Optional[_Union[Report, _Mapping]] = ..., found: _Optional[bool] = ..., catalog_problem: _Optional[str] = ..., latest_revision: _Optional[int] = ...) -> None: ...
 
 class ListDriftRequest(_message.Message):
-    __slots__ = ("node_name", "limit")
+    __slots__ = ("node_name", "limit", "kind", "manifest", "control", "since", "unrepaired")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNREPAIRED_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     limit: int
-    def __init__(self, node_name: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    kind: str
+    manifest: str
+    control: str
+    since: float
+    unrepaired: bool
+    def __init__(self, node_name: _Optional[str] = ..., limit: _Optional[int] = ..., kind: _Optional[str] = ..., manifest: _Optional[str] = ..., control: _Optional[str] = ..., since: _Optional[float] = ..., unrepaired: _Optional[bool] = ...) -> None: ...
 
 class DriftEvent(_message.Message):
     __slots__ = ("id", "node_name", "report_id", "resource_id", "manifest", "status", "changes", "detected_at")

@@ -39,6 +39,7 @@ from server.hub import Hub
 from server.pki import CLIENT_TTL_S, KeyPair, cert_pem, serial_of, sign_operator_csr
 from server.rollout import Rollouts
 from server.store import (
+    DriftFilter,
     DriftRow,
     NewRollout,
     NodeRow,
@@ -586,7 +587,14 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         self, request: pb.ListDriftRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDriftResponse:
         limit = min(request.limit or DEFAULT_DRIFT_LIMIT, MAX_DRIFT_LIMIT)
-        rows = await asyncio.to_thread(self.store.drift, request.node_name or None, limit)
+        only = DriftFilter(
+            kind=request.kind or None,
+            manifest=request.manifest or None,
+            control=request.control or None,
+            since=request.since or None,
+            unrepaired=request.unrepaired,
+        )
+        rows = await asyncio.to_thread(self.store.drift, request.node_name or None, limit, only)
         return pb.ListDriftResponse(events=[_drift_event(r) for r in rows])
 
     async def GetCompliance(

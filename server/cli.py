@@ -236,6 +236,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     drift.add_argument("--node", default="", help="only this node")
     drift.add_argument(
+        "--kind", default="", help="only resources of this kind (file, service, ...)"
+    )
+    drift.add_argument("--manifest", default="", help="only this manifest's resources")
+    drift.add_argument("--control", default="", help="only resources tagged with this control")
+    drift.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only events detected from T on: a time (2026-12-01 10:00) or an age (24h, 7d)",
+    )
+    drift.add_argument(
+        "--unrepaired",
+        action="store_true",
+        help="only what was not repaired (drift in audit mode, failed repairs)",
+    )
+    drift.add_argument(
         "--limit",
         type=_bounded(int, 1, MAX_DRIFT_LIMIT, "a number of events"),
         default=50,
@@ -1536,9 +1552,16 @@ _BARE = re.compile(r'[^\s";=]+')
 
 
 def _drift(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListDrift(
-        pb.ListDriftRequest(node_name=args.node, limit=args.limit), timeout=TIMEOUT_S
+    request = pb.ListDriftRequest(
+        node_name=args.node,
+        limit=args.limit,
+        kind=args.kind,
+        manifest=args.manifest,
+        control=args.control,
+        since=args.since or 0,
+        unrepaired=args.unrepaired,
     )
+    reply = _stub(args).ListDrift(request, timeout=TIMEOUT_S)
     if args.json:
         return _print_json(cliviews.drift(reply))
     _table(

@@ -263,6 +263,8 @@ drift_events = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("changes", sa.JSON, nullable=False),
     sa.Column("detected_at", sa.Float, nullable=False, index=True),
+    # The resource's controls: tags (["CIS-1.1", ...]); NULL: stored before they were kept.
+    sa.Column("controls", sa.JSON, nullable=True),
     sa.UniqueConstraint("report_id", "resource_id"),
 )
 
@@ -558,6 +560,34 @@ class ReportRecord:
     results: list[ResultRecord]
     body: bytes  # the wire report (protobuf), returned verbatim by last_report()
     sequence: int = 0  # the agent's number for it; 0 from agents older than that
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftFilter:
+    """Which drift events ``plumb drift`` asks for; each field set narrows them."""
+
+    kind: str | None = None
+    manifest: str | None = None
+    control: str | None = None
+    since: float | None = None  # detected at or after (unix seconds)
+    unrepaired: bool = False  # only what was not repaired (drifted in audit, or failed)
+
+    def conditions(self) -> list[Any]:
+        c = drift_events.c
+        found: list[Any] = []
+        if self.kind:
+            found.append(c.resource_id.startswith(f"{self.kind}/", autoescape=True))
+        if self.manifest:
+            found.append(c.manifest == self.manifest)
+        if self.control:
+            # The tag as JSON writes it, inside the JSON array: an exact member.
+            tag = json.dumps(self.control)
+            found.append(sa.cast(c.controls, sa.Text).contains(tag, autoescape=True))
+        if self.since is not None:
+            found.append(c.detected_at >= self.since)
+        if self.unrepaired:
+            found.append(c.status != Status.REPAIRED.value)
+        return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1846,12 +1876,16 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def drift(self, node: str | None = None, limit: int = 100) -> list[DriftRow]:
+    def drift(
+        self, node: str | None = None, limit: int = 100, only: DriftFilter | None = None
+    ) -> list[DriftRow]:
         """The newest drift events by when they were detected (not when they arrived)."""
         order = (drift_events.c.detected_at.desc(), drift_events.c.id.desc())
         query = sa.select(drift_events).order_by(*order).limit(limit)
         if node:
             query = query.where(drift_events.c.node == node)
+        for condition in (only or DriftFilter()).conditions():
+            query = query.where(condition)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [
@@ -2141,6 +2175,7 @@ _DRIFT_COLUMNS = (
     "status",
     "changes",
     "detected_at",
+    "controls",
 )
 _STATUS_COLUMNS = (
     "node",
@@ -2216,6 +2251,7 @@ def _drift_rows(
             r.status._value_,
             json.dumps(r.changes),
             report.finished_at - (offsets.get(report.node) or 0.0),
+            json.dumps(r.controls),
         )
         for report in fresh
         for r in report.results

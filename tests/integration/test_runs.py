@@ -22,6 +22,7 @@ resources:
   - kind: file
     name: motd
     spec: {path: /etc/motd, content: "managed\\nby plumb\\n"}
+    controls: [CIS-1.7.1]
   - kind: file
     name: token
     sensitive: true
@@ -82,6 +83,56 @@ def test_every_run_stays_readable_after_later_ones(
     printed = server.cli("drift").stdout
     assert "  -by hand\n  +by plumb" in printed
     assert "s3cr3t" not in printed + json.dumps(events)
+
+
+AUDITED = """\
+name: audited
+target: all
+resources:
+  - kind: file
+    name: issue
+    mode: audit
+    spec: {path: /etc/issue, content: "welcome\\n"}
+    controls: [CIS-1.7.2]
+"""
+
+
+def test_drift_is_asked_for_by_kind_manifest_control_time_and_repair(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1")
+    (agent.root / "etc").mkdir()
+    agent.path("/etc/issue").write_text("welcome\n")  # in sync from the start
+    agent.start()
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    files = [write(tmp_path / "motd.yaml", MOTD), write(tmp_path / "audited.yaml", AUDITED)]
+    pushed = server.cli_json("push", *map(str, files))
+    reported(server, pushed["revision"], "web-1")
+    agent.path("/etc/motd").write_text("managed\nby hand\n")  # repaired by the watcher
+    agent.path("/etc/issue").write_text("hacked\n")  # audit: only recorded
+
+    def both() -> dict[str, str] | None:
+        found = {e["resource"]: e["status"] for e in server.cli_json("drift")["events"]}
+        return found if {"file/motd", "file/issue"} <= set(found) else None
+
+    assert wait_for(both, what="both drift events") == {
+        "file/motd": "repaired",
+        "file/issue": "drifted",
+    }
+
+    def resources(*flags: str) -> list[str]:
+        return sorted(e["resource"] for e in server.cli_json("drift", *flags)["events"])
+
+    assert resources("--unrepaired") == ["file/issue"]
+    assert resources("--control", "CIS-1.7.1") == ["file/motd"]
+    assert resources("--control", "CIS-1.7") == []  # a tag, not a prefix
+    assert resources("--manifest", "audited") == ["file/issue"]
+    assert resources("--kind", "file") == ["file/issue", "file/motd"]
+    assert resources("--kind", "service") == []
+    assert resources("--since", "1h") == ["file/issue", "file/motd"]
+    tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))
+    assert resources("--since", tomorrow) == []
+    assert agent.path("/etc/issue").read_text() == "hacked\n"
 
     tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))
     later = server.cli_json("runs", "web-1", "--since", tomorrow)
