@@ -185,6 +185,8 @@ class Daemon:
                 conditions=self._conditions,
                 renewal=self.renewal,
                 dry_run=lambda catalog: self.runner.dry_run(catalog).to_wire(),
+                # At most this long between two periodic runs: the interval and its splay.
+                run_interval_s=self.interval_s + self.splay_s,
             )
             self._session = session
             session.start()

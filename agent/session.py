@@ -81,6 +81,7 @@ class SessionClient:
         conditions: Callable[[], list[Condition]] | None = None,
         renewal: CertificateRenewal | None = None,
         dry_run: Callable[[Catalog], pb.Report] | None = None,
+        run_interval_s: float = 0.0,
     ) -> None:
         """``conditions()``: what is wrong with the node now (the state dir's, by default);
         ``renewal``: renews the node's certificate when the server says it is due (None:
@@ -88,6 +89,8 @@ class SessionClient:
         candidate catalog without changing anything, for ``plumb plan`` (None: this
         session answers that it does not)."""
         self.dry_run = dry_run
+        #: How often this agent runs by itself; 0: it does not (said in the hello).
+        self.run_interval_s = run_interval_s
         self.conditions = conditions or state.conditions.current
         self.cache = cache
         self.spool = spool
@@ -162,6 +165,7 @@ class SessionClient:
                 facts=self.facts,
                 applied_revision=revision,
                 applied_sha256=digest,
+                run_interval_s=self.run_interval_s,
                 agent_version=self.facts.get("agent_version", ""),
                 sent_at=time.time(),
                 losses=[loss.to_wire() for loss in self.cache.losses.pending()],

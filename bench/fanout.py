@@ -69,7 +69,8 @@ def measure(n: int) -> dict[str, object]:
             "server_rss_per_agent_bytes": round(per_agent),
             "p99_stored_worst_round_s": worst_p99,
             "met": {
-                "p99": worst_p99 < TARGET_P99_S[n],
+                # Targets are set for the sizes the issue names; other sizes only measure.
+                "p99": worst_p99 < TARGET_P99_S[n] if n in TARGET_P99_S else None,
                 "rss_per_agent": per_agent < TARGET_RSS_PER_AGENT,
             },
         }

@@ -179,7 +179,7 @@ class Welcome(_message.Message):
     def __init__(self, latest_revision: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., last_sequence: _Optional[int] = ..., server_time: _Optional[float] = ..., recorded_losses: _Optional[_Iterable[str]] = ..., renew_within_s: _Optional[float] = ..., trusted_ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions", "applied_sha256")
+    __slots__ = ("node_name", "facts", "applied_revision", "agent_version", "sent_at", "losses", "conditions", "applied_sha256", "run_interval_s")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class Hello(_message.Message):
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RUN_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     facts: _containers.ScalarMap[str, str]
     applied_revision: int
@@ -203,7 +204,8 @@ class Hello(_message.Message):
     losses: _containers.RepeatedCompositeFieldContainer[StateLoss]
     conditions: _containers.RepeatedCompositeFieldContainer[NodeCondition]
     applied_sha256: str
-    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., applied_sha256: _Optional[str] = ...) -> None: ...
+    run_interval_s: float
+    def __init__(self, node_name: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., applied_revision: _Optional[int] = ..., agent_version: _Optional[str] = ..., sent_at: _Optional[float] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., applied_sha256: _Optional[str] = ..., run_interval_s: _Optional[float] = ...) -> None: ...
 
 class StateLoss(_message.Message):
     __slots__ = ("id", "what", "count", "at", "detail", "received_at")
@@ -819,7 +821,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self, removed: _Optional[bool] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer", "facts", "kept_revision")
+    __slots__ = ("name", "labels", "connected", "last_seen", "applied_revision", "latest_revision", "compliance", "enrolled_at", "clock_offset_s", "catalog_problem", "reported_revision", "summary", "losses", "conditions", "cert_serial", "revoked_at", "decommissioned_at", "enrolled_by_token", "cert_not_after", "next_cert_serial", "cert_issuer", "facts", "kept_revision", "state", "last_report_at", "run_interval_s")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -857,6 +859,9 @@ class Node(_message.Message):
     CERT_ISSUER_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     KEPT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_AT_FIELD_NUMBER: _ClassVar[int]
+    RUN_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     connected: bool
@@ -880,7 +885,10 @@ class Node(_message.Message):
     cert_issuer: str
     facts: _containers.ScalarMap[str, str]
     kept_revision: int
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., kept_revision: _Optional[int] = ...) -> None: ...
+    state: str
+    last_report_at: float
+    run_interval_s: float
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[float] = ..., applied_revision: _Optional[int] = ..., latest_revision: _Optional[int] = ..., compliance: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., clock_offset_s: _Optional[float] = ..., catalog_problem: _Optional[str] = ..., reported_revision: _Optional[int] = ..., summary: _Optional[_Union[ComplianceRow, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[StateLoss, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[NodeCondition, _Mapping]]] = ..., cert_serial: _Optional[str] = ..., revoked_at: _Optional[float] = ..., decommissioned_at: _Optional[float] = ..., enrolled_by_token: _Optional[str] = ..., cert_not_after: _Optional[float] = ..., next_cert_serial: _Optional[str] = ..., cert_issuer: _Optional[str] = ..., facts: _Optional[_Mapping[str, str]] = ..., kept_revision: _Optional[int] = ..., state: _Optional[str] = ..., last_report_at: _Optional[float] = ..., run_interval_s: _Optional[float] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -23,7 +23,7 @@ from protos.limits import MAX_PUSH_BYTES
 from server import operators, targeting, tokens
 from server import rollout as rollout_
 from server.auth import caller_certificate
-from server.compliance import Tally
+from server.compliance import Tally, node_state
 from server.config import ServerConfig
 from server.errors import (
     CSRRejected,
@@ -453,6 +453,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         selector = await _selector(request.target, context) if request.target else None
         compliance = await asyncio.to_thread(self.fleet.compliance)
         latest, problems = compliance.revision, compliance.problems
+        now, after = time.time(), self.fleet.no_report_after_runs
         losses = await asyncio.to_thread(self.store.state_losses)
         listed = [
             pb.Node(
@@ -473,6 +474,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                 enrolled_by_token=n.enrolled_by_token or "",
                 facts=n.facts,
                 kept_revision=self.rollouts.pinned(n.name) or 0 if self.rollouts else 0,
+                state=node_state(n, self.hub.connected(n.name), latest, now, after),
+                last_report_at=n.last_report_at or 0.0,
+                run_interval_s=n.run_interval_s or 0.0,
                 **_identity_fields(n),
             )
             for n in compliance.nodes

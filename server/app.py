@@ -120,6 +120,7 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     hub = Hub(credentials)
     hub.watch()
     fleet = Fleet(store, signer)
+    fleet.no_report_after_runs = config.no_report_after_runs
     rotation = SignerRotation(pki, ca, fleet, auditor)
     # Before the first catalog is signed: never one signed by a signer about to expire.
     await asyncio.to_thread(rotation.rotate_if_due)

@@ -1360,12 +1360,12 @@ def _nodes(args: argparse.Namespace) -> int:
     if args.target and not reply.nodes:
         print(f"no enrolled node matches {args.target!r}", file=sys.stderr)
     _table(
-        ["NODE", "LABELS", "CONNECTED", "LAST SEEN", "REVISION", "COMPLIANCE", "NOT COMPLIANT"],
+        ["NODE", "LABELS", "STATE", "LAST SEEN", "REVISION", "COMPLIANCE", "NOT COMPLIANT"],
         [
             [
                 n.name,
                 _labels(n.labels),
-                _connected(n),
+                n.state.replace("_", " ") or _connected(n),
                 _ago(n.last_seen),
                 f"{n.applied_revision}/{n.latest_revision}"
                 + (f" (kept at {n.kept_revision})" if n.kept_revision else ""),

@@ -136,7 +136,13 @@ with it, and the old one is refused from then on); ``cert_issuer`` the key
 identifier of the CA that issued the certificate (``plumb-server ca status``
 names the CAs). ``facts`` is what its agent last said of its host
 (protos/facts.py lists the keys); ``kept_revision`` the revision a staged
-rollout keeps it on until its batch comes (``null``: none does).
+rollout keeps it on until its batch comes (``null``: none does). ``state`` is
+the first that holds of ``removed``, ``revoked``, ``no_report`` (its agent
+runs by itself every ``run_interval_s`` and sent no run report for
+``no_report_after_runs`` (server.toml, default 3) times that: its catalog
+counts as ``no_report`` in compliance, never as compliant), ``pending`` (it
+has not reported the latest revision), ``connected``, ``disconnected``;
+``last_report_at`` is when its newest run ended (the server's clock).
 
 ``node revoke NAME``::
 
@@ -379,7 +385,7 @@ def rollout(r: pb.RolloutInfo) -> dict[str, Any]:
                 {
                     "node": n.node_name,
                     "batch": n.batch,
-                    "state": n.state,
+                    "state": n.state or None,
                     "reason": n.reason or None,
                     "sent_at": n.sent_at or None,
                     "finished_at": n.finished_at or None,
@@ -538,6 +544,9 @@ def node(n: pb.Node) -> dict[str, Any]:
         "cert_issuer": n.cert_issuer or None,
         "facts": dict(sorted(n.facts.items())),
         "kept_revision": n.kept_revision or None,
+        "state": n.state,
+        "last_report_at": n.last_report_at or None,
+        "run_interval_s": n.run_interval_s or None,
     }
 
 

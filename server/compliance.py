@@ -13,6 +13,9 @@ node they select. Each expected resource has exactly one state:
   revision says nothing about this one;
 - ``no_catalog``: the node's catalog could not be compiled (two resources
   would manage one object on it), so nothing of it is enforced;
+- ``no_report``: the node's agent runs by itself every T seconds and sent no
+  run report for ``no_report_after_runs`` times T: whatever it reported last,
+  nothing says it still holds (an agent stopped, wedged or cut off);
 - ``unknown`` too when the node's report at the revision does not mention the
   resource at all.
 
@@ -34,8 +37,11 @@ from server.store import NodeRow, StatusRow
 COMPLIANT = (Status.IN_SYNC.value, Status.REPAIRED.value)
 PENDING = "pending"
 NO_CATALOG = "no_catalog"
+NO_REPORT = "no_report"
 #: Every state an expected resource can be in, in the order reports list them.
-STATES = (*(s.value for s in Status), PENDING, NO_CATALOG)
+STATES = (*(s.value for s in Status), PENDING, NO_REPORT, NO_CATALOG)
+#: A node is "no report" after this many of its run intervals without a report.
+NO_REPORT_AFTER_RUNS = 3
 #: The order scopes are listed in.
 SCOPES = ("node", "manifest", "control", "kind")
 
@@ -90,11 +96,15 @@ def compute(
     nodes: Iterable[NodeRow],
     problems: Mapping[str, list[str]],
     statuses: Iterable[StatusRow],
+    now: float | None = None,
+    no_report_after_runs: float = NO_REPORT_AFTER_RUNS,
 ) -> Compliance:
     """Compliance at ``revision`` (whose desired state is ``desired``) of ``nodes``.
 
     ``problems`` names the nodes whose catalog at ``revision`` could not be
     compiled; ``statuses`` is every node's current status per resource.
+    ``now`` (server clock) decides which nodes are silent (see :func:`silent`);
+    None: none is.
     """
     current: dict[str, dict[str, str]] = {}
     for row in statuses:
@@ -110,7 +120,8 @@ def compute(
             selections[key] = _expected(desired, key)
         by_node[node.name] = tallies.setdefault(("node", node.name), Tally("node", node.name))
         for res in selections[key]:
-            state = _state(node, res, revision, problems, current.get(node.name, {}))
+            quiet = now is not None and silent(node, now, no_report_after_runs)
+            state = _state(node, res, revision, problems, current.get(node.name, {}), quiet)
             fleet.counts[state] += 1
             for scope, name in _scopes(node.name, res):
                 tallies.setdefault((scope, name), Tally(scope, name)).counts[state] += 1
@@ -142,12 +153,50 @@ def _state(
     revision: int,
     problems: Mapping[str, object],
     reported: Mapping[str, str],
+    quiet: bool = False,
 ) -> str:
     if node.name in problems:
         return NO_CATALOG
+    if quiet:
+        return NO_REPORT
     if node.status_revision != revision:
         return PENDING
     return reported.get(res.id, Status.UNKNOWN.value)
+
+
+def silent(node: NodeRow, now: float, after_runs: float = NO_REPORT_AFTER_RUNS) -> bool:
+    """Whether ``node`` sent no run report for ``after_runs`` of its run intervals.
+
+    Only for an agent that said how often it runs by itself: one that does
+    not (one-shot runs) or did not say (an older agent) is never silent. A
+    node that never reported is counted from when it enrolled.
+    """
+    interval = node.run_interval_s
+    if not interval:
+        return False
+    last = node.last_report_at or node.enrolled_at
+    return now - last > after_runs * interval
+
+
+def node_state(
+    node: NodeRow,
+    connected: bool,
+    latest: int,
+    now: float,
+    after_runs: float = NO_REPORT_AFTER_RUNS,
+) -> str:
+    """What ``plumb nodes`` says of a node, the first that holds: removed, revoked,
+    no_report (see :func:`silent`), pending (it has not reported revision ``latest``),
+    connected, disconnected."""
+    if node.decommissioned_at:
+        return "removed"
+    if node.revoked_at:
+        return "revoked"
+    if silent(node, now, after_runs):
+        return NO_REPORT
+    if latest and node.status_revision != latest:
+        return PENDING
+    return "connected" if connected else "disconnected"
 
 
 def _scopes(node: str, res: _Expected) -> list[tuple[str, str]]:

@@ -36,6 +36,10 @@ class ServerConfig:
     # (which every plumb command suggests once it is due).
     node_cert_ttl_s: int = 90 * 24 * 3600
     operator_cert_ttl_s: int = 90 * 24 * 3600
+    # A node whose agent runs by itself every T seconds and has sent no run
+    # report for this many times T is "no report": its catalog counts as
+    # unknown, never as compliant (plumb nodes, plumb compliance).
+    no_report_after_runs: int = 3
 
     @property
     def store(self) -> str:

@@ -77,6 +77,8 @@ class Fleet:
         #: The revision a staged rollout keeps a node on meanwhile (server/rollout.py);
         #: None: the latest.
         self.pinned: Callable[[str], int | None] = lambda node: None
+        #: After how many of its run intervals without a report a node is "no report".
+        self.no_report_after_runs: float = compliance_.NO_REPORT_AFTER_RUNS
 
     def push(
         self,
@@ -391,6 +393,8 @@ class Fleet:
             self.store.list_nodes(),
             self.store.catalog_problems(revision),
             self.store.statuses(),
+            self.clock(),
+            self.no_report_after_runs,
         )
 
     def manifests(self) -> tuple[int, list[ManifestView], list[str]]:

@@ -37,6 +37,7 @@ class PresenceLog:
         facts: Mapping[str, str] | None = None,
         clock_offset_s: float | None = None,
         conditions: list[dict[str, Any]] | None = None,
+        run_interval_s: float | None = None,
     ) -> None:
         """Note that ``node`` was heard from now (and, from a hello, what it said).
 
@@ -53,6 +54,7 @@ class PresenceLog:
             facts=before.facts if facts is None else dict(facts),
             clock_offset_s=before.clock_offset_s if clock_offset_s is None else clock_offset_s,
             conditions=before.conditions if conditions is None else conditions,
+            run_interval_s=before.run_interval_s if run_interval_s is None else run_interval_s,
         )
 
     async def flush(self) -> None:

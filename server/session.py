@@ -181,7 +181,14 @@ class AgentServicer(pb_grpc.AgentServicer):  # type: ignore[misc]
         # clock worth warning about (a minute off, an hour off) is hidden by it.
         sent_at = agent_time(hello.sent_at)
         offset = sent_at - now if sent_at else None
-        self.presence.seen(name, hello.applied_revision, hello.facts, offset, stream.conditions)
+        self.presence.seen(
+            name,
+            hello.applied_revision,
+            hello.facts,
+            offset,
+            stream.conditions,
+            hello.run_interval_s,
+        )
         recorded = await self._record_losses(name, hello.losses) if hello.losses else []
         catalog = await asyncio.to_thread(self.fleet.signed_catalog, name, dict(hello.facts))
         last_sequence = await asyncio.to_thread(self.store.last_sequence, name)

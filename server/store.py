@@ -107,6 +107,9 @@ nodes = sa.Table(
     sa.Column("cert_not_after", sa.Float, nullable=True),
     # The key identifier (hex) of the CA that issued it (server/ca.py); NULL: not recorded.
     sa.Column("cert_issuer", sa.String(64), nullable=True),
+    # How often its agent runs by itself, as its last hello said (seconds);
+    # NULL: not said (an older agent), 0: it does not (one-shot runs only).
+    sa.Column("run_interval_s", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -366,6 +369,17 @@ class NodeRow:
     next_cert_serial: str | None = None
     #: The key identifier of the CA that issued its certificate; None: not recorded.
     cert_issuer: str | None = None
+    #: When its newest run report's run ended, by its agent's clock; 0: none yet.
+    status_as_of: float = 0.0
+    #: How often its agent runs by itself (seconds); None: not known; 0: it does not.
+    run_interval_s: float | None = None
+
+    @property
+    def last_report_at(self) -> float | None:
+        """When its newest run ended, by the server's clock (its clock's offset taken off)."""
+        if not self.status_as_of:
+            return None
+        return self.status_as_of - (self.clock_offset_s or 0.0)
 
     @property
     def subject(self) -> Subject:
@@ -454,6 +468,7 @@ class NodeSeen:
     clock_offset_s: float | None = None  # the agent's clock minus ours, from its hello
     #: Its conditions, from a hello or a heartbeat that changed them; None: unchanged.
     conditions: list[dict[str, Any]] | None = None
+    run_interval_s: float | None = None  # from its hello: how often it runs by itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1402,6 +1417,7 @@ class Store:
             _set_each(conn, "clock_offset_s", {n: s.clock_offset_s for n, s in given})
             _set_each(conn, "facts", {n: s.facts for n, s in given})
             _set_each(conn, "conditions", {n: s.conditions for n, s in given})
+            _set_each(conn, "run_interval_s", {n: s.run_interval_s for n, s in given})
 
     # ------------------------------------------------------------ operators
 
@@ -2123,6 +2139,8 @@ def _node_row(row: Any) -> NodeRow:
         cert_not_after=row.cert_not_after,
         next_cert_serial=row.next_cert_serial,
         cert_issuer=row.cert_issuer,
+        status_as_of=row.status_as_of,
+        run_interval_s=row.run_interval_s,
     )
 
 

@@ -8,6 +8,7 @@ moment later; both runs must stay readable.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,3 +144,39 @@ def test_drift_is_asked_for_by_kind_manifest_control_time_and_repair(
     missing = server.cli("report", "web-1", "--run", "nope", check=False)
     assert missing.returncode == 1
     assert "node 'web-1' has no run 'nope' ('plumb runs web-1' lists them)" in missing.stderr
+
+
+def test_a_node_that_stops_reporting_is_no_report_and_never_compliant(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1")
+    (agent.root / "etc").mkdir()
+    agent.start(1, 0, "--no-watch")  # a run every second
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    pushed = server.cli_json("push", str(write(tmp_path / "motd.yaml", MOTD)))
+    reported(server, pushed["revision"], "web-1")
+    node = wait_for(
+        lambda: (n := server.nodes()["web-1"])["state"] == "connected" and n, what="reports"
+    )
+    assert node["run_interval_s"] == 1.0
+    assert node["last_report_at"] is not None
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGSTOP)  # wedged: connected, but no run ends
+    try:
+        silent = wait_for(
+            lambda: (n := server.nodes()["web-1"])["state"] == "no_report" and n,
+            timeout=15,
+            what="no report",
+        )
+        compliance = server.cli("compliance", "--json", check=False)
+        printed = server.cli("nodes").stdout
+    finally:
+        agent.process.send_signal(signal.SIGCONT)
+    assert silent["compliance"]["counts"] == {"no_report": 2}
+    assert compliance.returncode == 3  # not fully compliant
+    assert json.loads(compliance.stdout)["fleet"]["counts"] == {"no_report": 2}
+    assert "no report" in printed
+    back = wait_for(
+        lambda: (n := server.nodes()["web-1"])["state"] == "connected" and n, what="back"
+    )
+    assert back["compliance"]["counts"] == {"in_sync": 2}

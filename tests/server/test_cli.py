@@ -226,6 +226,9 @@ class ShapesAdmin(FakeAdmin):
                     cert_serial="5f3a09",
                     enrolled_by_token="0a1b2c3d",
                     facts={"os.family": "debian"},
+                    state="connected",
+                    last_report_at=99.0,
+                    run_interval_s=1860.0,
                 ),
                 pb.Node(
                     name="web-2",
@@ -343,6 +346,9 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         "cert_issuer": None,
         "facts": {"os.family": "debian"},
         "kept_revision": None,
+        "state": "connected",
+        "last_report_at": 99.0,
+        "run_interval_s": 1860.0,
     }
     assert web2["losses"] == web2["conditions"] == []
     assert (web2["revoked_at"], web2["decommissioned_at"]) == (60.0, None)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from modules.base import Status
-from server.compliance import Tally
+from server.compliance import Tally, node_state
 from server.fleet import Fleet
 from server.pki import ROLE_SIGNER, create_ca, issue_keypair
-from server.store import ReportRecord, ResultRecord, Store
+from server.store import NodeSeen, ReportRecord, ResultRecord, Store
 
 WEB = """\
 name: web
@@ -148,3 +148,69 @@ def test_a_node_nothing_targets_expects_nothing(fleet: Fleet, store: Store) -> N
     db = result.by_node["db-1"]
     assert (db.expected, db.percent) == (0, None)
     assert result.fleet.expected == 6
+
+
+# -- nodes that stopped reporting ---------------------------------------------------
+
+ALL_IN_SYNC = {
+    "file/etc-app": Status.IN_SYNC,
+    "file/app-conf": Status.IN_SYNC,
+    "package/nginx": Status.IN_SYNC,
+}
+
+
+def test_a_node_silent_for_three_of_its_run_intervals_is_no_report_never_compliant(
+    store: Store, fleet: Fleet
+) -> None:
+    # Both ran revision 1 at t=2 (their clocks agree with ours); both run every 60 s.
+    for node in ("web-1", "web-2"):
+        report(store, node, 1, ALL_IN_SYNC)
+    store.nodes_seen({n: NodeSeen(5.0, run_interval_s=60.0) for n in ("web-1", "web-2")})
+    fleet.clock = lambda: 2 + 3 * 60  # exactly three intervals: not yet
+    assert fleet.compliance().fleet.ordered_counts() == {"in_sync": 6}
+    # web-2 runs again at t=151 (a periodic run); web-1 stays silent.
+    store.ingest_report(
+        ReportRecord(
+            "web-2-late",
+            "web-2",
+            1,
+            False,
+            "schedule",
+            150,
+            151,
+            [ResultRecord(r, "web", Status.IN_SYNC, [], []) for r in ALL_IN_SYNC],
+            b"",
+            sequence=9,
+        ),
+        now=152,
+    )
+    fleet.clock = lambda: 2 + 3 * 60 + 1  # web-1 is past three intervals; web-2 reported at 151
+    result = fleet.compliance()
+    assert result.by_node["web-1"].ordered_counts() == {"no_report": 3}
+    assert result.by_node["web-2"].ordered_counts() == {"in_sync": 3}
+    assert result.fleet.compliant == 3 and result.fleet.expected == 6
+    nodes = {n.name: n for n in store.list_nodes()}
+    assert node_state(nodes["web-1"], True, 1, 183.0) == "no_report"
+    assert node_state(nodes["web-2"], True, 1, 183.0) == "connected"
+    assert node_state(nodes["web-2"], False, 2, 183.0) == "pending"
+
+
+def test_an_agent_that_does_not_run_by_itself_or_did_not_say_is_never_silent(
+    store: Store, fleet: Fleet
+) -> None:
+    report(store, "web-1", 1, ALL_IN_SYNC)
+    store.nodes_seen({"web-1": NodeSeen(5.0, run_interval_s=0.0)})  # one-shot runs only
+    fleet.clock = lambda: 1e9
+    result = fleet.compliance()
+    assert result.by_node["web-1"].ordered_counts() == {"in_sync": 3}  # not said: not silent
+    assert result.by_node["web-2"].ordered_counts() == {"pending": 3}  # never said anything
+
+
+def test_a_node_that_never_reported_is_counted_from_its_enrollment(
+    store: Store, fleet: Fleet
+) -> None:
+    store.nodes_seen({"web-1": NodeSeen(5.0, run_interval_s=10.0)})
+    fleet.clock = lambda: 1 + 30  # enrolled at 1: three intervals, not more
+    assert fleet.compliance().by_node["web-1"].ordered_counts() == {"pending": 3}
+    fleet.clock = lambda: 1 + 31
+    assert fleet.compliance().by_node["web-1"].ordered_counts() == {"no_report": 3}
