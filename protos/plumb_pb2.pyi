@@ -1012,7 +1012,7 @@ class GetComplianceRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ComplianceRow(_message.Message):
-    __slots__ = ("scope", "name", "compliant", "expected", "percent", "counts")
+    __slots__ = ("scope", "name", "compliant", "expected", "percent", "counts", "percent_with_waivers")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1026,13 +1026,71 @@ class ComplianceRow(_message.Message):
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_WITH_WAIVERS_FIELD_NUMBER: _ClassVar[int]
     scope: str
     name: str
     compliant: int
     expected: int
     percent: float
     counts: _containers.ScalarMap[str, int]
-    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., compliant: _Optional[int] = ..., expected: _Optional[int] = ..., percent: _Optional[float] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    percent_with_waivers: float
+    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., compliant: _Optional[int] = ..., expected: _Optional[int] = ..., percent: _Optional[float] = ..., counts: _Optional[_Mapping[str, int]] = ..., percent_with_waivers: _Optional[float] = ...) -> None: ...
+
+class WaiverInfo(_message.Message):
+    __slots__ = ("id", "control", "resource_id", "target", "reason", "approver", "created_at", "expires_at", "revoked_at", "state")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    control: str
+    resource_id: str
+    target: str
+    reason: str
+    approver: str
+    created_at: float
+    expires_at: float
+    revoked_at: float
+    state: str
+    def __init__(self, id: _Optional[int] = ..., control: _Optional[str] = ..., resource_id: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., revoked_at: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+
+class AddWaiverRequest(_message.Message):
+    __slots__ = ("control", "resource_id", "target", "reason", "expires_at")
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    control: str
+    resource_id: str
+    target: str
+    reason: str
+    expires_at: float
+    def __init__(self, control: _Optional[str] = ..., resource_id: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class ListWaiversRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListWaiversResponse(_message.Message):
+    __slots__ = ("waivers",)
+    WAIVERS_FIELD_NUMBER: _ClassVar[int]
+    waivers: _containers.RepeatedCompositeFieldContainer[WaiverInfo]
+    def __init__(self, waivers: _Optional[_Iterable[_Union[WaiverInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeWaiverRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class RevokeNodeRequest(_message.Message):
     __slots__ = ("node_name",)

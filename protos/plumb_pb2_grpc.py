@@ -325,6 +325,21 @@ class AdminStub:
                 request_serializer=protos_dot_plumb__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=protos_dot_plumb__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.AddWaiver = channel.unary_unary(
+                '/plumb.v1.Admin/AddWaiver',
+                request_serializer=protos_dot_plumb__pb2.AddWaiverRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.WaiverInfo.FromString,
+                _registered_method=True)
+        self.ListWaivers = channel.unary_unary(
+                '/plumb.v1.Admin/ListWaivers',
+                request_serializer=protos_dot_plumb__pb2.ListWaiversRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.ListWaiversResponse.FromString,
+                _registered_method=True)
+        self.RevokeWaiver = channel.unary_unary(
+                '/plumb.v1.Admin/RevokeWaiver',
+                request_serializer=protos_dot_plumb__pb2.RevokeWaiverRequest.SerializeToString,
+                response_deserializer=protos_dot_plumb__pb2.WaiverInfo.FromString,
+                _registered_method=True)
         self.SteerRollout = channel.unary_unary(
                 '/plumb.v1.Admin/SteerRollout',
                 request_serializer=protos_dot_plumb__pb2.SteerRolloutRequest.SerializeToString,
@@ -520,6 +535,25 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddWaiver(self, request, context):
+        """Accept a control's (or one resource's) failures on some nodes until a date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWaivers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeWaiver(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SteerRollout(self, request, context):
         """Resume, abort or roll back the rollout of the latest revision.
         """
@@ -659,6 +693,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=protos_dot_plumb__pb2.ListRunsRequest.FromString,
                     response_serializer=protos_dot_plumb__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'AddWaiver': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWaiver,
+                    request_deserializer=protos_dot_plumb__pb2.AddWaiverRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.WaiverInfo.SerializeToString,
+            ),
+            'ListWaivers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWaivers,
+                    request_deserializer=protos_dot_plumb__pb2.ListWaiversRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.ListWaiversResponse.SerializeToString,
+            ),
+            'RevokeWaiver': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeWaiver,
+                    request_deserializer=protos_dot_plumb__pb2.RevokeWaiverRequest.FromString,
+                    response_serializer=protos_dot_plumb__pb2.WaiverInfo.SerializeToString,
             ),
             'SteerRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.SteerRollout,
@@ -1370,6 +1419,87 @@ class Admin:
             '/plumb.v1.Admin/ListRuns',
             protos_dot_plumb__pb2.ListRunsRequest.SerializeToString,
             protos_dot_plumb__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddWaiver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/AddWaiver',
+            protos_dot_plumb__pb2.AddWaiverRequest.SerializeToString,
+            protos_dot_plumb__pb2.WaiverInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWaivers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/ListWaivers',
+            protos_dot_plumb__pb2.ListWaiversRequest.SerializeToString,
+            protos_dot_plumb__pb2.ListWaiversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeWaiver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plumb.v1.Admin/RevokeWaiver',
+            protos_dot_plumb__pb2.RevokeWaiverRequest.SerializeToString,
+            protos_dot_plumb__pb2.WaiverInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,7 @@ from server.store import (
     StateLossRow,
     Store,
     TokenRow,
+    WaiverRow,
 )
 from server.wire import (
     STATUS_TO_PB,
@@ -587,6 +588,45 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
             more=more,
         )
 
+    async def AddWaiver(
+        self, request: pb.AddWaiverRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WaiverInfo:
+        try:
+            row = await asyncio.to_thread(
+                self.fleet.add_waiver,
+                request.control or None,
+                request.resource_id or None,
+                request.target or None,
+                request.reason,
+                request.expires_at,
+                _author() or "unknown",
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        return _waiver_info(row, time.time())
+
+    async def ListWaivers(
+        self, request: pb.ListWaiversRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListWaiversResponse:
+        now = time.time()
+        rows = await asyncio.to_thread(self.store.waivers)
+        shown = [w for w in rows if request.all or w.state(now) == "active"]
+        return pb.ListWaiversResponse(waivers=[_waiver_info(w, now) for w in shown])
+
+    async def RevokeWaiver(
+        self, request: pb.RevokeWaiverRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WaiverInfo:
+        now = time.time()
+        row = await asyncio.to_thread(self.store.revoke_waiver, request.id, now)
+        if row is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no waiver has the id {request.id} ('plumb waiver list --all' shows them)",
+            )
+            raise AssertionError("unreachable")
+        return _waiver_info(row, now)
+
     async def ListDrift(
         self, request: pb.ListDriftRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDriftResponse:
@@ -859,6 +899,21 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         )
 
 
+def _waiver_info(w: WaiverRow, now: float) -> pb.WaiverInfo:
+    return pb.WaiverInfo(
+        id=w.id,
+        control=w.control or "",
+        resource_id=w.resource_id or "",
+        target=w.target or "",
+        reason=w.reason,
+        approver=w.approver,
+        created_at=w.created_at,
+        expires_at=w.expires_at,
+        revoked_at=w.revoked_at or 0.0,
+        state=w.state(now),
+    )
+
+
 def _refused(why: str) -> pb.PushResponse:
     return pb.PushResponse(errors=[pb.ManifestError(message=why)])
 
@@ -1062,4 +1117,5 @@ def _compliance(tally: Tally) -> pb.ComplianceRow:
         expected=tally.expected,
         percent=_percent(tally),
         counts=tally.ordered_counts(),
+        percent_with_waivers=-1.0 if tally.expected == 0 else tally.percent_with_waivers or 0.0,
     )

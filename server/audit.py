@@ -478,6 +478,23 @@ def steer_rollout(
     return Summary(details)
 
 
+def add_waiver(request: pb.AddWaiverRequest, reply: pb.WaiverInfo | None) -> Summary:
+    details: dict[str, Any] = {
+        "control": _text(request.control) or None,
+        "resource": _text(request.resource_id) or None,
+        "target": _text(request.target) or None,
+        "reason": _text(request.reason),
+        "expires_at": request.expires_at,
+    }
+    if reply is not None:
+        details["waiver"] = reply.id
+    return Summary(details)
+
+
+def revoke_waiver(request: pb.RevokeWaiverRequest, reply: pb.WaiverInfo | None) -> Summary:
+    return Summary({"waiver": request.id})
+
+
 def remove_manifest(request: pb.RemoveManifestRequest, reply: pb.PushResponse | None) -> Summary:
     details: dict[str, Any] = {
         "manifest": _text(request.name),

@@ -100,6 +100,10 @@ ADMIN_RULES: dict[str, Rule] = {
     "Plan": Rule(Role.OPERATOR, audit.plan),
     "GetRollout": Rule(Role.VIEWER),
     "ListRuns": Rule(Role.VIEWER),
+    "ListWaivers": Rule(Role.VIEWER),
+    # Accepting failures is not for those who push what fails: admins approve.
+    "AddWaiver": Rule(Role.ADMIN, audit.add_waiver),
+    "RevokeWaiver": Rule(Role.ADMIN, audit.revoke_waiver),
     "SteerRollout": Rule(Role.OPERATOR, audit.steer_rollout),
     "RemoveManifest": Rule(Role.OPERATOR, audit.remove_manifest),
     "Rollback": Rule(Role.OPERATOR, audit.rollback),

@@ -79,6 +79,7 @@ examples:
   plumb report web-1 --run 3f2a9c...   # any run, by the id 'runs' shows
   plumb drift --node web-1
   plumb compliance --json
+  plumb waiver add --control CIS-1.1.1 --target 'role=legacy' --reason "..." --expires 30d
   plumb operator add alice --role operator --out ./alice   # her key is made here
   plumb operator revoke alice
   plumb audit --since 1d
@@ -266,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
     _add_rollout_commands(sub)
+    _add_waiver_commands(sub)
     _add_operator_commands(sub)
     _add_audit_command(sub)
     return parser
@@ -577,6 +579,119 @@ def _label(args: argparse.Namespace) -> int:
             f"  new catalog (revision {reply.revision}) not delivered yet: it gets it "
             "when it connects"
         )
+    return 0
+
+
+def _add_waiver_commands(sub: Any) -> None:
+    waiver = sub.add_parser(
+        "waiver", help="accepted exceptions to compliance: add, list, revoke (admins add)"
+    ).add_subparsers(required=True, metavar="ACTION")
+    add = waiver.add_parser(
+        "add",
+        parents=[_common()],
+        help="accept a control's (or one resource's) failures on some nodes until a date",
+        description="Results of the control (or the resource) that are not compliant count "
+        "as 'waived' on the nodes --target picks (default: all) until --expires: shown as "
+        "waived, and counted in the score with waivers only. An expired waiver covers "
+        "nothing from that moment. The approver is you (your operator identity). A waiver "
+        "naming a control or resource the latest revision does not have is refused. Admins.",
+    )
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--control", metavar="C", help="a control tag (as in controls:)")
+    what.add_argument("--resource", metavar="ID", help="one resource (kind/name)")
+    add.add_argument("--target", metavar="SELECTOR", default="", help="only these nodes")
+    add.add_argument("--reason", required=True, help="why it is accepted (recorded)")
+    add.add_argument(
+        "--expires",
+        required=True,
+        type=_until,
+        metavar="T",
+        help="a date (2027-01-31, '2027-01-31 18:00', local) or a time from now (30d, 12h)",
+    )
+    _json_flag(add)
+    add.set_defaults(func=_waiver_add)
+    listing = waiver.add_parser("list", parents=[_common()], help="waivers in force")
+    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    _json_flag(listing)
+    listing.set_defaults(func=_waiver_list)
+    revoke = waiver.add_parser(
+        "revoke", parents=[_common()], help="end a waiver now (it stays listed, revoked)"
+    )
+    revoke.add_argument(
+        "id", type=_bounded(int, 1, 2**31, "a waiver id"), metavar="ID", help="as 'list' shows"
+    )
+    _json_flag(revoke)
+    revoke.set_defaults(func=_waiver_revoke)
+
+
+def _until(text: str) -> float:
+    """An argparse type: ``30d`` (from now) or ``2027-01-31 18:00`` (local) as unix seconds."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        return time.time() + float(age.group(1)) * _SECONDS[age.group(2)]
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date (2027-01-31, '2027-01-31 18:00') or a time from now "
+            f"(12h, 30d), got {text!r}"
+        ) from None
+
+
+def _waiver_add(args: argparse.Namespace) -> int:
+    request = pb.AddWaiverRequest(
+        control=args.control or "",
+        resource_id=args.resource or "",
+        target=args.target,
+        reason=args.reason,
+        expires_at=args.expires,
+    )
+    reply = _stub(args).AddWaiver(request, timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.waiver(reply))
+    print(f"waiver {reply.id}: {_waived(reply)} until {_when(reply.expires_at)}")
+    return 0
+
+
+def _waived(w: pb.WaiverInfo) -> str:
+    what = f"control {w.control}" if w.control else f"resource {w.resource_id}"
+    return f"{what} on {w.target or 'every node'}, approved by {w.approver}"
+
+
+def _waiver_list(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListWaivers(pb.ListWaiversRequest(all=args.all), timeout=TIMEOUT_S)
+    if args.json:
+        return _print_json(cliviews.waivers(reply))
+    _table(
+        ["ID", "STATE", "COVERS", "TARGET", "EXPIRES", "APPROVER", "REASON"],
+        [
+            [
+                str(w.id),
+                w.state,
+                f"control {w.control}" if w.control else w.resource_id,
+                w.target or "all",
+                _when(w.expires_at),
+                w.approver,
+                w.reason,
+            ]
+            for w in reply.waivers
+        ],
+    )
+    if not reply.waivers:
+        print(
+            "no waivers" + ("" if args.all else " in force (--all lists every one)"),
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _waiver_revoke(args: argparse.Namespace) -> int:
+    reply = _on_node(
+        lambda: _stub(args).RevokeWaiver(pb.RevokeWaiverRequest(id=args.id), timeout=TIMEOUT_S)
+    )
+    if args.json:
+        return _print_json(cliviews.waiver(reply))
+    print(f"waiver {reply.id} revoked at {_when(reply.revoked_at)}: {_waived(reply)}")
     return 0
 
 
@@ -1597,11 +1712,20 @@ def _compliance(args: argparse.Namespace) -> int:
     else:
         print(f"compliance at revision {reply.revision or '-'} (of every resource expected)")
         rows = [
-            [r.scope, r.name, _fraction(r), _percent(r.percent), _not_compliant(r)]
+            [
+                r.scope,
+                r.name,
+                _fraction(r),
+                _percent(r.percent),
+                _percent(r.percent_with_waivers) if r.counts.get("waived") else "-",
+                _not_compliant(r),
+            ]
             for r in [*reply.rows, reply.fleet]
         ]
-        _table(["SCOPE", "NAME", "COMPLIANT", "PERCENT", "NOT COMPLIANT"], rows)
-    return 0 if reply.fleet.compliant == reply.fleet.expected else 3
+        _table(["SCOPE", "NAME", "COMPLIANT", "PERCENT", "WITH WAIVERS", "NOT COMPLIANT"], rows)
+    # Waived results are accepted: only what is neither compliant nor waived fails.
+    waived = reply.fleet.counts.get("waived", 0)
+    return 0 if reply.fleet.compliant + waived == reply.fleet.expected else 3
 
 
 def _fraction(row: pb.ComplianceRow) -> str:

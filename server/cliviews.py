@@ -185,7 +185,15 @@ for a resource marked sensitive. ``drift`` events carry the same changes.
 
 where ``COMPLIANCE`` is ``{"scope": "node" | "manifest" | "control" | "kind" |
 "fleet", "name": "...", "compliant": 2, "expected": 3, "percent": 66.67 | null,
-"counts": {"in_sync": 2, "pending": 1}}``.
+"percent_with_waivers": 100.0 | null, "counts": {"in_sync": 2, "waived": 1}}``
+(``percent`` counts waived results as not compliant, ``percent_with_waivers``
+as compliant; the exit code is 3 unless everything is one or the other).
+
+``waiver add | revoke`` print ``WAIVER``, ``waiver list`` ``{"waivers": [WAIVER, ...]}``,
+where ``WAIVER`` is ``{"id": 3, "control": "CIS-1.1" | null, "resource":
+"file/motd" | null, "target": "role=legacy" | null, "reason": "...",
+"approver": "alice", "created_at": ..., "expires_at": ..., "revoked_at": ... |
+null, "state": "active" | "expired" | "revoked"}``.
 
 ``token create``::
 
@@ -510,8 +518,30 @@ def compliance_row(row: pb.ComplianceRow) -> dict[str, Any]:
         "compliant": row.compliant,
         "expected": row.expected,
         "percent": None if row.percent < 0 else round(row.percent, 2),
+        "percent_with_waivers": (
+            None if row.percent_with_waivers < 0 else round(row.percent_with_waivers, 2)
+        ),
         "counts": dict(row.counts),
     }
+
+
+def waiver(w: pb.WaiverInfo) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "control": w.control or None,
+        "resource": w.resource_id or None,
+        "target": w.target or None,
+        "reason": w.reason,
+        "approver": w.approver,
+        "created_at": w.created_at,
+        "expires_at": w.expires_at,
+        "revoked_at": w.revoked_at or None,
+        "state": w.state,
+    }
+
+
+def waivers(reply: pb.ListWaiversResponse) -> dict[str, Any]:
+    return {"waivers": [waiver(w) for w in reply.waivers]}
 
 
 def nodes(reply: pb.ListNodesResponse) -> dict[str, Any]:

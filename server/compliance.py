@@ -19,6 +19,14 @@ node they select. Each expected resource has exactly one state:
 - ``unknown`` too when the node's report at the revision does not mention the
   resource at all.
 
+A result that is not compliant (``drifted``, ``failed``, ``skipped``,
+``unknown``) and that an active waiver covers (its control or its resource,
+on a node the waiver's selector picks) is ``waived`` instead: shown as such,
+and counted in the score *with* waivers only. An expired or revoked waiver
+covers nothing, from that moment. Operational states (``pending``,
+``no_report``, ``no_catalog``) are never waived: a waiver accepts a result,
+not the lack of one.
+
 So "1/1 100 %" can never hide a resource left out on another node: each scope
 (node, manifest, control tag, kind, and the fleet) carries the count of every
 state, and its percentage is compliant / expected.
@@ -28,18 +36,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from modules.base import Status
 from server.compiler import DesiredState, resources_of
 from server.store import NodeRow, StatusRow
+from server.targeting import Selector
 
 COMPLIANT = (Status.IN_SYNC.value, Status.REPAIRED.value)
 PENDING = "pending"
 NO_CATALOG = "no_catalog"
 NO_REPORT = "no_report"
+WAIVED = "waived"
 #: Every state an expected resource can be in, in the order reports list them.
-STATES = (*(s.value for s in Status), PENDING, NO_REPORT, NO_CATALOG)
+STATES = (*(s.value for s in Status), WAIVED, PENDING, NO_REPORT, NO_CATALOG)
+#: The results a waiver can cover: evaluated, and not as desired.
+WAIVABLE = frozenset(
+    s.value for s in (Status.DRIFTED, Status.FAILED, Status.SKIPPED, Status.UNKNOWN)
+)
 #: A node is "no report" after this many of its run intervals without a report.
 NO_REPORT_AFTER_RUNS = 3
 #: The order scopes are listed in.
@@ -67,6 +81,13 @@ class Tally:
         """100 * compliant / expected; None when nothing is expected."""
         return 100.0 * self.compliant / self.expected if self.expected else None
 
+    @property
+    def percent_with_waivers(self) -> float | None:
+        """100 * (compliant + waived) / expected; None when nothing is expected."""
+        if not self.expected:
+            return None
+        return 100.0 * (self.compliant + self.counts[WAIVED]) / self.expected
+
     def ordered_counts(self) -> dict[str, int]:
         """The count of each state that occurs, in :data:`STATES` order."""
         return {state: self.counts[state] for state in STATES if self.counts[state]}
@@ -80,6 +101,28 @@ class Compliance:
     by_node: dict[str, Tally]  # every enrolled node, also those expected nothing
     nodes: list[NodeRow]  # the nodes it was computed for, as the store had them
     problems: Mapping[str, list[str]]  # why a node has no catalog at the revision
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiver:
+    """An accepted exception: a control's or one resource's results on some nodes."""
+
+    id: int
+    control: str | None
+    resource_id: str | None
+    target: Selector | None  # None: every node
+    expires_at: float
+    revoked_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+    def covers(self, node: NodeRow, resource_id: str, controls: Sequence[str]) -> bool:
+        if self.target is not None and not self.target.matches(node.subject):
+            return False
+        if self.resource_id is not None:
+            return resource_id == self.resource_id
+        return self.control in controls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +141,16 @@ def compute(
     statuses: Iterable[StatusRow],
     now: float | None = None,
     no_report_after_runs: float = NO_REPORT_AFTER_RUNS,
+    waivers: Sequence[Waiver] = (),
 ) -> Compliance:
     """Compliance at ``revision`` (whose desired state is ``desired``) of ``nodes``.
 
     ``problems`` names the nodes whose catalog at ``revision`` could not be
     compiled; ``statuses`` is every node's current status per resource.
-    ``now`` (server clock) decides which nodes are silent (see :func:`silent`);
-    None: none is.
+    ``now`` (server clock) decides which nodes are silent (see :func:`silent`)
+    and which ``waivers`` are active; None: no node is silent, no waiver active.
     """
+    active = [w for w in waivers if now is not None and w.active(now)]
     current: dict[str, dict[str, str]] = {}
     for row in statuses:
         current.setdefault(row.node, {})[row.resource_id] = row.status.value
@@ -122,6 +167,8 @@ def compute(
         for res in selections[key]:
             quiet = now is not None and silent(node, now, no_report_after_runs)
             state = _state(node, res, revision, problems, current.get(node.name, {}), quiet)
+            if state in WAIVABLE and any(w.covers(node, res.id, res.controls) for w in active):
+                state = WAIVED
             fleet.counts[state] += 1
             for scope, name in _scopes(node.name, res):
                 tallies.setdefault((scope, name), Tally(scope, name)).counts[state] += 1

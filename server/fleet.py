@@ -34,6 +34,7 @@ from server.store import (
     RevisionRow,
     Selected,
     Store,
+    WaiverRow,
 )
 from server.targeting import Subject
 
@@ -384,6 +385,58 @@ class Fleet:
         _, state = self.latest_state()
         return sorted(m.name for m in state.manifests if node_name in m.target.names)
 
+    def add_waiver(
+        self,
+        control: str | None,
+        resource_id: str | None,
+        target: str | None,
+        reason: str,
+        expires_at: float,
+        approver: str,
+    ) -> WaiverRow:
+        """Store a waiver; ValueError saying why one is refused.
+
+        It names exactly one control or one resource, which the latest
+        revision must have (a waiver of nothing would hide a typo), a
+        reason, and an expiry in the future; ``target`` must be a selector.
+        """
+        now = self.clock()
+        if (control is None) == (resource_id is None):
+            raise ValueError("a waiver names a control (--control) or a resource (--resource)")
+        if not reason.strip():
+            raise ValueError("a waiver says why (--reason): an auditor will ask")
+        if expires_at <= now:
+            raise ValueError("a waiver expires in the future (--expires): this one never holds")
+        if target is not None:
+            targeting.parse(target)  # SelectorError (a ValueError) says where
+        revision, state = self.latest_state()
+        declared = [r for m in state.manifests for r in m.resources]
+        if control is not None and not any(control in r.controls for r in declared):
+            raise ValueError(
+                f"no resource of revision {revision} has the control {control!r}: "
+                "a waiver must name something that exists"
+            )
+        if resource_id is not None and not any(r.id == resource_id for r in declared):
+            raise ValueError(
+                f"revision {revision} has no resource {resource_id!r}: "
+                "a waiver must name something that exists"
+            )
+        row = WaiverRow(0, control, resource_id, target, reason, approver, now, expires_at)
+        return self.store.add_waiver(row)
+
+    def waivers(self) -> list[compliance_.Waiver]:
+        return [
+            compliance_.Waiver(
+                w.id,
+                w.control,
+                w.resource_id,
+                targeting.parse(w.target) if w.target else None,
+                w.expires_at,
+                w.revoked_at,
+            )
+            for w in self.store.waivers()
+        ]
+
     def compliance(self) -> compliance_.Compliance:
         """Compliance at the latest revision (see server.compliance)."""
         revision, state = self.latest_state()
@@ -395,6 +448,7 @@ class Fleet:
             self.store.statuses(),
             self.clock(),
             self.no_report_after_runs,
+            self.waivers(),
         )
 
     def manifests(self) -> tuple[int, list[ManifestView], list[str]]:

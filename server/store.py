@@ -158,6 +158,23 @@ revisions = sa.Table(
     sa.Column("origin", sa.String(16), nullable=True),
 )
 
+# An accepted exception to compliance (plumb waiver add): results of a control,
+# or of one resource, on the nodes a selector picks, count as "waived" until
+# it expires or is revoked. Never deleted: evidence of who accepted what.
+waivers = sa.Table(
+    "waivers",
+    metadata,
+    _serial_id(),
+    sa.Column("control", sa.String(253), nullable=True),  # or:
+    sa.Column("resource_id", sa.String(512), nullable=True),
+    sa.Column("target", sa.Text, nullable=True),  # a selector; NULL: every node
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("approver", sa.String(253), nullable=False),  # the operator's identity
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
 # A staged rollout of one revision (server/rollout.py): which nodes get it
 # in which batch, and how far it got. It lives here, so it survives a restart.
 rollouts = sa.Table(
@@ -497,6 +514,24 @@ class RevisionMeta:
     origin: str = "push"
     #: Manifests removed with --purge (see ``revisions.purged``).
     purged: tuple[ManifestSource, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class WaiverRow:
+    id: int
+    control: str | None
+    resource_id: str | None
+    target: str | None
+    reason: str
+    approver: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if now >= self.expires_at else "active"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1641,6 +1676,36 @@ class Store:
             if rollout is not None:
                 _insert_rollout(conn, revision, rollout, meta.author, now)
             return revision
+
+    # ------------------------------------------------------------ waivers
+
+    def add_waiver(self, waiver: WaiverRow) -> WaiverRow:
+        """Store ``waiver`` (its id is made here); the stored row."""
+        values = dataclasses.asdict(waiver)
+        values.pop("id")
+        with self._tx() as conn:
+            key = conn.execute(waivers.insert().values(**values)).inserted_primary_key
+        assert key is not None
+        return dataclasses.replace(waiver, id=int(key[0]))
+
+    def waivers(self) -> list[WaiverRow]:
+        """Every waiver ever made, oldest first (expired and revoked ones too)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(waivers).order_by(waivers.c.id)).all()
+        return [WaiverRow(**{c.name: getattr(r, c.name) for c in waivers.c}) for r in rows]
+
+    def revoke_waiver(self, waiver_id: int, now: float) -> WaiverRow | None:
+        """Revoke a waiver (once: a revoked one keeps its first time); None: no such waiver."""
+        with self._tx() as conn:
+            conn.execute(
+                waivers.update()
+                .where(waivers.c.id == waiver_id, waivers.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = conn.execute(sa.select(waivers).where(waivers.c.id == waiver_id)).first()
+        return (
+            None if row is None else WaiverRow(**{c.name: getattr(row, c.name) for c in waivers.c})
+        )
 
     # ------------------------------------------------------------ rollouts
 

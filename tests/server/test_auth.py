@@ -247,6 +247,7 @@ def test_every_method_beyond_a_viewer_s_is_recorded_in_the_audit_log() -> None:
         "ListOperators",
         "ListRevisions",
         "ListTokens",
+        "ListWaivers",
         "VerifyAudit",
     }
 
@@ -267,18 +268,21 @@ def test_the_roles_as_the_readme_says() -> None:
             "ListRevisions",
             "ListRuns",
             "ListTokens",
+            "ListWaivers",
             "RenewOperator",
             "VerifyAudit",
         ],
         Role.OPERATOR: ["Plan", "Push", "RemoveManifest", "Rollback", "SetLabels", "SteerRollout"],
         Role.ADMIN: [
             "AddOperator",
+            "AddWaiver",
             "CreateToken",
             "ReenrollNode",
             "RemoveNode",
             "RevokeNode",
             "RevokeOperator",
             "RevokeToken",
+            "RevokeWaiver",
         ],
     }
 

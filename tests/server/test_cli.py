@@ -188,10 +188,16 @@ class ShapesAdmin(FakeAdmin):
 
     def ListNodes(self, request: pb.ListNodesRequest, timeout: float) -> pb.ListNodesResponse:
         summary = pb.ComplianceRow(
-            scope="node", name="web-1", compliant=1, expected=2, percent=50.0, counts={}
+            scope="node",
+            name="web-1",
+            compliant=1,
+            expected=2,
+            percent=50.0,
+            counts={},
+            percent_with_waivers=50.0,
         )
         summary.counts.update({"in_sync": 1, "pending": 1})
-        never = pb.ComplianceRow(scope="node", name="web-2", percent=-1)
+        never = pb.ComplianceRow(scope="node", name="web-2", percent=-1, percent_with_waivers=-1)
         return pb.ListNodesResponse(
             nodes=[
                 pb.Node(
@@ -318,6 +324,7 @@ def test_json_shapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
             "compliant": 1,
             "expected": 2,
             "percent": 50.0,
+            "percent_with_waivers": 50.0,
             "counts": {"in_sync": 1, "pending": 1},
         },
         "losses": [

@@ -6,6 +6,7 @@ path the server uses, compliance comes out of ``Fleet.compliance``.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,89 @@ def test_a_node_that_never_reported_is_counted_from_its_enrollment(
     assert fleet.compliance().by_node["web-1"].ordered_counts() == {"pending": 3}
     fleet.clock = lambda: 1 + 31
     assert fleet.compliance().by_node["web-1"].ordered_counts() == {"no_report": 3}
+
+
+# -- waivers --------------------------------------------------------------------------
+
+FAILING = {
+    "file/etc-app": Status.IN_SYNC,
+    "file/app-conf": Status.FAILED,  # controls CIS-1 and SOC2-CC6
+    "package/nginx": Status.DRIFTED,
+}
+
+
+def test_a_waiver_shows_failures_as_waived_scored_with_and_without_it(
+    store: Store, fleet: Fleet
+) -> None:
+    for node in ("web-1", "web-2"):
+        report(store, node, 1, FAILING)
+    fleet.clock = lambda: 100.0
+    waiver = fleet.add_waiver("SOC2-CC6", None, "name=web-1", "legacy app", 200.0, "alice")
+    assert (waiver.id, waiver.approver, waiver.created_at) == (1, "alice", 100.0)
+    result = fleet.compliance()
+    assert result.by_node["web-1"].ordered_counts() == {"in_sync": 1, "drifted": 1, "waived": 1}
+    assert result.by_node["web-2"].ordered_counts() == {"in_sync": 1, "drifted": 1, "failed": 1}
+    assert result.fleet.percent == pytest.approx(100 * 2 / 6)
+    assert result.fleet.percent_with_waivers == pytest.approx(100 * 3 / 6)
+    by_control = {t.name: t for t in result.rows if t.scope == "control"}
+    assert by_control["CIS-1"].ordered_counts() == {"in_sync": 2, "waived": 1, "failed": 1}
+
+    # Expired: a failure again, at that very moment, without anything else happening.
+    fleet.clock = lambda: 200.0
+    assert fleet.compliance().by_node["web-1"].ordered_counts() == {
+        "in_sync": 1,
+        "failed": 1,
+        "drifted": 1,
+    }
+
+
+def test_a_revoked_waiver_covers_nothing_and_a_resource_waiver_only_its_resource(
+    store: Store, fleet: Fleet
+) -> None:
+    report(store, "web-1", 1, FAILING)
+    fleet.clock = lambda: 100.0
+    fleet.add_waiver(None, "package/nginx", None, "upstream bug", 1e9, "alice")
+    assert fleet.compliance().by_node["web-1"].ordered_counts() == {
+        "in_sync": 1,
+        "failed": 1,
+        "waived": 1,
+    }
+    assert store.revoke_waiver(1, 150.0) is not None
+    assert "waived" not in fleet.compliance().by_node["web-1"].ordered_counts()
+    again = store.revoke_waiver(1, 160.0)
+    assert again is not None and again.revoked_at == 150.0 and again.state(160.0) == "revoked"
+    assert store.revoke_waiver(99, 160.0) is None
+
+
+def test_a_waiver_never_hides_a_node_that_did_not_report(store: Store, fleet: Fleet) -> None:
+    fleet.clock = lambda: 100.0
+    fleet.add_waiver("CIS-1", None, None, "n/a here", 1e9, "alice")
+    assert fleet.compliance().by_node["web-2"].ordered_counts() == {"pending": 3}
+
+
+@pytest.mark.parametrize(
+    ("control", "resource", "target", "reason", "expires", "message"),
+    [
+        ("CIS-9", None, None, "r", 1e9, "no resource of revision 1 has the control 'CIS-9'"),
+        (None, "file/nope", None, "r", 1e9, "revision 1 has no resource 'file/nope'"),
+        (None, None, None, "r", 1e9, "a waiver names a control (--control) or a resource"),
+        ("CIS-1", "file/app-conf", None, "r", 1e9, "a waiver names a control"),
+        ("CIS-1", None, None, " ", 1e9, "a waiver says why"),
+        ("CIS-1", None, None, "r", 50.0, "a waiver expires in the future"),
+        ("CIS-1", None, "role in (web", "r", 1e9, "cannot read it at column"),
+    ],
+)
+def test_a_waiver_of_nothing_or_without_reason_or_future_is_refused(
+    fleet: Fleet,
+    store: Store,
+    control: str | None,
+    resource: str | None,
+    target: str | None,
+    reason: str,
+    expires: float,
+    message: str,
+) -> None:
+    fleet.clock = lambda: 100.0
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fleet.add_waiver(control, resource, target, reason, expires, "alice")
+    assert store.waivers() == []

@@ -1,0 +1,97 @@
+"""Waivers on a real fleet: accepted failures show as waived until they expire, at once.
+
+A real server and agent over mutual TLS, through the ``plumb`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import write
+from tests.integration.harness import Agent, Server, reported, wait_for
+
+# /srv/app does not exist on the node: this resource fails there, every run.
+APP = """\
+name: app
+target: all
+resources:
+  - kind: file
+    name: app-conf
+    spec: {path: /srv/app/app.conf, content: "x\\n"}
+    controls: [CIS-9.9]
+  - kind: file
+    name: motd
+    spec: {path: /etc/motd, content: "ok\\n"}
+    controls: [CIS-1.1]
+"""
+
+
+def compliance(server: Server) -> tuple[int, dict[str, Any]]:
+    """The exit code and the fleet row, with in_sync and repaired counted as one."""
+    result = server.cli("compliance", "--json", check=False)
+    fleet: dict[str, Any] = json.loads(result.stdout)["fleet"]
+    counts = dict(fleet["counts"])
+    good = counts.pop("in_sync", 0) + counts.pop("repaired", 0)
+    fleet["counts"] = {"compliant": good, **counts} if good else counts
+    return result.returncode, fleet
+
+
+def test_a_waiver_accepts_a_failure_until_it_expires(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1")
+    (agent.root / "etc").mkdir()
+    agent.start()
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    pushed = server.cli_json("push", str(write(tmp_path / "app.yaml", APP)))
+    reported(server, pushed["revision"], "web-1")
+    code, fleet = compliance(server)
+    assert (code, fleet["counts"], fleet["percent"]) == (3, {"compliant": 1, "failed": 1}, 50.0)
+
+    refused = server.cli(
+        "waiver", "add", "--control", "CIS-0", "--reason", "x", "--expires", "1d", check=False
+    )
+    assert refused.returncode == 1
+    assert "no resource of revision 1 has the control 'CIS-0'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    added = server.cli_json(
+        "waiver", "add", "--control", "CIS-9.9", "--reason", "app not on this host yet",
+        "--expires", "4s",
+    )  # fmt: skip
+    (operator,) = server.cli_json("operator", "list")["operators"]
+    assert (added["approver"], added["state"], added["control"]) == (
+        operator["name"],
+        "active",
+        "CIS-9.9",
+    )
+    code, fleet = compliance(server)
+    assert (code, fleet["counts"]) == (0, {"compliant": 1, "waived": 1})
+    assert (fleet["percent"], fleet["percent_with_waivers"]) == (50.0, 100.0)
+    assert "WITH WAIVERS" in server.cli("compliance").stdout
+    assert [w["id"] for w in server.cli_json("waiver", "list")["waivers"]] == [added["id"]]
+
+    # Expired: a failure again at once, with nothing else happening on the node.
+    wait_for(lambda: time.time() >= added["expires_at"], timeout=10, what="the expiry")
+    code, fleet = compliance(server)
+    assert (code, fleet["counts"]) == (3, {"compliant": 1, "failed": 1})
+    assert server.cli_json("waiver", "list")["waivers"] == []
+    (old,) = server.cli_json("waiver", "list", "--all")["waivers"]
+    assert old["state"] == "expired"
+
+    # Revoked: the same, and it stays listed as evidence.
+    again = server.cli_json(
+        "waiver", "add", "--resource", "file/app-conf", "--reason", "r", "--expires", "1d"
+    )
+    assert compliance(server)[0] == 0
+    revoked = server.cli_json("waiver", "revoke", str(again["id"]))
+    assert revoked["state"] == "revoked"
+    assert compliance(server)[0] == 3
+    assert {w["state"] for w in server.cli_json("waiver", "list", "--all")["waivers"]} == {
+        "expired",
+        "revoked",
+    }
