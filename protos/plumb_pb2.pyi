@@ -1008,8 +1008,12 @@ class ListDriftResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[DriftEvent, _Mapping]]] = ...) -> None: ...
 
 class GetComplianceRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("by", "target")
+    BY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    by: str
+    target: str
+    def __init__(self, by: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class ComplianceRow(_message.Message):
     __slots__ = ("scope", "name", "compliant", "expected", "percent", "counts", "percent_with_waivers")

@@ -23,7 +23,7 @@ from protos.limits import MAX_PUSH_BYTES
 from server import operators, targeting, tokens
 from server import rollout as rollout_
 from server.auth import caller_certificate
-from server.compliance import Tally, node_state
+from server.compliance import SCOPES, Tally, node_state
 from server.config import ServerConfig
 from server.errors import (
     CSRRejected,
@@ -644,9 +644,15 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def GetCompliance(
         self, request: pb.GetComplianceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetComplianceResponse:
-        result = await asyncio.to_thread(self.fleet.compliance)
+        if request.by and request.by not in SCOPES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"--by {request.by!r}: one of {', '.join(SCOPES)}",
+            )
+        selector = await _selector(request.target, context) if request.target else None
+        result = await asyncio.to_thread(self.fleet.compliance, selector)
         return pb.GetComplianceResponse(
-            rows=[_compliance(r) for r in result.rows],
+            rows=[_compliance(r) for r in result.rows if not request.by or r.scope == request.by],
             fleet=_compliance(result.fleet),
             revision=result.revision,
         )

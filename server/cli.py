@@ -264,6 +264,12 @@ def _parser() -> argparse.ArgumentParser:
     compliance = sub.add_parser(
         "compliance", parents=[_common()], help="compliance per node, manifest, control"
     )
+    compliance.add_argument(
+        "--by", choices=["node", "manifest", "control", "kind"], help="only rows of this scope"
+    )
+    compliance.add_argument(
+        "--target", metavar="SELECTOR", default="", help="only the nodes a selector picks"
+    )
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
     _add_rollout_commands(sub)
@@ -1706,7 +1712,8 @@ def _print_diffs(what: str, changes: Sequence[pb.Change]) -> None:
 
 
 def _compliance(args: argparse.Namespace) -> int:
-    reply = _stub(args).GetCompliance(pb.GetComplianceRequest(), timeout=TIMEOUT_S)
+    request = pb.GetComplianceRequest(by=args.by or "", target=args.target)
+    reply = _stub(args).GetCompliance(request, timeout=TIMEOUT_S)
     if args.json:
         _print_json(cliviews.compliance(reply, reply.revision))
     else:

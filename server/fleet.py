@@ -437,13 +437,15 @@ class Fleet:
             for w in self.store.waivers()
         ]
 
-    def compliance(self) -> compliance_.Compliance:
-        """Compliance at the latest revision (see server.compliance)."""
+    def compliance(self, selector: targeting.Selector | None = None) -> compliance_.Compliance:
+        """Compliance at the latest revision (see server.compliance), of the nodes
+        ``selector`` picks (None: all)."""
         revision, state = self.latest_state()
+        nodes = self.store.list_nodes()
         return compliance_.compute(
             revision,
             state,
-            self.store.list_nodes(),
+            [n for n in nodes if selector is None or selector.matches(n.subject)],
             self.store.catalog_problems(revision),
             self.store.statuses(),
             self.clock(),

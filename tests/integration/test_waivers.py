@@ -95,3 +95,28 @@ def test_a_waiver_accepts_a_failure_until_it_expires(
         "expired",
         "revoked",
     }
+
+
+def test_compliance_by_one_scope_and_for_the_nodes_a_selector_picks(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agents = [enrolled("web-1", role="web"), enrolled("db-1", role="db")]
+    for agent in agents:
+        (agent.root / "etc").mkdir()
+        agent.start()
+    wait_for(lambda: all(n["connected"] for n in server.nodes().values()), what="sessions")
+    pushed = server.cli_json("push", str(write(tmp_path / "app.yaml", APP)))
+    reported(server, pushed["revision"], "web-1", "db-1")
+
+    whole = json.loads(server.cli("compliance", "--json", check=False).stdout)
+    assert {r["scope"] for r in whole["rows"]} == {"node", "manifest", "control", "kind"}
+    assert whole["fleet"]["expected"] == 4
+    mine = json.loads(
+        server.cli(
+            "compliance", "--by", "node", "--target", "role=db", "--json", check=False
+        ).stdout
+    )
+    assert [(r["scope"], r["name"]) for r in mine["rows"]] == [("node", "db-1")]
+    assert mine["fleet"]["expected"] == 2
+    bad = server.cli("compliance", "--target", "role in (db", check=False)
+    assert (bad.returncode, "cannot read it at column" in bad.stderr) == (1, True)
