@@ -40,6 +40,7 @@ from server.given import GivenCatalogs
 from server.hub import Hub
 from server.ingest import Ingestor
 from server.internal import InternalErrors
+from server.metrics import Metrics
 from server.operators import adopt_bootstrap_operator
 from server.pki import PKI, cert_pem, fingerprint, key_pem
 from server.presence import PresenceLog
@@ -197,6 +198,9 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
     presence.start()
     agents.start()
     rollouts.start()
+    stop_metrics = (
+        Metrics(store, fleet, hub).serve(config.metrics_listen) if config.metrics_listen else None
+    )
     rotating = asyncio.create_task(rotation.keep_rotating(), name="plumb-signer-rotation")
     try:
         yield Running(agent_port, enroll_port, store, hub, migration, auditor, adopted)
@@ -205,6 +209,8 @@ async def running(config: ServerConfig) -> AsyncIterator[Running]:
         await grpc_server.stop(grace=2)
         rotating.cancel()
         rollouts.close()
+        if stop_metrics is not None:
+            stop_metrics()
         agents.close()
         try:
             # Sessions are gone; commit what they submitted before the store closes.

@@ -40,6 +40,9 @@ class ServerConfig:
     # report for this many times T is "no report": its catalog counts as
     # unknown, never as compliant (plumb nodes, plumb compliance).
     no_report_after_runs: int = 3
+    # HOST:PORT of the Prometheus endpoint (server/metrics.py); empty: none.
+    # Plain HTTP: keep it on loopback or a management network.
+    metrics_listen: str = ""
 
     @property
     def store(self) -> str:

@@ -58,6 +58,9 @@ class Hub:
         self._awaiting: dict[tuple[str, int], list[asyncio.Future[pb.CatalogAck]]] = {}
         self._rechecks: set[asyncio.Task[int]] = set()
         self._reported: list[Callable[[str, pb.Report], None]] = []
+        self._acknowledged: list[Callable[[float], None]] = []
+        # node -> (revision, loop time) of the newest catalog sent to it: one per node.
+        self._sent_at: dict[str, tuple[int, float]] = {}
         self._disconnected: list[Callable[[str], None]] = []
         # (node, dry run id) -> the plan waiting for that node's answer.
         self._dry_runs: dict[tuple[str, str], asyncio.Future[pb.DryRunResult]] = {}
@@ -97,6 +100,13 @@ class Hub:
         last session ended (a newer one replacing it is not an end)."""
         self._reported.append(reported)
         self._disconnected.append(disconnected)
+
+    def on_acknowledged(self, listener: Callable[[float], None]) -> None:
+        """Be told, for each catalog an agent accepted, the seconds since it was sent."""
+        self._acknowledged.append(listener)
+
+    def connected_count(self) -> int:
+        return len(self._sessions)  # one read: safe from another thread (the metrics')
 
     def reported(self, node: str, report: pb.Report) -> None:
         """A session stored ``report`` of ``node``: tell the listeners."""
@@ -147,6 +157,13 @@ class Hub:
 
     def catalog_acked(self, node: str, ack: pb.CatalogAck) -> None:
         """An agent's answer to a catalog: wakes whoever waits for it."""
+        sent = self._sent_at.get(node)
+        if sent is not None and sent[0] == ack.revision:
+            del self._sent_at[node]
+            if ack.accepted:
+                took = asyncio.get_running_loop().time() - sent[1]
+                for listener in self._acknowledged:
+                    listener(took)
         for future in self._awaiting.pop((node, ack.revision), []):
             if not future.done():
                 future.set_result(ack)
@@ -169,7 +186,8 @@ class Hub:
                 future: asyncio.Future[pb.CatalogAck] = loop.create_future()
                 self._awaiting.setdefault((node, catalog.revision), []).append(future)
                 waiting[node] = future
-            self.send(node, pb.ServerMessage(catalog=catalog))
+            if self.send(node, pb.ServerMessage(catalog=catalog)):
+                self._sent_at[node] = (catalog.revision, loop.time())
         if waiting:
             await asyncio.wait(waiting.values(), timeout=wait_s)
         for node, future in waiting.items():

@@ -1950,6 +1950,11 @@ class Store:
             ).first()
         return bytes(row.body) if row else None
 
+    def count_drift_events(self) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(drift_events)).scalar()
+        return int(count or 0)
+
     def count_reports(self, node: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(reports)
         if node:
