@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 # Debian packages the test suite needs beyond a stock Debian 12.
-DEB_PACKAGES = python3-venv python3-dev gcc nftables iproute2 debootstrap systemd-container dnf rpm createrepo-c dpkg-dev fakeroot faketime
+DEB_PACKAGES = python3-venv python3-dev gcc nftables iproute2 debootstrap systemd-container dnf rpm createrepo-c dpkg-dev fakeroot faketime chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test deps venv protos lint bench clean packages

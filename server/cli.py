@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from protos import plumb_pb2 as pb
 from protos import plumb_pb2_grpc as pb_grpc
 from protos.limits import MAX_PUSH_BYTES
-from server import cliviews, operators, tokens
+from server import cliviews, export, operators, tokens
 from server import plan as plan_
 from server.errors import CLIError, PlumbServerError
 from server.pki import (
@@ -269,6 +269,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     compliance.add_argument(
         "--target", metavar="SELECTOR", default="", help="only the nodes a selector picks"
+    )
+    compliance.add_argument(
+        "--format",
+        choices=["table", "json", "csv", "html", "junit"],
+        default="table",
+        help="table (default); json (as --json); csv; html: one self-contained evidence page "
+        "(summary, compliance by control as a chart, worst nodes, drift timeline, and what "
+        "produced it); junit: a test suite per control",
     )
     _json_flag(compliance)
     compliance.set_defaults(func=_compliance)
@@ -1143,6 +1151,8 @@ MAX_DRIFT_LIMIT = 10_000
 MAX_AUDIT_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 10_000
 MAX_RUNS_LIMIT = 10_000
+#: How many of the newest drift events an evidence export lists.
+EXPORT_DRIFT_EVENTS = 1000
 #: A plan names at most this many nodes for each group of nodes alike.
 PLAN_NAMES_SHOWN = 10
 #: A node's clock further off the server's than this is worth a line.
@@ -1713,8 +1723,11 @@ def _print_diffs(what: str, changes: Sequence[pb.Change]) -> None:
 
 def _compliance(args: argparse.Namespace) -> int:
     request = pb.GetComplianceRequest(by=args.by or "", target=args.target)
-    reply = _stub(args).GetCompliance(request, timeout=TIMEOUT_S)
-    if args.json:
+    stub = _stub(args)
+    reply = stub.GetCompliance(request, timeout=TIMEOUT_S)
+    if args.format in ("csv", "html", "junit"):
+        print(_export(args, stub, reply), end="")
+    elif args.json or args.format == "json":
         _print_json(cliviews.compliance(reply, reply.revision))
     else:
         print(f"compliance at revision {reply.revision or '-'} (of every resource expected)")
@@ -1733,6 +1746,16 @@ def _compliance(args: argparse.Namespace) -> int:
     # Waived results are accepted: only what is neither compliant nor waived fails.
     waived = reply.fleet.counts.get("waived", 0)
     return 0 if reply.fleet.compliant + waived == reply.fleet.expected else 3
+
+
+def _export(args: argparse.Namespace, stub: Any, reply: pb.GetComplianceResponse) -> str:
+    query = ["plumb", "compliance", "--format", args.format]
+    query += ["--by", args.by] if args.by else []
+    query += ["--target", args.target] if args.target else []
+    drift = stub.ListDrift(pb.ListDriftRequest(limit=EXPORT_DRIFT_EVENTS), timeout=TIMEOUT_S)
+    evidence = export.Evidence(reply, list(drift.events), shlex.join(query), time.time())
+    writer = {"csv": export.to_csv, "html": export.to_html, "junit": export.to_junit}
+    return writer[args.format](evidence)
 
 
 def _fraction(row: pb.ComplianceRow) -> str:

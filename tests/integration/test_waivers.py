@@ -1,4 +1,4 @@
-"""Waivers on a real fleet: accepted failures show as waived until they expire, at once.
+"""Waivers, scopes and evidence exports on a real fleet (waived until expiry, at once).
 
 A real server and agent over mutual TLS, through the ``plumb`` CLI.
 """
@@ -6,10 +6,12 @@ A real server and agent over mutual TLS, through the ``plumb`` CLI.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from tests.integration.conftest import write
 from tests.integration.harness import Agent, Server, reported, wait_for
@@ -120,3 +122,71 @@ def test_compliance_by_one_scope_and_for_the_nodes_a_selector_picks(
     assert mine["fleet"]["expected"] == 2
     bad = server.cli("compliance", "--target", "role in (db", check=False)
     assert (bad.returncode, "cannot read it at column" in bad.stderr) == (1, True)
+
+
+def chromium_dom(page: Path) -> str:
+    """What a real browser makes of ``page``, opened with no network at all."""
+    result = subprocess.run(
+        [
+            "unshare",
+            "--net",  # no network: a page that fetched anything could not show it
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={page.parent / 'chromium-profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_the_evidence_exports_say_what_produced_them_and_open_offline(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    agent = enrolled("web-1")
+    (agent.root / "etc").mkdir()
+    agent.start()
+    wait_for(lambda: server.nodes()["web-1"]["connected"], what="the session")
+    pushed = server.cli_json("push", str(write(tmp_path / "app.yaml", APP)))
+    reported(server, pushed["revision"], "web-1")
+    agent.path("/etc/motd").write_text("edited\n")  # one drift event, repaired
+    wait_for(lambda: server.cli_json("drift")["events"], what="the drift event")
+
+    page = tmp_path / "report.html"
+    exported = server.cli("compliance", "--format", "html", check=False)
+    assert exported.returncode == 3  # not fully compliant, as the table would say
+    page.write_text(exported.stdout)
+    assert "http://" not in exported.stdout.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in exported.stdout and "<script" not in exported.stdout
+    dom = chromium_dom(page)
+    assert "Compliance at revision 1" in dom
+    assert "plumb compliance --format html" in dom  # the query that produced it
+    assert "1 of 2 expected resources compliant" in dom
+    assert 'data-control="CIS-1.1"' in dom and 'data-control="CIS-9.9"' in dom
+    assert "file/motd" in dom and "edited" in dom  # the drift timeline
+
+    table = server.cli("compliance", "--format", "csv", check=False).stdout.splitlines()
+    assert table[0] == "# plumb compliance at revision 1, " + table[0].split(", ", 1)[1]
+    assert table[1] == "# query: plumb compliance --format csv"
+    header, *rows = table[2:]
+    assert header.startswith("scope,name,compliant,expected,percent,percent_with_waivers")
+    fleet = dict(zip(header.split(","), rows[-1].split(","), strict=True))
+    assert (fleet["scope"], fleet["compliant"], fleet["expected"], fleet["failed"]) == (
+        "fleet",
+        "1",
+        "2",
+        "1",
+    )
+
+    junit = ElementTree.fromstring(
+        server.cli("compliance", "--format", "junit", check=False).stdout
+    )
+    suites = {s.get("name"): s for s in junit.iter("testsuite")}
+    assert suites["control CIS-9.9"].get("failures") == "1"
+    assert suites["control CIS-1.1"].get("failures") == "0"
