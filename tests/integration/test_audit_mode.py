@@ -88,7 +88,9 @@ def test_a_resource_in_audit_is_not_changed_beside_one_enforced(
     report = server.cli_json("report", "web-1")
     assert (report["trigger"], report["noop"]) == ("push", False)
     audited = next(r for r in report["results"] if r["id"] == "file/audited")
-    assert {"field": "state", "observed": "absent", "desired": "present"} in audited["changes"]
+    assert {"field": "state", "observed": "absent", "desired": "present", "diff": None} in audited[
+        "changes"
+    ]
 
 
 def test_the_audit_lock_holds_pushes_and_watchers_until_it_is_lifted(

@@ -147,6 +147,7 @@ def test_a_node_that_never_reported_makes_the_fleet_not_compliant(
         "compliant": 2,
         "expected": 4,
         "percent": 50.0,
+        "percent_with_waivers": 50.0,
         "counts": {"repaired": 2, "pending": 2},
     }
     table = server.cli("compliance", check=False).stdout

@@ -67,10 +67,15 @@ def test_sensitive_values_are_in_no_log_report_or_store(
         what="both drift events",
     )
     assert events["file/token"]["changes"] == [
-        {"field": "content", "observed": "(sensitive)", "desired": "(sensitive)"}
+        {"field": "content", "observed": "(sensitive)", "desired": "(sensitive)", "diff": None}
     ]
     assert events["file/motd"]["changes"] == [
-        {"field": "content", "observed": '"tampered\\n"', "desired": '"plain words\\n"'}
+        {
+            "field": "content",
+            "observed": '"tampered\\n"',
+            "desired": '"plain words\\n"',
+            "diff": None,
+        }
     ]
     report = server.cli("report", "app-1", "--json").stdout
     [token_result] = [r for r in json.loads(report)["results"] if r["id"] == "file/token"]

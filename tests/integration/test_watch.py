@@ -44,9 +44,12 @@ def test_out_of_band_edit_is_repaired_by_a_watcher(
     )
     events = wait_for(lambda: _drift(server), what="drift event stored")
     assert [(e["resource"], e["status"]) for e in events] == [("file/app-conf", "repaired")]
-    assert {"field": "content", "observed": '"port = 9999\\n"', "desired": '"port = 8080\\n"'} in (
-        events[0]["changes"]
-    )
+    assert {
+        "field": "content",
+        "observed": '"port = 9999\\n"',
+        "desired": '"port = 8080\\n"',
+        "diff": None,
+    } in events[0]["changes"]
     report = server.cli_json("report", "web-1")
     assert report["trigger"] == "watch"
     assert {r["id"]: r["status"] for r in report["results"]} == {
