@@ -250,8 +250,11 @@ class Rollouts:
     # ------------------------------------------------------------ steering
 
     def resume(self) -> RolloutRow:
+        """Go on with a paused or halted rollout. Resuming a halted one accepts the
+        failures it halted for: it halts again only when more than ``max_failures``
+        nodes fail after them."""
         row = self._require(State.PAUSED, State.HALTED)
-        settings = dict(row.settings, resumed=True)
+        settings = dict(row.settings, resumed=True, accepted_failures=len(failures(row)))
         self.store.set_rollout_state(row.id, State.RUNNING, self.clock(), settings=settings)
         return self._changed()
 
@@ -361,9 +364,11 @@ class Rollouts:
             row = await asyncio.to_thread(self.reload)
             assert row is not None
         failed = failures(row)
-        if len(failed) > row.max_failures:
+        accepted = int(row.settings.get("accepted_failures", 0))  # by a resume
+        if len(failed) - accepted > row.max_failures:
+            allowed = row.max_failures + accepted
             why = (
-                f"{len(failed)} node(s) failed, more than the {row.max_failures} allowed: "
+                f"{len(failed)} node(s) failed, more than the {allowed} allowed: "
                 + "; ".join(f"{n.node}: {n.reason}" for n in failed[:5])
             )
             log.warning("rollout %d halted: %s", row.id, why)

@@ -299,3 +299,28 @@ def test_plumb_rollback_can_be_staged_like_a_push(
     ]
     reported(server, back["revision"], *names)
     assert {motd(a) for a in agents.values()} == {"v1\n"}
+
+
+def test_resuming_a_halted_rollout_accepts_its_failures_and_halts_on_new_ones(
+    server: Server, enrolled: Callable[..., Agent], tmp_path: Path
+) -> None:
+    names = ["web-1", "web-2", "web-3", "web-4"]
+    agents = fleet(server, enrolled, names, broken=frozenset({"web-2", "web-4"}))
+    app = write(tmp_path / "app.yaml", V1)
+    first = push(server, app)
+    reported(server, first["revision"], *names)
+    write(tmp_path / "app.yaml", V2)
+    push(server, app, "--batch", "1")
+    halted = until(server, "halted")
+    assert [n["state"] for n in halted["nodes"]] == ["succeeded", "failed", "waiting", "waiting"]
+    # Go on anyway: web-2's failure is accepted; web-3 gets it, then web-4 fails anew.
+    server.cli("rollout", "resume")
+    again = wait_for(
+        lambda: (
+            (r := status(server))["state"] == "halted" and r["nodes"][3]["state"] == "failed" and r
+        ),
+        what="the second halt",
+    )
+    assert [n["state"] for n in again["nodes"]] == ["succeeded", "failed", "succeeded", "failed"]
+    assert "2 node(s) failed, more than the 1 allowed" in again["reason"]
+    assert motd(agents["web-3"]) == "v2\n"
