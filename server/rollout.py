@@ -367,10 +367,8 @@ class Rollouts:
         accepted = int(row.settings.get("accepted_failures", 0))  # by a resume
         if len(failed) - accepted > row.max_failures:
             allowed = row.max_failures + accepted
-            why = (
-                f"{len(failed)} node(s) failed, more than the {allowed} allowed: "
-                + "; ".join(f"{n.node}: {n.reason}" for n in failed[:5])
-            )
+            which = "; ".join(f"{n.node}: {n.reason}" for n in failed[:5])
+            why = f"{len(failed)} node(s) failed, more than the {allowed} allowed: {which}"
             log.warning("rollout %d halted: %s", row.id, why)
             await asyncio.to_thread(self.store.set_rollout_state, row.id, State.HALTED, now, why)
             self.reload()
